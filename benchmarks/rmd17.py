@@ -1,0 +1,114 @@
+"""rMD17 benchmark: train a model on one molecule (split 01) under a wall-clock budget, test on 1000 frames.
+
+    python benchmarks/rmd17.py --molecule aspirin --budget-min 60
+
+Training set: the first 950 frames of rmd17_<molecule>_train_01.npz after a seeded shuffle, validation:
+the other 50; test: all 1000 frames of rmd17_<molecule>_test_01.npz (never seen during training or
+model selection). Prints a table next to the published anchors and writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ffspace.data import read_dataset
+from ffspace.evaluate import error_metrics, format_metrics, predict
+from ffspace.potential import Potential, load_package
+from ffspace.potential.package import versions
+from ffspace.train import Trainer, TrainConfig, build_model_for_data
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rmd17"
+# Batatia et al. 2022 (MACE), Table 2: test MAE E (meV) / F (meV/Å), 1000 training configurations.
+ANCHORS = {"aspirin": {"MACE": (2.2, 6.6), "NequIP": (2.3, 8.2), "PaiNN": (6.9, 16.1), "ANI": (16.6, 40.6),
+                       "GAP": (17.7, 44.9)},
+           "ethanol": {"MACE": (0.4, 2.1), "NequIP": (0.4, 2.8), "PaiNN": (2.7, 10.0), "ANI": (2.5, 13.4)}}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--molecule", default="aspirin")
+    p.add_argument("--data", type=Path, default=DATA, help="folder with rmd17_<mol>_{train,test}_01.npz")
+    p.add_argument("--family", default="painn")
+    p.add_argument("--features", type=int, default=128)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--cutoff", type=float, default=5.0)
+    p.add_argument("--budget-min", type=float, default=60.0, help="training wall-clock budget (minutes)")
+    p.add_argument("--epochs", type=int, default=0, help="cosine schedule length; 0 = estimate from the budget")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--energy-weight", type=float, default=1.0)
+    p.add_argument("--forces-weight", type=float, default=10.0)
+    p.add_argument("--n-train", type=int, default=950)
+    p.add_argument("--n-val", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/bench_rmd17"))
+    p.add_argument("--out", type=Path, default=None, help="JSON results (default: <run-dir>/results.json)")
+    args = p.parse_args(argv)
+
+    train_file = args.data / f"rmd17_{args.molecule}_train_01.npz"
+    test_file = args.data / f"rmd17_{args.molecule}_test_01.npz"
+    if not train_file.exists():
+        sys.exit(f"rMD17 data not found at {train_file} (expected ../shared/data/rmd17 next to the repo)")
+    train_val = read_dataset(train_file)
+    train_set, val_set = train_val.split([args.n_train, args.n_val], seed=args.seed)
+    test_set = read_dataset(test_file)
+    model_cfg = {"family": args.family, "cutoff": args.cutoff, "features": args.features, "layers": args.layers}
+    model = build_model_for_data(model_cfg, train_set, seed=args.seed)
+
+    epochs = args.epochs
+    if not epochs:
+        # Time training steps on a throw-away copy (after a warm-up) to size the cosine schedule to the budget.
+        probe = Trainer(build_model_for_data(model_cfg, train_set, seed=args.seed), train_set[:160], val_set[:10],
+                        TrainConfig(epochs=1, batch_size=args.batch_size, progress=False),
+                        run_dir=args.run_dir / "probe")
+        probe.train_graphs, warm = probe.train_graphs[:32], probe.train_graphs[32:]
+        probe._train_epoch()
+        probe.train_graphs = warm
+        t0 = time.perf_counter()
+        probe._train_epoch()
+        per_frame = (time.perf_counter() - t0) / len(warm)
+        epoch_s = per_frame * (args.n_train + args.n_val * 0.4)
+        epochs = max(1, int(args.budget_min * 60 / epoch_s * 0.97))
+        print(f"~{epoch_s:.1f} s/epoch measured → cosine schedule over {epochs} epochs", file=sys.stderr)
+    cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, schedule="cosine", warmup_epochs=2,
+                      ema_decay=0.99, early_stop_patience=10_000, energy_weight=args.energy_weight,
+                      forces_weight=args.forces_weight, max_time_min=args.budget_min, seed=args.seed,
+                      progress=sys.stderr.isatty())
+    trainer = Trainer(model, train_set, val_set, cfg, run_dir=args.run_dir,
+                      extra_config={"benchmark": {"molecule": args.molecule, "train_file": str(train_file)}})
+    summary = trainer.fit()
+
+    best, _ = load_package(args.run_dir / "model.safetensors")
+    pot = Potential(best, dtype=torch.float32)
+    test = error_metrics(predict(pot, test_set), test_set)
+    results = {"benchmark": "rmd17", "molecule": args.molecule, "family": args.family, "model": model_cfg,
+               "budget_min": args.budget_min, "epochs_run": summary["epochs"], "train_time_s": summary["time_s"],
+               "stop_reason": summary["stop_reason"], "test": test, "n_train": len(train_set),
+               "n_val": len(val_set), "n_test": len(test_set), "machine": platform.platform(),
+               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "versions": versions(),
+               "command": "python benchmarks/rmd17.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    out = args.out or args.run_dir / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+    print(f"\nrMD17 {args.molecule}, split 01: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test")
+    print(f"{args.family} trained {summary['epochs']} epochs in {summary['time_s'] / 60:.1f} min "
+          f"({summary['stop_reason']}); test: {format_metrics(test)}\n")
+    print("| model | E MAE (meV) | F MAE (meV/Å) |\n|---|---|---|")
+    print(f"| ffspace {args.family} (this run, {args.budget_min:g} min CPU) | {test['energy_mae_meV']:.1f} | "
+          f"{test['forces_mae_meV_A']:.1f} |")
+    for name, (e, f) in ANCHORS.get(args.molecule, {}).items():
+        print(f"| {name} (published) | {e} | {f} |")
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()

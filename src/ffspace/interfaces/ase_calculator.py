@@ -1,0 +1,45 @@
+"""ASE calculator: any ffspace model in ASE's MD, optimizers and tools."""
+
+from __future__ import annotations
+
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from ..data.structure import Structure, matrix_to_voigt
+from ..potential import Potential
+
+
+class FFSpaceCalculator(Calculator):
+    """``FFSpaceCalculator("model.safetensors")`` or ``FFSpaceCalculator(potential=Potential(model))``.
+
+    Provides energy, free_energy (= energy), forces, stress (periodic cells; ASE sign, Voigt order)
+    and per-atom energies. Units are ASE's: eV and Å, which are also ffspace's.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, model_path=None, potential: Potential | None = None, dtype: str = "float64",
+                 device: str = "cpu", **kwargs):
+        super().__init__(**kwargs)
+        if potential is None:
+            if model_path is None:
+                raise ValueError("give model_path or potential")
+            potential = Potential.load(model_path, dtype=getattr(torch, dtype), device=device)
+        self.potential = potential
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        structure = Structure.from_ase(self.atoms)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.any())
+        batch = self.potential.batch([structure])
+        out = self.potential.compute(batch, forces=True, stress=want_stress)
+        energy = float(out["energy"][0])
+        self.results = {"energy": energy, "free_energy": energy,
+                        "forces": out["forces"].double().cpu().numpy(),
+                        "energies": out["energies"].double().cpu().numpy()}
+        if want_stress:
+            self.results["stress"] = matrix_to_voigt(out["stress"][0].double().cpu().numpy())
+        elif "stress" in properties:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a periodic cell")

@@ -1,0 +1,134 @@
+"""The MD loop: forces from a `Potential` through a Verlet list, reporters, and the blow-up monitor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.structure import Structure
+from ..data.writers import write_extxyz
+from ..errors import MDBlowUpError
+from ..graph.batch import collate, graph_of
+from ..graph.neighbors import VerletList
+from .integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
+from .monitor import BlowUpMonitor
+
+
+class PotentialForces:
+    """positions → (energy, forces) for one structure, reusing a Verlet neighbor list across steps."""
+
+    def __init__(self, potential, state: MDState, skin: float = 1.0):
+        self.potential, self.state = potential, state
+        self.verlet = VerletList(potential.cutoff, skin)
+        self.pairs = None
+
+    def __call__(self, positions):
+        s = self.state
+        if not np.isfinite(positions).all():
+            bad = np.where(~np.isfinite(positions).all(axis=1))[0]
+            raise MDBlowUpError(f"MD stopped at step {s.step + 1}: non-finite positions for atoms {bad[:10].tolist()}",
+                                {"step": s.step + 1, "time_fs": s.time_fs, "reason": "non-finite positions",
+                                 "atoms": bad[:10].tolist()})
+        self.pairs = self.verlet.update(positions, s.cell, s.pbc)
+        frame = Structure.__new__(Structure)  # skip validation: positions are checked by the monitor
+        frame.numbers, frame.positions, frame.cell, frame.pbc = s.numbers, positions, s.cell, s.pbc
+        frame.energy = frame.forces = frame.stress = None
+        graph = graph_of(frame, self.potential.cutoff, pairs=self.pairs)
+        batch = collate([graph], dtype=self.potential.dtype, device=self.potential.device, labels=False)
+        out = self.potential.compute(batch, forces=True)
+        return float(out["energy"][0]), out["forces"].double().cpu().numpy()
+
+
+@dataclass
+class MDResult:
+    status: str  # "completed" or "blown_up"
+    steps: int
+    thermo: dict = field(default_factory=dict)  # columns of the thermo log as numpy arrays
+    report: dict | None = None
+    final: Structure | None = None
+
+    def energy_drift(self) -> float:
+        """Slope of total energy vs time by least squares, eV/atom/ps (NVE conservation)."""
+        t, e = self.thermo["time_fs"], self.thermo["etot_eV"]
+        slope = np.polyfit(t, e, 1)[0]  # eV/fs
+        return float(slope * 1000.0 / self.thermo["n_atoms"])
+
+
+def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5, ensemble: str = "nve",
+           temperature: float = 300.0, friction: float = 0.01, seed: int = 0, init_temperature: float | None = None,
+           out_dir=None, traj_interval: int = 10, thermo_interval: int = 1, skin: float = 1.0,
+           monitor: BlowUpMonitor | None = None, progress: bool = False) -> MDResult:
+    """Run MD from ``structure``. Writes ``trajectory.extxyz``, ``thermo.csv`` (and ``blowup.json`` if it
+    blows up) to ``out_dir`` when given. Velocities start from Maxwell–Boltzmann at ``init_temperature``
+    (default: ``temperature``)."""
+    rng = np.random.default_rng(seed)
+    state = MDState(structure)
+    t0 = temperature if init_temperature is None else init_temperature
+    state.velocities = maxwell_boltzmann(state.masses, t0, rng)
+    if ensemble == "nve":
+        integrator = VelocityVerlet(timestep_fs)
+    elif ensemble == "nvt":
+        integrator = Langevin(timestep_fs, temperature, friction, seed=seed + 1)
+    else:
+        raise ValueError(f"ensemble must be 'nve' or 'nvt', not {ensemble!r}")
+    potential.check_elements([structure])
+    forces = PotentialForces(potential, state, skin)
+    monitor = monitor or BlowUpMonitor()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    traj_path = thermo_file = writer = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        traj_path = out_dir / "trajectory.extxyz"
+        traj_path.unlink(missing_ok=True)
+        thermo_file = open(out_dir / "thermo.csv", "w", newline="")
+        writer = csv.writer(thermo_file)
+        writer.writerow(["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"])
+    rows = []
+
+    def record():
+        ekin = state.kinetic_energy()
+        row = [state.step, state.time_fs, state.energy, ekin, state.energy + ekin, state.temperature()]
+        rows.append(row)
+        if writer:
+            writer.writerow([f"{x:.10g}" for x in row])
+        if traj_path is not None and state.step % traj_interval == 0:
+            frame = Structure(numbers=state.numbers, positions=state.positions, cell=state.cell, pbc=state.pbc,
+                              energy=state.energy, forces=state.forces, info={"step": state.step,
+                                                                              "time_fs": state.time_fs})
+            write_extxyz(traj_path, [frame], energy_key="ffspace_energy", forces_key="ffspace_forces", append=True)
+
+    status, report = "completed", None
+    try:
+        state.energy, state.forces = forces(state.positions)
+        monitor.check(state, forces.pairs)
+        record()
+        bar = tqdm(range(steps), desc=f"MD {ensemble}", disable=not progress, file=sys.stderr, leave=False)
+        for _ in bar:
+            integrator.step(state, forces)
+            state.step += 1
+            state.time_fs += timestep_fs
+            monitor.check(state, forces.pairs)
+            if state.step % thermo_interval == 0:
+                record()
+    except MDBlowUpError as exc:
+        status, report = "blown_up", exc.report
+        print(f"\n{exc}", file=sys.stderr)
+        if out_dir is not None:
+            (out_dir / "blowup.json").write_text(json.dumps(report, indent=2))
+    finally:
+        if thermo_file:
+            thermo_file.close()
+    cols = np.array(rows, dtype=float).reshape(-1, 6)
+    thermo = {name: cols[:, k] for k, name in
+              enumerate(["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"])}
+    thermo["n_atoms"] = state.n_atoms
+    final = Structure(numbers=state.numbers, positions=state.positions, cell=state.cell, pbc=state.pbc) \
+        if status == "completed" else None
+    return MDResult(status=status, steps=state.step, thermo=thermo, report=report, final=final)
+

@@ -1,0 +1,10 @@
+"""Every model on the MM↔ML spectrum as `forward(batch) -> per-atom energies` (eV)."""
+
+from .base import MODEL_REGISTRY, FFModel, build_model, scatter_sum
+from .composite import AtomicReference, Sum
+from .painn import PaiNN
+from .schnet import SchNet
+from .zbl import ZBL
+
+__all__ = ["MODEL_REGISTRY", "AtomicReference", "FFModel", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
+           "scatter_sum"]

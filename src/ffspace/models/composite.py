@@ -1,0 +1,51 @@
+"""Composition of energy terms: `Sum` of models and the per-element reference energies."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import FFModel, build_model, register
+
+
+@register("reference")
+class AtomicReference(FFModel):
+    """A constant energy per element (eV), fitted by least squares from the training data."""
+
+    def __init__(self, energies: dict):
+        super().__init__()
+        energies = {int(z): float(e) for z, e in energies.items()}
+        self.config = dict(energies={str(z): e for z, e in sorted(energies.items())})
+        self._init_elements(energies)
+        table = torch.zeros(119, dtype=torch.float64)
+        for z, e in energies.items():
+            table[z] = e
+        self.register_buffer("table", table)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.table[batch.numbers].to(batch.positions.dtype)
+
+
+@register("sum")
+class Sum(FFModel):
+    """Sum of per-atom energies of several terms: priors and learned models compose, never fork."""
+
+    def __init__(self, terms):
+        super().__init__()
+        built = [t if isinstance(t, nn.Module) else build_model(t) for t in terms]
+        self.terms = nn.ModuleList(built)
+        self.cutoff = max((t.cutoff for t in built), default=0.0)
+        elements = set()
+        for t in built:
+            elements |= set(t.elements)
+        self._init_elements(elements)
+
+    @property
+    def config(self):
+        return {"terms": [t.get_config() for t in self.terms]}
+
+    def forward(self, batch) -> torch.Tensor:
+        total = self.terms[0](batch)
+        for term in self.terms[1:]:
+            total = total + term(batch)
+        return total

@@ -1,0 +1,74 @@
+"""PaiNN: polarizable atom interaction neural network (Schütt, Unke, Gastegger, ICML 2021).
+
+Scalar features s_i (F) and vector features v_i (3 × F) exchange messages along edges and are
+mixed by an equivariant update; the energy is a per-atom readout of the scalars.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import FFModel, register, scatter_sum
+from .radial import BesselBasis, cosine_cutoff
+
+
+class _Message(nn.Module):
+    def __init__(self, features: int, n_rbf: int):
+        super().__init__()
+        self.features = features
+        self.phi = nn.Sequential(nn.Linear(features, features), nn.SiLU(), nn.Linear(features, 3 * features))
+        self.filter = nn.Linear(n_rbf, 3 * features)
+
+    def forward(self, s, v, i, j, rbf, fcut, direction):
+        x = self.phi(s)[j] * (self.filter(rbf) * fcut.unsqueeze(-1))
+        ds, dvv, dvs = torch.split(x, self.features, dim=-1)
+        dv = v[j] * dvv.unsqueeze(1) + dvs.unsqueeze(1) * direction.unsqueeze(-1)
+        n = s.shape[0]
+        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
+
+
+class _Update(nn.Module):
+    def __init__(self, features: int, eps: float = 1e-8):
+        super().__init__()
+        self.features, self.eps = features, eps
+        self.uv = nn.Linear(features, 2 * features, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * features, features), nn.SiLU(), nn.Linear(features, 3 * features))
+
+    def forward(self, s, v):
+        u, w = torch.split(self.uv(v), self.features, dim=-1)
+        # eps keeps the norm differentiable when v = 0 (first layer, isolated atoms).
+        w_norm = torch.sqrt((w**2).sum(dim=1) + self.eps)
+        a = self.mlp(torch.cat([s, w_norm], dim=-1))
+        avv, asv, ass = torch.split(a, self.features, dim=-1)
+        return s + asv * (u * w).sum(dim=1) + ass, v + avv.unsqueeze(1) * u
+
+
+@register("painn")
+class PaiNN(FFModel):
+    def __init__(self, elements, cutoff: float = 5.0, features: int = 128, layers: int = 3, n_rbf: int = 20,
+                 energy_scale: float = 1.0):
+        super().__init__()
+        self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff), features=features,
+                           layers=layers, n_rbf=n_rbf, energy_scale=float(energy_scale))
+        self._init_elements(elements)
+        self.cutoff = float(cutoff)
+        self.embedding = nn.Embedding(len(self.elements), features)
+        self.rbf = BesselBasis(cutoff, n_rbf)
+        self.messages = nn.ModuleList(_Message(features, n_rbf) for _ in range(layers))
+        self.updates = nn.ModuleList(_Update(features) for _ in range(layers))
+        self.readout = nn.Sequential(nn.Linear(features, features // 2), nn.SiLU(), nn.Linear(features // 2, 1))
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+
+    def forward(self, batch) -> torch.Tensor:
+        i, j = batch.edge_index
+        vec = batch.edge_vectors()
+        r = torch.linalg.norm(vec, dim=-1)
+        direction = vec / r.unsqueeze(-1)
+        rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
+        s = self.embedding(self.species(batch.numbers))
+        v = s.new_zeros((s.shape[0], 3, s.shape[1]))
+        for message, update in zip(self.messages, self.updates):
+            s, v = message(s, v, i, j, rbf, fcut, direction)
+            s, v = update(s, v)
+        return self.readout(s).squeeze(-1) * self.energy_scale

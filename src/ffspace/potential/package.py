@@ -1,0 +1,112 @@
+"""Model packages: one safetensors file whose header carries JSON metadata; loading runs no code.
+
+The metadata records everything needed to rebuild the model (its config, elements, cutoff,
+units, reference energies) and the versions that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelPackageError
+from ..models.base import build_model
+
+FORMAT = "ffspace-model"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict:
+    import ase
+    import numpy
+
+    from .. import __version__
+
+    return {"ffspace": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "ase": ase.__version__,
+            "python": platform.python_version()}
+
+
+def _reference_energies(config: dict) -> dict:
+    if config.get("family") == "reference":
+        return config["energies"]
+    for term in config.get("terms", []):
+        found = _reference_energies(term)
+        if found:
+            return found
+    return {}
+
+
+def save_package(path, model, extra: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors``) atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model.get_config()
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config,
+            "elements": list(model.elements), "cutoff": float(model.cutoff),
+            "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
+            "reference_energies_eV": _reference_energies(config), "versions": versions(),
+            "extra": extra or {}}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"ffspace": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelPackageError(f"model package {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise ModelPackageError(f"model package {path} is corrupt or not a safetensors file: {exc}") from None
+    if "ffspace" not in header:
+        raise ModelPackageError(f"{path} is a safetensors file but not an ffspace model package (no metadata)")
+    try:
+        meta = json.loads(header["ffspace"])
+    except json.JSONDecodeError as exc:
+        raise ModelPackageError(f"model package {path}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelPackageError(f"model package {path}: metadata is a {type(meta).__name__}, not a JSON object")
+    version = meta.get("format_version", 0)
+    if (meta.get("format") != FORMAT or not isinstance(version, int) or isinstance(version, bool)
+            or version > FORMAT_VERSION):
+        raise ModelPackageError(f"model package {path}: format {meta.get('format')!r} version "
+                                f"{version!r} is not readable by this ffspace (reads {FORMAT!r} "
+                                f"up to version {FORMAT_VERSION})")
+    if not isinstance(meta.get("model"), dict):
+        raise ModelPackageError(f"model package {path}: metadata has no 'model' config (keys: {sorted(meta)})")
+    return meta
+
+
+def load_package(path):
+    """Return ``(model, metadata)``; raises `ModelPackageError` on any corruption."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    try:
+        model = build_model(meta["model"])
+    except Exception as exc:
+        raise ModelPackageError(f"model package {path}: cannot rebuild the model from its config: {exc}") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise ModelPackageError(f"model package {path}: cannot read the weights (corrupt or truncated): {exc}") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except Exception as exc:
+        raise ModelPackageError(f"model package {path}: weights do not fit the model "
+                                f"{meta['model'].get('family')!r}: {exc}") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelPackageError(f"model package {path}: tensor {name!r} holds NaN or inf")
+    return model, meta

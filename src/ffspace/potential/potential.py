@@ -1,0 +1,108 @@
+"""`Potential`: energy, forces = −∂E/∂r and stress from any model, by autograd, computed in one place."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..graph.batch import Batch, collate, graph_of
+
+
+class Potential:
+    """Wraps a model (per-atom energies) into energies, forces, stress and per-atom energies.
+
+    ``dtype`` and ``device`` are settings of the potential: the model is moved there, the batch
+    is cast there. Stress follows ASE: σ = (1/V) ∂E/∂ε, cell vectors as rows.
+    """
+
+    def __init__(self, model, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        self.dtype, self.device = dtype, torch.device(device)
+        self.model = model.to(device=self.device, dtype=dtype)
+        self.cutoff = float(model.cutoff)
+        self.elements = list(model.elements)
+
+    def check_elements(self, structures) -> None:
+        """Raise a `DataError` naming the structure and element the model was not trained on."""
+        if not self.elements:
+            return
+        known = set(self.elements)
+        for s in structures:
+            unknown = sorted(set(s.numbers.tolist()) - known)
+            if unknown:
+                from ase.data import chemical_symbols
+
+                names = [chemical_symbols[z] for z in unknown]
+                raise DataError(f"element(s) {names} unknown to this model (it knows "
+                                f"{[chemical_symbols[z] for z in self.elements]})",
+                                file=s.source, frame=s.frame, field="numbers")
+
+    def compute(self, batch: Batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
+        """Return ``energy`` (G,), ``energies`` (N,) and, when asked, ``forces`` (N, 3) and ``stress`` (G, 3, 3).
+
+        ``training=True`` keeps the graph of the force computation so a loss on forces can be
+        back-propagated (double backward).
+        """
+        batch = batch.to(device=self.device, dtype=self.dtype)
+        positions = batch.positions.detach().requires_grad_(forces or stress)
+        cell = batch.cell
+        inputs = [positions]
+        if stress:
+            # Homogeneous strain ε applied to positions and cell; σ = (1/V) ∂E/∂ε.
+            strain = torch.zeros((batch.n_graphs, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("ni,nij->nj", positions, sym[batch.graph_index])
+            cell = cell + torch.bmm(cell, sym)
+            inputs.append(strain)
+        model_batch = replace(batch, positions=positions, cell=cell)
+        energies = self.model(model_batch)
+        energy = torch.zeros(batch.n_graphs, dtype=energies.dtype, device=self.device)
+        energy = energy.index_add(0, batch.graph_index, energies)
+        out = {"energy": energy, "energies": energies}
+        if forces or stress:
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+            if forces:
+                g = grads[0] if grads[0] is not None else torch.zeros_like(batch.positions)
+                out["forces"] = -g
+            if stress:
+                g = grads[-1] if grads[-1] is not None else torch.zeros_like(strain)
+                volume = torch.abs(torch.linalg.det(batch.cell))
+                periodic = batch.pbc.any(dim=1)
+                volume = torch.where(periodic, volume, torch.ones_like(volume))
+                out["stress"] = torch.where(periodic[:, None, None], g / volume[:, None, None],
+                                            torch.full_like(g, float("nan")))
+        if not training:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def batch(self, structures, labels: bool = False) -> Batch:
+        self.check_elements(structures)
+        return collate([graph_of(s, self.cutoff) for s in structures], dtype=self.dtype, device=self.device,
+                       labels=labels)
+
+    def __call__(self, structures, forces: bool = True, stress: bool = False, batch_size: int = 32) -> dict:
+        """Evaluate a list of `Structure` in batches; returns float64 numpy arrays per structure."""
+        structures = list(structures)
+        results = {"energy": [], "forces": [], "energies": [], "stress": []}
+        for start in range(0, len(structures), batch_size):
+            chunk = structures[start:start + batch_size]
+            batch = self.batch(chunk)
+            out = self.compute(batch, forces=forces, stress=stress)
+            counts = batch.n_atoms.tolist()
+            results["energy"].extend(out["energy"].double().cpu().numpy().tolist())
+            results["energies"].extend(np.split(out["energies"].double().cpu().numpy(), np.cumsum(counts)[:-1]))
+            if forces:
+                results["forces"].extend(np.split(out["forces"].double().cpu().numpy(), np.cumsum(counts)[:-1]))
+            if stress:
+                results["stress"].extend(list(out["stress"].double().cpu().numpy()))
+        return {k: v for k, v in results.items() if v or k == "energy"}
+
+    @classmethod
+    def load(cls, path, dtype: torch.dtype = torch.float32, device="cpu") -> "Potential":
+        """Load a model package (safetensors + JSON; no code is executed)."""
+        from .package import load_package
+
+        model, _ = load_package(path)
+        return cls(model, dtype=dtype, device=device)

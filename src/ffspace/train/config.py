@@ -1,0 +1,38 @@
+"""Typed training settings (YAML section ``train``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Every knob of the `Trainer`, with defaults that work for small molecules on a CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(200, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["plateau", "cosine"] = "plateau"
+    warmup_epochs: int = Field(1, ge=0, description="linear warmup, in epochs")
+    plateau_patience: int = Field(10, ge=1, description="epochs without improvement before the lr is cut")
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    min_lr: float = Field(1e-6, ge=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="0 disables EMA weights")
+    early_stop_patience: int = Field(50, ge=1, description="epochs without validation improvement before stopping")
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(0.01, gt=0)
+    energy_weight: float = Field(1.0, ge=0, description="weight of the per-atom energy error (eV/atom)²")
+    forces_weight: float = Field(10.0, ge=0, description="weight of the force error (eV/Å)²")
+    stress_weight: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(10.0, gt=0)
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    max_time_min: float | None = Field(None, gt=0, description="wall-clock budget; stops after the epoch that reaches it")
+    log_format: Literal["jsonl", "csv"] = "jsonl"
+    progress: bool = True
+    eval_batch_size: int = Field(32, ge=1)

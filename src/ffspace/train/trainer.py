@@ -1,0 +1,236 @@
+"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..evaluate.metrics import error_metrics, format_metrics, predict
+from ..graph.batch import collate, graph_of
+from ..potential import Potential
+from ..potential.package import save_package, versions
+from .config import TrainConfig
+from .loss import Loss
+from .schedule import EMA, LRSchedule
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _atomic_torch_save(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class Trainer:
+    """Fits ``model`` (per-atom energies) to energies and forces of ``train_set``.
+
+    Everything a run produces lands in ``run_dir``: config.yaml (resolved), versions.json,
+    metrics.jsonl|csv, checkpoint.pt (every epoch) and model.safetensors (best EMA weights).
+    Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint.
+    """
+
+    def __init__(self, model, train_set, val_set, config: TrainConfig | dict | None = None, run_dir="run",
+                 extra_config: dict | None = None):
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        train_set.require_labels(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
+        val_set.require_labels(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
+        self.potential = Potential(model, dtype=DTYPES[self.config.dtype], device=self.config.device)
+        self.model = self.potential.model
+        self.potential.check_elements(train_set)
+        self.potential.check_elements(val_set)
+        self.train_set, self.val_set = train_set, val_set
+        cutoff = self.potential.cutoff
+        # Neighbor search once per structure: training batches are pure tensor stacking.
+        self.train_graphs = [graph_of(s, cutoff) for s in train_set]
+        self.val_graphs = [graph_of(s, cutoff) for s in val_set]
+        self.loss = Loss(self.config.energy_weight, self.config.forces_weight, self.config.stress_weight,
+                         self.config.loss, self.config.huber_delta)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        steps_per_epoch = math.ceil(len(train_set) / self.config.batch_size)
+        self.schedule = LRSchedule(self.optimizer, self.config.lr, self.config.schedule,
+                                   self.config.warmup_epochs * steps_per_epoch, self.config.epochs * steps_per_epoch,
+                                   self.config.plateau_patience, self.config.plateau_factor, self.config.min_lr)
+        self.ema = EMA(self.model, self.config.ema_decay) if self.config.ema_decay > 0 else None
+        self.resolved = {"train": self.config.model_dump(), "model": model.get_config(),
+                         "data": {"n_train": len(train_set), "n_val": len(val_set),
+                                  "train_source": train_set.name, "val_source": val_set.name},
+                         **(extra_config or {})}
+        self.fingerprint = hashlib.sha256(json.dumps(self.resolved, sort_keys=True, default=str).encode()).hexdigest()
+        self.epoch, self.best_val, self.bad_epochs, self.elapsed, self.history = 0, math.inf, 0, 0.0, []
+
+    # -- persistence ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _write_run_files(self):
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
+        (self.run_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+
+    def _write_metrics(self):
+        if self.config.log_format == "jsonl":
+            text = "".join(json.dumps(row) + "\n" for row in self.history)
+            path = self.run_dir / "metrics.jsonl"
+        else:
+            buf = io.StringIO()
+            if self.history:
+                w = csv.DictWriter(buf, fieldnames=list(self.history[-1]))
+                w.writeheader()
+                w.writerows(self.history)
+            text, path = buf.getvalue(), self.run_dir / "metrics.csv"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    def save_checkpoint(self):
+        state = {"fingerprint": self.fingerprint, "epoch": self.epoch, "best_val": self.best_val,
+                 "bad_epochs": self.bad_epochs, "elapsed": self.elapsed,
+                 "history_json": json.dumps(self.history),
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else {}}
+        _atomic_torch_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.potential.device, weights_only=True)
+        if state["fingerprint"] != self.fingerprint:
+            raise ConfigError(f"{self.run_dir} holds a checkpoint of a different configuration; use another "
+                              f"run directory (or delete {self.checkpoint_path}) to start afresh")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.best_val = int(state["epoch"]), float(state["best_val"])
+        self.bad_epochs, self.elapsed = int(state["bad_epochs"]), float(state["elapsed"])
+        self.history = json.loads(state["history_json"])
+        return True
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _with_ema(self):
+        """Context: swap EMA weights in for evaluation."""
+        trainer = self
+
+        class _Swap:
+            def __enter__(self):
+                if trainer.ema:
+                    self.saved = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+                    trainer.model.load_state_dict(trainer.ema.shadow)
+
+            def __exit__(self, *exc):
+                if trainer.ema:
+                    trainer.model.load_state_dict(self.saved)
+
+        return _Swap()
+
+    def validate(self) -> dict:
+        with self._with_ema():
+            pred = predict(self.potential, self.val_graphs, self.config.eval_batch_size)
+        metrics = error_metrics(pred, self.val_set)
+        n = np.array([s.n_atoms for s in self.val_set])
+        e_ref = np.array([s.energy for s in self.val_set])
+        f_ref = np.concatenate([s.forces for s in self.val_set])
+        w = self.loss.w
+        metrics["loss"] = float(w["energy"] * (((pred["energy"] - e_ref) / n) ** 2).mean()
+                                + w["forces"] * ((pred["forces"] - f_ref) ** 2).mean())
+        return metrics
+
+    # -- training ---------------------------------------------------------------------------
+    def _train_epoch(self) -> dict:
+        cfg = self.config
+        order = np.random.default_rng(cfg.seed * 100_003 + self.epoch).permutation(len(self.train_graphs))
+        batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+        self.model.train()
+        totals, count = {}, 0
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        for idx in bar:
+            batch = collate([self.train_graphs[k] for k in idx], dtype=self.potential.dtype,
+                            device=self.potential.device)
+            out = self.potential.compute(batch, forces=True, stress=cfg.stress_weight > 0, training=True)
+            loss, parts = self.loss(out, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at epoch {self.epoch + 1}; "
+                                         f"lower the learning rate (now {self.schedule.current():.2e})")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+            if self.ema:
+                self.ema.update(self.model)
+            count += 1
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{totals['loss'] / count:.4g}")
+        bar.close()
+        return {f"train_{k}": v / max(count, 1) for k, v in totals.items()}
+
+    def fit(self) -> dict:
+        """Train until max epochs, early stop or the time budget; returns the best validation metrics."""
+        cfg = self.config
+        resumed = self.load_checkpoint()
+        self._write_run_files()
+        if resumed:
+            print(f"resuming {self.run_dir} from epoch {self.epoch}", file=sys.stderr)
+        stop_reason = "max epochs"
+        while self.epoch < cfg.epochs:
+            if self.bad_epochs >= cfg.early_stop_patience:
+                stop_reason = "early stop"
+                break
+            if cfg.max_time_min and self.elapsed >= cfg.max_time_min * 60:
+                stop_reason = "time budget"
+                break
+            t0 = time.perf_counter()
+            row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
+            row.update(self._train_epoch())
+            val = self.validate()
+            self.schedule.epoch_end(val["loss"])
+            row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
+            self.epoch += 1
+            self.elapsed += time.perf_counter() - t0
+            row["time_s"] = round(self.elapsed, 2)
+            improved = val["loss"] < self.best_val
+            if improved:
+                self.best_val, self.bad_epochs = val["loss"], 0
+                with self._with_ema():
+                    save_package(self.run_dir / "model.safetensors", self.model,
+                                 extra={"epoch": self.epoch, "val": val, "run_config": self.resolved})
+            else:
+                self.bad_epochs += 1
+            self.history.append(row)
+            self._write_metrics()
+            self.save_checkpoint()
+            if cfg.progress:
+                print(f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4g}  "
+                      f"val {format_metrics(val)}{'  *' if improved else ''}", file=sys.stderr)
+        else:
+            stop_reason = "max epochs"
+        best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
+        summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
+                   "model": str(self.run_dir / "model.safetensors")}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
