@@ -313,3 +313,31 @@ def test_shared_rmd17_ethanol():
     raw = np.load(path)
     assert ds[17].energy == pytest.approx(raw["energies"][17] * units.kcal_per_mol)
     np.testing.assert_allclose(ds[17].forces, raw["forces"][17] * units.kcal_per_mol)
+
+
+def test_structure_never_aliases_its_source():
+    """Regression: MD samplers keep moving one Atoms object; frames taken from it must not follow it."""
+    from ase.build import molecule
+
+    from ffspace.data import Structure
+
+    atoms = molecule("H2O")
+    forces = np.zeros((3, 3))
+    s = Structure.from_ase(atoms, energy=1.0, forces=forces)
+    atoms.positions += 1.0
+    forces += 1.0
+    assert np.abs(s.positions - molecule("H2O").positions).max() == 0.0
+    assert np.abs(s.forces).max() == 0.0
+
+
+def test_shipped_dataset_frames_are_distinct():
+    from pathlib import Path
+
+    from ffspace.data import read_dataset
+
+    path = Path(__file__).resolve().parents[1] / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"
+    data = read_dataset(path)
+    assert len(data) == 400
+    assert len({round(s.energy, 8) for s in data}) == 400
+    assert len({s.positions.tobytes() for s in data}) == 400
+    assert {s.info["sampler_temperature_K"] for s in data} == {300.0, 600.0}

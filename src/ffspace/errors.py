@@ -13,6 +13,7 @@ class DataError(FFSpaceError, ValueError):
     def __init__(self, message: str, *, file: str | None = None, frame: int | None = None,
                  field: str | None = None):
         self.file, self.frame, self.field = file, frame, field
+        self.reason = message  # without the location, so a reader can re-raise it under its own key name
         where = []
         if file is not None:
             where.append(f"file {file}")

@@ -49,7 +49,7 @@ def _structure(keys: dict, **kwargs) -> Structure:
         file, key = where if isinstance(where, tuple) else (err.file, where)
         if (file, key) == (err.file, err.field):
             raise
-        raise DataError(getattr(err, "reason", str(err)), file=file, frame=err.frame, field=key) from None
+        raise DataError(err.reason, file=file, frame=err.frame, field=key) from None
 
 
 def read_extxyz(path, energy_key: str | None = "REF_energy", forces_key: str | None = "REF_forces",

@@ -33,24 +33,24 @@ class Structure:
     frame: int | None = None
 
     def __post_init__(self):
-        self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
-        self.positions = np.asarray(self.positions, dtype=np.float64)
-        self.cell = np.asarray(self.cell, dtype=np.float64)
+        # Always copy: a Structure must never alias its source (e.g. the live arrays of an ASE Atoms
+        # that an MD sampler keeps moving), or every sampled frame would be the last one.
+        self.numbers = np.array(self.numbers, dtype=np.int64).reshape(-1)
+        self.positions = np.array(self.positions, dtype=np.float64)
+        self.cell = np.array(self.cell, dtype=np.float64)
         self.pbc = np.broadcast_to(np.asarray(self.pbc, dtype=bool), (3,)).copy()
         if self.energy is not None:
             self.energy = float(np.asarray(self.energy).reshape(()))
         if self.forces is not None:
-            self.forces = np.asarray(self.forces, dtype=np.float64)
+            self.forces = np.array(self.forces, dtype=np.float64)
         if self.stress is not None:
-            s = np.asarray(self.stress, dtype=np.float64)
+            s = np.array(self.stress, dtype=np.float64)
             self.stress = voigt_to_matrix(s) if s.shape == (6,) else (s.reshape(3, 3) if s.shape == (9,) else s)
         self.validate()
 
     # ------------------------------------------------------------------------------------
     def _error(self, message: str, fieldname: str) -> DataError:
-        err = DataError(message, file=self.source, frame=self.frame, field=fieldname)
-        err.reason = message  # the bare message, so a reader can re-raise it under the file's own key name
-        return err
+        return DataError(message, file=self.source, frame=self.frame, field=fieldname)
 
     def validate(self, min_distance: float = 0.1) -> None:
         """Check shapes, finiteness, elements and overlapping atoms; raise `DataError` naming the field."""

@@ -29,8 +29,7 @@ def make(path=DEFAULT_PATH, n_per_temperature: int = 200, temperatures=(300.0, 6
     for k, temperature in enumerate(temperatures):
         sampled = md_sample(start, labeler.calculator(), n_per_temperature, temperature=temperature, interval=20,
                             seed=seed + k, progress=True)
-        calc = labeler.calculator()
-        frames += [labeler.label(s, calc) for s in sampled]
+        frames += [labeler.label(s) for s in sampled]
     for s in frames:
         s.info.pop("label_wall_s", None)  # keep the shipped file byte-for-byte reproducible
     write_extxyz(path, frames)

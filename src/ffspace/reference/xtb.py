@@ -38,10 +38,14 @@ class XTBLabeler:
         return TBLite(method=self.method, charge=self.charge, multiplicity=self.multiplicity, verbosity=0,
                       **self.settings)
 
-    def label(self, structure: Structure, calc=None) -> Structure:
-        """Return a copy of ``structure`` with energy, forces (and stress if periodic) from xTB."""
+    def label(self, structure: Structure) -> Structure:
+        """Return a copy of ``structure`` with energy, forces (and stress if periodic) from xTB.
+
+        A fresh calculator per structure: reusing one would start each SCF from the previous
+        wavefunction, making labels depend (at ~1e-4 eV/Å) on the order frames were labeled in.
+        """
         atoms = structure.to_ase()
-        atoms.calc = calc or self.calculator()
+        atoms.calc = self.calculator()
         t0 = time.perf_counter()
         try:
             energy = atoms.get_potential_energy()

@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
     seed: int = 0
-    max_time_min: float | None = Field(None, gt=0, description="wall-clock budget; stops after the epoch that reaches it")
+    max_time_min: float | None = Field(None, gt=0, description="wall-clock budget in minutes: no epoch starts that would overrun it; a cosine schedule ends with it")
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
     eval_batch_size: int = Field(32, ge=1)

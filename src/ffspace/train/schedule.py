@@ -12,13 +12,17 @@ class LRSchedule:
         self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
         self.patience, self.factor, self.min_lr = patience, factor, min_lr
         self.step_count, self.scale, self.best, self.bad = 0, 1.0, math.inf, 0
+        # Fraction of a wall-clock budget already spent (set by the trainer): a cosine schedule then
+        # ends with the budget even when epochs run slower than planned.
+        self.time_fraction = 0.0
         self._apply()
 
     def current(self) -> float:
         if self.step_count < self.warmup_steps:
             return self.lr * (self.step_count + 1) / self.warmup_steps
         if self.kind == "cosine":
-            t = min(1.0, (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+            t = (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            t = min(1.0, max(t, self.time_fraction))
             return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
         return max(self.min_lr, self.lr * self.scale)
 

@@ -165,7 +165,11 @@ class Trainer:
         totals, count = {}, 0
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
                    file=sys.stderr, dynamic_ncols=True)
+        t_start = time.perf_counter()
         for idx in bar:
+            if cfg.max_time_min:
+                spent = self.elapsed + time.perf_counter() - t_start
+                self.schedule.time_fraction = min(1.0, spent / (cfg.max_time_min * 60))
             batch = collate([self.train_graphs[k] for k in idx], dtype=self.potential.dtype,
                             device=self.potential.device)
             out = self.potential.compute(batch, forces=True, stress=cfg.stress_weight > 0, training=True)
@@ -201,7 +205,9 @@ class Trainer:
             if self.bad_epochs >= cfg.early_stop_patience:
                 stop_reason = "early stop"
                 break
-            if cfg.max_time_min and self.elapsed >= cfg.max_time_min * 60:
+            last_epoch_s = self.history[-1]["epoch_s"] if self.history else 0.0
+            if cfg.max_time_min and self.elapsed + last_epoch_s > cfg.max_time_min * 60:
+                # The next epoch would overrun the budget: stop now, inside it.
                 stop_reason = "time budget"
                 break
             t0 = time.perf_counter()
@@ -213,6 +219,7 @@ class Trainer:
             self.epoch += 1
             self.elapsed += time.perf_counter() - t0
             row["time_s"] = round(self.elapsed, 2)
+            row["epoch_s"] = round(time.perf_counter() - t0, 3)
             improved = val["loss"] < self.best_val
             if improved:
                 self.best_val, self.bad_epochs = val["loss"], 0

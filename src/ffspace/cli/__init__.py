@@ -1,0 +1,1 @@
+"""The command-line interface (typer): thin wrappers over `ffspace.workflow`."""

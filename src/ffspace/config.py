@@ -1,0 +1,116 @@
+"""Typed configs for every command: YAML file + ``key=value`` overrides (dotted keys for sections)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .md.config import MDConfig
+from .train.config import TrainConfig
+
+BUILTIN_DATA = Path(__file__).resolve().parent / "datasets"
+
+
+class DataConfig(BaseModel):
+    """Where the labeled structures come from and how they are split (seeded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: str = Field("builtin:ethanol_gfn2xtb", description="file/folder, or builtin:<name> for shipped data")
+    test: str | None = Field(None, description="separate test file; otherwise split from `train`")
+    format: Literal["extxyz", "md17", "deepmd", "ase-db"] | None = None
+    energy_key: str = "REF_energy"
+    forces_key: str = "REF_forces"
+    stress_key: str | None = None
+    energy_unit: str = "eV"
+    n_val: float = Field(0.1, ge=0, description="validation size: fraction (< 1) or count")
+    n_test: float = Field(0.1, ge=0, description="test size when no test file is given: fraction or count")
+    seed: int = 0
+
+
+class ModelSection(BaseModel):
+    """``family`` picks the model; the other keys go to its constructor (cutoff, features, layers...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    family: str = "painn"
+    cutoff: float = 5.0
+    zbl: bool = Field(False, description="add a ZBL repulsion prior")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = DataConfig()
+    model: ModelSection = ModelSection(features=64, layers=3)
+    train: TrainConfig = TrainConfig()
+    md: MDConfig = MDConfig()
+    out: str = Field("runs/ffspace", description="output folder")
+    model_path: str | None = Field(None, description="trained model package (eval/md); default <out>/train/model.safetensors")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for this command")
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise ConfigError(f"override {dotted}: {k!r} is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), defaults: dict | None = None) -> RunConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides; unknown keys are errors that name the key."""
+    tree: dict = {} if defaults is None else yaml.safe_load(yaml.safe_dump(defaults))
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _merge(tree, loaded)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=50)")
+        key, value = item.split("=", 1)
+        apply_override(tree, key.strip(), parse_value(value))
+    try:
+        return RunConfig(**tree)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def resolve_data_path(spec: str) -> str:
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        path = BUILTIN_DATA / f"{name}.extxyz"
+        if not path.exists():
+            known = sorted(p.stem for p in BUILTIN_DATA.glob("*.extxyz"))
+            raise ConfigError(f"no built-in dataset {name!r}; built-in: {known}")
+        return str(path)
+    return spec

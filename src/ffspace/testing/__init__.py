@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package: the physics suite every model must pass."""

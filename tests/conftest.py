@@ -1,0 +1,46 @@
+"""Shared fixtures: the shipped dataset and one small trained model reused across tests."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffspace.data import read_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BUILTIN = REPO / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"
+
+
+def shared_data(*parts) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"public benchmark data not found at {path} (../shared/data next to the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ethanol_data():
+    return read_dataset(BUILTIN)
+
+
+@pytest.fixture(scope="session")
+def trained_package(tmp_path_factory, ethanol_data):
+    """A small PaiNN trained for ~25 s on the shipped GFN2-xTB ethanol set (float64 for MD checks)."""
+    from ffspace.train import Trainer, TrainConfig, build_model_for_data
+
+    train, val, _ = ethanol_data.split([-1, 30, 30], seed=0)
+    model = build_model_for_data({"family": "painn", "cutoff": 4.0, "features": 32, "layers": 2}, train, seed=0)
+    run = tmp_path_factory.mktemp("trained")
+    cfg = TrainConfig(epochs=400, max_time_min=0.35, batch_size=8, lr=3e-3, schedule="cosine", progress=False,
+                      dtype="float32")
+    summary = Trainer(model, train, val, cfg, run_dir=run).fit()
+    assert summary["epochs"] >= 5
+    return run / "model.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,108 @@
+"""Trainer: learning happens, run files are written, and a SIGKILLed run resumes to the same result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ffspace.evaluate import error_metrics, predict
+from ffspace.potential import Potential
+from ffspace.train import Loss, Trainer, TrainConfig, build_model_for_data
+
+
+def test_trained_model_beats_the_mean(trained_package, ethanol_data):
+    _, _, test = ethanol_data.split([-1, 30, 30], seed=0)
+    pot = Potential.load(trained_package, dtype=torch.float64)
+    m = error_metrics(predict(pot, test), test)
+    f = np.concatenate([s.forces for s in test])
+    baseline = np.abs(f).mean() * 1000  # predicting zero force, meV/Å
+    assert m["forces_mae_meV_A"] < 0.35 * baseline, (m, baseline)
+
+
+def test_run_files(tmp_path, ethanol_data):
+    train, val = ethanol_data[:40], ethanol_data[40:50]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 16, "layers": 1}, train)
+    cfg = TrainConfig(epochs=2, batch_size=10, progress=False, log_format="csv")
+    summary = Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+    for name in ("config.yaml", "versions.json", "metrics.csv", "checkpoint.pt", "model.safetensors", "summary.json"):
+        assert (tmp_path / name).exists(), name
+    assert summary["epochs"] == 2
+    assert "torch" in json.loads((tmp_path / "versions.json").read_text())
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "val_forces_mae_meV_A" in header
+
+
+def test_huber_and_mse_losses_differ_and_are_zero_at_labels(ethanol_data):
+    from ffspace.graph import batch_structures
+
+    batch = batch_structures(ethanol_data[:3], 4.0)
+    out = {"energy": batch.energy.clone(), "forces": batch.forces.clone()}
+    for kind in ("mse", "huber"):
+        total, _ = Loss(kind=kind)(out, batch)
+        assert float(total) == 0.0
+    out["forces"] = out["forces"] + 0.5
+    mse, _ = Loss(kind="mse")(out, batch)
+    hub, _ = Loss(kind="huber", huber_delta=0.01)(out, batch)
+    assert float(mse) > float(hub) > 0
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path, ethanol_data):
+    from ffspace.errors import ConfigError
+
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+    Trainer(model, train, val, TrainConfig(epochs=1, progress=False), run_dir=tmp_path).fit()
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+    with pytest.raises(ConfigError, match="different configuration"):
+        Trainer(model, train, val, TrainConfig(epochs=1, progress=False, lr=0.5), run_dir=tmp_path).fit()
+
+
+TRAIN_ARGS = ["model.features=32", "model.layers=2", "model.cutoff=4.0", "train.epochs=8", "train.batch_size=4",
+              "train.progress=false", "train.max_time_min=null", "data.n_val=20", "threads=1"]
+
+
+def _train_cmd(out):
+    return [sys.executable, "-m", "ffspace.cli", "train", *TRAIN_ARGS, f"out={out}"]
+
+
+def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "uninterrupted"
+    subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "train" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail("training never reached epoch 3")
+    epoch_s = json.loads(metrics.read_text().splitlines()[-1])["epoch_s"]
+    time.sleep(0.4 * epoch_s)  # land inside epoch 4
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert done < 8, "the run finished before it could be killed"
+
+    resumed = subprocess.run(_train_cmd(run), check=True, env=env, capture_output=True, text=True)
+    assert "resuming" in resumed.stderr
+    a = load_file(str(ref / "train" / "model.safetensors"))
+    b = load_file(str(run / "train" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    ha = [json.loads(x) for x in (ref / "train" / "metrics.jsonl").read_text().splitlines()]
+    hb = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert len(ha) == len(hb) == 8
+    assert [round(r["val_forces_mae_meV_A"], 5) for r in ha] == [round(r["val_forces_mae_meV_A"], 5) for r in hb]
