@@ -12,7 +12,6 @@ from .errors import ConfigError
 from .md.config import MDConfig
 from .train.config import TrainConfig
 
-BUILTIN_DATA = Path(__file__).resolve().parent / "datasets"
 
 
 class DataConfig(BaseModel):
@@ -107,10 +106,10 @@ def _merge(base: dict, new: dict) -> None:
 
 def resolve_data_path(spec: str) -> str:
     if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        path = BUILTIN_DATA / f"{name}.extxyz"
-        if not path.exists():
-            known = sorted(p.stem for p in BUILTIN_DATA.glob("*.extxyz"))
-            raise ConfigError(f"no built-in dataset {name!r}; built-in: {known}")
-        return str(path)
+        from .datasets import builtin_path
+
+        try:
+            return str(builtin_path(spec.split(":", 1)[1]))
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
     return spec

@@ -165,6 +165,11 @@ class Trainer:
         totals, count = {}, 0
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
                    file=sys.stderr, dynamic_ncols=True)
+        last_val = {}
+        if self.history:  # live validation MAE of the last epoch next to the running loss
+            prev = self.history[-1]
+            last_val = {"val_E_meV": f"{prev.get('val_energy_mae_meV', float('nan')):.3g}",
+                        "val_F_meV/Å": f"{prev.get('val_forces_mae_meV_A', float('nan')):.3g}"}
         t_start = time.perf_counter()
         for idx in bar:
             if cfg.max_time_min:
@@ -189,7 +194,7 @@ class Trainer:
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{totals['loss'] / count:.4g}")
+            bar.set_postfix(loss=f"{totals['loss'] / count:.4g}", **last_val)
         bar.close()
         return {f"train_{k}": v / max(count, 1) for k, v in totals.items()}
 
