@@ -15,10 +15,11 @@ def make(name):
     if name == "schnet":
         return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
     if name == "zbl":
-        return ZBL(cutoff=2.5)
+        # A wider switch than the default, so the prior acts on the (uncompressed) test structures.
+        return ZBL(cutoff=2.5, covalent_scale=1.6)
     if name == "sum":
         return Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}),
-                    PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2), ZBL(cutoff=2.0)])
+                    PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2), ZBL(cutoff=2.0, covalent_scale=1.3)])
     raise ValueError(name)
 
 
@@ -80,3 +81,20 @@ def test_suite_catches_a_broken_model():
     torch.manual_seed(0)
     with pytest.raises(AssertionError):
         physics.check_invariances(Broken(ELEMENTS, cutoff=4.0, features=8, layers=1))
+
+
+def test_zbl_is_off_at_bonding_distances_and_repulsive_at_contact():
+    import numpy as np
+    import torch
+
+    from ffspace.data import Structure
+    from ffspace.potential import Potential
+
+    pot = Potential(ZBL(), dtype=torch.float64)
+
+    def energy(r):
+        return float(pot([Structure(numbers=[6, 1], positions=[[0, 0, 0], [r, 0, 0]])])["energy"][0])
+
+    assert energy(1.09) == 0.0  # C–H bond length: the learned model owns this region
+    assert energy(0.4) > 10.0  # close contact: strongly repulsive (eV)
+    assert np.all(np.diff([energy(r) for r in (0.3, 0.4, 0.5, 0.6, 0.7)]) < 0)

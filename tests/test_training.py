@@ -106,3 +106,57 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path):
     hb = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert len(ha) == len(hb) == 8
     assert [round(r["val_forces_mae_meV_A"], 5) for r in ha] == [round(r["val_forces_mae_meV_A"], 5) for r in hb]
+
+
+def test_energy_only_training_works_without_force_labels(tmp_path, ethanol_data):
+    data = [s.copy(forces=None) for s in ethanol_data[:50]]
+    from ffspace.data import Dataset
+
+    train, val = Dataset(data[:40]), Dataset(data[40:])
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+    cfg = TrainConfig(epochs=2, forces_weight=0.0, progress=False)
+    summary = Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+    assert summary["best"]["val_energy_mae_meV"] > 0
+
+
+def test_stress_weight_without_stress_labels_is_refused(tmp_path, ethanol_data):
+    from ffspace.errors import ConfigError
+
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+    with pytest.raises(ConfigError, match="stress"):
+        Trainer(model, train, val, TrainConfig(epochs=1, stress_weight=1.0, progress=False), run_dir=tmp_path)
+
+
+def test_potential_does_not_retype_the_callers_model(ethanol_data):
+    from ffspace.models import PaiNN
+
+    model = PaiNN([1, 6, 8], cutoff=4.0, features=8, layers=1)
+    p64 = Potential(model, dtype=torch.float64)
+    p32 = Potential(model, dtype=torch.float32)
+    assert next(model.parameters()).dtype == torch.float32
+    e64, e32 = p64(ethanol_data[:2])["energy"], p32(ethanol_data[:2])["energy"]
+    np.testing.assert_allclose(e64, e32, rtol=1e-5)
+
+
+def test_float32_model_keeps_float64_energy_totals(ethanol_data):
+    """Reference energies stay float64 so totals near 10⁴ eV are not rounded at the meV level."""
+    from ffspace.models import AtomicReference, Sum
+
+    big = {1: -9000.123456789, 6: -9000.987654321, 8: -9000.5}
+    model = Sum([AtomicReference(big)])
+    s = ethanol_data[0]
+    exact = sum(big[int(z)] for z in s.numbers)
+    e = Potential(model, dtype=torch.float32)([s])["energy"][0]
+    assert abs(e - exact) < 1e-9
+
+
+def test_resume_may_extend_epochs(tmp_path, ethanol_data):
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+
+    def fit(epochs):
+        model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+        return Trainer(model, train, val, TrainConfig(epochs=epochs, progress=False), run_dir=tmp_path).fit()
+
+    assert fit(1)["epochs"] == 1
+    assert fit(3)["epochs"] == 3

@@ -22,10 +22,10 @@ class DataConfig(BaseModel):
     train: str = Field("builtin:ethanol_gfn2xtb", description="file/folder, or builtin:<name> for shipped data")
     test: str | None = Field(None, description="separate test file; otherwise split from `train`")
     format: Literal["extxyz", "md17", "deepmd", "ase-db"] | None = None
-    energy_key: str = "REF_energy"
-    forces_key: str = "REF_forces"
-    stress_key: str | None = None
-    energy_unit: str = "eV"
+    energy_key: str | None = Field(None, description="label key; default: the reader's own (extxyz: REF_energy)")
+    forces_key: str | None = Field(None, description="default: the reader's own (extxyz: REF_forces)")
+    stress_key: str | None = Field(None, description="extxyz/ase-db stress key (ASE sign, eV/Å³ or Voigt)")
+    energy_unit: str | None = Field(None, description="default: the format's own (eV; kcal/mol for MD17 npz)")
     n_val: float = Field(0.1, ge=0, description="validation size: fraction (< 1) or count")
     n_test: float = Field(0.1, ge=0, description="test size when no test file is given: fraction or count")
     seed: int = 0
@@ -37,15 +37,15 @@ class ModelSection(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     family: str = "painn"
-    cutoff: float = 5.0
-    zbl: bool = Field(False, description="add a ZBL repulsion prior")
+    cutoff: float = Field(5.0, gt=0, description="Å")
+    zbl: bool = Field(False, description="add a ZBL repulsion prior (switched off below bonding distances)")
 
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: DataConfig = DataConfig()
-    model: ModelSection = ModelSection(features=64, layers=3)
+    model: ModelSection = ModelSection()
     train: TrainConfig = TrainConfig()
     md: MDConfig = MDConfig()
     out: str = Field("runs/ffspace", description="output folder")

@@ -80,7 +80,7 @@ def evaluate(cfg: RunConfig, out_dir: Path | None = None) -> dict:
 def md(cfg: RunConfig, out_dir: Path | None = None):
     c = cfg.md
     if c.start:
-        start = read_dataset(c.start, format=cfg.data.format, energy_key=None, forces_key=None)[0]
+        start = read_dataset(c.start, required=())[0]  # a start structure needs no labels
     else:
         start = load_splits(cfg)[2][0]
     pot = Potential.load(model_path(cfg), dtype=DTYPES[c.dtype], device=cfg.train.device)
@@ -129,6 +129,14 @@ def run(cfg: RunConfig) -> Path:
 
 def _report_md(cfg: RunConfig, m: dict) -> str:
     t, md_s = m["test"], m["md"]
+    rows = []
+    if "energy_mae_meV" in t:
+        rows.append(f"| energy | {t['energy_mae_meV']:.2f} meV ({t['energy_mae_kcal_mol']:.3f} kcal/mol) | "
+                    f"{t['energy_rmse_meV']:.2f} meV |")
+    if "forces_mae_meV_A" in t:
+        rows.append(f"| forces | {t['forces_mae_meV_A']:.2f} meV/Å ({t['forces_mae_kcal_mol_A']:.3f} kcal/mol/Å) | "
+                    f"{t['forces_rmse_meV_A']:.2f} meV/Å |")
+    table = "\n".join(rows)
     return f"""# ffspace run report
 
 Data: `{cfg.data.train}`; model: `{cfg.model.family}` ({cfg.model.model_dump()}).
@@ -137,8 +145,7 @@ Data: `{cfg.data.train}`; model: `{cfg.model.family}` ({cfg.model.model_dump()})
 
 | quantity | MAE | RMSE |
 |---|---|---|
-| energy | {t['energy_mae_meV']:.2f} meV ({t['energy_mae_kcal_mol']:.3f} kcal/mol) | {t['energy_rmse_meV']:.2f} meV |
-| forces | {t['forces_mae_meV_A']:.2f} meV/Å ({t['forces_mae_kcal_mol_A']:.3f} kcal/mol/Å) | {t['forces_rmse_meV_A']:.2f} meV/Å |
+{table}
 
 ![parity](parity.png)
 

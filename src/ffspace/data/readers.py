@@ -300,16 +300,21 @@ def guess_format(path) -> str:
     raise DataError(f"cannot tell the format from the name; give format= one of {sorted(FORMATS)}", file=str(p))
 
 
-def read_dataset(path, format: str | None = None, **keys) -> Dataset:
-    """Read any supported format; ``keys`` go to the reader (energy_key, forces_key, units...)."""
+def read_dataset(path, format: str | None = None, **options) -> Dataset:
+    """Read any supported format. ``options`` go to the format's reader (energy_key, forces_key,
+    stress_key, energy_unit, required, ...); an option set to None keeps that reader's own default,
+    and an option the format cannot use is an error rather than silently ignored."""
+    import inspect
+
     path = os.fspath(path)
     fmt = format or guess_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; known: {sorted(FORMATS)}", file=path)
-    keys = {k: v for k, v in keys.items() if v is not None}
-    if fmt == "md17":
-        keys = {k: v for k, v in keys.items() if k in ("energy_unit", "labels")}
-    if fmt == "deepmd":
-        keys = {}
-    ds = FORMATS[fmt](path, **keys)
-    return ds.require_nonempty()
+    reader = FORMATS[fmt]
+    accepted = set(inspect.signature(reader).parameters) - {"path"}
+    options = {k: v for k, v in options.items() if v is not None}
+    unusable = sorted(set(options) - accepted)
+    if unusable:
+        raise DataError(f"option(s) {unusable} do not apply to the {fmt} format (it takes {sorted(accepted)})",
+                        file=path)
+    return reader(path, **options).require_nonempty()

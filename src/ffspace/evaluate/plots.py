@@ -22,6 +22,8 @@ def parity_plot(pred: dict, structures, path, title: str = "") -> Path:
     """Predicted vs reference: energies per atom (relative to the mean, meV/atom) and force components (eV/Å)."""
     plt = _pyplot()
     structures = list(structures)
+    if not all(s.forces is not None and s.energy is not None for s in structures):
+        return None  # parity needs both labels; metrics.json still has what exists
     n = np.array([s.n_atoms for s in structures])
     e_ref = np.array([s.energy for s in structures]) / n
     e_pred = pred["energy"] / n

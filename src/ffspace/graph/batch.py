@@ -18,7 +18,8 @@ class Batch:
     graph_index (N,) long, the structure each atom belongs to; edge_index (2, E) long with
     edge_index[0] = i (the centre) and edge_index[1] = j (the neighbour); shifts (E, 3) integer
     cell shifts in the dtype of positions: edge vector r_ij = pos[j] − pos[i] + shifts @ cell[g].
-    n_atoms (G,) long. Optional labels: energy (G,), forces (N, 3), stress (G, 3, 3).
+    n_atoms (G,) long. Optional labels: energy (G,) always float64 (totals need the precision),
+    forces (N, 3), stress (G, 3, 3).
     """
 
     numbers: torch.Tensor
@@ -56,7 +57,7 @@ class Batch:
             t = getattr(self, f.name)
             if t is None:
                 continue
-            if t.is_floating_point() and dtype is not None:
+            if t.is_floating_point() and dtype is not None and f.name != "energy":
                 changes[f.name] = t.to(device=device, dtype=dtype)
             else:
                 changes[f.name] = t.to(device=device)
@@ -115,7 +116,7 @@ def collate(graphs: list[GraphData], dtype=torch.float64, device=None, labels: b
     )
     if labels:
         if all(g.energy is not None for g in graphs):
-            batch.energy = torch.tensor([g.energy for g in graphs], dtype=dtype, device=device)
+            batch.energy = torch.tensor([g.energy for g in graphs], dtype=torch.float64, device=device)
         if all(g.forces is not None for g in graphs):
             batch.forces = torch.as_tensor(np.concatenate([g.forces for g in graphs]), dtype=dtype, **kw)
         if any(g.stress is not None for g in graphs):

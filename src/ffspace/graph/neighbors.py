@@ -13,6 +13,9 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cuto
     ``positions[j] - positions[i] + shifts @ cell``.
     """
     pbc = np.asarray(pbc, dtype=bool)
+    if cutoff <= 0:  # e.g. a model of per-element constants only: no pairs at all
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), np.zeros((0, 3), dtype=np.int64)
     nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     if pbc.any():
         i, j, s = nl.compute(positions, cell, pbc, "ijS")

@@ -84,7 +84,10 @@ class Langevin:
         sigma = np.sqrt((1 - c1**2) * units.kB * self.temperature / state.masses * units.ACCEL_TO_A_PER_FS2)
         state.velocities += 0.5 * dt * state.acceleration()
         state.positions += 0.5 * dt * state.velocities
-        state.velocities = c1 * state.velocities + sigma[:, None] * self.rng.normal(size=state.velocities.shape)
+        v = c1 * state.velocities + sigma[:, None] * self.rng.normal(size=state.velocities.shape)
+        # Remove the centre-of-mass drift the noise adds (as ASE's fixcm): momentum stays zero, so the
+        # temperature's 3N − 3 degrees of freedom remain the right count.
+        state.velocities = v - (state.masses[:, None] * v).sum(axis=0) / state.masses.sum()
         state.positions += 0.5 * dt * state.velocities
         state.energy, state.forces = compute_forces(state.positions)
         state.velocities += 0.5 * dt * state.acceleration()

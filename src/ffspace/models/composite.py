@@ -22,8 +22,17 @@ class AtomicReference(FFModel):
             table[z] = e
         self.register_buffer("table", table)
 
+    def _apply(self, fn, *args, **kwargs):
+        # Keep the table float64 whatever dtype the model moves to: reference energies are large
+        # (hundreds of eV per atom) and float32 would round them at the meV level.
+        table = self.table
+        super()._apply(fn, *args, **kwargs)
+        self.table = table.to(device=self.table.device)
+        return self
+
     def forward(self, batch) -> torch.Tensor:
-        return self.table[batch.numbers].to(batch.positions.dtype)
+        # float64 per-atom energies; the learned terms' float32 energies are promoted when summed.
+        return self.table[batch.numbers]
 
 
 @register("sum")

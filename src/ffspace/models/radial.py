@@ -13,8 +13,8 @@ def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     return torch.where(r < cutoff, 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0), torch.zeros_like(r))
 
 
-def smoothstep_switch(r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
-    """1 below r_on, 0 above r_off, quintic (C2) in between."""
+def smoothstep_switch(r: torch.Tensor, r_on, r_off) -> torch.Tensor:
+    """1 below r_on, 0 above r_off, quintic (C2) in between; r_on and r_off may be per-edge tensors."""
     x = ((r - r_on) / (r_off - r_on)).clamp(0.0, 1.0)
     return 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x**2)
 

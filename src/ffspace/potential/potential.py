@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +21,11 @@ class Potential:
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         self.dtype, self.device = dtype, torch.device(device)
+        # nn.Module.to works in place: convert a copy when needed, so a model held elsewhere (or by
+        # another Potential in another dtype) is never changed under its owner's feet.
+        params = list(model.parameters())
+        if params and (params[0].dtype != dtype or params[0].device != self.device):
+            model = copy.deepcopy(model)
         self.model = model.to(device=self.device, dtype=dtype)
         self.cutoff = float(model.cutoff)
         self.elements = list(model.elements)
@@ -58,11 +64,16 @@ class Potential:
             inputs.append(strain)
         model_batch = replace(batch, positions=positions, cell=cell)
         energies = self.model(model_batch)
-        energy = torch.zeros(batch.n_graphs, dtype=energies.dtype, device=self.device)
-        energy = energy.index_add(0, batch.graph_index, energies)
+        # Totals in float64 even for a float32 model: at |E| ~ 10⁴ eV one float32 step is ~1 meV,
+        # the size of the errors we want to measure.
+        energy = torch.zeros(batch.n_graphs, dtype=torch.float64, device=self.device)
+        energy = energy.index_add(0, batch.graph_index, energies.to(torch.float64))
         out = {"energy": energy, "energies": energies}
         if forces or stress:
-            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+            if energy.requires_grad:
+                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+            else:  # a model of constants only (e.g. reference energies): no geometry dependence at all
+                grads = [None] * len(inputs)
             if forces:
                 g = grads[0] if grads[0] is not None else torch.zeros_like(batch.positions)
                 out["forces"] = -g

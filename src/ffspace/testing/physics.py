@@ -194,7 +194,7 @@ def check_smooth_cutoff(model, pair=(6, 8)) -> None:
     assert abs(float(beyond["energy"][0]) - e_far) < 1e-12, "energy changes beyond the cutoff"
 
 
-def check_nve_conservation(model, steps: int = 400, timestep_fs: float = 0.25, rel_tol: float = 2e-3,
+def check_nve_conservation(model, steps: int = 500, timestep_fs: float = 0.1, rel_tol: float = 2e-3,
                            abs_tol_ev_per_atom: float = 2e-5) -> float:
     """A short NVE run conserves total energy: its largest excursion stays below ``rel_tol`` of the
     potential energy exchanged with kinetic energy during the run (plus a tiny absolute floor), so the

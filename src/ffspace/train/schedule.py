@@ -48,12 +48,18 @@ class LRSchedule:
                 self.bad = 0
         self._apply()
 
+    def set_time_fraction(self, fraction: float):
+        self.time_fraction = min(1.0, max(0.0, fraction))
+        self._apply()
+
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad}
+        return {"step_count": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad,
+                "time_fraction": self.time_fraction}
 
     def load_state_dict(self, state: dict):
         self.step_count, self.scale = int(state["step_count"]), float(state["scale"])
         self.best, self.bad = float(state["best"]), int(state["bad"])
+        self.time_fraction = float(state.get("time_fraction", 0.0))
         self._apply()
 
 

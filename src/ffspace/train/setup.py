@@ -22,7 +22,6 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     cfg = dict(model_config)
     family = cfg.pop("family", None)
     zbl = cfg.pop("zbl", False)
-    zbl_cutoff = cfg.pop("zbl_cutoff", 2.0)
     if family not in MODEL_REGISTRY or family in ("sum", "reference"):
         raise ConfigError(f"model.family must be a learned family, one of "
                           f"{sorted(set(MODEL_REGISTRY) - {'sum', 'reference', 'zbl'})}; got {family!r}")
@@ -37,5 +36,5 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
         if family != "zbl":
             terms.append(build_model({"family": family, "elements": elements, "energy_scale": scale, **cfg}))
         if zbl or family == "zbl":
-            terms.append(ZBL(cutoff=zbl_cutoff))
+            terms.append(ZBL(cutoff=min(3.0, float(cfg.get("cutoff", 3.0)))))
     return Sum(terms)

@@ -43,7 +43,9 @@ class Trainer:
 
     Everything a run produces lands in ``run_dir``: config.yaml (resolved), versions.json,
     metrics.jsonl|csv, checkpoint.pt (every epoch) and model.safetensors (best EMA weights).
-    Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint.
+    Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint (epochs,
+    time budget and early-stop patience may change between the two; anything else is refused).
+    After `fit`, ``trainer.model`` holds the best EMA weights, the same as model.safetensors.
     """
 
     def __init__(self, model, train_set, val_set, config: TrainConfig | dict | None = None, run_dir="run",
@@ -51,8 +53,13 @@ class Trainer:
         self.config = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        train_set.require_labels(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
-        val_set.require_labels(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
+        need = dict(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
+        train_set.require_labels(**need)
+        val_set.require_labels(**need)
+        if self.config.stress_weight > 0 and not any(s.stress is not None for s in train_set):
+            # A stress weight with no stress labels would be a silent zero loss term.
+            raise ConfigError("train.stress_weight > 0 but no training structure has a stress label "
+                              "(set data.stress_key to the key your file uses)")
         self.potential = Potential(model, dtype=DTYPES[self.config.dtype], device=self.config.device)
         self.model = self.potential.model
         self.potential.check_elements(train_set)
@@ -75,8 +82,26 @@ class Trainer:
                          "data": {"n_train": len(train_set), "n_val": len(val_set),
                                   "train_source": train_set.name, "val_source": val_set.name},
                          **(extra_config or {})}
-        self.fingerprint = hashlib.sha256(json.dumps(self.resolved, sort_keys=True, default=str).encode()).hexdigest()
+        self.fingerprint = self._fingerprint(model, train_set, val_set)
         self.epoch, self.best_val, self.bad_epochs, self.elapsed, self.history = 0, math.inf, 0, 0.0, []
+
+    # Settings that do not change the training trajectory: a run may resume with other values.
+    _FREE_SETTINGS = {"epochs", "max_time_min", "early_stop_patience", "progress", "eval_batch_size", "log_format",
+                      "device"}
+
+    def _fingerprint(self, model, train_set, val_set) -> str:
+        """Hash of what determines the trajectory: model config, trajectory settings and the data's content."""
+        h = hashlib.sha256()
+        settings = {k: v for k, v in self.config.model_dump().items() if k not in self._FREE_SETTINGS}
+        h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
+        for s in list(train_set) + [None] + list(val_set):
+            if s is None:
+                h.update(b"|")
+                continue
+            h.update(s.numbers.tobytes())
+            h.update(s.positions.tobytes())
+            h.update(np.float64(s.energy if s.energy is not None else np.nan).tobytes())
+        return h.hexdigest()
 
     # -- persistence ------------------------------------------------------------------------
     @property
@@ -127,6 +152,14 @@ class Trainer:
         self.history = json.loads(state["history_json"])
         return True
 
+    def _load_best(self):
+        """After training, the model holds the best EMA weights, the same as model.safetensors."""
+        from safetensors.torch import load_file
+
+        path = self.run_dir / "model.safetensors"
+        if path.exists():
+            self.model.load_state_dict({k: v.to(self.potential.device) for k, v in load_file(str(path)).items()})
+
     # -- evaluation -------------------------------------------------------------------------
     def _with_ema(self):
         """Context: swap EMA weights in for evaluation."""
@@ -145,15 +178,25 @@ class Trainer:
         return _Swap()
 
     def validate(self) -> dict:
-        with self._with_ema():
-            pred = predict(self.potential, self.val_graphs, self.config.eval_batch_size)
-        metrics = error_metrics(pred, self.val_set)
-        n = np.array([s.n_atoms for s in self.val_set])
-        e_ref = np.array([s.energy for s in self.val_set])
-        f_ref = np.concatenate([s.forces for s in self.val_set])
+        """Metrics of the EMA weights on the validation set; ``loss`` uses the training weights."""
         w = self.loss.w
-        metrics["loss"] = float(w["energy"] * (((pred["energy"] - e_ref) / n) ** 2).mean()
-                                + w["forces"] * ((pred["forces"] - f_ref) ** 2).mean())
+        with self._with_ema():
+            pred = predict(self.potential, self.val_graphs, self.config.eval_batch_size, stress=w["stress"] > 0)
+        metrics = error_metrics(pred, self.val_set)
+        loss = 0.0
+        if w["energy"]:
+            n = np.array([s.n_atoms for s in self.val_set])
+            e_ref = np.array([s.energy for s in self.val_set])
+            loss += w["energy"] * float((((pred["energy"] - e_ref) / n) ** 2).mean())
+        if w["forces"]:
+            f_ref = np.concatenate([s.forces for s in self.val_set])
+            loss += w["forces"] * float(((pred["forces"] - f_ref) ** 2).mean())
+        if w["stress"]:
+            have = [k for k, s in enumerate(self.val_set) if s.stress is not None]
+            if have:
+                ref = np.stack([self.val_set[k].stress for k in have])
+                loss += w["stress"] * float(((pred["stress"][have] - ref) ** 2).mean())
+        metrics["loss"] = loss
         return metrics
 
     # -- training ---------------------------------------------------------------------------
@@ -174,10 +217,11 @@ class Trainer:
         for idx in bar:
             if cfg.max_time_min:
                 spent = self.elapsed + time.perf_counter() - t_start
-                self.schedule.time_fraction = min(1.0, spent / (cfg.max_time_min * 60))
+                self.schedule.set_time_fraction(spent / (cfg.max_time_min * 60))
             batch = collate([self.train_graphs[k] for k in idx], dtype=self.potential.dtype,
                             device=self.potential.device)
-            out = self.potential.compute(batch, forces=True, stress=cfg.stress_weight > 0, training=True)
+            out = self.potential.compute(batch, forces=cfg.forces_weight > 0, stress=cfg.stress_weight > 0,
+                                         training=True)
             loss, parts = self.loss(out, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {float(loss)} at epoch {self.epoch + 1}; "
@@ -222,9 +266,6 @@ class Trainer:
             self.schedule.epoch_end(val["loss"])
             row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
             self.epoch += 1
-            self.elapsed += time.perf_counter() - t0
-            row["time_s"] = round(self.elapsed, 2)
-            row["epoch_s"] = round(time.perf_counter() - t0, 3)
             improved = val["loss"] < self.best_val
             if improved:
                 self.best_val, self.bad_epochs = val["loss"], 0
@@ -233,6 +274,9 @@ class Trainer:
                                  extra={"epoch": self.epoch, "val": val, "run_config": self.resolved})
             else:
                 self.bad_epochs += 1
+            self.elapsed += time.perf_counter() - t0
+            row["time_s"] = round(self.elapsed, 2)
+            row["epoch_s"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
             self._write_metrics()
             self.save_checkpoint()
@@ -241,6 +285,7 @@ class Trainer:
                       f"val {format_metrics(val)}{'  *' if improved else ''}", file=sys.stderr)
         else:
             stop_reason = "max epochs"
+        self._load_best()
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
         summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
                    "model": str(self.run_dir / "model.safetensors")}
