@@ -90,5 +90,40 @@ def run(args: Optional[List[str]] = typer.Argument(None, help=ARGS_HELP)):
     _guard(lambda: workflow.run(_config(args)))
 
 
+@app.command()
+def label(config: Path = typer.Argument(..., help="label config YAML (input, samplers, labeler, workers, ...)"),
+          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. workers=2")):
+    """Make reference data: structures from SMILES or files, sampled (MD, normal modes, rattling),
+    labeled with GFN2-xTB (tblite) or DFT (PySCF) into a crash-safe store, written as an extxyz dataset
+    (REF_energy / REF_forces) that `ffspace train` reads. Rerunning a killed job labels only what is missing.
+    """
+
+    def go():
+        import yaml
+        from pydantic import ValidationError
+
+        from ..config import apply_override, parse_value
+        from ..errors import ConfigError
+        from ..reference.config import LabelConfig
+        from ..reference.job import run_label_job
+
+        if not config.is_file():
+            raise ConfigError(f"config file {config} not found")
+        tree = yaml.safe_load(config.read_text()) or {}
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            apply_override(tree, key.strip(), parse_value(value))
+        try:
+            cfg = LabelConfig(**tree)
+        except ValidationError as exc:
+            lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError("invalid label config:\n" + "\n".join(lines)) from None
+        run_label_job(cfg)
+
+    _guard(go)
+
+
 def main():  # pragma: no cover
     sys.exit(app())

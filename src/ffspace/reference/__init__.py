@@ -1,6 +1,9 @@
-"""Reference labels from real quantum-chemistry engines, and samplers that make configurations."""
+"""Reference labels from real quantum-chemistry engines (GFN2-xTB via tblite, DFT via PySCF), samplers,
+a crash-safe label store, and local / Dask execution."""
 
-from .sampling import md_sample
+from .base import LabelFailure
+from .sampling import md_sample, normal_mode_sample, rattle
+from .store import LabelStore
 from .xtb import XTBLabeler
 
-__all__ = ["XTBLabeler", "md_sample"]
+__all__ = ["LabelFailure", "LabelStore", "XTBLabeler", "md_sample", "normal_mode_sample", "rattle"]

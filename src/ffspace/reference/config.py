@@ -1,0 +1,80 @@
+"""Typed settings of a labeling job (``ffspace label config.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    smiles: list[str] | str | None = Field(None, description="one or more SMILES (RDKit conformers)")
+    file: str | None = Field(None, description="structure file (xyz, extxyz, pdb, sdf): every frame is a start")
+    dataset: str | None = Field(None, description="existing dataset to relabel at another level of theory")
+    n_conformers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("smiles", "file", "dataset") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of input.smiles, input.file, input.dataset (got {given or 'none'})")
+        return self
+
+
+class SamplerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["md", "normal_modes", "rattle", "none"] = "md"
+    n_frames: int = Field(100, ge=1, description="frames per start structure")
+    temperature: float = Field(300.0, ge=0, description="K (md, normal_modes)")
+    interval: int = Field(20, ge=1, description="md: steps between frames")
+    timestep_fs: float = Field(0.5, gt=0)
+    equilibration_steps: int = Field(200, ge=0)
+    sigma: float = Field(0.05, gt=0, description="rattle: displacement σ, Å")
+
+
+class LabelerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["xtb", "dft"] = "xtb"
+    charge: int = 0
+    multiplicity: int = Field(1, ge=1, description="2S + 1")
+    # xTB
+    xtb_method: str = "GFN2-xTB"
+    accuracy: float = Field(1.0, gt=0)
+    # DFT (PySCF)
+    functional: str = "PBE"
+    basis: str = "def2-SVP"
+    density_fit: bool = True
+    dispersion: Literal["d3bj", "d3zero", "d4"] | None = None
+    conv_tol: float = Field(1e-10, gt=0, description="SCF energy convergence, Hartree")
+    max_cycle: int = Field(100, ge=1)
+    grid_level: int = Field(3, ge=0, le=9)
+
+    def build(self):
+        if self.method == "xtb":
+            from .xtb import XTBLabeler
+
+            return XTBLabeler(self.xtb_method, charge=self.charge, multiplicity=self.multiplicity,
+                              accuracy=self.accuracy)
+        from .dft import PySCFLabeler
+
+        return PySCFLabeler(self.functional, self.basis, density_fit=self.density_fit, dispersion=self.dispersion,
+                            charge=self.charge, multiplicity=self.multiplicity, conv_tol=self.conv_tol,
+                            max_cycle=self.max_cycle, grid_level=self.grid_level)
+
+
+class LabelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: InputConfig
+    samplers: list[SamplerConfig] = [SamplerConfig()]
+    labeler: LabelerConfig = LabelerConfig()
+    workers: int = Field(1, ge=1, description="local worker processes")
+    scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://host:8786")
+    store: str = Field("runs/label/store", description="crash-safe label store folder")
+    out: str = Field("runs/label/dataset.extxyz", description="labeled dataset (extxyz, REF_energy/REF_forces)")
+    seed: int = 0
+    progress: bool = True

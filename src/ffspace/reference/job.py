@@ -1,0 +1,82 @@
+"""A labeling job: inputs → samplers → labels (store) → dataset file that `ffspace train` reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from ..data.readers import read_dataset, read_extxyz
+from ..data.structure import Structure
+from ..data.writers import write_extxyz
+from .config import LabelConfig
+from .inputs import from_smiles, read_structures
+from .runner import label_structures
+from .sampling import md_sample, normal_mode_sample, rattle
+from .store import LabelStore
+
+
+def start_structures(cfg: LabelConfig) -> list[Structure]:
+    inp = cfg.input
+    if inp.smiles:
+        smiles = [inp.smiles] if isinstance(inp.smiles, str) else inp.smiles
+        return [s for k, smi in enumerate(smiles) for s in from_smiles(smi, inp.n_conformers, seed=cfg.seed + k)]
+    if inp.file:
+        return read_structures(inp.file)
+    return list(read_dataset(inp.dataset, required=()))
+
+
+def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
+    """Frames from every start structure and sampler. MD and the normal-mode Hessian are driven by
+    GFN2-xTB whatever the labeler is: sampling needs many cheap force calls, labels few expensive ones."""
+    from .xtb import XTBLabeler
+
+    driver = XTBLabeler(charge=cfg.labeler.charge, multiplicity=cfg.labeler.multiplicity)
+    frames = []
+    for k, start in enumerate(starts):
+        for j, sc in enumerate(cfg.samplers):
+            seed = cfg.seed + 1000 * k + j
+            if sc.kind == "none":
+                frames.append(start.copy(energy=None, forces=None, stress=None))
+            elif sc.kind == "rattle":
+                frames += rattle(start, sc.n_frames, sc.sigma, seed=seed)
+            elif sc.kind == "normal_modes":
+                frames += normal_mode_sample(start, driver, sc.n_frames, sc.temperature, seed=seed)
+            else:
+                frames += md_sample(start, driver.calculator(), sc.n_frames, sc.temperature, sc.interval,
+                                    sc.timestep_fs, sc.equilibration_steps, seed=seed, progress=cfg.progress)
+    return frames
+
+
+def _sampling_fingerprint(cfg: LabelConfig) -> str:
+    relevant = {"input": cfg.input.model_dump(), "samplers": [s.model_dump() for s in cfg.samplers],
+                "seed": cfg.seed}
+    if any(s.kind in ("md", "normal_modes") for s in cfg.samplers):
+        relevant["driver"] = {"charge": cfg.labeler.charge, "multiplicity": cfg.labeler.multiplicity}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_label_job(cfg: LabelConfig, scheduler=None):
+    """Sample (once; cached in the store folder), label what is missing, write the dataset."""
+    labeler = cfg.labeler.build()
+    store = LabelStore(cfg.store)
+    samples_path = Path(cfg.store) / f"samples-{_sampling_fingerprint(cfg)}.extxyz"
+    if not samples_path.exists():
+        frames = sample(cfg, start_structures(cfg))
+        tmp = samples_path.with_name(samples_path.name + ".tmp")
+        write_extxyz(tmp, frames)
+        tmp.replace(samples_path)
+    # Always label the frames as read back from the file, so keys are identical on every rerun.
+    frames = list(read_extxyz(samples_path, required=()))
+    print(f"{len(frames)} frames to label with {labeler.provenance()['method']} "
+          f"({len(store)} labels already in {cfg.store})", file=sys.stderr)
+    dataset = label_structures(frames, labeler, store, workers=cfg.workers,
+                               scheduler=scheduler if scheduler is not None else cfg.scheduler,
+                               progress=cfg.progress)
+    failed = len(frames) - len(dataset)
+    out = Path(cfg.out)
+    write_extxyz(out, list(dataset))
+    print(f"wrote {len(dataset)} labeled structures to {out}" + (f" ({failed} failed: see "
+          f"{store.failures_path})" if failed else ""), file=sys.stderr)
+    return dataset

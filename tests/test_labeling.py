@@ -1,0 +1,165 @@
+"""Reference data: DFT and xTB labels, the crash-safe store, local and Dask execution, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tblite", reason="tblite (GFN2-xTB) not installed")
+
+from ffspace.data import Structure, read_extxyz  # noqa: E402
+from ffspace.errors import DataError  # noqa: E402
+from ffspace.reference import XTBLabeler  # noqa: E402
+from ffspace.reference.inputs import from_smiles, read_structures  # noqa: E402
+from ffspace.reference.runner import label_structures  # noqa: E402
+from ffspace.reference.sampling import normal_mode_sample, rattle  # noqa: E402
+from ffspace.reference.store import LabelStore  # noqa: E402
+
+from .conftest import shared_data  # noqa: E402
+
+WATER = Structure(numbers=[8, 1, 1], positions=[[0, 0, 0.1173], [0, 0.7572, -0.4692], [0, -0.7572, -0.4692]])
+
+
+def _config(tmp_path, **extra):
+    cfg = {"input": {"smiles": "CCO"}, "samplers": [{"kind": "rattle", "n_frames": 300, "sigma": 0.05}],
+           "labeler": {"method": "xtb"}, "store": str(tmp_path / "store"), "out": str(tmp_path / "data.extxyz"),
+           "progress": False, **extra}
+    path = tmp_path / "label.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_dft_forces_match_finite_differences():
+    pytest.importorskip("pyscf")
+    from ffspace.reference.dft import PySCFLabeler
+
+    lab = PySCFLabeler("PBE", "def2-SVP", density_fit=True)
+    s = WATER.copy(positions=WATER.positions + np.array([[0.02, -0.01, 0.0], [0, 0, 0.03], [0.01, 0, 0]]))
+    labeled = lab.label(s)
+    h = 1e-3
+    for atom, d in [(0, 2), (1, 1)]:
+        e = []
+        for sign in (1, -1):
+            p = s.positions.copy()
+            p[atom, d] += sign * h
+            e.append(lab.label(s.copy(positions=p)).energy)
+        fd = -(e[0] - e[1]) / (2 * h)
+        # Density fitting and the DFT grid make the analytic gradient consistent only to ~1e-4 eV/Å.
+        assert abs(fd - labeled.forces[atom, d]) < 5e-4, (atom, d, fd, labeled.forces[atom, d])
+    assert labeled.info["label_method"] == "PBE/def2-SVP"
+
+
+def test_dft_reproduces_rmd17_level_of_theory():
+    """PBE/def2-SVP on 5 rMD17 ethanol frames: forces within 5 meV/Å, relative energies within 2 meV."""
+    pytest.importorskip("pyscf")
+    from ffspace.data import read_dataset
+    from ffspace.reference.dft import PySCFLabeler
+
+    frames = read_dataset(shared_data("rmd17", "rmd17_ethanol_test_01.npz"))[[0, 200, 400, 600, 800]]
+    ours = [PySCFLabeler("PBE", "def2-SVP").label(s) for s in frames]
+    f_mae = np.mean([np.abs(a.forces - b.forces).mean() for a, b in zip(ours, frames)]) * 1000
+    de = np.array([a.energy for a in ours]) - np.array([b.energy for b in frames])
+    rel = np.abs(de - de.mean()).max() * 1000
+    print(f"\nPySCF PBE/def2-SVP vs rMD17 (5 ethanol frames): force MAE {f_mae:.2f} meV/Å, "
+          f"max relative energy error {rel:.2f} meV")
+    assert f_mae <= 5.0 and rel <= 2.0
+
+
+def test_xtb_and_dft_bad_input_errors():
+    from ffspace.reference.dft import PySCFLabeler
+
+    with pytest.raises(DataError, match="impossible"):
+        XTBLabeler(multiplicity=2).label(WATER)  # 10 electrons cannot be a doublet
+    with pytest.raises(DataError, match="impossible"):
+        PySCFLabeler(charge=1).label(WATER)  # 9 electrons, singlet
+    uranium = Structure(numbers=[92, 8], positions=[[0, 0, 0], [0, 0, 1.8]], source="u.xyz", frame=0)
+    with pytest.raises(DataError, match="no parameters") as err:
+        XTBLabeler().label(uranium)
+    assert "u.xyz" in str(err.value) and "numbers" in str(err.value)
+    with pytest.raises(DataError, match="SMILES"):
+        from_smiles("C1CC(")
+    with pytest.raises(DataError, match="not found"):
+        read_structures("/nonexistent/file.xyz")
+
+
+def test_unreadable_structure_file(tmp_path):
+    bad = tmp_path / "broken.pdb"
+    bad.write_text("ATOM      1  C   XXX A   1    garbage\n")
+    with pytest.raises(DataError) as err:
+        read_structures(bad)
+    assert "broken.pdb" in str(err.value)
+
+
+def test_smiles_and_samplers_record_provenance():
+    start = from_smiles("CCO")[0]
+    assert start.n_atoms == 9 and start.info["smiles"] == "CCO"
+    r = rattle(start, 3, 0.05, seed=1)
+    assert len({f.positions.tobytes() for f in r}) == 3 and r[0].info["sampler"] == "rattle"
+    nm = normal_mode_sample(start, XTBLabeler(), 4, temperature=300.0, seed=0)
+    disp = [np.sqrt(((f.positions - start.positions) ** 2).sum(axis=1)).max() for f in nm]
+    assert all(0.01 < d < 1.0 for d in disp) and nm[0].info["sampler"] == "normal_modes"
+
+
+def test_store_dedupes_identical_frames(tmp_path):
+    start = from_smiles("CCO")[0]
+    frames = rattle(start, 5, 0.05, seed=0)
+    frames = frames + [frames[0].copy(), frames[2].copy()]
+    store = LabelStore(tmp_path / "store")
+    data = label_structures(frames, XTBLabeler(), store, progress=False)
+    assert len(store.labels) == 5  # the two repeats were not labeled again
+    assert len(data) == 7 and data[5].energy == data[0].energy
+
+
+def test_label_job_killed_and_rerun_loses_and_repeats_nothing(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ffspace.cli", "label"]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir(), run_dir.mkdir()
+    subprocess.run(cmd + [str(_config(ref_dir))], check=True, env=env, capture_output=True)
+
+    # A DFT-free but slowed job: one label at a time, killed when part of the store is written.
+    cfg = _config(run_dir)
+    proc = subprocess.Popen(cmd + [str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    labels = run_dir / "store" / "labels.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (labels.exists() and len(labels.read_bytes().splitlines()) >= 10):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(LabelStore(run_dir / "store").labels)
+    assert 10 <= done_before < 300, done_before
+    rerun = subprocess.run(cmd + [str(cfg)], check=True, env=env, capture_output=True, text=True)
+    assert f"({done_before} labels already" in rerun.stderr
+    keys = [json.loads(x)["key"] for x in labels.read_text().splitlines() if x.strip()]
+    assert len(keys) == len(set(keys)) == 300  # nothing recomputed, nothing lost
+    a = read_extxyz(ref_dir / "data.extxyz")
+    b = read_extxyz(run_dir / "data.extxyz")
+    assert len(a) == len(b) == 300
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.positions, y.positions)
+        assert x.energy == y.energy
+        np.testing.assert_array_equal(x.forces, y.forces)
+
+
+def test_local_workers_and_dask_cluster_give_the_same_dataset(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    frames = rattle(from_smiles("CCO")[0], 12, 0.05, seed=3)
+    serial = label_structures(frames, XTBLabeler(), LabelStore(tmp_path / "serial"), progress=False)
+    pooled = label_structures(frames, XTBLabeler(), LabelStore(tmp_path / "pool"), workers=2, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        dask = label_structures(frames, XTBLabeler(), LabelStore(tmp_path / "dask"), scheduler=client,
+                                progress=False)
+    for other in (pooled, dask):
+        assert len(other) == len(serial) == 12
+        for x, y in zip(serial, other):
+            np.testing.assert_array_equal(x.positions, y.positions)
+            assert x.energy == pytest.approx(y.energy, abs=1e-9)
+            np.testing.assert_allclose(x.forces, y.forces, atol=1e-8)
