@@ -163,3 +163,34 @@ def test_local_workers_and_dask_cluster_give_the_same_dataset(tmp_path):
             np.testing.assert_array_equal(x.positions, y.positions)
             assert x.energy == pytest.approx(y.energy, abs=1e-9)
             np.testing.assert_allclose(x.forces, y.forces, atol=1e-8)
+
+
+def test_torsion_scan_and_dimers(tmp_path):
+    from ffspace.reference.sampling import dimer_scan, rotatable_dihedrals, torsion_scan
+
+    start = from_smiles("CCO")[0]
+    assert len(rotatable_dihedrals(start)) == 2  # C–C and C–O
+    scan = torsion_scan(start, 12)
+    a, b, c, d = map(int, scan[0].info["sampler_dihedral"].split("-"))
+    angles = [f.to_ase().get_dihedral(a, b, c, d) for f in scan]
+    steps = np.diff(np.unwrap(np.radians(angles)))
+    np.testing.assert_allclose(np.degrees(steps), 30.0, atol=1e-6)
+    # Rigid rotation: every bond length is unchanged.
+    bond = np.linalg.norm(start.positions[b] - start.positions[c])
+    assert all(abs(np.linalg.norm(f.positions[b] - f.positions[c]) - bond) < 1e-9 for f in scan)
+    dimers = dimer_scan(start, [3.0, 6.0], n_orientations=2)
+    assert len(dimers) == 4 and dimers[0].n_atoms == 18
+
+
+def test_md_sampling_driven_by_a_trained_model(tmp_path, trained_package):
+    import yaml
+
+    from ffspace.reference.config import LabelConfig
+    from ffspace.reference.job import run_label_job
+
+    cfg = LabelConfig(**yaml.safe_load(_config(tmp_path).read_text()))
+    cfg.samplers = [cfg.samplers[0].model_copy(update={"kind": "md", "driver": str(trained_package),
+                                                         "n_frames": 5, "interval": 5,
+                                                         "equilibration_steps": 10})]
+    data = run_label_job(cfg)
+    assert len(data) == 5 and data[0].info["sampler"] == "md"

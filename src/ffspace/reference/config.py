@@ -26,13 +26,16 @@ class InputConfig(BaseModel):
 class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["md", "normal_modes", "rattle", "none"] = "md"
+    kind: Literal["md", "normal_modes", "rattle", "torsion_scan", "dimers", "none"] = "md"
     n_frames: int = Field(100, ge=1, description="frames per start structure")
     temperature: float = Field(300.0, ge=0, description="K (md, normal_modes)")
     interval: int = Field(20, ge=1, description="md: steps between frames")
     timestep_fs: float = Field(0.5, gt=0)
     equilibration_steps: int = Field(200, ge=0)
     sigma: float = Field(0.05, gt=0, description="rattle: displacement σ, Å")
+    driver: str = Field("xtb", description="md: 'xtb', or the path of a trained ffspace model package")
+    dihedral: list[int] | None = Field(None, description="torsion_scan: 4 atom indices (default: first rotatable bond)")
+    distances: list[float] = Field([3.0, 4.0, 5.0, 6.0, 8.0], description="dimers: centre-of-mass distances, Å")
 
 
 class LabelerConfig(BaseModel):

@@ -13,7 +13,7 @@ from ..data.writers import write_extxyz
 from .config import LabelConfig
 from .inputs import from_smiles, read_structures
 from .runner import label_structures
-from .sampling import md_sample, normal_mode_sample, rattle
+from .sampling import dimer_scan, md_sample, normal_mode_sample, rattle, torsion_scan
 from .store import LabelStore
 
 
@@ -43,8 +43,17 @@ def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
                 frames += rattle(start, sc.n_frames, sc.sigma, seed=seed)
             elif sc.kind == "normal_modes":
                 frames += normal_mode_sample(start, driver, sc.n_frames, sc.temperature, seed=seed)
+            elif sc.kind == "torsion_scan":
+                frames += torsion_scan(start, sc.n_frames, sc.dihedral, seed=seed)
+            elif sc.kind == "dimers":
+                frames += dimer_scan(start, sc.distances, sc.n_frames, seed=seed)
             else:
-                frames += md_sample(start, driver.calculator(), sc.n_frames, sc.temperature, sc.interval,
+                calc = driver.calculator()
+                if sc.driver != "xtb":  # a trained ffspace model drives the exploration
+                    from ..interfaces import FFSpaceCalculator
+
+                    calc = FFSpaceCalculator(sc.driver, dtype="float64")
+                frames += md_sample(start, calc, sc.n_frames, sc.temperature, sc.interval,
                                     sc.timestep_fs, sc.equilibration_steps, seed=seed, progress=cfg.progress)
     return frames
 
@@ -52,6 +61,9 @@ def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
 def _sampling_fingerprint(cfg: LabelConfig) -> str:
     relevant = {"input": cfg.input.model_dump(), "samplers": [s.model_dump() for s in cfg.samplers],
                 "seed": cfg.seed}
+    for sc in cfg.samplers:  # a model driver is identified by its file's content, not its name
+        if sc.kind == "md" and sc.driver != "xtb" and Path(sc.driver).is_file():
+            relevant.setdefault("drivers", []).append(hashlib.sha256(Path(sc.driver).read_bytes()).hexdigest())
     if any(s.kind in ("md", "normal_modes") for s in cfg.samplers):
         relevant["driver"] = {"charge": cfg.labeler.charge, "multiplicity": cfg.labeler.multiplicity}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,6 +12,7 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
               friction: float = 0.02, seed: int = 0, progress: bool = False) -> list[Structure]:
     """Langevin MD driven by ``calculator`` (an ASE calculator, e.g. xTB); one frame every ``interval`` steps."""
     from ase import units as ase_units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from tqdm.auto import tqdm
@@ -21,13 +22,14 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
     atoms.calc = calculator
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
+    atoms.set_constraint(FixCom())  # no centre-of-mass drift (ASE's recommended replacement for fixcm)
     dyn = Langevin(atoms, timestep_fs * ase_units.fs, temperature_K=temperature, friction=friction / ase_units.fs,
-                   rng=rng)
+                   rng=rng, fixcm=False)
     dyn.run(equilibration_steps)
     frames = []
     for k in tqdm(range(n_frames), desc=f"MD sampling {temperature:g} K", disable=not progress):
         dyn.run(interval)
-        frames.append(Structure.from_ase(atoms, info={
+        frames.append(Structure.from_ase(atoms.copy(), info={
             "sampler": "md", "sampler_temperature_K": temperature, "sampler_step": equilibration_steps
             + (k + 1) * interval, "sampler_timestep_fs": timestep_fs, "sampler_seed": seed}))
     return frames
@@ -78,4 +80,90 @@ def normal_mode_sample(structure: Structure, labeler, n_frames: int, temperature
                                      info={**structure.info, "sampler": "normal_modes",
                                            "sampler_temperature_K": temperature, "sampler_seed": seed,
                                            "sampler_index": k}))
+    return frames
+
+
+def _bond_graph(structure: Structure) -> list[set[int]]:
+    """Covalent bonds from ASE's natural cutoffs (covalent radii × 1.0 + 0.3 Å skin)."""
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    atoms = structure.to_ase()
+    nl = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=True, skin=0.3)
+    nl.update(atoms)
+    return [set(int(j) for j in nl.get_neighbors(i)[0]) for i in range(len(atoms))]
+
+
+def rotatable_dihedrals(structure: Structure) -> list[tuple[int, int, int, int]]:
+    """One dihedral (a, b, c, d) per rotatable bond: b–c not in a ring, both ends with other heavy-or-H neighbors."""
+    graph = _bond_graph(structure)
+    out = []
+    for b in range(structure.n_atoms):
+        for c in sorted(graph[b]):
+            if c <= b or len(graph[b]) < 2 or len(graph[c]) < 2:
+                continue
+            moved = _moving_part(graph, b, c)
+            if b in moved:  # b and c are in a ring
+                continue
+            a = min(graph[b] - {c}, key=lambda k: (structure.numbers[k] == 1, k))
+            d = min(graph[c] - {b}, key=lambda k: (structure.numbers[k] == 1, k))
+            out.append((a, b, c, d))
+    return out
+
+
+def _moving_part(graph: list[set[int]], b: int, c: int) -> set[int]:
+    seen, todo = {c}, [c]
+    while todo:
+        k = todo.pop()
+        for n in graph[k]:
+            if (k, n) == (c, b) or n in seen:
+                continue
+            seen.add(n)
+            todo.append(n)
+    return seen
+
+
+def torsion_scan(structure: Structure, n_frames: int = 24, dihedral: tuple[int, int, int, int] | None = None,
+                 seed: int = 0) -> list[Structure]:
+    """Rigid rotation about one bond through 360° in ``n_frames`` steps (default: the first rotatable bond)."""
+    dihedrals = [tuple(dihedral)] if dihedral else rotatable_dihedrals(structure)
+    if not dihedrals:
+        from ..errors import DataError
+
+        raise DataError("no rotatable bond for a torsion scan", file=structure.source, frame=structure.frame,
+                        field="positions")
+    a, b, c, d = dihedrals[0]
+    graph = _bond_graph(structure)
+    moved = _moving_part(graph, b, c)
+    mask = np.zeros(structure.n_atoms, dtype=bool)
+    mask[list(moved)] = True
+    atoms = structure.to_ase()
+    start = atoms.get_dihedral(a, b, c, d)
+    frames = []
+    for k in range(n_frames):
+        angle = (start + 360.0 * k / n_frames) % 360.0
+        copy = atoms.copy()
+        copy.set_dihedral(a, b, c, d, angle, mask=mask)
+        frames.append(Structure.from_ase(copy, info={**structure.info, "sampler": "torsion_scan",
+                                                     "sampler_dihedral": f"{a}-{b}-{c}-{d}",
+                                                     "sampler_angle_deg": round(float(angle), 6), "sampler_index": k}))
+    return frames
+
+
+def dimer_scan(structure: Structure, distances, n_orientations: int = 1, seed: int = 0) -> list[Structure]:
+    """Two copies of a molecule at centre-of-mass distances ``distances`` (Å), randomly oriented."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    a = structure.to_ase()
+    centred = a.positions - a.get_center_of_mass()
+    frames = []
+    for dist in distances:
+        for k in range(n_orientations):
+            r1, r2 = Rotation.random(2, random_state=rng.integers(1 << 31)).as_matrix()
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            pos = np.concatenate([centred @ r1.T, centred @ r2.T + dist * direction])
+            frames.append(Structure(numbers=np.concatenate([a.numbers, a.numbers]), positions=pos,
+                                    info={**structure.info, "sampler": "dimer", "sampler_distance_A": float(dist),
+                                          "sampler_index": k, "sampler_seed": seed}))
     return frames

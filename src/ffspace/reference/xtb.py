@@ -30,9 +30,9 @@ class XTBLabeler:
                              max_iterations=max_iterations)
 
     def provenance(self) -> dict:
-        import tblite
+        from importlib.metadata import version
 
-        return {"method": self.method, "program": "tblite", "program_version": getattr(tblite, "__version__", "?"),
+        return {"method": self.method, "program": "tblite", "program_version": version("tblite"),
                 "charge": self.charge, "multiplicity": self.multiplicity, **self.settings}
 
     def calculator(self):
