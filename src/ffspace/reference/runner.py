@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
@@ -19,20 +20,40 @@ from .store import LabelStore, structure_key
 
 
 def _label_one(labeler, structure):
-    """Worker entry point: returns ("ok", structure) or ("failed", reason, details)."""
+    """Label one structure: ("ok", structure) or ("failed", reason, details)."""
     try:
         return ("ok", labeler.label(structure))
     except LabelFailure as exc:
         return ("failed", str(exc), exc.details)
 
 
-def _worker_init(threads: int):
-    # Each worker process owns `threads` cores; set before the QM library starts its thread pool.
+def _label_chunk(labeler, chunk):
+    """Worker entry point: a few structures per task, so inter-process traffic does not dominate
+    cheap methods like xTB (a chunk is the most a kill can lose)."""
+    return [(key, _label_one(labeler, s)) for key, s in chunk]
+
+
+def _chunks(todo, size):
+    return [todo[k:k + size] for k in range(0, len(todo), size)]
+
+
+@contextmanager
+def _child_threads(threads: int):
+    """OMP_NUM_THREADS for worker processes spawned inside the block. It must be in the environment when
+    a worker starts: the QM libraries' OpenMP runtime reads it once, at load."""
+    old = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
 
 
 def label_structures(structures, labeler, store: LabelStore, workers: int = 1, scheduler=None,
-                     progress: bool = True, retry_failed: bool = False) -> Dataset:
+                     progress: bool = True, retry_failed: bool = False, chunk: int = 8) -> Dataset:
     """Label every structure not yet in ``store``; return the labeled dataset in input order.
 
     ``workers`` > 1 uses local processes; ``scheduler`` (a Dask scheduler address or a
@@ -62,16 +83,16 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
 
     try:
         if scheduler is not None:
-            _run_dask(todo, labeler, scheduler, record)
+            _run_dask(todo, labeler, scheduler, record, chunk)
         elif workers > 1 and len(todo) > 1:
-            threads = max(1, (os.cpu_count() or 1) // workers)
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                     initargs=(threads,)) as pool:
-                futures = {pool.submit(_label_one, labeler, s): key for key, s in todo}
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with _child_threads(threads), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_label_chunk, labeler, c) for c in _chunks(todo, chunk)]
                 for fut in as_completed(futures):
-                    record(futures[fut], fut.result())
+                    for key, result in fut.result():
+                        record(key, result)
         else:
             for key, s in todo:
                 record(key, _label_one(labeler, s))
@@ -83,16 +104,16 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
     return Dataset(out, name=str(store.labels_path))
 
 
-def _run_dask(todo, labeler, scheduler, record):
-    from distributed import Client, as_completed as dask_completed
+def _run_dask(todo, labeler, scheduler, record, chunk):
+    from distributed import Client
+    from distributed import as_completed as dask_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        futures = {}
-        for key, s in todo:
-            futures[client.submit(_label_one, labeler, s, key=f"label-{key}", pure=False)] = key
-        for fut in dask_completed(list(futures)):
-            record(futures[fut], fut.result())
+        futures = [client.submit(_label_chunk, labeler, c, pure=False) for c in _chunks(todo, chunk)]
+        for fut in dask_completed(futures):
+            for key, result in fut.result():
+                record(key, result)
     finally:
         if not isinstance(scheduler, Client):
             client.close()

@@ -14,13 +14,18 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
     from ase import units as ase_units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
+
+    try:  # ASE ≥ 3.28 renamed MaxwellBoltzmannDistribution
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
     atoms = structure.to_ase()
     atoms.calc = calculator
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
     atoms.set_constraint(FixCom())  # no centre-of-mass drift (ASE's recommended replacement for fixcm)
     dyn = Langevin(atoms, timestep_fs * ase_units.fs, temperature_K=temperature, friction=friction / ase_units.fs,
