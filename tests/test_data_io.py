@@ -341,3 +341,16 @@ def test_shipped_dataset_frames_are_distinct():
     assert len({round(s.energy, 8) for s in data}) == 400
     assert len({s.positions.tobytes() for s in data}) == 400
     assert {s.info["sampler_temperature_K"] for s in data} == {300.0, 600.0}
+
+
+def test_shipped_dft_set_is_pbe_def2svp():
+    from pathlib import Path
+
+    from ffspace.data import read_dataset
+
+    path = Path(__file__).resolve().parents[1] / "src" / "ffspace" / "datasets" / "ethanol_pbe_def2svp.extxyz"
+    data = read_dataset(path)
+    assert len(data) == 40
+    assert {s.info["label_method"] for s in data} == {"PBE/def2-SVP"}
+    assert {s.info["label_program"] for s in data} == {"pyscf"}
+    assert len({round(s.energy, 8) for s in data}) == 40

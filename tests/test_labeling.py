@@ -194,3 +194,32 @@ def test_md_sampling_driven_by_a_trained_model(tmp_path, trained_package):
                                                          "equilibration_steps": 10})]
     data = run_label_job(cfg)
     assert len(data) == 5 and data[0].info["sampler"] == "md"
+
+
+def test_dft_dispersion_and_open_shell():
+    pytest.importorskip("pyscf")
+    pytest.importorskip("pyscf.dispersion", reason="pyscf-dispersion not installed")
+    from ffspace.reference.dft import PySCFLabeler
+
+    plain = PySCFLabeler("PBE", "def2-SVP").label(WATER)
+    d3 = PySCFLabeler("PBE", "def2-SVP", dispersion="d3bj").label(WATER)
+    shift = d3.energy - plain.energy
+    assert -0.1 < shift < 0.0, shift  # D3(BJ) is attractive and small for one water molecule (eV)
+    oh = Structure(numbers=[8, 1], positions=[[0, 0, 0], [0, 0, 0.97]])
+    radical = PySCFLabeler("PBE", "def2-SVP", multiplicity=2).label(oh)
+    assert np.isfinite(radical.energy) and radical.info["label_method"] == "PBE/def2-SVP"
+
+
+def test_unconverged_scf_is_recorded_as_a_failure_not_a_label(tmp_path):
+    pytest.importorskip("pyscf")
+    from ffspace.reference.dft import PySCFLabeler
+
+    store = LabelStore(tmp_path / "store")
+    stretched = WATER.copy(positions=WATER.positions * 1.8)
+    lab = PySCFLabeler("PBE", "def2-SVP", max_cycle=2, conv_tol=1e-12)
+    with pytest.raises(DataError, match="no structure could be labeled"):
+        label_structures([stretched], lab, store, progress=False)
+    assert len(store.labels) == 0 and len(store.failures) == 1
+    reason = next(iter(store.failures.values()))["reason"]
+    assert "not converged" in reason
+    assert (tmp_path / "store" / "failures.jsonl").read_text().count("\n") == 1
