@@ -50,7 +50,6 @@ class RunConfig(BaseModel):
     md: MDConfig = MDConfig()
     out: str = Field("runs/ffspace", description="output folder")
     model_path: str | None = Field(None, description="trained model package (eval/md); default <out>/train/model.safetensors")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads for this command")
 
 
 def parse_value(text: str) -> Any:

@@ -13,7 +13,8 @@ from ..errors import FFSpaceError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ffspace: machine-learning force fields from MM to ML. Every command takes an optional "
                        "YAML config and key=value overrides with dotted keys, e.g. "
-                       "`ffspace train my.yaml train.epochs=50 model.features=128`.")
+                       "`ffspace train my.yaml train.epochs=50 model.features=128`. "
+                       "CPU threads: set OMP_NUM_THREADS.")
 
 ARGS_HELP = ("An optional config.yaml followed by key=value overrides (dotted keys: data.train=file.xyz, "
              "model.family=schnet, train.max_time_min=5, md.steps=1000, out=runs/x). Without a config file "
@@ -30,12 +31,7 @@ def _config(args: list[str] | None, default_file: Path | None = DEFAULT_RUN):
     files = [a for a in args if "=" not in a]
     if len(files) > 1:
         raise typer.BadParameter(f"at most one config file, got {files}")
-    cfg = load_config(files[0] if files else default_file, [a for a in args if "=" in a])
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)  # the application, not the library, owns the thread count
-    return cfg
+    return load_config(files[0] if files else default_file, [a for a in args if "=" in a])
 
 
 def _guard(fn):

@@ -18,6 +18,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path, title: str) -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def parity_plot(pred: dict, structures, path, title: str = "") -> Path:
     """Predicted vs reference: energies per atom (relative to the mean, meV/atom) and force components (eV/Å)."""
     plt = _pyplot()
@@ -42,13 +52,7 @@ def parity_plot(pred: dict, structures, path, title: str = "") -> Path:
         ax.set_title(f"{label}: MAE {mae:.3g} {unit}")
         ax.set_xlabel(f"reference ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def md_plot(thermo: dict, path, title: str = "") -> Path:
@@ -64,10 +68,4 @@ def md_plot(thermo: dict, path, title: str = "") -> Path:
     ax2.plot(t, thermo["temperature_K"], lw=1, color="C3")
     ax2.set_ylabel("temperature (K)")
     ax2.set_xlabel("time (ps)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
