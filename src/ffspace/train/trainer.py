@@ -283,8 +283,6 @@ class Trainer:
             if cfg.progress:
                 print(f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4g}  "
                       f"val {format_metrics(val)}{'  *' if improved else ''}", file=sys.stderr)
-        else:
-            stop_reason = "max epochs"
         self._load_best()
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
         summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
