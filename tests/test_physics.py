@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffspace.models import ZBL, AtomicReference, PaiNN, SchNet, Sum
+from ffspace.models import ZBL, AtomicReference, DescriptorNet, PaiNN, SchNet, Sum
 from ffspace.testing import physics
 
 ELEMENTS = [1, 6, 8]
@@ -14,6 +14,8 @@ def make(name):
         return PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2)
     if name == "schnet":
         return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
+    if name == "ani":
+        return DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2, hidden=(16,))
     if name == "zbl":
         # A wider switch than the default, so the prior acts on the (uncompressed) test structures.
         return ZBL(cutoff=2.5, covalent_scale=1.6)
@@ -23,7 +25,7 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["painn", "schnet", "zbl", "sum"]
+FAMILIES = ["painn", "schnet", "ani", "zbl", "sum"]
 
 
 @pytest.fixture(params=FAMILIES)

@@ -53,6 +53,13 @@ def build_model(config: dict) -> FFModel:
     family = config.pop("family", None)
     if family not in MODEL_REGISTRY:
         raise ConfigError(f"unknown model family {family!r}; known: {sorted(MODEL_REGISTRY)}")
+    import inspect
+
+    accepted = set(inspect.signature(MODEL_REGISTRY[family].__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ConfigError(f"model family {family!r} has no setting(s) {unknown}; it takes {sorted(accepted)} "
+                          f"(a base config written for another family may carry them: override or drop them)")
     try:
         return MODEL_REGISTRY[family](**config)
     except TypeError as exc:
