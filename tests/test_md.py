@@ -92,3 +92,39 @@ def test_langevin_temperature_of_an_ideal_gas_is_exact():
                     seed=0, monitor=BlowUpMonitor(min_distance=0.01))
     mean_t = result.thermo["temperature_K"][1000:].mean()
     assert abs(mean_t - 300.0) < 9.0, mean_t
+
+
+def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_path):
+    """SIGKILL during `ffspace md`, rerun: the thermo log and trajectory equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(out):
+        return [sys.executable, "-m", "ffspace.cli", "md", f"model_path={trained_package}", "md.steps=2400",
+                "md.ensemble=nvt", "md.traj_interval=50", f"out={out}"]
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "run" / "md" / "md_checkpoint.npz"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    thermo = tmp_path / "run" / "md" / "thermo.csv"
+    assert ckpt.exists() and len(thermo.read_text().splitlines()) < 2402, "the run was not killed mid-way"
+    rerun = subprocess.run(cmd(tmp_path / "run"), check=True, env=env, capture_output=True, text=True)
+    assert "resuming MD" in rerun.stderr
+    assert thermo.read_text() == (tmp_path / "ref" / "md" / "thermo.csv").read_text()
+    a = read_extxyz(tmp_path / "ref" / "md" / "trajectory.extxyz", energy_key="ffspace_energy",
+                    forces_key="ffspace_forces")
+    b = read_extxyz(tmp_path / "run" / "md" / "trajectory.extxyz", energy_key="ffspace_energy",
+                    forces_key="ffspace_forces")
+    assert len(a) == len(b) == 49
+    np.testing.assert_array_equal(a[-1].positions, b[-1].positions)

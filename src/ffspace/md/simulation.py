@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..data.writers import write_extxyz
 from ..errors import MDBlowUpError
 from ..graph.batch import collate, graph_of
 from ..graph.neighbors import VerletList
+from . import checkpoint
 from .integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
 from .monitor import BlowUpMonitor
 
@@ -63,10 +65,11 @@ class MDResult:
 def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5, ensemble: str = "nve",
            temperature: float = 300.0, friction: float = 0.01, seed: int = 0, init_temperature: float | None = None,
            out_dir=None, traj_interval: int = 10, thermo_interval: int = 1, skin: float = 1.0,
-           monitor: BlowUpMonitor | None = None, progress: bool = False) -> MDResult:
+           monitor: BlowUpMonitor | None = None, progress: bool = False, checkpoint_interval: int = 500) -> MDResult:
     """Run MD from ``structure``. Writes ``trajectory.extxyz``, ``thermo.csv`` (and ``blowup.json`` if it
     blows up) to ``out_dir`` when given. Velocities start from Maxwell–Boltzmann at ``init_temperature``
-    (default: ``temperature``)."""
+    (default: ``temperature``). With ``out_dir``, the state is checkpointed every ``checkpoint_interval``
+    steps and a rerun with the same settings resumes from the last checkpoint."""
     rng = np.random.default_rng(seed)
     state = MDState(structure)
     t0 = temperature if init_temperature is None else init_temperature
@@ -81,15 +84,27 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
     forces = PotentialForces(potential, state, skin)
     monitor = monitor or BlowUpMonitor()
     out_dir = Path(out_dir) if out_dir is not None else None
-    traj_path = thermo_file = writer = None
+    traj_path = thermo_file = writer = ckpt_path = None
+    rows = []
+    resumed = False
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        traj_path = out_dir / "trajectory.extxyz"
-        traj_path.unlink(missing_ok=True)
-        thermo_file = open(out_dir / "thermo.csv", "w", newline="")
+        traj_path, ckpt_path = out_dir / "trajectory.extxyz", out_dir / "md_checkpoint.npz"
+        key = checkpoint.fingerprint(structure, potential, dict(
+            timestep_fs=timestep_fs, ensemble=ensemble, temperature=temperature, friction=friction, seed=seed,
+            init_temperature=init_temperature, traj_interval=traj_interval, thermo_interval=thermo_interval,
+            skin=skin, dtype=str(potential.dtype)))
+        resumed = checkpoint_interval > 0 and checkpoint.load(ckpt_path, key, state, integrator, forces.verlet)
+        if resumed:
+            forces.pairs = forces.verlet.pairs
+            rows = _truncate_outputs(out_dir, state.step)
+            print(f"resuming MD in {out_dir} from step {state.step}", file=sys.stderr)
+        else:
+            traj_path.unlink(missing_ok=True)
+        thermo_file = open(out_dir / "thermo.csv", "a" if resumed else "w", newline="")
         writer = csv.writer(thermo_file)
-        writer.writerow(["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"])
-    rows = []
+        if not resumed:
+            writer.writerow(THERMO_COLUMNS)
 
     def record():
         ekin = state.kinetic_energy()
@@ -105,17 +120,25 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
 
     status, report = "completed", None
     try:
-        state.energy, state.forces = forces(state.positions)
-        monitor.check(state, forces.pairs)
-        record()
-        bar = tqdm(range(steps), desc=f"MD {ensemble}", disable=not progress, file=sys.stderr, leave=False)
-        for _ in bar:
+        if not resumed:
+            state.energy, state.forces = forces(state.positions)
+            monitor.check(state, forces.pairs)
+            record()
+        bar = tqdm(total=steps, initial=state.step, desc=f"MD {ensemble}", disable=not progress, file=sys.stderr,
+                   leave=False)
+        while state.step < steps:
             integrator.step(state, forces)
             state.step += 1
             state.time_fs += timestep_fs
             monitor.check(state, forces.pairs)
             if state.step % thermo_interval == 0:
                 record()
+            if ckpt_path is not None and checkpoint_interval > 0 and state.step % checkpoint_interval == 0:
+                thermo_file.flush()
+                os.fsync(thermo_file.fileno())
+                checkpoint.save(ckpt_path, key, state, integrator, forces.verlet)
+            bar.update(1)
+        bar.close()
     except MDBlowUpError as exc:
         status, report = "blown_up", exc.report
         print(f"\n{exc}", file=sys.stderr)
@@ -125,10 +148,43 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
         if thermo_file:
             thermo_file.close()
     cols = np.array(rows, dtype=float).reshape(-1, 6)
-    thermo = {name: cols[:, k] for k, name in
-              enumerate(["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"])}
+    thermo = {name: cols[:, k] for k, name in enumerate(THERMO_COLUMNS)}
     thermo["n_atoms"] = state.n_atoms
     final = Structure(numbers=state.numbers, positions=state.positions, cell=state.cell, pbc=state.pbc) \
         if status == "completed" else None
     return MDResult(status=status, steps=state.step, thermo=thermo, report=report, final=final)
 
+
+THERMO_COLUMNS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
+
+
+def _truncate_outputs(out_dir: Path, step: int) -> list:
+    """Drop what a killed run wrote after its last checkpoint; return the thermo rows kept."""
+    thermo = out_dir / "thermo.csv"
+    rows = []
+    if thermo.exists():
+        with open(thermo, newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            for r in reader:
+                if len(r) == 6 and int(float(r[0])) <= step:
+                    rows.append([float(x) for x in r])
+    with open(thermo, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(THERMO_COLUMNS)
+        for r in rows:
+            w.writerow([f"{x:.10g}" for x in r])
+    traj = out_dir / "trajectory.extxyz"
+    if traj.exists():
+        import ase.io
+
+        frames = []
+        try:
+            for a in ase.io.iread(traj, format="extxyz"):
+                if int(a.info.get("step", -1)) > step:
+                    break
+                frames.append(a)
+        except Exception:  # noqa: BLE001 - a frame torn by the kill ends the readable part
+            pass
+        ase.io.write(traj, frames, format="extxyz")
+    return rows
