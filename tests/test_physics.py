@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffspace.models import ZBL, AtomicReference, DescriptorNet, PaiNN, SchNet, Sum
+from ffspace.models import ZBL, AtomicReference, DescriptorNet, LearnedCoulomb, PaiNN, SchNet, Sum
 from ffspace.testing import physics
 
 ELEMENTS = [1, 6, 8]
@@ -16,6 +16,10 @@ def make(name):
         return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
     if name == "ani":
         return DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2, hidden=(16,))
+    if name == "coulomb":
+        model = LearnedCoulomb(ELEMENTS, cutoff=3.5, features=16, layers=1)
+        model.charge_net.energy_scale.fill_(1.0)  # sizeable charges, so the checks test real electrostatics
+        return model
     if name == "zbl":
         # A wider switch than the default, so the prior acts on the (uncompressed) test structures.
         return ZBL(cutoff=2.5, covalent_scale=1.6)
@@ -25,7 +29,7 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["painn", "schnet", "ani", "zbl", "sum"]
+FAMILIES = ["painn", "schnet", "ani", "coulomb", "zbl", "sum"]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -57,6 +61,8 @@ def test_invariances_periodic(model):
 
 
 def test_additivity(model):
+    if getattr(model, "long_range", False):
+        pytest.skip("long-range electrostatics are not additive over far-apart molecules, by design")
     physics.check_additivity(model)
 
 
@@ -65,6 +71,8 @@ def test_batching_and_no_cross_talk(model):
 
 
 def test_smooth_cutoff(model):
+    if getattr(model, "long_range", False):
+        pytest.skip("Coulomb's law has no cutoff, by design")
     physics.check_smooth_cutoff(model)
 
 

@@ -39,6 +39,7 @@ class ModelSection(BaseModel):
     family: str = "painn"
     cutoff: float = Field(5.0, gt=0, description="Å")
     zbl: bool = Field(False, description="add a ZBL repulsion prior (switched off below bonding distances)")
+    coulomb: bool = Field(False, description="add learned charge-conserving charges with Coulomb/Ewald electrostatics")
 
 
 class RunConfig(BaseModel):

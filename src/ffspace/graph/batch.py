@@ -34,6 +34,7 @@ class Batch:
     forces: torch.Tensor | None = None
     stress: torch.Tensor | None = None
     has_stress: torch.Tensor | None = None
+    total_charge: torch.Tensor | None = None  # (G,) e; from Structure.info["charge"], 0 when absent
 
     @property
     def n_graphs(self) -> int:
@@ -78,6 +79,7 @@ class GraphData:
     energy: float | None = None
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
+    charge: float = 0.0
 
 
 def graph_of(structure, cutoff: float, pairs=None) -> GraphData:
@@ -92,7 +94,8 @@ def graph_of(structure, cutoff: float, pairs=None) -> GraphData:
         i, j, s = i[keep], j[keep], s[keep]
     return GraphData(numbers=structure.numbers, positions=structure.positions, cell=structure.cell,
                      pbc=structure.pbc, i=i, j=j, shifts=s, energy=structure.energy,
-                     forces=structure.forces, stress=structure.stress)
+                     forces=structure.forces, stress=structure.stress,
+                     charge=float(structure.info.get("charge", 0.0)))
 
 
 def collate(graphs: list[GraphData], dtype=torch.float64, device=None, labels: bool = True) -> Batch:
@@ -113,6 +116,7 @@ def collate(graphs: list[GraphData], dtype=torch.float64, device=None, labels: b
         edge_index=torch.as_tensor(np.stack([ii, jj]), **kw),
         shifts=torch.as_tensor(np.concatenate([g.shifts for g in graphs]), dtype=dtype, **kw),
         n_atoms=torch.as_tensor(n_atoms, **kw),
+        total_charge=torch.tensor([g.charge for g in graphs], dtype=dtype, device=device),
     )
     if labels:
         if all(g.energy is not None for g in graphs):

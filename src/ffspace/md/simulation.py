@@ -41,6 +41,7 @@ class PotentialForces:
         frame = Structure.__new__(Structure)  # skip validation: positions are checked by the monitor
         frame.numbers, frame.positions, frame.cell, frame.pbc = s.numbers, positions, s.cell, s.pbc
         frame.energy = frame.forces = frame.stress = None
+        frame.info = s.info  # e.g. the total charge
         graph = graph_of(frame, self.potential.cutoff, pairs=self.pairs)
         batch = collate([graph], dtype=self.potential.dtype, device=self.potential.device, labels=False)
         out = self.potential.compute(batch, forces=True)

@@ -44,6 +44,7 @@ class Sum(FFModel):
         built = [t if isinstance(t, nn.Module) else build_model(t) for t in terms]
         self.terms = nn.ModuleList(built)
         self.cutoff = max((t.cutoff for t in built), default=0.0)
+        self.long_range = any(getattr(t, "long_range", False) for t in built)
         elements = set()
         for t in built:
             elements |= set(t.elements)
