@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffspace.models import ZBL, AtomicReference, DescriptorNet, LearnedCoulomb, PaiNN, SchNet, Sum
+from ffspace.models import ZBL, AtomicReference, ClassicalMM, DescriptorNet, LearnedCoulomb, PaiNN, SchNet, Sum
 from ffspace.testing import physics
 
 ELEMENTS = [1, 6, 8]
@@ -16,6 +16,8 @@ def make(name):
         return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
     if name == "ani":
         return DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2, hidden=(16,))
+    if name == "mm":
+        return ClassicalMM(ELEMENTS, cutoff=4.0)
     if name == "coulomb":
         model = LearnedCoulomb(ELEMENTS, cutoff=3.5, features=16, layers=1)
         model.charge_net.energy_scale.fill_(1.0)  # sizeable charges, so the checks test real electrostatics
@@ -29,7 +31,7 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["painn", "schnet", "ani", "coulomb", "zbl", "sum"]
+FAMILIES = ["mm", "painn", "schnet", "ani", "coulomb", "zbl", "sum"]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -108,3 +110,18 @@ def test_zbl_is_off_at_bonding_distances_and_repulsive_at_contact():
     assert energy(1.09) == 0.0  # C–H bond length: the learned model owns this region
     assert energy(0.4) > 10.0  # close contact: strongly repulsive (eV)
     assert np.all(np.diff([energy(r) for r in (0.3, 0.4, 0.5, 0.6, 0.7)]) < 0)
+
+
+def test_mm_perceives_ethanol_topology():
+    import torch
+
+    from ffspace.graph import batch_structures
+
+    model = ClassicalMM(ELEMENTS, cutoff=4.0).double()
+    s = physics.ethanol(0, rattle=0.0)
+    batch = batch_structures([s], 4.0, dtype=torch.float64)
+    r = torch.linalg.norm(batch.edge_vectors(), dim=-1)
+    nbr, degree, types = model.topology(batch, r)
+    # CH3CH2OH: 8 bonds; C and C four-coordinated, O two, every H one.
+    assert int(degree.sum()) == 16
+    assert sorted(degree.tolist()) == [1] * 6 + [2, 4, 4]

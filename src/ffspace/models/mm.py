@@ -1,0 +1,186 @@
+"""Classical molecular mechanics with parameters fitted to QM labels by the ffspace trainer.
+
+Topology is perceived from the geometry (a bond where r < ``bond_scale`` · (R_i + R_j), covalent radii)
+and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
+harmonic bonds; cosine-harmonic angles k (cos θ − cos θ0)² (smooth even for linear angles); torsions
+Σ_{n=1..3} V_n cos(nφ); impropers k h² on three-coordinated centres (h: normalised triple product, zero
+when planar); Lennard-Jones (Lorentz–Berthelot) and Coulomb between type charges made neutral per
+structure, with 1-2 and 1-3 pairs excluded, 1-4 pairs scaled (AMBER: 0.5 LJ, 1/1.2 Coulomb), and both
+switched smoothly to zero at the cutoff. Every parameter is a table entry per atom-type tuple.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from ase.data import covalent_radii, vdw_radii
+from torch import nn
+from torch.nn import functional as F
+
+from .. import units
+from .base import FFModel, register, scatter_sum
+from .electrostatics import conserve_charge
+from .radial import smoothstep_switch
+
+MAX_NEIGHBOURS = 6
+
+
+def _inv_softplus(x: float) -> float:
+    return math.log(math.expm1(x))
+
+
+@register("mm")
+class ClassicalMM(FFModel):
+    def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.2, max_degree: int = 4,
+                 switch_width: float = 1.0, lj_14: float = 0.5, coulomb_14: float = 1 / 1.2,
+                 energy_scale: float = 1.0):
+        # energy_scale is accepted for a uniform interface with the learned families; MM parameters carry
+        # physical units, so it is recorded but not used.
+        super().__init__()
+        self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff),
+                           bond_scale=float(bond_scale), max_degree=int(max_degree),
+                           switch_width=float(switch_width), lj_14=float(lj_14), coulomb_14=float(coulomb_14),
+                           energy_scale=float(energy_scale))
+        self._init_elements(elements)
+        self.cutoff, self.bond_scale, self.max_degree = float(cutoff), float(bond_scale), int(max_degree)
+        self.switch_width, self.lj_14, self.coulomb_14 = float(switch_width), float(lj_14), float(coulomb_14)
+        n_el = len(self.elements)
+        nt = self.n_types = n_el * (max_degree + 1)
+        z = torch.tensor(self.elements, dtype=torch.long)
+        radius = torch.tensor(covalent_radii, dtype=torch.float64)[z].repeat_interleave(max_degree + 1)
+        vdw = torch.tensor(vdw_radii, dtype=torch.float64)[z]
+        vdw = torch.where(torch.isfinite(vdw), vdw, 1.8 * torch.ones_like(vdw)).repeat_interleave(max_degree + 1)
+        self.register_buffer("covalent", torch.tensor(covalent_radii, dtype=torch.float64), persistent=False)
+        # Starting values chosen to be physical, so fitting starts from a sane force field.
+        r0 = (radius[:, None] + radius[None, :]).reshape(-1)
+        self.bond_r0 = nn.Parameter(r0.clone().float())
+        self.bond_k = nn.Parameter(torch.full((nt * nt,), _inv_softplus(20.0)))
+        self.angle_cos0 = nn.Parameter(torch.full((nt ** 3,), math.cos(math.radians(109.5))))
+        self.angle_k = nn.Parameter(torch.full((nt ** 3,), _inv_softplus(5.0)))
+        self.torsion_v = nn.Parameter(torch.full((nt ** 4, 3), 0.02))
+        self.improper_k = nn.Parameter(torch.full((nt,), _inv_softplus(1.0)))
+        self.lj_sigma = nn.Parameter((2 * vdw / 2 ** (1 / 6)).float())
+        self.lj_eps = nn.Parameter(torch.full((nt,), _inv_softplus(0.005)))
+        self.charge = nn.Parameter(torch.zeros(nt))
+        with torch.no_grad():  # small alternating charges so Coulomb is present from the start
+            self.charge.copy_(0.05 * torch.sin(torch.arange(nt, dtype=torch.float32)))
+
+    # -- topology ---------------------------------------------------------------------------
+    def topology(self, batch, r):
+        """Bonds, per-atom neighbour tables and types from the current geometry (no gradient flows here)."""
+        i, j = batch.edge_index
+        n = batch.numbers.shape[0]
+        bonded = r.detach() < self.bond_scale * (self.covalent[batch.numbers[i]] + self.covalent[batch.numbers[j]]
+                                                 ).to(r.dtype)
+        bi, bj = i[bonded], j[bonded]
+        order = torch.argsort(bi, stable=True)
+        bi, bj = bi[order], bj[order]
+        degree = torch.bincount(bi, minlength=n)
+        if degree.numel() and int(degree.max()) > MAX_NEIGHBOURS:
+            raise ValueError(f"an atom has {int(degree.max())} bonded neighbours (> {MAX_NEIGHBOURS}): "
+                             "atoms too close for a molecular-mechanics topology")
+        start = torch.cumsum(degree, 0) - degree
+        rank = torch.arange(bi.numel(), device=bi.device) - start[bi]
+        nbr = torch.full((n, MAX_NEIGHBOURS), -1, dtype=torch.long, device=bi.device)
+        nbr[bi, rank] = bj
+        types = self.species(batch.numbers) * (self.max_degree + 1) + degree.clamp(max=self.max_degree)
+        return nbr, degree, types
+
+    # -- energy terms -----------------------------------------------------------------------
+    def forward(self, batch) -> torch.Tensor:
+        i, j = batch.edge_index
+        vec = batch.edge_vectors()
+        r = torch.linalg.norm(vec, dim=-1)
+        n = batch.numbers.shape[0]
+        pos = batch.positions
+        nbr, degree, t = self.topology(batch, r)
+        nt = self.n_types
+        energy = pos.new_zeros(n)
+
+        # Bonds, from the directed bonded edges (each bond twice: half the energy each time, to atom i).
+        bonded = (nbr[i] == j.unsqueeze(-1)).any(-1)
+        bi, bj, rb = i[bonded], j[bonded], r[bonded]
+        ti, tj = t[bi], t[bj]
+        bt = torch.minimum(ti, tj) * nt + torch.maximum(ti, tj)
+        e_bond = F.softplus(self.bond_k[bt]) * (rb - self.bond_r0[bt]) ** 2
+        energy = energy + scatter_sum(0.5 * e_bond, bi, n)
+
+        # Displacement vectors along bonds must respect periodic images: use the edge vectors.
+        # Map (centre, neighbour) → bond vector through the neighbour table.
+        bvec = pos.new_zeros((n, MAX_NEIGHBOURS, 3))
+        slot = (nbr[bi] == bj.unsqueeze(-1)).float().argmax(-1)
+        bvec = bvec.index_put((bi, slot), vec[bonded])
+
+        # Angles j–i–k for every pair of neighbours of i.
+        a, b = torch.triu_indices(MAX_NEIGHBOURS, MAX_NEIGHBOURS, 1, device=pos.device)
+        centre = torch.arange(n, device=pos.device).repeat_interleave(a.numel())
+        ka, kb = a.repeat(n), b.repeat(n)
+        valid = (nbr[centre, ka] >= 0) & (nbr[centre, kb] >= 0)
+        centre, ka, kb = centre[valid], ka[valid], kb[valid]
+        u, v = bvec[centre, ka], bvec[centre, kb]
+        cos = (u * v).sum(-1) / (torch.linalg.norm(u, dim=-1) * torch.linalg.norm(v, dim=-1))
+        t1, t2 = t[nbr[centre, ka]], t[nbr[centre, kb]]
+        at = t[centre] * nt * nt + torch.minimum(t1, t2) * nt + torch.maximum(t1, t2)
+        e_angle = F.softplus(self.angle_k[at]) * (cos - self.angle_cos0[at]) ** 2
+        energy = energy + scatter_sum(e_angle, centre, n)
+
+        # Impropers on three-coordinated centres.
+        three = torch.nonzero(degree == 3).squeeze(-1)
+        if three.numel():
+            u0, u1, u2 = bvec[three, 0], bvec[three, 1], bvec[three, 2]
+            h = (u0 * torch.linalg.cross(u1, u2)).sum(-1) / (
+                torch.linalg.norm(u0, dim=-1) * torch.linalg.norm(u1, dim=-1) * torch.linalg.norm(u2, dim=-1))
+            energy = energy + scatter_sum(F.softplus(self.improper_k[t[three]]) * h**2, three, n)
+
+        # Torsions a–b–c–d around each bond b→c (both directions present: half each, to b).
+        sa, sd = torch.meshgrid(torch.arange(MAX_NEIGHBOURS, device=pos.device),
+                                torch.arange(MAX_NEIGHBOURS, device=pos.device), indexing="ij")
+        sa, sd = sa.reshape(-1), sd.reshape(-1)
+        m = torch.arange(bi.numel(), device=pos.device).repeat_interleave(sa.numel())
+        sa, sd = sa.repeat(bi.numel()), sd.repeat(bi.numel())
+        bb, cc = bi[m], bj[m]
+        aa, dd = nbr[bb, sa], nbr[cc, sd]
+        ok = (aa >= 0) & (dd >= 0) & (aa != cc) & (dd != bb) & (aa != dd)
+        m, bb, cc, sa, sd, aa, dd = m[ok], bb[ok], cc[ok], sa[ok], sd[ok], aa[ok], dd[ok]
+        b1 = -bvec[bb, sa]  # a → b
+        b2 = vec[bonded][m]  # b → c
+        b3 = bvec[cc, sd]  # c → d
+        n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+        c = (n1 * n2).sum(-1) / (torch.linalg.norm(n1, dim=-1) * torch.linalg.norm(n2, dim=-1))
+        harmonics = torch.stack([c, 2 * c**2 - 1, 4 * c**3 - 3 * c], -1)  # cos φ, cos 2φ, cos 3φ
+        ta, tb, tc, td = t[aa], t[bb], t[cc], t[dd]
+        fwd = ((ta * nt + tb) * nt + tc) * nt + td
+        rev = ((td * nt + tc) * nt + tb) * nt + ta
+        tt = torch.minimum(fwd, rev)
+        e_torsion = (self.torsion_v[tt] * harmonics).sum(-1)
+        energy = energy + scatter_sum(0.5 * e_torsion, bb, n)
+
+        # Nonbonded: LJ + Coulomb over all edges, 1-2/1-3 excluded, 1-4 scaled, switched off at the cutoff.
+        first = nbr[i]  # (E, D)
+        second = torch.where(first.unsqueeze(-1) >= 0, nbr[first.clamp(min=0)], -1).flatten(1)
+        third = torch.where(second.unsqueeze(-1) >= 0, nbr[second.clamp(min=0)], -1).flatten(1)
+        is12 = (first == j.unsqueeze(-1)).any(-1)
+        is13 = (second == j.unsqueeze(-1)).any(-1) & ~is12
+        is14 = (third == j.unsqueeze(-1)).any(-1) & ~is12 & ~is13
+        keep = ~(is12 | is13)
+        scale_lj = torch.where(is14, self.lj_14, 1.0).to(r.dtype)
+        scale_q = torch.where(is14, self.coulomb_14, 1.0).to(r.dtype)
+        switch = smoothstep_switch(r, self.cutoff - self.switch_width, self.cutoff)
+        ti, tj = t[i], t[j]
+        sigma = 0.5 * (self.lj_sigma[ti] + self.lj_sigma[tj])
+        eps = torch.sqrt(F.softplus(self.lj_eps[ti]) * F.softplus(self.lj_eps[tj]))
+        r_safe = torch.where(keep, r, torch.ones_like(r))
+        x6 = (sigma / r_safe) ** 6
+        lj = 4 * eps * (x6**2 - x6) * scale_lj
+        q = self.charges(batch, t)
+        coul = units.COULOMB_EV_A * q[i] * q[j] / r_safe * scale_q
+        pair = torch.where(keep, (lj + coul) * switch, torch.zeros_like(r))
+        energy = energy + scatter_sum(0.5 * pair, i, n)
+        return energy
+
+    def charges(self, batch, types) -> torch.Tensor:
+        total = batch.total_charge if batch.total_charge is not None else None
+        raw = self.charge[types]
+        total = total.to(raw.dtype) if total is not None else raw.new_zeros(batch.n_graphs)
+        return conserve_charge(raw, batch.graph_index, batch.n_atoms, total)
