@@ -160,3 +160,32 @@ def test_resume_may_extend_epochs(tmp_path, ethanol_data):
 
     assert fit(1)["epochs"] == 1
     assert fit(3)["epochs"] == 3
+
+
+def test_delta_learning_with_a_frozen_mm_prior(tmp_path, ethanol_data):
+    """An MM model trained first, then frozen under an ML correction: the prior's weights do not move."""
+    from safetensors.torch import load_file
+
+    train, val = ethanol_data[:60], ethanol_data[60:70]
+    mm = build_model_for_data({"family": "mm", "cutoff": 5.0}, train)
+    Trainer(mm, train, val, TrainConfig(epochs=3, lr=0.01, progress=False), run_dir=tmp_path / "mm").fit()
+    prior_path = tmp_path / "mm" / "model.safetensors"
+    delta = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 16, "layers": 1,
+                                  "prior": str(prior_path)}, train)
+    assert [t.family for t in delta.terms] == ["reference", "sum", "schnet"]
+    before = {k: v.clone() for k, v in delta.terms[1].state_dict().items()}
+    summary = Trainer(delta, train, val, TrainConfig(epochs=15, lr=3e-3, progress=False),
+                      run_dir=tmp_path / "delta").fit()
+    after = load_file(str(tmp_path / "delta" / "model.safetensors"))
+    for k, v in before.items():
+        torch.testing.assert_close(after[f"terms.1.{k}"].to(v.dtype), v)
+    mm_only = json.loads((tmp_path / "mm" / "summary.json").read_text())["best"]["val_forces_mae_meV_A"]
+    assert summary["best"]["val_forces_mae_meV_A"] < mm_only  # the ML correction improves on the prior
+
+
+def test_delta_learning_with_a_jointly_fitted_mm_prior(tmp_path, ethanol_data):
+    train, val = ethanol_data[:30], ethanol_data[30:35]
+    model = build_model_for_data({"family": "painn", "cutoff": 4.0, "features": 16, "layers": 1, "prior": "mm"},
+                                 train)
+    assert [t.family for t in model.terms] == ["reference", "mm", "painn"]
+    Trainer(model, train, val, TrainConfig(epochs=1, progress=False), run_dir=tmp_path).fit()

@@ -10,14 +10,17 @@ from ..errors import ConfigError
 from ..models.base import MODEL_REGISTRY, build_model
 from ..models.composite import AtomicReference, Sum
 from ..models.electrostatics import LearnedCoulomb
+from ..models.mm import ClassicalMM
 from ..models.zbl import ZBL
 
 
 def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     """``Sum(AtomicReference(fitted), learned[, ZBL])`` for the elements of ``dataset``.
 
-    ``model_config`` is ``{"family": "painn", ..., "zbl": false, "coulomb": false}``; ``coulomb`` adds
-    learned charges with long-range electrostatics. The learned term's energy
+    ``model_config`` is ``{"family": "painn", ..., "zbl": false, "coulomb": false, "prior": null}``;
+    ``coulomb`` adds learned charges with long-range electrostatics; ``prior`` makes a Δ-model: ``"mm"``
+    fits a classical MM term jointly with the ML correction, a model-package path adds that trained model
+    frozen (and the reference energies and scale are fitted to what it leaves unexplained). The learned term's energy
     scale is the force RMS of the data, so a unit-variance network output has the right size.
     Weights are initialised from ``seed`` without touching torch's global random state.
     """
@@ -25,17 +28,24 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     family = cfg.pop("family", None)
     zbl = cfg.pop("zbl", False)
     coulomb = cfg.pop("coulomb", False)
+    prior = cfg.pop("prior", None)
     if family not in MODEL_REGISTRY or family in ("sum", "reference"):
         raise ConfigError(f"model.family must be a learned family, one of "
                           f"{sorted(set(MODEL_REGISTRY) - {'sum', 'reference', 'zbl'})}; got {family!r}")
     dataset.require_labels(energy=True, forces=False)
     elements = dataset.elements
-    ref = reference_energies(dataset, elements)
-    forces = [s.forces for s in dataset if s.forces is not None]
+    fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm") else None
+    targets = _residuals(dataset, fixed_prior) if fixed_prior is not None else dataset
+    ref = reference_energies(targets, elements)
+    forces = [s.forces for s in targets if s.forces is not None]
     scale = float(np.sqrt((np.concatenate(forces) ** 2).mean())) if forces else 1.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         terms = [AtomicReference(ref)]
+        if fixed_prior is not None:  # Δ-learning: the learned terms fit what the frozen prior misses
+            terms.append(fixed_prior)
+        elif prior == "mm":  # Δ-learning with an MM prior fitted jointly with the ML correction
+            terms.append(ClassicalMM(elements, cutoff=6.0))
         if family != "zbl":
             terms.append(build_model({"family": family, "elements": elements, "energy_scale": scale, **cfg}))
         if zbl or family == "zbl":
@@ -43,3 +53,28 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
         if coulomb:  # ML short range + learned, charge-conserving charges with Coulomb / Ewald long range
             terms.append(LearnedCoulomb(elements, cutoff=min(4.0, float(cfg.get("cutoff", 4.0)))))
     return Sum(terms)
+
+
+def _load_fixed_prior(path):
+    """A trained model package used as a frozen prior (any family: MM, ML, or a composition)."""
+    from ..potential.package import load_package
+
+    model, _ = load_package(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _residuals(dataset, prior):
+    """The dataset with the prior's energies and forces subtracted (what the learned terms must fit)."""
+    from ..data.dataset import Dataset
+    from ..evaluate.metrics import predict
+    from ..potential import Potential
+
+    pot = Potential(prior, dtype=torch.float64)
+    pred = predict(pot, list(dataset))
+    counts = np.cumsum([s.n_atoms for s in dataset])[:-1]
+    out = []
+    for s, e, f in zip(dataset, pred["energy"], np.split(pred["forces"], counts)):
+        out.append(s.copy(energy=s.energy - e, forces=None if s.forces is None else s.forces - f))
+    return Dataset(out, name=dataset.name)
