@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffspace.models import ZBL, AtomicReference, ClassicalMM, DescriptorNet, LearnedCoulomb, PaiNN, SchNet, Sum
+from ffspace.models import ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet, LearnedCoulomb, PaiNN, SchNet, Sum
 from ffspace.testing import physics
 
 ELEMENTS = [1, 6, 8]
@@ -16,6 +16,9 @@ def make(name):
         return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
     if name == "ani":
         return DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2, hidden=(16,))
+    if name == "d4":
+        pytest.importorskip("dftd4")
+        return D4Dispersion(method="pbe")
     if name == "mm":
         return ClassicalMM(ELEMENTS, cutoff=4.0)
     if name == "coulomb":
@@ -31,7 +34,12 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["mm", "painn", "schnet", "ani", "coulomb", "zbl", "sum"]
+FAMILIES = ["mm", "painn", "schnet", "ani", "coulomb", "d4", "zbl", "sum"]
+
+
+def _skip_if_molecules_only(model):
+    if isinstance(model, D4Dispersion):
+        pytest.skip("the D4 prior refuses periodic cells (dftd4's truncated lattice sums), by design")
 
 
 @pytest.fixture(params=FAMILIES)
@@ -47,10 +55,12 @@ def test_finite_difference_forces_molecule(model):
 
 
 def test_finite_difference_forces_periodic(model):
+    _skip_if_molecules_only(model)
     physics.check_finite_difference_forces(model, physics.periodic_box())
 
 
 def test_finite_difference_stress(model):
+    _skip_if_molecules_only(model)
     physics.check_finite_difference_stress(model)
 
 
@@ -59,22 +69,23 @@ def test_invariances_molecule(model):
 
 
 def test_invariances_periodic(model):
+    _skip_if_molecules_only(model)
     physics.check_invariances(model, physics.periodic_box(2))
 
 
 def test_additivity(model):
     if getattr(model, "long_range", False):
-        pytest.skip("long-range electrostatics are not additive over far-apart molecules, by design")
+        pytest.skip("long-range terms (Coulomb, dispersion) are not additive over far-apart molecules, by design")
     physics.check_additivity(model)
 
 
 def test_batching_and_no_cross_talk(model):
-    physics.check_batching(model)
+    physics.check_batching(model, periodic=not isinstance(model, D4Dispersion))
 
 
 def test_smooth_cutoff(model):
     if getattr(model, "long_range", False):
-        pytest.skip("Coulomb's law has no cutoff, by design")
+        pytest.skip("long-range terms (Coulomb, dispersion) have no cutoff, by design")
     physics.check_smooth_cutoff(model)
 
 

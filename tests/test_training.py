@@ -189,3 +189,13 @@ def test_delta_learning_with_a_jointly_fitted_mm_prior(tmp_path, ethanol_data):
                                  train)
     assert [t.family for t in model.terms] == ["reference", "mm", "painn"]
     Trainer(model, train, val, TrainConfig(epochs=1, progress=False), run_dir=tmp_path).fit()
+
+
+def test_model_with_a_d4_dispersion_prior_trains(tmp_path, ethanol_data):
+    pytest.importorskip("dftd4")
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1,
+                                  "dispersion": "pbe"}, train)
+    assert [t.family for t in model.terms] == ["reference", "schnet", "d4"]
+    summary = Trainer(model, train, val, TrainConfig(epochs=2, progress=False), run_dir=tmp_path).fit()
+    assert np.isfinite(summary["best"]["val_forces_mae_meV_A"])

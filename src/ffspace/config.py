@@ -40,6 +40,7 @@ class ModelSection(BaseModel):
     cutoff: float = Field(5.0, gt=0, description="Å")
     zbl: bool = Field(False, description="add a ZBL repulsion prior (switched off below bonding distances)")
     coulomb: bool = Field(False, description="add learned charge-conserving charges with Coulomb/Ewald electrostatics")
+    dispersion: str | None = Field(None, description="D4 dispersion prior with this functional's damping, e.g. pbe")
     prior: str | None = Field(None, description="Δ-learning prior: 'mm' (fitted jointly) or a model package path (frozen)")
 
 

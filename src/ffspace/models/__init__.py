@@ -3,11 +3,12 @@
 from .base import MODEL_REGISTRY, FFModel, build_model, scatter_sum
 from .composite import AtomicReference, Sum
 from .descriptor import DescriptorNet
+from .dispersion import D4Dispersion
 from .electrostatics import LearnedCoulomb
 from .mm import ClassicalMM
 from .painn import PaiNN
 from .schnet import SchNet
 from .zbl import ZBL
 
-__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "DescriptorNet", "FFModel", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
+__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DescriptorNet", "FFModel", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]

@@ -9,6 +9,7 @@ from ..data.stats import reference_energies
 from ..errors import ConfigError
 from ..models.base import MODEL_REGISTRY, build_model
 from ..models.composite import AtomicReference, Sum
+from ..models.dispersion import D4Dispersion
 from ..models.electrostatics import LearnedCoulomb
 from ..models.mm import ClassicalMM
 from ..models.zbl import ZBL
@@ -20,7 +21,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     ``model_config`` is ``{"family": "painn", ..., "zbl": false, "coulomb": false, "prior": null}``;
     ``coulomb`` adds learned charges with long-range electrostatics; ``prior`` makes a Δ-model: ``"mm"``
     fits a classical MM term jointly with the ML correction, a model-package path adds that trained model
-    frozen (and the reference energies and scale are fitted to what it leaves unexplained). The learned term's energy
+    frozen (and the reference energies and scale are fitted to what it leaves unexplained); ``dispersion``
+    names a functional (e.g. ``"pbe"``) and adds a fixed DFT-D4 prior with its damping (molecules only). The learned term's energy
     scale is the force RMS of the data, so a unit-variance network output has the right size.
     Weights are initialised from ``seed`` without touching torch's global random state.
     """
@@ -29,6 +31,7 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     zbl = cfg.pop("zbl", False)
     coulomb = cfg.pop("coulomb", False)
     prior = cfg.pop("prior", None)
+    dispersion = cfg.pop("dispersion", None)
     if family not in MODEL_REGISTRY or family in ("sum", "reference"):
         raise ConfigError(f"model.family must be a learned family, one of "
                           f"{sorted(set(MODEL_REGISTRY) - {'sum', 'reference', 'zbl'})}; got {family!r}")
@@ -50,6 +53,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
             terms.append(build_model({"family": family, "elements": elements, "energy_scale": scale, **cfg}))
         if zbl or family == "zbl":
             terms.append(ZBL(cutoff=min(3.0, float(cfg.get("cutoff", 3.0)))))
+        if dispersion:  # a fixed DFT-D4 prior with the damping of the reference functional
+            terms.append(D4Dispersion(method=dispersion))
         if coulomb:  # ML short range + learned, charge-conserving charges with Coulomb / Ewald long range
             terms.append(LearnedCoulomb(elements, cutoff=min(4.0, float(cfg.get("cutoff", 4.0)))))
     return Sum(terms)
