@@ -16,6 +16,11 @@ def make(name):
         return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
     if name == "ani":
         return DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2, hidden=(16,))
+    if name == "mace":
+        pytest.importorskip("e3nn")
+        from ffspace.models.mace import MACE
+
+        return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=2, correlation=3)
     if name == "d4":
         pytest.importorskip("dftd4")
         return D4Dispersion(method="pbe")
@@ -34,7 +39,7 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["mm", "painn", "schnet", "ani", "coulomb", "d4", "zbl", "sum"]
+FAMILIES = ["mm", "painn", "schnet", "ani", "mace", "coulomb", "d4", "zbl", "sum"]
 
 
 def _skip_if_molecules_only(model):

@@ -10,5 +10,10 @@ from .painn import PaiNN
 from .schnet import SchNet
 from .zbl import ZBL
 
+try:  # e3nn is an optional dependency: the MACE-style family registers only when it is installed
+    from .mace import MACE  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
 __all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DescriptorNet", "FFModel", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]
