@@ -14,6 +14,7 @@ import yaml
 from .config import RunConfig, resolve_data_path
 from .data import Dataset, read_dataset
 from .evaluate import error_metrics, format_metrics, predict
+from .evaluate.metrics import metrics_table
 from .evaluate.plots import md_plot, parity_plot
 from .md import BlowUpMonitor, run_md
 from .potential import Potential
@@ -129,23 +130,13 @@ def run(cfg: RunConfig) -> Path:
 
 def _report_md(cfg: RunConfig, m: dict) -> str:
     t, md_s = m["test"], m["md"]
-    rows = []
-    if "energy_mae_meV" in t:
-        rows.append(f"| energy | {t['energy_mae_meV']:.2f} meV ({t['energy_mae_kcal_mol']:.3f} kcal/mol) | "
-                    f"{t['energy_rmse_meV']:.2f} meV |")
-    if "forces_mae_meV_A" in t:
-        rows.append(f"| forces | {t['forces_mae_meV_A']:.2f} meV/Å ({t['forces_mae_kcal_mol_A']:.3f} kcal/mol/Å) | "
-                    f"{t['forces_rmse_meV_A']:.2f} meV/Å |")
-    table = "\n".join(rows)
     return f"""# ffspace run report
 
 Data: `{cfg.data.train}`; model: `{cfg.model.family}` ({cfg.model.model_dump()}).
 
 ## Test-set accuracy ({t['n_structures']} structures)
 
-| quantity | MAE | RMSE |
-|---|---|---|
-{table}
+{metrics_table(t)}
 
 ![parity](parity.png)
 

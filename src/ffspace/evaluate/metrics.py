@@ -5,31 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import units
-from ..graph.batch import collate, graph_of
 
 
 def predict(potential, graphs_or_structures, batch_size: int = 32, stress: bool = False) -> dict:
-    """Energies (G,), forces (N_total, 3) and, if asked, stress for many structures, as float64 numpy.
-
-    Accepts pre-computed `GraphData` (fast: no neighbor search) or `Structure` objects.
-    """
-    items = list(graphs_or_structures)
-    if items and not hasattr(items[0], "i"):
-        potential.check_elements(items)
-        items = [graph_of(s, potential.cutoff) for s in items]
-    energies, forces, stresses = [], [], []
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start:start + batch_size], dtype=potential.dtype, device=potential.device,
-                        labels=False)
-        out = potential.compute(batch, forces=True, stress=stress)
-        energies.append(out["energy"].double().cpu().numpy())
-        forces.append(out["forces"].double().cpu().numpy())
-        if stress:
-            stresses.append(out["stress"].double().cpu().numpy())
-    result = {"energy": np.concatenate(energies), "forces": np.concatenate(forces)}
-    if stress:
-        result["stress"] = np.concatenate(stresses)
-    return result
+    """Batched prediction over many structures (see `Potential.predict`)."""
+    return potential.predict(graphs_or_structures, batch_size, stress)
 
 
 def error_metrics(pred: dict, structures) -> dict:
@@ -55,12 +35,22 @@ def error_metrics(pred: dict, structures) -> dict:
     return out
 
 
-def format_metrics(m: dict) -> str:
-    parts = []
+def _described(m: dict):
+    """(quantity, MAE text, RMSE text) for each label the metrics cover, units side by side."""
     if "energy_mae_meV" in m:
-        parts.append(f"E MAE {m['energy_mae_meV']:.2f} meV ({m['energy_mae_kcal_mol']:.3f} kcal/mol), "
-                     f"RMSE {m['energy_rmse_meV']:.2f} meV")
+        yield ("energy", f"{m['energy_mae_meV']:.2f} meV ({m['energy_mae_kcal_mol']:.3f} kcal/mol)",
+               f"{m['energy_rmse_meV']:.2f} meV")
     if "forces_mae_meV_A" in m:
-        parts.append(f"F MAE {m['forces_mae_meV_A']:.2f} meV/Å ({m['forces_mae_kcal_mol_A']:.3f} kcal/mol/Å), "
-                     f"RMSE {m['forces_rmse_meV_A']:.2f} meV/Å")
-    return "; ".join(parts)
+        yield ("forces", f"{m['forces_mae_meV_A']:.2f} meV/Å ({m['forces_mae_kcal_mol_A']:.3f} kcal/mol/Å)",
+               f"{m['forces_rmse_meV_A']:.2f} meV/Å")
+
+
+def format_metrics(m: dict) -> str:
+    """One line: ``E MAE ... ; F MAE ...``."""
+    return "; ".join(f"{q[0].upper()} MAE {mae}, RMSE {rmse}" for q, mae, rmse in _described(m))
+
+
+def metrics_table(m: dict) -> str:
+    """A Markdown table of MAE and RMSE per quantity."""
+    rows = [f"| {q} | {mae} | {rmse} |" for q, mae, rmse in _described(m)]
+    return "\n".join(["| quantity | MAE | RMSE |", "|---|---|---|", *rows])

@@ -100,7 +100,7 @@ class ClassicalMM(FFModel):
 
         # Bonds, from the directed bonded edges (each bond twice: half the energy each time, to atom i).
         bonded = (nbr[i] == j.unsqueeze(-1)).any(-1)
-        bi, bj, rb = i[bonded], j[bonded], r[bonded]
+        bi, bj, rb, vb = i[bonded], j[bonded], r[bonded], vec[bonded]
         ti, tj = t[bi], t[bj]
         bt = torch.minimum(ti, tj) * nt + torch.maximum(ti, tj)
         e_bond = F.softplus(self.bond_k[bt]) * (rb - self.bond_r0[bt]) ** 2
@@ -110,7 +110,7 @@ class ClassicalMM(FFModel):
         # Map (centre, neighbour) → bond vector through the neighbour table.
         bvec = pos.new_zeros((n, MAX_NEIGHBOURS, 3))
         slot = (nbr[bi] == bj.unsqueeze(-1)).float().argmax(-1)
-        bvec = bvec.index_put((bi, slot), vec[bonded])
+        bvec = bvec.index_put((bi, slot), vb)
 
         # Angles j–i–k for every pair of neighbours of i.
         a, b = torch.triu_indices(MAX_NEIGHBOURS, MAX_NEIGHBOURS, 1, device=pos.device)
@@ -144,7 +144,7 @@ class ClassicalMM(FFModel):
         ok = (aa >= 0) & (dd >= 0) & (aa != cc) & (dd != bb) & (aa != dd)
         m, bb, cc, sa, sd, aa, dd = m[ok], bb[ok], cc[ok], sa[ok], sd[ok], aa[ok], dd[ok]
         b1 = -bvec[bb, sa]  # a → b
-        b2 = vec[bonded][m]  # b → c
+        b2 = vb[m]  # b → c
         b3 = bvec[cc, sd]  # c → d
         n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
         c = (n1 * n2).sum(-1) / (torch.linalg.norm(n1, dim=-1) * torch.linalg.norm(n2, dim=-1))

@@ -93,22 +93,34 @@ class Potential:
         return collate([graph_of(s, self.cutoff) for s in structures], dtype=self.dtype, device=self.device,
                        labels=labels)
 
-    def __call__(self, structures, forces: bool = True, stress: bool = False, batch_size: int = 32) -> dict:
-        """Evaluate a list of `Structure` in batches; returns float64 numpy arrays per structure."""
+    def predict(self, graphs_or_structures, batch_size: int = 32, stress: bool = False) -> dict:
+        """Energies (G,), per-atom energies and forces (N_total, ...) and, if asked, stress, as float64 numpy.
+
+        Accepts pre-computed `GraphData` (fast: no neighbor search) or `Structure` objects.
+        """
+        items = list(graphs_or_structures)
+        if items and not hasattr(items[0], "i"):
+            self.check_elements(items)
+            items = [graph_of(s, self.cutoff) for s in items]
+        parts = {"energy": [], "energies": [], "forces": [], "stress": []}
+        for start in range(0, len(items), batch_size):
+            batch = collate(items[start:start + batch_size], dtype=self.dtype, device=self.device, labels=False)
+            out = self.compute(batch, forces=True, stress=stress)
+            for key in parts:
+                if key in out:
+                    parts[key].append(out[key].double().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in parts.items() if v}
+
+    def __call__(self, structures, stress: bool = False, batch_size: int = 32) -> dict:
+        """Evaluate a list of `Structure`; energies as a list, forces and per-atom energies per structure."""
         structures = list(structures)
-        results = {"energy": [], "forces": [], "energies": [], "stress": []}
-        for start in range(0, len(structures), batch_size):
-            chunk = structures[start:start + batch_size]
-            batch = self.batch(chunk)
-            out = self.compute(batch, forces=forces, stress=stress)
-            counts = batch.n_atoms.tolist()
-            results["energy"].extend(out["energy"].double().cpu().numpy().tolist())
-            results["energies"].extend(np.split(out["energies"].double().cpu().numpy(), np.cumsum(counts)[:-1]))
-            if forces:
-                results["forces"].extend(np.split(out["forces"].double().cpu().numpy(), np.cumsum(counts)[:-1]))
-            if stress:
-                results["stress"].extend(list(out["stress"].double().cpu().numpy()))
-        return {k: v for k, v in results.items() if v or k == "energy"}
+        pred = self.predict(structures, batch_size, stress)
+        cuts = np.cumsum([s.n_atoms for s in structures])[:-1]
+        out = {"energy": pred["energy"].tolist(), "energies": np.split(pred["energies"], cuts),
+               "forces": np.split(pred["forces"], cuts)}
+        if stress:
+            out["stress"] = list(pred["stress"])
+        return out
 
     @classmethod
     def load(cls, path, dtype: torch.dtype = torch.float32, device="cpu") -> "Potential":

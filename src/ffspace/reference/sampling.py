@@ -34,7 +34,7 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
     frames = []
     for k in tqdm(range(n_frames), desc=f"MD sampling {temperature:g} K", disable=not progress):
         dyn.run(interval)
-        frames.append(Structure.from_ase(atoms.copy(), info={
+        frames.append(Structure.from_ase(atoms, info={  # Structure copies the arrays
             "sampler": "md", "sampler_temperature_K": temperature, "sampler_step": equilibration_steps
             + (k + 1) * interval, "sampler_timestep_fs": timestep_fs, "sampler_seed": seed}))
     return frames

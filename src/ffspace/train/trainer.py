@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -161,21 +162,18 @@ class Trainer:
             self.model.load_state_dict({k: v.to(self.potential.device) for k, v in load_file(str(path)).items()})
 
     # -- evaluation -------------------------------------------------------------------------
+    @contextmanager
     def _with_ema(self):
-        """Context: swap EMA weights in for evaluation."""
-        trainer = self
-
-        class _Swap:
-            def __enter__(self):
-                if trainer.ema:
-                    self.saved = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-                    trainer.model.load_state_dict(trainer.ema.shadow)
-
-            def __exit__(self, *exc):
-                if trainer.ema:
-                    trainer.model.load_state_dict(self.saved)
-
-        return _Swap()
+        """Swap the EMA weights in for evaluation and saving, then restore the training weights."""
+        if not self.ema:
+            yield
+            return
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema.shadow)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(saved)
 
     def validate(self) -> dict:
         """Metrics of the EMA weights on the validation set; ``loss`` uses the training weights."""
