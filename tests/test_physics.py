@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffspace.models import ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet, LearnedCoulomb, PaiNN, SchNet, Sum
+from ffspace.models import ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet, GraphMM, LearnedCoulomb, PaiNN, SchNet, Sum
 from ffspace.testing import physics
 
 ELEMENTS = [1, 6, 8]
@@ -21,11 +21,18 @@ def make(name):
         from ffspace.models.mace import MACE
 
         return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=2, correlation=3)
+    if name == "mace_vectors":
+        pytest.importorskip("e3nn")
+        from ffspace.models.mace import MACE
+
+        return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=3, correlation=3, hidden_lmax=1)
     if name == "d4":
         pytest.importorskip("dftd4")
         return D4Dispersion(method="pbe")
     if name == "mm":
         return ClassicalMM(ELEMENTS, cutoff=4.0)
+    if name == "graph_mm":
+        return randomized_graph_mm(GraphMM(ELEMENTS, features=16, layers=2))
     if name == "coulomb":
         model = LearnedCoulomb(ELEMENTS, cutoff=3.5, features=16, layers=1)
         model.charge_net.energy_scale.fill_(1.0)  # sizeable charges, so the checks test real electrostatics
@@ -39,12 +46,29 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["mm", "painn", "schnet", "ani", "mace", "coulomb", "d4", "zbl", "sum"]
+FAMILIES = ["mm", "graph_mm", "painn", "schnet", "ani", "mace", "mace_vectors", "coulomb", "d4", "zbl", "sum"]
+
+
+def randomized_graph_mm(model, seed: int = 0, scale: float = 0.3):
+    """Give the zero-initialised readouts random weights, so every MM term (torsions, charges...) is exercised."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in (model.bond_head, model.angle_head, model.torsion_head, model.atom_head):
+            head[-1].weight.copy_(scale * torch.randn(head[-1].weight.shape, generator=gen))
+            head[-1].bias.copy_(scale * torch.randn(head[-1].bias.shape, generator=gen))
+    return model
+
+
+MOLECULES_ONLY = (D4Dispersion, GraphMM)
 
 
 def _skip_if_molecules_only(model):
     if isinstance(model, D4Dispersion):
         pytest.skip("the D4 prior refuses periodic cells (dftd4's truncated lattice sums), by design")
+    if isinstance(model, GraphMM):
+        pytest.skip("graph-learned MM is a molecular force field (all-pairs nonbonded, no cutoff), by design")
 
 
 @pytest.fixture(params=FAMILIES)
@@ -85,7 +109,7 @@ def test_additivity(model):
 
 
 def test_batching_and_no_cross_talk(model):
-    physics.check_batching(model, periodic=not isinstance(model, D4Dispersion))
+    physics.check_batching(model, periodic=not isinstance(model, MOLECULES_ONLY))
 
 
 def test_smooth_cutoff(model):
@@ -141,3 +165,19 @@ def test_mm_perceives_ethanol_topology():
     # CH3CH2OH: 8 bonds; C and C four-coordinated, O two, every H one.
     assert int(degree.sum()) == 16
     assert sorted(degree.tolist()) == [1] * 6 + [2, 4, 4]
+
+
+@pytest.mark.parametrize("name", ["mace", "mace_vectors", "graph_mm", "painn", "ani"])
+def test_energy_is_invariant_under_reflection(name):
+    """Energies are true scalars: a mirror image has the same energy (MACE keeps only even couplings)."""
+    import numpy as np
+    import torch
+
+    from ffspace.potential import Potential
+
+    torch.manual_seed(0)
+    pot = Potential(make(name), dtype=torch.float64)
+    s = physics.ethanol(2, rattle=0.1)
+    mirrored = s.copy(positions=s.positions * np.array([-1.0, 1.0, 1.0]))
+    e = pot([s, mirrored])["energy"]
+    assert abs(e[0] - e[1]) < 1e-9 * max(1.0, abs(e[0]))

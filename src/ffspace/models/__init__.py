@@ -5,6 +5,7 @@ from .composite import AtomicReference, Sum
 from .descriptor import DescriptorNet
 from .dispersion import D4Dispersion
 from .electrostatics import LearnedCoulomb
+from .graph_mm import GraphMM
 from .mm import ClassicalMM
 from .painn import PaiNN
 from .schnet import SchNet
@@ -15,5 +16,5 @@ try:  # e3nn is an optional dependency: the MACE-style family registers only whe
 except ImportError:  # pragma: no cover
     pass
 
-__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DescriptorNet", "FFModel", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
+__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DescriptorNet", "FFModel", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]

@@ -1,9 +1,22 @@
-"""MACE-style equivariant many-body model, written on e3nn (Batatia et al., NeurIPS 2022).
+"""MACE-style equivariant many-body model on e3nn (Batatia et al., NeurIPS 2022), written for CPU speed.
 
-Per interaction: an equivariant atomic basis A_i = Σ_j R(r_ij) · (h_j ⊗ Y(r̂_ij)) (channel-wise tensor
-product with spherical harmonics up to ``lmax``, weights from a radial MLP on Bessel functions × a smooth
-cutoff); higher body order from symmetric products of A with itself (A ⊗ A, and (A ⊗ A) ⊗ A for
-``correlation`` = 3), contracted to the next node features; scalar readouts summed over layers.
+Per layer, an equivariant atomic basis per channel k (the ACE "A" basis):
+
+    A_i,k,lm = Σ_k' U_l,kk' (1/n̄) Σ_j R_k',l(r_ij) · Y_lm(r̂_ij) · (W h_j)_k'     l = 0..lmax (e3nn real harmonics)
+
+then higher body order by symmetric tensor products of A with itself, channel by channel, coupled to
+invariants with Clebsch–Gordan (Wigner 3j) coefficients from e3nn:
+
+    ν = 1: A_k,00      ν = 2: Σ_m A_k,lm A_k,lm (per l)      ν = 3: Σ C^{l1 l2 l3}_{m1 m2 m3} A_k,l1m1 A_k,l2m2 A_k,l3m3
+
+(only even l1 + l2 + l3: true scalars, invariant under rotations and reflections). So a layer sees up to
+(correlation + 1)-body correlations. The invariants B_k,p are contracted with element-dependent weights
+(MACE's symmetric contraction), mixed across channels, and added to the previous node features; every
+layer has a readout and the energies sum. By default hidden features are invariant (MACE's "L = 0 hidden
+irreps"): the angular information enters through A up to ``lmax`` ≤ 3 and its products. ``hidden_lmax=1``
+also carries l = 1 vector features (A_1 and the ν = 2 couplings A_l1 ⊗ A_l2 → 1 with l1 + l2 odd) into the
+next layer's messages through Y_l' ⊗ v → l couplings. The couplings are dense matrices precomputed at
+construction, so a step costs a few matrix products per layer.
 """
 
 from __future__ import annotations
@@ -15,80 +28,163 @@ from .base import FFModel, register, scatter_sum
 from .radial import BesselBasis, cosine_cutoff
 
 
-def _uvu_tensor_product(irreps_in1, irreps_in2, irreps_out_filter):
-    """Channel-wise ('uvu') tensor product: returns the product and its output irreps."""
+def _coupling_matrices(lmax: int, correlation: int):
+    """(D², P2) and (D², P3·D) matrices turning A ⊗ A (flattened) into the ν = 2 and ν = 3 invariants."""
     from e3nn import o3
 
-    irreps_out, instructions = [], []
-    for i1, (mul, ir1) in enumerate(irreps_in1):
-        for i2, (_, ir2) in enumerate(irreps_in2):
-            for ir in ir1 * ir2:
-                if ir in irreps_out_filter:
-                    instructions.append((i1, i2, len(irreps_out), "uvu", True))
-                    irreps_out.append((mul, ir))
-    irreps_out = o3.Irreps(irreps_out)
-    tp = o3.TensorProduct(irreps_in1, irreps_in2, irreps_out, instructions, shared_weights=False,
-                          internal_weights=False)
-    return tp, irreps_out
+    dim = (lmax + 1) ** 2
+    start = [l * l for l in range(lmax + 2)]
+    c2 = torch.zeros(dim, dim, lmax + 1, dtype=torch.float64)
+    for l in range(lmax + 1):
+        c2[start[l]:start[l + 1], start[l]:start[l + 1], l] = o3.wigner_3j(l, l, 0).squeeze(-1).double()
+    triples = [(l1, l2, l3) for l1 in range(lmax + 1) for l2 in range(l1, lmax + 1) for l3 in range(l2, lmax + 1)
+               if l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0] if correlation >= 3 else []
+    c3 = torch.zeros(dim, dim, len(triples), dim, dtype=torch.float64)
+    for p, (l1, l2, l3) in enumerate(triples):
+        c3[start[l1]:start[l1 + 1], start[l2]:start[l2 + 1], p, start[l3]:start[l3 + 1]] = \
+            o3.wigner_3j(l1, l2, l3).double()
+    return c2.reshape(dim * dim, lmax + 1), c3.reshape(dim * dim, len(triples) * dim), len(triples)
+
+
+def _vector_coupling(lmax: int):
+    """(D², P·3) matrix: A ⊗ A → l = 1 vectors (ν = 2) for pairs of odd l1 + l2 (true vectors)."""
+    from e3nn import o3
+
+    dim, start = (lmax + 1) ** 2, [l * l for l in range(lmax + 2)]
+    pairs = [(l1, l2) for l1 in range(lmax + 1) for l2 in range(l1, lmax + 1) if (l1 + l2) % 2 == 1
+             and abs(l1 - l2) <= 1 <= l1 + l2]
+    c = torch.zeros(dim, dim, len(pairs), 3, dtype=torch.float64)
+    for p, (l1, l2) in enumerate(pairs):
+        c[start[l1]:start[l1 + 1], start[l2]:start[l2 + 1], p] = o3.wigner_3j(l1, l2, 1).double()
+    return c.reshape(dim * dim, len(pairs) * 3), len(pairs)
+
+
+def _message_coupling(lmax: int):
+    """(D·3, P·D) matrix: Y_l' ⊗ (vector feature) → A_l, for the parity-allowed paths l' ⊗ 1 → l."""
+    from e3nn import o3
+
+    dim, start = (lmax + 1) ** 2, [l * l for l in range(lmax + 2)]
+    paths = [(lp, l) for lp in range(lmax + 1) for l in range(lmax + 1) if (lp + 1 + l) % 2 == 0
+             and abs(lp - 1) <= l <= lp + 1]
+    g = torch.zeros(dim, 3, len(paths), dim, dtype=torch.float64)
+    for p, (lp, l) in enumerate(paths):
+        g[start[lp]:start[lp + 1], :, p, start[l]:start[l + 1]] = o3.wigner_3j(lp, 1, l).double()
+    return g.reshape(dim * 3, len(paths) * dim), len(paths)
 
 
 @register("mace")
 class MACE(FFModel):
-    def __init__(self, elements, cutoff: float = 5.0, channels: int = 32, lmax: int = 2, layers: int = 2,
-                 correlation: int = 3, n_rbf: int = 8, radial_hidden: int = 64, energy_scale: float = 1.0):
+    def __init__(self, elements, cutoff: float = 5.0, channels: int = 64, lmax: int = 2, layers: int = 2,
+                 correlation: int = 3, n_rbf: int = 8, radial_hidden: int = 64, avg_neighbors: float = 10.0,
+                 hidden_lmax: int = 0, energy_scale: float = 1.0):
         super().__init__()
         from e3nn import o3
 
+        if not 1 <= correlation <= 3:
+            raise ValueError(f"correlation must be 1, 2 or 3 (body order 2 to 4), got {correlation}")
+        if not 0 <= lmax <= 3:
+            raise ValueError(f"lmax must be 0..3, got {lmax}")
+        if hidden_lmax not in (0, 1) or (hidden_lmax == 1 and lmax < 1):
+            raise ValueError(f"hidden_lmax must be 0 (invariant node features) or 1 (with vectors, lmax ≥ 1), "
+                             f"got {hidden_lmax}")
         self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff), channels=channels,
                            lmax=lmax, layers=layers, correlation=correlation, n_rbf=n_rbf,
-                           radial_hidden=radial_hidden, energy_scale=float(energy_scale))
+                           radial_hidden=radial_hidden, avg_neighbors=float(avg_neighbors),
+                           hidden_lmax=int(hidden_lmax), energy_scale=float(energy_scale))
         self._init_elements(elements)
-        self.cutoff, self.correlation = float(cutoff), int(correlation)
-        self.embedding = nn.Embedding(len(self.elements), channels)
+        self.cutoff, self.correlation, self.lmax = float(cutoff), int(correlation), int(lmax)
+        self.channels, self.avg_neighbors = int(channels), float(avg_neighbors)
+        k, n_el = int(channels), len(self.elements)
+        self.spherical_harmonics = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(lmax), normalize=True,
+                                                         normalization="component")
+        self.register_buffer("l_of_m", torch.tensor([l for l in range(lmax + 1) for _ in range(2 * l + 1)]),
+                             persistent=False)
+        c2, c3, n3 = _coupling_matrices(lmax, correlation)
+        self.register_buffer("c2", c2.float(), persistent=False)
+        self.register_buffer("c3", c3.float(), persistent=False)
+        self.n3 = n3
+        self.hidden_lmax = int(hidden_lmax)
+        cv, self.n_vec = _vector_coupling(lmax) if hidden_lmax else (torch.zeros(0, 0), 0)
+        cm, self.n_msg = _message_coupling(lmax) if hidden_lmax else (torch.zeros(0, 0), 0)
+        self.register_buffer("cv", cv.float(), persistent=False)
+        self.register_buffer("cm", cm.float(), persistent=False)
+        n_inv = 1 + (lmax + 1 if correlation >= 2 else 0) + n3
+        self.embedding = nn.Embedding(n_el, k)
         self.rbf = BesselBasis(cutoff, n_rbf)
-        self.sh_irreps = o3.Irreps.spherical_harmonics(lmax)
-        self.spherical_harmonics = o3.SphericalHarmonics(self.sh_irreps, normalize=True, normalization="component")
-        hidden = o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
-        node_irreps = o3.Irreps(f"{channels}x0e")
-        self.convs, self.radials, self.mix, self.products, self.updates, self.readouts = (
-            nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList())
-        for _ in range(layers):
-            tp, a_irreps = _uvu_tensor_product(node_irreps, self.sh_irreps, hidden)
-            self.convs.append(tp)
-            self.radials.append(nn.Sequential(nn.Linear(n_rbf, radial_hidden), nn.SiLU(),
-                                              nn.Linear(radial_hidden, tp.weight_numel)))
-            self.mix.append(o3.Linear(a_irreps, hidden))
-            products = nn.ModuleList()
-            for _ in range(self.correlation - 1):
-                products.append(o3.FullyConnectedTensorProduct(hidden, hidden, hidden))
-            self.products.append(products)
-            self.updates.append(o3.Linear(hidden, hidden))
-            node_irreps = hidden
-            self.readouts.append(o3.Linear(hidden, "1x0e"))
-        self.node_irreps = hidden
+        self.up = nn.ModuleList(nn.Linear(k, k, bias=False) for _ in range(layers))
+        # Radial weights per channel: one per l for scalar inputs, one per coupling path for vector inputs
+        # (vector node features exist from the second layer on).
+        n_radial = [k * (lmax + 1 + (self.n_msg if t > 0 else 0)) for t in range(layers)]
+        self.radials = nn.ModuleList(
+            nn.Sequential(nn.Linear(n_rbf, radial_hidden), nn.SiLU(), nn.Linear(radial_hidden, radial_hidden),
+                          nn.SiLU(), nn.Linear(radial_hidden, n_out)) for n_out in n_radial)
+        n_vec_layers = layers - 1 if self.hidden_lmax else 0  # the last layer only needs scalars
+        self.up_vec = nn.ParameterList(nn.Parameter(torch.randn(k, k) / k**0.5) for _ in range(n_vec_layers))
+        self.vec_contraction = nn.ParameterList(nn.Parameter(torch.randn(n_el, k, 1 + self.n_vec) / 2**0.5)
+                                                for _ in range(n_vec_layers))
+        self.vec_mix = nn.ParameterList(nn.Parameter(torch.randn(k, k) / k**0.5) for _ in range(n_vec_layers))
+        # Channel mixing of A within each l (MACE's linear after the aggregation), as one (L+1, K, K) weight.
+        self.a_mix = nn.ParameterList(nn.Parameter(torch.randn(lmax + 1, k, k) / k**0.5) for _ in range(layers))
+        # Element-dependent weights of each invariant, per channel (MACE's symmetric contraction).
+        self.contraction = nn.ParameterList(nn.Parameter(torch.randn(n_el, k, n_inv) / n_inv**0.5)
+                                            for _ in range(layers))
+        self.mix = nn.ModuleList(nn.Linear(k, k) for _ in range(layers))
+        self.skip = nn.ModuleList(nn.Linear(k, k, bias=False) for _ in range(layers))
+        self.readouts = nn.ModuleList([nn.Linear(k, 1) for _ in range(layers - 1)] +
+                                      [nn.Sequential(nn.Linear(k, 16), nn.SiLU(), nn.Linear(16, 1))])
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+
+    def invariants(self, a: torch.Tensor) -> torch.Tensor:
+        """(N, K, D) equivariant basis → (N, K, n_inv) rotation- and reflection-invariant products."""
+        n, k, d = a.shape
+        out = [a[..., :1]]
+        if self.correlation >= 2:
+            aa = (a.unsqueeze(-1) * a.unsqueeze(-2)).reshape(n * k, d * d)
+            out.append((aa @ self.c2.to(a.dtype)).reshape(n, k, -1))
+            if self.n3:
+                t = (aa @ self.c3.to(a.dtype)).reshape(n, k, self.n3, d)
+                out.append((t * a.unsqueeze(2)).sum(-1))
+        return torch.cat(out, -1)
+
+    def vectors(self, a: torch.Tensor) -> torch.Tensor:
+        """(N, K, D) equivariant basis → (N, K, 1 + P, 3) true l = 1 vectors: A_1 and the ν = 2 couplings."""
+        n, k, d = a.shape
+        aa = (a.unsqueeze(-1) * a.unsqueeze(-2)).reshape(n * k, d * d)
+        pairs = (aa @ self.cv.to(a.dtype)).reshape(n, k, self.n_vec, 3)
+        return torch.cat([a[:, :, None, 1:4], pairs], 2)
 
     def forward(self, batch) -> torch.Tensor:
         i, j = batch.edge_index
         vec = batch.edge_vectors()
         r = torch.linalg.norm(vec, dim=-1)
-        sh = self.spherical_harmonics(vec)
+        sh = self.spherical_harmonics(vec)  # (E, D)
         fcut = cosine_cutoff(r, self.cutoff).unsqueeze(-1)
         radial_in = self.rbf(r) * fcut
-        n = batch.numbers.shape[0]
-        h = self.embedding(self.species(batch.numbers))
+        n, k, d = batch.numbers.shape[0], self.channels, sh.shape[-1]
+        species = self.species(batch.numbers)
+        h = self.embedding(species)
+        v = None  # (N, K, 3) vector node features, from the second layer on
         energy = h.new_zeros(n)
-        for conv, radial, mix, products, update, readout in zip(self.convs, self.radials, self.mix, self.products,
-                                                                self.updates, self.readouts):
-            # The cutoff multiplies the radial weights themselves (not only their input): an edge entering the
-            # cutoff sphere then contributes nothing, whatever the MLP's biases.
-            messages = conv(h[j], sh, radial(radial_in) * fcut)
-            a = mix(scatter_sum(messages, i, n))
-            # Body order: A, A⊗A, (A⊗A)⊗A ... summed (MACE's symmetric contraction, unfolded).
-            b, power = a, a
-            for product in products:
-                power = product(power, a)
-                b = b + power
-            h = update(b)
+        for t, (up, radial, a_mix, weights, mix, skip, readout) in enumerate(zip(
+                self.up, self.radials, self.a_mix, self.contraction, self.mix, self.skip, self.readouts)):
+            # The cutoff multiplies the radial weights themselves, so an edge entering the cutoff sphere
+            # contributes nothing whatever the MLP's biases.
+            rw = radial(radial_in) * fcut
+            rw0 = rw[:, :k * (self.lmax + 1)].reshape(-1, k, self.lmax + 1)[..., self.l_of_m]  # (E, K, D)
+            messages = rw0 * sh.unsqueeze(1) * up(h)[j].unsqueeze(-1)
+            if v is not None:  # Y_l' ⊗ v_j → l, weighted per path and channel
+                vj = torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])[j]  # (E, K, 3)
+                yv = (sh[:, None, :, None] * vj[:, :, None, :]).reshape(-1, d * 3)
+                paths = (yv @ self.cm.to(yv.dtype)).reshape(-1, k, self.n_msg, d)
+                rw1 = rw[:, k * (self.lmax + 1):].reshape(-1, k, self.n_msg, 1)
+                messages = messages + (rw1 * paths).sum(2)
+            a = scatter_sum(messages, i, n) / self.avg_neighbors
+            a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
+            b = (self.invariants(a) * weights[species]).sum(-1)  # (N, K)
+            if t < len(self.vec_mix):
+                bv = (self.vectors(a) * self.vec_contraction[t][species].unsqueeze(-1)).sum(2)  # (N, K, 3)
+                bv = torch.einsum("nkm,kq->nqm", bv, self.vec_mix[t])
+                v = bv if v is None else bv + v
+            h = mix(b) + skip(h)
             energy = energy + readout(h).squeeze(-1)
         return energy * self.energy_scale

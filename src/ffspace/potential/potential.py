@@ -49,8 +49,11 @@ class Potential:
         """Return ``energy`` (G,), ``energies`` (N,) and, when asked, ``forces`` (N, 3) and ``stress`` (G, 3, 3).
 
         ``training=True`` keeps the graph of the force computation so a loss on forces can be
-        back-propagated (double backward).
+        back-propagated (double backward). It also sets the model's train/eval mode, so models may cache
+        what does not depend on positions between evaluation calls (graph-learned MM caches its parameters).
         """
+        if self.model.training != training:
+            self.model.train(training)
         batch = batch.to(device=self.device, dtype=self.dtype)
         positions = batch.positions.detach().requires_grad_(forces or stress)
         cell = batch.cell

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.stats import reference_energies
+from ..data.stats import reference_energies, statistics
 from ..errors import ConfigError
 from ..models.base import MODEL_REGISTRY, build_model
 from ..models.composite import AtomicReference, Sum
@@ -37,6 +37,7 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
                           f"{sorted(set(MODEL_REGISTRY) - {'sum', 'reference', 'zbl'})}; got {family!r}")
     dataset.require_labels(energy=True, forces=False)
     elements = dataset.elements
+    _fill_avg_neighbors(family, cfg, dataset)
     fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm") else None
     targets = _residuals(dataset, fixed_prior) if fixed_prior is not None else dataset
     ref = reference_energies(targets, elements)
@@ -58,6 +59,16 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
         if coulomb:  # ML short range + learned, charge-conserving charges with Coulomb / Ewald long range
             terms.append(LearnedCoulomb(elements, cutoff=min(4.0, float(cfg.get("cutoff", 4.0)))))
     return Sum(terms)
+
+
+def _fill_avg_neighbors(family, cfg: dict, dataset) -> None:
+    """Families that normalise neighbour sums (MACE) get the data's mean neighbour count unless it is set."""
+    import inspect
+
+    params = inspect.signature(MODEL_REGISTRY[family].__init__).parameters
+    if "avg_neighbors" in params and "avg_neighbors" not in cfg:
+        cutoff = float(cfg.get("cutoff", params["cutoff"].default))
+        cfg["avg_neighbors"] = round(statistics(list(dataset)[:200], cutoff)["mean_neighbors"], 3)
 
 
 def _load_fixed_prior(path):

@@ -1,0 +1,137 @@
+"""Molecular topology as explicit index lists, perceived from a batch's geometry.
+
+Bonds are pairs closer than ``bond_scale`` · (R_i + R_j) (covalent radii). From them come angles, proper
+torsions, impropers (every three-coordinated centre) and the nonbonded pairs of each molecule: all pairs
+of the same structure except 1-2 and 1-3 pairs, with 1-4 pairs flagged for scaling. These are the lists
+an MM engine such as OpenMM takes, so a model that computes its energy from them can be exported term
+by term. Nothing here carries a gradient: topology is a discrete function of the geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+
+import torch
+from ase.data import covalent_radii
+
+MAX_NEIGHBOURS = 6
+# The six orderings of an improper centre's three neighbours: summing over all of them makes the
+# improper energy independent of atom order (as OpenFF's "trefoil" impropers do with three).
+IMPROPER_ORDERS = torch.tensor(list(permutations(range(3))), dtype=torch.long)
+
+
+@dataclass
+class MolecularTopology:
+    """Index lists over the atoms of a batch (all long tensors; pairs have i < j).
+
+    bonds (B, 2); angles (A, 3) as (end, centre, end); torsions (T, 4) as a–b–c–d around bond b–c;
+    impropers (I, 4) as (n0, centre, n1, n2), six orderings per three-coordinated centre, and
+    improper_centre (I,); pairs (P, 2) nonbonded pairs of one structure (1-2 and 1-3 excluded) with
+    pair_is_14 (P,) bool; degree (N,) bonded neighbours per atom.
+    """
+
+    degree: torch.Tensor
+    bonds: torch.Tensor
+    angles: torch.Tensor
+    torsions: torch.Tensor
+    impropers: torch.Tensor
+    improper_centre: torch.Tensor
+    pairs: torch.Tensor
+    pair_is_14: torch.Tensor
+    excluded: torch.Tensor  # (X, 2) the 1-2 and 1-3 pairs, i < j (an MM engine needs them as exclusions)
+
+
+def perceive(batch, bond_scale: float = 1.2) -> MolecularTopology:
+    """Topology of every structure in ``batch`` (its edges must reach the longest bond)."""
+    return topology_from_bonds(find_bonds(batch, bond_scale), batch.n_atoms)
+
+
+def find_bonds(batch, bond_scale: float = 1.2) -> torch.Tensor:
+    """(B, 2) covalent bonds, i < j: pairs closer than ``bond_scale`` · (R_i + R_j)."""
+    i, j = batch.edge_index
+    with torch.no_grad():
+        r = torch.linalg.norm(batch.edge_vectors(), dim=-1)
+        radii = torch.as_tensor(covalent_radii, dtype=r.dtype, device=r.device)[batch.numbers]
+        is_bond = (r < bond_scale * (radii[i] + radii[j])) & (i < j)
+    if bool((batch.shifts[is_bond] != 0).any()) if batch.shifts.shape[0] else False:
+        raise ValueError("a bond crosses a periodic boundary: molecular topologies need whole molecules")
+    return torch.stack([i[is_bond], j[is_bond]], 1)
+
+
+def topology_from_bonds(bonds: torch.Tensor, n_atoms: torch.Tensor) -> MolecularTopology:
+    """Angles, torsions, impropers and nonbonded pairs implied by ``bonds`` in structures of ``n_atoms``."""
+    device = bonds.device
+    n = int(n_atoms.sum())
+    nbr, degree = _neighbour_table(bonds, n)
+
+    # Angles: every pair of neighbours of each centre.
+    a, b = torch.triu_indices(MAX_NEIGHBOURS, MAX_NEIGHBOURS, 1, device=device)
+    centre = torch.arange(n, device=device).repeat_interleave(a.numel())
+    ea, eb = nbr[centre, a.repeat(n)], nbr[centre, b.repeat(n)]
+    ok = (ea >= 0) & (eb >= 0)
+    angles = torch.stack([ea[ok], centre[ok], eb[ok]], 1)
+
+    # Proper torsions a–b–c–d around each bond b–c (3-rings give a = d and are dropped).
+    sa, sd = torch.meshgrid(torch.arange(MAX_NEIGHBOURS, device=device),
+                            torch.arange(MAX_NEIGHBOURS, device=device), indexing="ij")
+    m = torch.arange(bonds.shape[0], device=device).repeat_interleave(sa.numel())
+    bb, cc = bonds[m, 0], bonds[m, 1]
+    aa, dd = nbr[bb, sa.reshape(-1).repeat(bonds.shape[0])], nbr[cc, sd.reshape(-1).repeat(bonds.shape[0])]
+    ok = (aa >= 0) & (dd >= 0) & (aa != cc) & (dd != bb) & (aa != dd)
+    torsions = torch.stack([aa[ok], bb[ok], cc[ok], dd[ok]], 1)
+
+    # Impropers on three-coordinated centres, in all six neighbour orders.
+    centres = torch.nonzero(degree == 3).squeeze(-1)
+    orders = IMPROPER_ORDERS.to(device)
+    around = nbr[centres][:, :3][:, orders]  # (C, 6, 3)
+    cen = centres[:, None].expand(-1, orders.shape[0])
+    impropers = torch.stack([around[..., 0], cen, around[..., 1], around[..., 2]], -1).reshape(-1, 4)
+
+    # Nonbonded pairs: all pairs of a structure minus 1-2 and 1-3; 1-4 flagged (ends of a torsion).
+    pairs = _intra_structure_pairs(n_atoms)
+    excluded = _unique_pairs(torch.cat([bonds, angles[:, [0, 2]]]), n)
+    key = pairs[:, 0] * n + pairs[:, 1]
+    keep = ~torch.isin(key, excluded[:, 0] * n + excluded[:, 1])
+    pairs = pairs[keep]
+    ends = _unique_pairs(torsions[:, [0, 3]], n)
+    is_14 = torch.isin(pairs[:, 0] * n + pairs[:, 1], ends[:, 0] * n + ends[:, 1])
+    return MolecularTopology(degree=degree, bonds=bonds, angles=angles, torsions=torsions, impropers=impropers,
+                             improper_centre=cen.reshape(-1), pairs=pairs, pair_is_14=is_14, excluded=excluded)
+
+
+def _neighbour_table(bonds: torch.Tensor, n: int):
+    """(N, MAX_NEIGHBOURS) bonded neighbours, −1 padded, and each atom's degree."""
+    src = torch.cat([bonds[:, 0], bonds[:, 1]])
+    dst = torch.cat([bonds[:, 1], bonds[:, 0]])
+    order = torch.argsort(src * n + dst)
+    src, dst = src[order], dst[order]
+    degree = torch.bincount(src, minlength=n)
+    if degree.numel() and int(degree.max()) > MAX_NEIGHBOURS:
+        worst = int(degree.argmax())
+        raise ValueError(f"atom {worst} has {int(degree.max())} bonded neighbours (> {MAX_NEIGHBOURS}): atoms "
+                         "too close for a molecular-mechanics topology")
+    start = torch.cumsum(degree, 0) - degree
+    rank = torch.arange(src.numel(), device=src.device) - start[src]
+    nbr = torch.full((n, MAX_NEIGHBOURS), -1, dtype=torch.long, device=src.device)
+    nbr[src, rank] = dst
+    return nbr, degree
+
+
+def _intra_structure_pairs(n_atoms: torch.Tensor) -> torch.Tensor:
+    """All (i, j), i < j, of atoms in the same structure (structures are contiguous in a batch)."""
+    offsets = torch.cumsum(n_atoms, 0) - n_atoms
+    out = []
+    for size in torch.unique(n_atoms).tolist():  # one triangle per distinct structure size
+        if size < 2:
+            continue
+        tri = torch.triu_indices(size, size, 1, device=n_atoms.device)
+        start = offsets[n_atoms == size]
+        out.append((tri[None] + start[:, None, None]).transpose(0, 1).reshape(2, -1).T)
+    return torch.cat(out) if out else torch.zeros((0, 2), dtype=torch.long, device=n_atoms.device)
+
+
+def _unique_pairs(pairs: torch.Tensor, n: int) -> torch.Tensor:
+    lo, hi = torch.minimum(pairs[:, 0], pairs[:, 1]), torch.maximum(pairs[:, 0], pairs[:, 1])
+    key = torch.unique(lo * n + hi)
+    return torch.stack([key // n, key % n], 1)
