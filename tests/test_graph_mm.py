@@ -41,12 +41,28 @@ def test_ethanol_topology_counts():
     assert len(topo.excluded) == 21
 
 
-def test_benzene_ring_pairs_counted_once():
-    topo = perceive(batch_structures([_rattled("C6H6", 0, 0.0)], 3.0))
-    # Para carbons are 1-4 along both ways round the ring: still one pair. Six sp2 carbons × 6 orderings.
-    assert len(topo.impropers) == 36
-    keys = topo.pairs[:, 0] * 100 + topo.pairs[:, 1]
-    assert len(torch.unique(keys)) == len(keys)
+def _keys(pairs):
+    return set(map(tuple, pairs.tolist()))
+
+
+@pytest.mark.parametrize("name", ["C6H6", "C3H6_D3h", "cyclobutane", "C4H4O"])
+def test_ring_topologies_are_consistent(name):
+    """Rings reach a pair by several paths: each pair is excluded, 1-4 or plain exactly once."""
+    s = _rattled(name, 0, 0.0)
+    topo = perceive(batch_structures([s], 3.0))
+    n = len(s.numbers)
+    excluded, pairs = _keys(topo.excluded), _keys(topo.pairs)
+    assert len(excluded) == len(topo.excluded) and len(pairs) == len(topo.pairs)
+    assert not excluded & pairs and len(excluded) + len(pairs) == n * (n - 1) // 2
+    one_four = _keys(topo.pairs[topo.pair_is_14])
+    ends = {tuple(sorted(t)) for t in topo.torsions[:, [0, 3]].tolist()}
+    assert one_four == ends - excluded  # 1-4 = torsion ends that are not also 1-2 or 1-3
+    if name == "C6H6":  # para carbons are 1-4 both ways round the ring; six sp2 carbons × 6 orderings
+        assert len(topo.impropers) == 36
+        para = [(a, b) for a, b in one_four if s.numbers[a] == 6 and s.numbers[b] == 6]
+        assert len(para) == 3
+    if name == "C3H6_D3h":  # every H–H pair on different carbons is 1-4; geminal pairs are 1-3
+        assert len(topo.torsions) == 24 and len(pairs) == 12 and one_four == pairs
 
 
 def test_parameters_depend_on_the_graph_only():
@@ -143,20 +159,74 @@ def test_cli_export_openmm(tmp_path):
     assert bad.exit_code == 2 and "no frame 5" in bad.output
 
 
-def test_parameter_cache_matches_fresh_assignment_and_follows_weights_and_topology():
+def test_parameter_cache_hits_in_md_and_follows_weights_and_topology(monkeypatch):
+    import copy
+
     pot = Potential(_model(3), dtype=torch.float64)
+    calls = []
+    original = GraphMM._assign
+    monkeypatch.setattr(GraphMM, "_assign", lambda self, *a: calls.append(1) or original(self, *a))
     a, b = ethanol(1, rattle=0.05), _rattled("CH3CONH2", 1)
+    a2 = ethanol(1, rattle=0.06)  # another geometry of the same molecule: a cache hit
 
     def fresh(s):  # training mode assigns parameters anew on every call
         return pot.compute(pot.batch([s]), training=True)
 
-    for s in (a, a, b, a):  # eval calls: cache hit, hit, miss (new topology), miss
-        cached, ref = pot.compute(pot.batch([s])), fresh(s)
+    def check(s, hit: bool):
+        before = len(calls)
+        cached = pot.compute(pot.batch([s]))
+        assert len(calls) == before + (0 if hit else 1)
+        ref = fresh(s)
         torch.testing.assert_close(cached["energy"], ref["energy"].detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(cached["forces"], ref["forces"].detach(), rtol=1e-12, atol=1e-12)
-    before = pot.compute(pot.batch([a]))["energy"]
-    with torch.no_grad():  # an optimizer-like in-place update must invalidate the cached parameters
-        pot.model.bond_head[-1].bias.add_(0.5)
-    after = pot.compute(pot.batch([a]))["energy"]
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, fresh(a)["energy"].detach(), rtol=1e-12, atol=1e-12)
+
+    check(a, hit=False)
+    check(a2, hit=True)
+    check(b, hit=False)  # another molecule
+    check(a, hit=False)
+    model = pot.model
+    with torch.no_grad():
+        model.bond_head[-1].bias.add_(0.5)  # in-place update
+    check(a, hit=False)
+    model.atom_head[-1].bias.data.copy_(torch.full_like(model.atom_head[-1].bias, 0.1))  # .data swap (torch_ema)
+    check(a, hit=False)
+    state = {k: v + 0.01 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    check(a, hit=False)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.angle_head[-1].bias.add_(0.3)
+    e_clone = Potential(clone, dtype=torch.float64)([a])["energy"][0]
+    assert e_clone != pytest.approx(pot([a])["energy"][0], abs=1e-6)
+
+
+def test_a_bond_holds_while_stretched_in_md():
+    """Hysteresis: a bond perceived below 1.3 (R_i + R_j) stays bonded up to 1.5×, so the energy is continuous."""
+    pot = Potential(_model(4), dtype=torch.float64)
+    atoms = molecule("CH4")
+    s = Structure(numbers=atoms.numbers, positions=atoms.positions)
+    direction = s.positions[1] / np.linalg.norm(s.positions[1])
+
+    def energy(r):
+        pos = s.positions.copy()
+        pos[1] = direction * r
+        return float(pot([s.copy(positions=pos)])["energy"][0])
+
+    energies = [energy(r) for r in np.linspace(1.09, 1.55, 47)]  # crosses 1.3 × (0.76 + 0.31) = 1.39 Å
+    assert np.all(np.isfinite(energies)) and np.max(np.abs(np.diff(energies))) < 0.5
+
+
+@pytest.mark.parametrize("name", ["C2H2", "CH3CN"])
+def test_linear_groups_give_finite_energy_and_forces(name):
+    pot = Potential(_model(5), dtype=torch.float64)
+    atoms = molecule(name)
+    out = pot([Structure(numbers=atoms.numbers, positions=atoms.positions)])
+    assert np.isfinite(out["energy"]).all() and np.isfinite(out["forces"]).all()
+
+
+def test_inference_mode_does_not_poison_later_force_calls():
+    pot = Potential(_model(6), dtype=torch.float64)
+    s = ethanol(0)
+    with torch.inference_mode():
+        pot.model(pot.batch([s]).to(dtype=torch.float64))
+    assert np.isfinite(pot([s])["forces"]).all()

@@ -18,6 +18,7 @@ structure with no cutoff, as OpenMM's NoCutoff does.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from ase.data import covalent_radii, vdw_radii
@@ -41,6 +42,54 @@ CHARGE = 0.2  # e per unit of output
 ATOM_ENERGY = 0.1  # eV per unit of output
 
 
+# A bond forms below bond_scale · (R_i + R_j) (1.3 by default: vibrating bonds at 500 K stay below it) but, once in a cached topology, holds until BREAK_SCALE · (R_i + R_j):
+# hysteresis, so that MD never sees a bond flicker in and out of the topology (an energy jump of many eV).
+BREAK_SCALE = 1.5
+
+
+@dataclass
+class _AssignmentCache:
+    """The topology and parameters of the last molecule(s) evaluated outside training, and what they depend on."""
+
+    numbers: torch.Tensor
+    n_atoms: torch.Tensor
+    charge: torch.Tensor | None
+    weights: list
+    topo: MolecularTopology
+    params: dict
+
+    @classmethod
+    def of(cls, model, batch, topo, params):
+        charge = None if batch.total_charge is None else batch.total_charge.detach().clone()
+        return cls(batch.numbers.clone(), batch.n_atoms.clone(), charge,
+                   [p.detach().clone() for p in model.parameters()], topo, params)
+
+    def serves(self, model, batch, bonds) -> bool:
+        if not (_same(self.numbers, batch.numbers) and _same(self.n_atoms, batch.n_atoms)
+                and _same(self.charge, batch.total_charge)):
+            return False
+        # Weights by content: in-place updates, .data swaps, load_state_dict and copies are all caught.
+        params = list(model.parameters())
+        if len(params) != len(self.weights) or not all(_same(w, p) for w, p in zip(self.weights, params)):
+            return False
+        if any(v.dtype != batch.positions.dtype or v.device != batch.positions.device for v in self.params.values()):
+            return False
+        held = self.topo.bonds
+        n = batch.numbers.shape[0]
+        if not bool(torch.isin(bonds[:, 0] * n + bonds[:, 1], held[:, 0] * n + held[:, 1]).all()):
+            return False  # a new bond formed
+        with torch.no_grad():
+            r = torch.linalg.norm(batch.positions[held[:, 1]] - batch.positions[held[:, 0]], dim=-1)
+            radii = model.covalent.to(r.dtype)[batch.numbers]
+            return bool((r < BREAK_SCALE * (radii[held[:, 0]] + radii[held[:, 1]])).all())
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
+
+
 def _mlp(n_in: int, hidden: int, n_out: int, zero_last: bool = True) -> nn.Sequential:
     net = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                         nn.Linear(hidden, n_out))
@@ -59,7 +108,7 @@ def _positive(x, scale):
 class GraphMM(FFModel):
     long_range = True  # all-pairs nonbonded terms: not additive, no cutoff
 
-    def __init__(self, elements, features: int = 64, layers: int = 3, cutoff: float = 3.0, bond_scale: float = 1.2,
+    def __init__(self, elements, features: int = 64, layers: int = 3, cutoff: float = 3.0, bond_scale: float = 1.3,
                  lj_14: float = 0.5, coulomb_14: float = 1 / 1.2, energy_scale: float = 1.0):
         # ``cutoff`` only has to reach the longest covalent bond (the neighbor list feeds bond perception);
         # energy_scale is accepted for a uniform interface: MM parameters carry physical units.
@@ -106,22 +155,19 @@ class GraphMM(FFModel):
         return find_bonds(batch, self.bond_scale)
 
     def _assigned_once(self, batch) -> tuple[MolecularTopology, dict]:
-        """Parameters are a function of the molecular graph only: outside training, reuse the last assignment
-        while the atoms, bonds, total charges and weights are unchanged (as in MD), so a step costs MM terms."""
+        """Parameters are a function of the molecular graph only. While the weights are being trained they are
+        assigned on every call; otherwise the last assignment is reused as long as the atoms, charges and
+        weights are unchanged and its bonds still hold (as in MD), so a step costs only the MM terms."""
         bonds = self._bonds(batch)
-        if self.training:
+        fresh = (self.training and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        if fresh or torch.is_inference_mode_enabled():  # inference tensors could not serve later autograd calls
             return self.parameters_for(batch, topology_from_bonds(bonds, batch.n_atoms))
-        charge = batch.total_charge if batch.total_charge is not None else batch.n_atoms.new_zeros(0)
-        key = (batch.numbers.cpu().numpy().tobytes(), bonds.cpu().numpy().tobytes(),
-               batch.n_atoms.cpu().numpy().tobytes(), charge.detach().cpu().numpy().tobytes(),
-               batch.positions.dtype, batch.positions.device,
-               tuple(p._version for p in self.parameters()))  # _version moves with every in-place update
         cached = getattr(self, "_cache", None)
-        if cached is None or cached[0] != key:
+        if cached is None or not cached.serves(self, batch, bonds):
             with torch.no_grad():
                 topo, params = self.parameters_for(batch, topology_from_bonds(bonds, batch.n_atoms))
-            self._cache = cached = (key, (topo, params))
-        return cached[1]
+            self._cache = cached = _AssignmentCache.of(self, batch, topo, params)
+        return cached.topo, cached.params
 
     def _assign(self, batch, topo: MolecularTopology) -> dict:
         h = self.embed(batch, topo)

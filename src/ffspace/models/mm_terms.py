@@ -30,11 +30,17 @@ def harmonic_angles(pos, angles, k, theta0):
 
 
 def cos_dihedral(pos, quads):
-    """cos φ of the dihedral 1–2–3–4 (IUPAC: 0 for cis), from the normals of planes 123 and 234."""
+    """cos φ of the dihedral 1–2–3–4 (IUPAC: 0 for cis), from the normals of planes 123 and 234.
+
+    Three collinear atoms (a linear group: nitriles, alkynes) leave a normal of zero length and φ undefined;
+    a tiny ε in the norm makes cos φ → 0 there with finite gradients instead of NaN (relative effect 1e-12
+    at ordinary geometries, where |n1|²|n2|² ~ 10 Å⁸).
+    """
     p0, p1, p2, p3 = (pos[quads[:, m]] for m in range(4))
     b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
     n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    return (n1 * n2).sum(-1) / (torch.linalg.norm(n1, dim=-1) * torch.linalg.norm(n2, dim=-1))
+    norms = ((n1 * n1).sum(-1) * (n2 * n2).sum(-1) + 1e-12).sqrt()
+    return (n1 * n2).sum(-1) / norms
 
 
 def periodic_torsions(pos, torsions, k):

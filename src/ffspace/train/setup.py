@@ -68,7 +68,8 @@ def _fill_avg_neighbors(family, cfg: dict, dataset) -> None:
     params = inspect.signature(MODEL_REGISTRY[family].__init__).parameters
     if "avg_neighbors" in params and "avg_neighbors" not in cfg:
         cutoff = float(cfg.get("cutoff", params["cutoff"].default))
-        cfg["avg_neighbors"] = round(statistics(list(dataset)[:200], cutoff)["mean_neighbors"], 3)
+        sample = [dataset[int(k)] for k in np.linspace(0, len(dataset) - 1, min(len(dataset), 200))]
+        cfg["avg_neighbors"] = max(1.0, round(statistics(sample, cutoff)["mean_neighbors"], 3))
 
 
 def _load_fixed_prior(path):
