@@ -22,8 +22,8 @@ from .. import units
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge
 from .radial import smoothstep_switch
+from .topology import MAX_NEIGHBOURS, neighbour_table
 
-MAX_NEIGHBOURS = 6
 
 
 def _inv_softplus(x: float) -> float:
@@ -73,17 +73,7 @@ class ClassicalMM(FFModel):
         n = batch.numbers.shape[0]
         bonded = r.detach() < self.bond_scale * (self.covalent[batch.numbers[i]] + self.covalent[batch.numbers[j]]
                                                  ).to(r.dtype)
-        bi, bj = i[bonded], j[bonded]
-        order = torch.argsort(bi, stable=True)
-        bi, bj = bi[order], bj[order]
-        degree = torch.bincount(bi, minlength=n)
-        if degree.numel() and int(degree.max()) > MAX_NEIGHBOURS:
-            raise ValueError(f"an atom has {int(degree.max())} bonded neighbours (> {MAX_NEIGHBOURS}): "
-                             "atoms too close for a molecular-mechanics topology")
-        start = torch.cumsum(degree, 0) - degree
-        rank = torch.arange(bi.numel(), device=bi.device) - start[bi]
-        nbr = torch.full((n, MAX_NEIGHBOURS), -1, dtype=torch.long, device=bi.device)
-        nbr[bi, rank] = bj
+        nbr, degree = neighbour_table(i[bonded], j[bonded], n)
         types = self.species(batch.numbers) * (self.max_degree + 1) + degree.clamp(max=self.max_degree)
         return nbr, degree, types
 

@@ -101,9 +101,13 @@ def topology_from_bonds(bonds: torch.Tensor, n_atoms: torch.Tensor) -> Molecular
 
 
 def _neighbour_table(bonds: torch.Tensor, n: int):
-    """(N, MAX_NEIGHBOURS) bonded neighbours, −1 padded, and each atom's degree."""
-    src = torch.cat([bonds[:, 0], bonds[:, 1]])
-    dst = torch.cat([bonds[:, 1], bonds[:, 0]])
+    """(N, MAX_NEIGHBOURS) bonded neighbours, −1 padded, and each atom's degree, from undirected bonds."""
+    return neighbour_table(torch.cat([bonds[:, 0], bonds[:, 1]]), torch.cat([bonds[:, 1], bonds[:, 0]]), n)
+
+
+def neighbour_table(src: torch.Tensor, dst: torch.Tensor, n: int):
+    """(N, MAX_NEIGHBOURS) table of each atom's bonded neighbours (−1 padded) and its degree, from directed
+    bonds src → dst (every bond in both directions)."""
     order = torch.argsort(src * n + dst)
     src, dst = src[order], dst[order]
     degree = torch.bincount(src, minlength=n)
