@@ -32,10 +32,7 @@ def model_cost(potential, structure, repeats: int = 30, warmup: int = 5) -> dict
 def openmm_cost(export, structure, steps: int = 200, repeats: int = 5, platform: str = "CPU",
                 threads: int | None = 2) -> dict:
     """Median cost per MD step (velocity Verlet, 0.5 fs) of an `OpenMMExport` on ``platform``."""
-    import numpy as np
-
-    ctx = export.context(platform=platform, threads=threads)
-    ctx.setPositions(np.asarray(structure.positions) * 0.1)
+    ctx = export.context(platform=platform, threads=threads, positions=structure.positions)
     ctx.setVelocitiesToTemperature(300.0)
     integrator = ctx.getIntegrator()
     integrator.step(steps)  # warm-up

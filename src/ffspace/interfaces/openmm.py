@@ -41,7 +41,7 @@ class OpenMMExport:
     n_terms: dict
 
     def save(self, path) -> Path:
-        """Write the System as OpenMM XML (``XmlSerializer``); the energy offset goes in a comment-free sidecar."""
+        """Write the System as OpenMM XML (``XmlSerializer``); the energy offset goes in a JSON sidecar."""
         import json
 
         import openmm
@@ -53,13 +53,17 @@ class OpenMMExport:
              "note": "OpenMM energy (kJ/mol) / 96.485 + energy_offset_eV = ffspace energy (eV)"}, indent=2))
         return path
 
-    def context(self, platform: str = "Reference", threads: int | None = None, timestep_fs: float = 0.5):
-        """An OpenMM Context (Verlet integrator) on ``platform``; ``threads`` for the CPU platform."""
+    def context(self, platform: str = "Reference", threads: int | None = None, timestep_fs: float = 0.5,
+                positions=None):
+        """An OpenMM Context (Verlet integrator) on ``platform``; ``threads`` for the CPU platform; ``positions`` in Å."""
         import openmm
 
         props = {"Threads": str(threads)} if (threads and platform == "CPU") else {}
-        integrator = openmm.VerletIntegrator(timestep_fs * 1e-3)  # ps
-        return openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform), props)
+        integrator = openmm.VerletIntegrator(timestep_fs / units.ps)  # OpenMM time is in ps
+        ctx = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform), props)
+        if positions is not None:
+            ctx.setPositions(np.asarray(positions, dtype=np.float64) * NM_PER_A)
+        return ctx
 
     def energy_forces(self, positions, context=None) -> tuple[float, np.ndarray]:
         """Energy (eV, offset included) and forces (eV/Å) from OpenMM at ``positions`` (Å)."""
@@ -97,6 +101,7 @@ def _split_model(model):
 def export_openmm(model, structure) -> OpenMMExport:
     """Parametrize ``structure`` with a graph-learned MM ``model`` (a model, a `Potential` or a package path)."""
     import openmm
+    from ase.data import atomic_masses
 
     from ..graph.batch import batch_structures
     from ..potential import Potential
@@ -117,8 +122,6 @@ def export_openmm(model, structure) -> OpenMMExport:
 
     system = openmm.System()
     for z in structure.numbers:
-        from ase.data import atomic_masses
-
         system.addParticle(float(atomic_masses[int(z)]))
     bonds = openmm.HarmonicBondForce()
     for (i, j), k, r0 in zip(t["bonds"], p["bond_k"], p["bond_r0"]):
