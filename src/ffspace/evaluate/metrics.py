@@ -35,6 +35,24 @@ def error_metrics(pred: dict, structures) -> dict:
     return out
 
 
+def per_element_force_errors(pred: dict, structures) -> dict:
+    """Force MAE and RMSE per element (meV/Å), keyed by chemical symbol, with the number of atoms."""
+    from ase.data import chemical_symbols
+
+    structures = list(structures)
+    if not all(s.forces is not None for s in structures):
+        return {}
+    numbers = np.concatenate([s.numbers for s in structures])
+    df = pred["forces"] - np.concatenate([s.forces for s in structures])
+    out = {}
+    for z in np.unique(numbers):
+        d = df[numbers == z]
+        out[chemical_symbols[int(z)]] = {"forces_mae_meV_A": float(np.abs(d).mean() / units.meV),
+                                         "forces_rmse_meV_A": float(np.sqrt((d**2).mean()) / units.meV),
+                                         "n_atoms": int(len(d))}
+    return out
+
+
 def _described(m: dict):
     """(quantity, MAE text, RMSE text) for each label the metrics cover, units side by side."""
     if "energy_mae_meV" in m:

@@ -75,9 +75,12 @@ class Langevin:
     ``friction`` is in 1/fs (0.01 /fs = 100 fs relaxation time).
     """
 
-    def __init__(self, timestep_fs: float, temperature: float, friction: float = 0.01, seed: int = 0):
+    def __init__(self, timestep_fs: float, temperature: float, friction: float = 0.01, seed=0, groups=None):
+        """``groups`` (N,) ints: independent molecules in one state (e.g. seeds run as a batch); each keeps
+        its own centre of mass still. ``seed`` may be an int or a `numpy.random.SeedSequence`."""
         self.dt, self.temperature, self.friction = float(timestep_fs), float(temperature), float(friction)
         self.rng = np.random.default_rng(seed)
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
 
     def step(self, state: MDState, compute_forces) -> None:
         dt = self.dt
@@ -88,7 +91,17 @@ class Langevin:
         v = c1 * state.velocities + sigma[:, None] * self.rng.normal(size=state.velocities.shape)
         # Remove the centre-of-mass drift the noise adds (as ASE's fixcm): momentum stays zero, so the
         # temperature's 3N − 3 degrees of freedom remain the right count.
-        state.velocities = v - (state.masses[:, None] * v).sum(axis=0) / state.masses.sum()
+        state.velocities = v - self._com_velocity(state.masses, v)
         state.positions += 0.5 * dt * state.velocities
         state.energy, state.forces = compute_forces(state.positions)
         state.velocities += 0.5 * dt * state.acceleration()
+
+    def _com_velocity(self, masses: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Centre-of-mass velocity of the whole state, or of each atom's group, per atom."""
+        if self.groups is None:
+            return (masses[:, None] * v).sum(axis=0) / masses.sum()
+        n = int(self.groups.max()) + 1
+        momentum = np.zeros((n, 3))
+        np.add.at(momentum, self.groups, masses[:, None] * v)
+        mass = np.bincount(self.groups, weights=masses, minlength=n)
+        return (momentum / mass[:, None])[self.groups]

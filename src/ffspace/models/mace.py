@@ -16,7 +16,10 @@ layer has a readout and the energies sum. By default hidden features are invaria
 irreps"): the angular information enters through A up to ``lmax`` ≤ 3 and its products. ``hidden_lmax=1``
 also carries l = 1 vector features (A_1 and the ν = 2 couplings A_l1 ⊗ A_l2 → 1 with l1 + l2 odd) into the
 next layer's messages through Y_l' ⊗ v → l couplings. The couplings are dense matrices precomputed at
-construction, so a step costs a few matrix products per layer.
+construction, so a step costs a few matrix products per layer. Two choices keep the training step (energy,
+forces by autograd, and the gradient of both) cheap on CPU: A is aggregated as a batched matrix product over
+padded neighbour lists rather than by scattering an (edges × K × D) tensor, and A ⊗ A is formed only for
+the (m1 ≤ m2) pairs the couplings use (29 of 81 for lmax = 2). Together 1.5× faster than the plain form.
 """
 
 from __future__ import annotations
@@ -72,6 +75,42 @@ def _message_coupling(lmax: int):
     return g.reshape(dim * 3, len(paths) * dim), len(paths)
 
 
+def _used_pairs(coupling: torch.Tensor, dim: int):
+    """Compress a (D², X) coupling of A ⊗ A to the unordered pairs m1 ≤ m2 it uses.
+
+    Returns the (2, D, P) one-hot selections of A_m1 and A_m2 and the (P, X) coupling with the symmetric
+    parts folded together (C[m1, m2] + C[m2, m1] for m1 < m2), so Σ_m1m2 C A_m1 A_m2 is unchanged.
+    """
+    c = coupling.reshape(dim, dim, -1)
+    upper = torch.triu(torch.ones(dim, dim, dtype=torch.bool), diagonal=1)[..., None]
+    diagonal = torch.eye(dim, dtype=torch.bool)[..., None]
+    folded = torch.where(upper, c + c.transpose(0, 1), torch.where(diagonal, c, torch.zeros_like(c)))
+    m1, m2 = torch.nonzero(folded.abs().amax(-1) > 1e-12, as_tuple=True)
+    select = torch.zeros(2, dim, len(m1), dtype=c.dtype)
+    select[0, m1, torch.arange(len(m1))] = 1.0
+    select[1, m2, torch.arange(len(m1))] = 1.0
+    return select, folded[m1, m2]
+
+
+def _neighbour_slots(receivers: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """(N, M) edge indices of each node's neighbours, padded with E (an extra all-zero row), M = max degree."""
+    n_edges = receivers.shape[0]
+    counts = torch.bincount(receivers, minlength=n_nodes)
+    width = int(counts.max()) if n_edges else 0
+    order = torch.argsort(receivers, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n_edges, device=receivers.device) - first[receivers[order]]
+    slots = torch.full((n_nodes, width), n_edges, dtype=torch.long, device=receivers.device)
+    slots[receivers[order], rank] = order
+    return slots
+
+
+def _pad(edge_values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Edge rows gathered into the (N, M, ...) neighbour layout of ``slots``; padding rows are zero."""
+    zero = edge_values.new_zeros((1,) + tuple(edge_values.shape[1:]))
+    return torch.cat([edge_values, zero])[slots]
+
+
 @register("mace")
 class MACE(FFModel):
     def __init__(self, elements, cutoff: float = 5.0, channels: int = 64, lmax: int = 2, layers: int = 2,
@@ -99,14 +138,19 @@ class MACE(FFModel):
                                                          normalization="component")
         self.register_buffer("l_of_m", torch.tensor([l for l in range(lmax + 1) for _ in range(2 * l + 1)]),
                              persistent=False)
+        self.register_buffer("l_mask", (self.l_of_m == torch.arange(lmax + 1)[:, None]).float(), persistent=False)
         c2, c3, n3 = _coupling_matrices(lmax, correlation)
-        self.register_buffer("c2", c2.float(), persistent=False)
-        self.register_buffer("c3", c3.float(), persistent=False)
         self.n3 = n3
         self.hidden_lmax = int(hidden_lmax)
-        cv, self.n_vec = _vector_coupling(lmax) if hidden_lmax else (torch.zeros(0, 0), 0)
+        dim = (lmax + 1) ** 2
+        cv, self.n_vec = _vector_coupling(lmax) if hidden_lmax else (torch.zeros(dim * dim, 0), 0)
         cm, self.n_msg = _message_coupling(lmax) if hidden_lmax else (torch.zeros(0, 0), 0)
-        self.register_buffer("cv", cv.float(), persistent=False)
+        # A ⊗ A enters only through these couplings: keep the (m1 ≤ m2) pairs any of them uses.
+        select, coupled = _used_pairs(torch.cat([c2, c3, cv], 1), dim)
+        self.register_buffer("pair_select", select.float(), persistent=False)
+        self.register_buffer("c2", coupled[:, :c2.shape[1]].float(), persistent=False)
+        self.register_buffer("c3", coupled[:, c2.shape[1]:c2.shape[1] + c3.shape[1]].float(), persistent=False)
+        self.register_buffer("cv", coupled[:, c2.shape[1] + c3.shape[1]:].float(), persistent=False)
         self.register_buffer("cm", cm.float(), persistent=False)
         n_inv = 1 + (lmax + 1 if correlation >= 2 else 0) + n3
         self.embedding = nn.Embedding(n_el, k)
@@ -134,22 +178,42 @@ class MACE(FFModel):
                                       [nn.Sequential(nn.Linear(k, 16), nn.SiLU(), nn.Linear(16, 1))])
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
-    def invariants(self, a: torch.Tensor) -> torch.Tensor:
-        """(N, K, D) equivariant basis → (N, K, n_inv) rotation- and reflection-invariant products."""
+    def _aggregate(self, x: torch.Tensor, sh_pad: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """A_i,k,lm = Σ_j x_ij,k,l · Y_lm(r̂_ij) as a batched matrix product over padded neighbour lists.
+
+        The same sum as scattering the (E, K, D) edge tensor x·Y, but that tensor (and its first and second
+        derivatives) is never formed: on CPU those elementwise edge products dominated the training step.
+        """
+        n, m = slots.shape
+        k, l1, d = self.channels, self.lmax + 1, sh_pad.shape[-1]
+        xp = _pad(x.reshape(x.shape[0], k * l1), slots)  # (N, M, K·(L+1)); explicit sizes: E or M may be 0
+        # One product for all l (cheaper than a product per l slice); keep the blocks where l = l(d).
+        full = torch.bmm(xp.transpose(1, 2), sh_pad).reshape(n, k, l1, d)
+        return (full * self.l_mask.to(full.dtype)).sum(2)  # (N, K, D)
+
+    def pair_products(self, a: torch.Tensor) -> torch.Tensor:
+        """(N, K, D) → (N·K, P) products A_m1 A_m2 of the coupled pairs, selected by matrix products (whose
+        derivatives are matrix products too): on CPU far cheaper than the full D × D outer product."""
+        flat = a.reshape(-1, a.shape[-1])
+        sel = self.pair_select.to(a.dtype)
+        return (flat @ sel[0]) * (flat @ sel[1])
+
+    def invariants(self, a: torch.Tensor, aa: torch.Tensor) -> torch.Tensor:
+        """(N, K, D) equivariant basis and its pair products → (N, K, n_inv) rotation- and reflection-invariant
+        products."""
         n, k, d = a.shape
         out = [a[..., :1]]
         if self.correlation >= 2:
-            aa = (a.unsqueeze(-1) * a.unsqueeze(-2)).reshape(n * k, d * d)
             out.append((aa @ self.c2.to(a.dtype)).reshape(n, k, -1))
             if self.n3:
                 t = (aa @ self.c3.to(a.dtype)).reshape(n, k, self.n3, d)
                 out.append((t * a.unsqueeze(2)).sum(-1))
         return torch.cat(out, -1)
 
-    def vectors(self, a: torch.Tensor) -> torch.Tensor:
-        """(N, K, D) equivariant basis → (N, K, 1 + P, 3) true l = 1 vectors: A_1 and the ν = 2 couplings."""
+    def vectors(self, a: torch.Tensor, aa: torch.Tensor) -> torch.Tensor:
+        """(N, K, D) equivariant basis and its pair products → (N, K, 1 + P, 3) true l = 1 vectors: A_1 and the
+        ν = 2 couplings."""
         n, k, d = a.shape
-        aa = (a.unsqueeze(-1) * a.unsqueeze(-2)).reshape(n * k, d * d)
         pairs = (aa @ self.cv.to(a.dtype)).reshape(n, k, self.n_vec, 3)
         return torch.cat([a[:, :, None, 1:4], pairs], 2)
 
@@ -162,6 +226,8 @@ class MACE(FFModel):
         radial_in = self.rbf(r) * fcut
         n, k, d = batch.numbers.shape[0], self.channels, sh.shape[-1]
         species = self.species(batch.numbers)
+        slots = _neighbour_slots(i, n)
+        sh_pad = _pad(sh, slots)  # (N, M, D)
         h = self.embedding(species)
         v = None  # (N, K, 3) vector node features, from the second layer on
         energy = h.new_zeros(n)
@@ -170,19 +236,20 @@ class MACE(FFModel):
             # The cutoff multiplies the radial weights themselves, so an edge entering the cutoff sphere
             # contributes nothing whatever the MLP's biases.
             rw = radial(radial_in) * fcut
-            rw0 = rw[:, :k * (self.lmax + 1)].reshape(-1, k, self.lmax + 1)[..., self.l_of_m]  # (E, K, D)
-            messages = rw0 * sh.unsqueeze(1) * up(h)[j].unsqueeze(-1)
+            x = rw[:, :k * (self.lmax + 1)].reshape(-1, k, self.lmax + 1) * up(h)[j].unsqueeze(-1)  # (E, K, L+1)
+            a = self._aggregate(x, sh_pad, slots)
             if v is not None:  # Y_l' ⊗ v_j → l, weighted per path and channel
                 vj = torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])[j]  # (E, K, 3)
                 yv = (sh[:, None, :, None] * vj[:, :, None, :]).reshape(-1, d * 3)
                 paths = (yv @ self.cm.to(yv.dtype)).reshape(-1, k, self.n_msg, d)
                 rw1 = rw[:, k * (self.lmax + 1):].reshape(-1, k, self.n_msg, 1)
-                messages = messages + (rw1 * paths).sum(2)
-            a = scatter_sum(messages, i, n) / self.avg_neighbors
+                a = a + scatter_sum((rw1 * paths).sum(2), i, n)
+            a = a / self.avg_neighbors
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
-            b = (self.invariants(a) * weights[species]).sum(-1)  # (N, K)
+            aa = self.pair_products(a)
+            b = (self.invariants(a, aa) * weights[species]).sum(-1)  # (N, K)
             if t < len(self.vec_mix):
-                bv = (self.vectors(a) * self.vec_contraction[t][species].unsqueeze(-1)).sum(2)  # (N, K, 3)
+                bv = (self.vectors(a, aa) * self.vec_contraction[t][species].unsqueeze(-1)).sum(2)  # (N, K, 3)
                 bv = torch.einsum("nkm,kq->nqm", bv, self.vec_mix[t])
                 v = bv if v is None else bv + v
             h = mix(b) + skip(h)

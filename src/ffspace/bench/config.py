@@ -1,0 +1,124 @@
+"""Typed config of ``ffspace bench``: datasets, models, one training budget, and what to measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+
+class BenchDataset(BaseModel):
+    """One dataset: training file, test file (or a seeded split) and extra test sets for extrapolation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    train: str = Field(..., description="file/folder, or builtin:<name> for shipped data")
+    test: str | None = Field(None, description="separate test file; otherwise split from `train`")
+    format: Literal["extxyz", "md17", "deepmd", "ase-db"] | None = None
+    energy_key: str | None = None
+    forces_key: str | None = None
+    n_train: int | None = Field(None, ge=1, description="training structures (default: all not held out)")
+    n_val: float = Field(0.05, gt=0, description="validation size: fraction (< 1) or count")
+    n_test: float = Field(0.2, gt=0, description="test size when no test file is given: fraction or count")
+    extrapolation: dict[str, str] = Field(default_factory=dict,
+                                          description="extra test sets, name → file (e.g. a higher temperature)")
+    seed: int = 0
+
+
+class BenchModel(BaseModel):
+    """A model entry: a name for the report, the ``model`` section and per-model training overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: dict[str, Any] = Field(..., description="as the `model` section of a run config: family + settings")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for this model")
+
+    @field_validator("model")
+    @classmethod
+    def _has_family(cls, v):
+        if "family" not in v:
+            raise ValueError("model needs a `family` (e.g. {family: painn, features: 64})")
+        return v
+
+
+class SpeedConfig(BaseModel):
+    """Warm energy + forces cost on the dataset's molecule and on replicated periodic water boxes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    water_replicas: list[int] = Field([1, 2, 3, 4, 5], description="n×n×n copies of the 192-atom water cell: "
+                                      "192, 1536, 5184, 12288, 24000 atoms")
+    water_cell: str = Field("auto", description="DeePMD water system folder; 'auto': ../shared/data/deepmd_water "
+                            "when present, else a generated 64-molecule box at 1 g/cm³")
+    dtypes: list[Literal["float32", "float64"]] = ["float32", "float64"]
+    repeats: int = Field(5, ge=1, description="timed calls per size (median), after warm-up")
+    max_call_s: float = Field(60.0, gt=0, description="a model whose call takes longer skips the larger sizes")
+    memory_limit_gb: float | None = Field(None, gt=0, description="address-space cap of each timing process "
+                                          "(default: 85% of the machine's memory)")
+
+
+class StabilityConfig(BaseModel):
+    """Langevin MD of several seeds per temperature from the first test structure, plus an NVE drift run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    temperatures: list[float] = Field([300.0, 600.0, 1200.0], description="K")
+    seeds: int = Field(5, ge=1, description="independent copies per temperature, run as one batch")
+    time_ps: float = Field(20.0, gt=0, description="length of each run for models cheaper than slow_ms_per_step")
+    slow_time_ps: float = Field(5.0, gt=0, description="length for models that cost more than slow_ms_per_step")
+    slow_ms_per_step: float = Field(2.0, gt=0, description="float32 cost on the molecule that makes a model slow")
+    timestep_fs: float = Field(0.5, gt=0)
+    friction: float = Field(0.01, ge=0, description="Langevin friction, 1/fs")
+    bond_tolerance: float = Field(0.5, gt=0, description="Å a bond may deviate from its start before failure")
+    nve_ps: float = Field(2.0, ge=0, description="NVE run (300 K start) for the energy drift; 0 skips it")
+    dtype: Literal["float32", "float64"] = "float64"
+
+
+class BenchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "bench"
+    out: str = Field("runs/bench", description="output folder (the run resumes from what is there)")
+    budget_min: float = Field(60.0, gt=0, description="training wall-clock budget per model and dataset")
+    threads: int = Field(2, ge=1, description="torch CPU threads for training and timing")
+    device: str = "cpu"
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for every model")
+    datasets: list[BenchDataset]
+    models: list[BenchModel]
+    speed: SpeedConfig = SpeedConfig()
+    stability: StabilityConfig = StabilityConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        for kind, items in (("dataset", self.datasets), ("model", self.models)):
+            names = [x.name for x in items]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{kind} names must be unique, repeated: {dup}")
+        return self
+
+
+def load_bench_config(path, overrides: list[str] = ()) -> BenchConfig:
+    """YAML file ← ``key=value`` overrides (dotted keys); errors name the file and the field."""
+    from ..config import apply_override, parse_value
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bench config {path} does not exist")
+    tree = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        apply_override(tree, key, parse_value(value))
+    try:
+        return BenchConfig(**tree)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,295 @@
+"""The benchmark report: ``report.json`` (every figure), ``report.md`` (tables) and plots.
+
+Plots: ``pareto_<dataset>.png`` (force MAE against µs per atom-step, both log scale, with the Pareto
+front) and ``scaling.png`` (ms per step against atoms on water boxes, log-log, with fitted exponents).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_report(results: dict, out: Path) -> None:
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(results, indent=2))
+    plots = []
+    for name, ds in results["datasets"].items():
+        if _pareto_plot(name, ds, out / f"pareto_{name}.png"):
+            plots.append(f"pareto_{name}.png")
+        if _survival_plot(name, ds, out / f"survival_{name}.png"):
+            plots.append(f"survival_{name}.png")
+    if results.get("water") and _scaling_plot(results["water"], out / "scaling.png"):
+        plots.append("scaling.png")
+    (out / "report.md").write_text(markdown(results, plots))
+
+
+def _f(x, digits=1) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _speed(entry: dict, dtype: str = "float32"):
+    row = (entry.get("speed_molecule") or {}).get(dtype) or {}
+    return row.get("us_per_atom_step") if row.get("status") == "ok" else None
+
+
+def _ok(ds: dict) -> dict:
+    """The models of a dataset that trained and were evaluated (the others are reported as errors)."""
+    return {n: m for n, m in ds["models"].items() if m.get("status", "ok") == "ok"}
+
+
+def best_model(ds: dict) -> str | None:
+    """The model with the lowest test force MAE."""
+    scored = [(m["test"].get("forces_mae_meV_A"), name) for name, m in _ok(ds).items()
+              if m["test"].get("forces_mae_meV_A") is not None]
+    return min(scored)[1] if scored else None
+
+
+def markdown(results: dict, plots: list[str]) -> str:
+    lines = [f"# ffspace bench: {results['name']}", "",
+             f"Command: `{results['command']}`  ", f"Training budget: {results['budget_min']:g} min wall-clock per "
+             f"model and dataset.  ", f"Machine: {results['machine']['platform']}, "
+             f"{results['machine']['torch_threads']} torch threads, device {results['machine']['device']}.  ",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if isinstance(v, str)), ""]
+    for name, ds in results["datasets"].items():
+        lines += [f"## {name}: accuracy and cost", "",
+                  f"{ds['n_train']} training / {ds['n_val']} validation / {ds['n_test']} test structures "
+                  f"(`{ds['train']}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
+                  "Errors are test-set MAE; cost is warm energy + forces on one test structure; call memory is "
+                  "the peak resident memory the timed calls added to the loaded model's process.", "",
+                  "| model | family | E MAE (meV) | F MAE (meV/Å) | F MAE (kcal/mol/Å) | F RMSE (meV/Å) | "
+                  "F MAE per element (meV/Å) | epochs | µs/atom-step float32 | float64 | call memory (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for mname, m in ds["models"].items():
+            if m.get("status", "ok") != "ok":
+                lines.append(f"| {mname} | {m['family']} | error: {m.get('detail', '')[:120]} |||||||||")
+                continue
+            t = m["test"]
+            per_el = ", ".join(f"{el} {v['forces_mae_meV_A']:.1f}" for el, v in m.get("per_element", {}).items())
+            row = (m.get("speed_molecule") or {}).get("float32") or {}
+            mem = row["peak_memory_mb"] - row["baseline_memory_mb"] if row.get("status") == "ok" else None
+            lines.append(f"| {mname} | {m['family']} | {_f(t.get('energy_mae_meV'))} | "
+                         f"{_f(t.get('forces_mae_meV_A'))} | {_f(t.get('forces_mae_kcal_mol_A'), 2)} | "
+                         f"{_f(t.get('forces_rmse_meV_A'))} | {per_el} | {m['training']['epochs']} | "
+                         f"{_f(_speed(m), 0)} | {_f(_speed(m, 'float64'), 0)} | {_f(mem, 0)} |")
+        ref = ds.get("openmm_reference") or {}
+        if ref.get("status") == "ok":
+            lines.append(f"| OpenMM: {ref['exported_model']} exported (classical MM) | MM reference | | | | | | | "
+                         f"{ref['us_per_atom_step']:.1f} | | |")
+        best = best_model(ds)
+        if best and _speed(ds["models"][best]) and ref.get("status") == "ok":
+            lines += ["", f"The most accurate model costs {_speed(ds['models'][best]) / ref['us_per_atom_step']:.3g}× "
+                      "classical MM in OpenMM on the same molecule (OpenMM MD steps of the exported graph-learned MM, "
+                      "CPU platform, same threads)."]
+        if best and _speed(ds["models"][best]):
+            lines += ["", f"Most accurate: **{best}**. It costs (float32, same run) "
+                      + ", ".join(f"{_speed(ds['models'][best]) / _speed(m):.2g}× as much as {n}"
+                                  for n, m in _ok(ds).items() if n != best and _speed(m)) + "."]
+        sets = ds.get("extrapolation_sets") or {}
+        for set_name, info in sets.items():
+            dropped = info.get("dropped_as_seen_in_training", 0)
+            lines += ["", f"### {name}: extrapolation to `{set_name}` ({info['n']} structures, `{info['file']}`"
+                      + (f"; {dropped} structures also in the training or validation set left out" if dropped else "")
+                      + ")", "", "| model | E MAE (meV) | F MAE (meV/Å) | F MAE here / on the test set |",
+                      "|---|---|---|---|"]
+            for mname, m in _ok(ds).items():
+                e = m["extrapolation"].get(set_name, {})
+                here, test_mae = e.get("forces_mae_meV_A"), m["test"].get("forces_mae_meV_A")
+                ratio = f"×{here / test_mae:.2f}" if here and test_mae else "—"
+                lines.append(f"| {mname} | {_f(e.get('energy_mae_meV'))} | {_f(here)} | {ratio} |")
+        if f"pareto_{name}.png" in plots:
+            lines += ["", f"![accuracy vs cost](pareto_{name}.png)"]
+        lines += _stability_markdown(name, ds)
+        if f"survival_{name}.png" in plots:
+            lines += ["", f"![survival](survival_{name}.png)"]
+        lines.append("")
+    water = results.get("water")
+    if water:
+        lines += _water_markdown(water)
+        if "scaling.png" in plots:
+            lines += ["", "![cost vs size](scaling.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _stability_markdown(name: str, ds: dict) -> list[str]:
+    rows = {n: m["stability"] for n, m in _ok(ds).items() if m.get("stability")}
+    if not rows:
+        return []
+    temps = list(next(iter(rows.values()))["runs"])
+    first = next(iter(next(iter(rows.values()))["runs"].values()))
+    lines = ["", f"### {name}: MD stability", "",
+             f"Langevin MD ({first['timestep_fs']} fs steps, {first['seeds']} seeds per temperature, from the first "
+             f"test structure). A seed fails when a covalent bond deviates more than {first['bond_tolerance_A']} Å "
+             "from its starting length or the energy is not finite. Cells: seeds surviving / seeds, and the median "
+             "time to failure (ps) of those that failed. NVE: velocity Verlet from 300 K, largest |energy drift| of "
+             "the seeds.", "",
+             "| model | run length (ps) | " + " | ".join(f"{t} K" for t in temps) + " | NVE drift (meV/atom/ps) |",
+             "|---|---|" + "---|" * len(temps) + "---|"]
+    for mname, st in rows.items():
+        cells = []
+        for t in temps:
+            r = st["runs"].get(t)
+            if r is None:
+                cells.append("")
+                continue
+            failed = [f for f in r["failure_ps"] if f is not None]
+            cells.append(f"{r['survived']}/{r['seeds']}" + (f" ({sorted(failed)[len(failed) // 2]:.2g})" if failed else ""))
+        nve = st.get("nve") or {}
+        drift = _f(nve.get("max_abs_drift_meV_per_atom_ps"), 3) if nve.get("status") == "ok" else nve.get("status", "—")
+        lengths = sorted({r["time_ps"] for r in st["runs"].values()})
+        lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells) + f" | {drift} |")
+    return lines
+
+
+def _survival_plot(name: str, ds: dict, path: Path) -> bool:
+    rows = {n: m["stability"] for n, m in _ok(ds).items() if m.get("stability")}
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = list(next(iter(rows.values()))["runs"])
+    fig, axes = plt.subplots(1, len(temps), figsize=(4 * len(temps), 3.6), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], temps):
+        for mname, st in rows.items():
+            r = st["runs"].get(t)
+            if r is None:
+                continue
+            times = sorted(f for f in r["failure_ps"] if f is not None)
+            xs, ys = [0.0], [1.0]
+            for k, f in enumerate(times):
+                xs += [f, f]
+                ys += [ys[-1], 1.0 - (k + 1) / r["seeds"]]
+            xs.append(r["time_ps"])
+            ys.append(ys[-1])
+            ax.plot(xs, ys, label=mname)
+        ax.set_title(f"{t} K")
+        ax.set_xlabel("time (ps)")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0][0].set_ylabel("fraction of seeds still stable")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{name}: MD survival")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _water_markdown(water: dict) -> list[str]:
+    models = water["models"]
+    sizes = sorted({r["n_atoms"] for m in models.values() for d in m.values() for r in d["rows"]})
+    lines = ["## Cost against system size (periodic water)", "",
+             f"Base cell: {water['cell']}; models trained on {water['trained_on']}. Milliseconds per energy + forces "
+             "call (warm, graph built once); the exponent is the least-squares slope of log(cost) against "
+             "log(atoms), over all sizes and over sizes ≥ 3000 atoms.", "",
+             "| model | dtype | " + " | ".join(f"{n} atoms" for n in sizes) + " | exponent | exponent ≥ 3000 | "
+             "neighbour list, largest size timed (ms) |", "|---|---|" + "---|" * len(sizes) + "---|---|---|"]
+    notes = []
+    for mname, per_dtype in models.items():
+        for dtype, d in per_dtype.items():
+            by_size = {r["n_atoms"]: r for r in d["rows"]}
+            cells = []
+            for n in sizes:
+                r = by_size.get(n)
+                if r is None:
+                    cells.append("")
+                elif r["status"] == "ok":
+                    cells.append(f"{r['ms_per_step']:.3g}")
+                else:
+                    cells.append(r["status"])
+                    if r["status"] == "out of memory" and r.get("requested_bytes"):
+                        notes.append(f"{mname} ({dtype}) at {n} atoms asked for {r['requested_bytes'] / 2**30:.1f} GiB "
+                                     f"more with a cap of {r['memory_limit_bytes'] / 2**30:.1f} GiB.")
+                    elif r["status"] not in ("skipped",):
+                        notes.append(f"{mname} ({dtype}) at {n} atoms: {r['status']}: {r.get('detail', '')}")
+            ok = [r for r in d["rows"] if r["status"] == "ok"]
+            nl = ok[-1]["neighbor_list_ms"] if ok else None
+            lines.append(f"| {mname} | {dtype} | " + " | ".join(cells) + f" | {_f(d['exponent'], 2)} | "
+                         f"{_f(d['exponent_3000_plus'], 2)} | {_f(nl, 1)} |")
+    mm = water.get("openmm_tip3p")
+    if mm:
+        by_size = {r["n_atoms"]: r for r in mm["rows"]}
+        cells = [f"{by_size[n]['ms_per_step']:.3g}" if by_size.get(n, {}).get("status") == "ok"
+                 else by_size.get(n, {}).get("status", "") for n in sizes]
+        lines.append("| OpenMM TIP3P/PME (MM reference, MD step incl. SETTLE) | OpenMM CPU | " + " | ".join(cells)
+                     + f" | {_f(mm['exponent'], 2)} | {_f(mm['exponent_3000_plus'], 2)} | |")
+    mem_lines = ["", "Peak resident memory of the timing process (MB; it includes Python, torch and the model, "
+                 "a few hundred MB at the smallest size):", "",
+                 "| model | dtype | " + " | ".join(f"{n} atoms" for n in sizes) + " |",
+                 "|---|---|" + "---|" * len(sizes)]
+    for mname, per_dtype in models.items():
+        dtype = "float32" if "float32" in per_dtype else next(iter(per_dtype))
+        by_size = {r["n_atoms"]: r for r in per_dtype[dtype]["rows"]}
+        mem_lines.append(f"| {mname} | {dtype} | " + " | ".join(_f(by_size.get(n, {}).get("peak_memory_mb"), 0)
+                                                               for n in sizes) + " |")
+    return lines + ([""] + [f"- {n}" for n in notes] if notes else []) + mem_lines
+
+
+def _pareto_plot(name: str, ds: dict, path: Path) -> bool:
+    pts = [(n, _speed(m), m["test"].get("forces_mae_meV_A")) for n, m in _ok(ds).items()]
+    pts = [p for p in pts if p[1] and p[2]]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for n, x, y in pts:
+        ax.scatter(x, y, s=30)
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front, best = [], float("inf")
+    for n, x, y in sorted(pts, key=lambda p: p[1]):  # cheapest first: a point is on the front if more accurate
+        if y < best:
+            front.append((x, y))
+            best = y
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey", lw=1, label="Pareto front")
+    ax.axhline(43.4, color="tab:red", ls=":", lw=1, label="chemical accuracy (1 kcal/mol/Å)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("cost (µs per atom per step, float32)")
+    ax.set_ylabel("test force MAE (meV/Å)")
+    ax.set_title(f"{name}: accuracy against cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _scaling_plot(water: dict, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    drawn = False
+    for mname, per_dtype in water["models"].items():
+        d = per_dtype.get("float32") or next(iter(per_dtype.values()))
+        ok = [r for r in d["rows"] if r["status"] == "ok"]
+        if not ok:
+            continue
+        label = mname + (f" (slope {d['exponent']:.2f})" if d["exponent"] is not None else "")
+        ax.plot([r["n_atoms"] for r in ok], [r["ms_per_step"] for r in ok], "o-", label=label)
+        drawn = True
+    mm = water.get("openmm_tip3p")
+    ok = [r for r in (mm or {}).get("rows", []) if r["status"] == "ok"]
+    if ok:
+        ax.plot([r["n_atoms"] for r in ok], [r["ms_per_step"] for r in ok], "k--", label="OpenMM TIP3P/PME (MM)")
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("atoms (periodic water)")
+    ax.set_ylabel("ms per energy + forces call")
+    ax.set_title("cost against system size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,0 +1,316 @@
+"""``ffspace bench``: train every model on every dataset under one budget, then measure and report.
+
+Everything a step produces is written to ``<out>/<dataset>/<model>/`` as soon as it exists, so a killed
+run resumes where it stopped: a finished training or measurement is read back, a training in flight
+resumes from its last checkpoint (with the budget it had left).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import ValidationError
+
+from ..config import resolve_data_path
+from ..data import Dataset, read_dataset
+from ..errors import ConfigError
+from ..evaluate import error_metrics, predict
+from ..evaluate.metrics import per_element_force_errors
+from ..potential import Potential
+from ..potential.package import versions
+from ..train import Trainer, TrainConfig, build_model_for_data
+from . import openmm_reference, speed, stability, systems
+from .config import BenchConfig, BenchDataset, BenchModel
+from .report import write_report
+
+
+def run_bench(cfg: BenchConfig, command: str = "") -> dict:
+    """Run (or resume) the whole benchmark; returns the results written to ``<out>/report.json``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
+    import torch
+
+    results = {"name": cfg.name, "command": command, "budget_min": cfg.budget_min,
+               "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "torch_threads": torch.get_num_threads(), "device": cfg.device},
+               "versions": versions(), "datasets": {}, "water": None}
+    for ds in cfg.datasets:
+        results["datasets"][ds.name] = _bench_dataset(cfg, ds, out / ds.name)
+    if cfg.speed.enabled and cfg.speed.water_replicas:
+        results["water"] = _water_scaling(cfg, out)
+    write_report(results, out)
+    return results
+
+
+def _read(ds: BenchDataset, spec: str) -> Dataset:
+    return read_dataset(resolve_data_path(spec), format=ds.format, energy_key=ds.energy_key,
+                        forces_key=ds.forces_key)
+
+
+def _count(x: float, n: int) -> int:
+    if x >= 1 and x != int(x):
+        raise ConfigError(f"a set size is a fraction below 1 or a whole count, got {x}")
+    return int(round(x * n)) if x < 1 else int(x)
+
+
+def splits(ds: BenchDataset) -> tuple[Dataset, Dataset, Dataset]:
+    """Seeded train / validation / test sets of a dataset entry."""
+    full = _read(ds, ds.train)
+    n_val = max(1, _count(ds.n_val, len(full)))
+    if ds.test:
+        test = _read(ds, ds.test)
+        train, val = full.split([-1, n_val], seed=ds.seed)
+    else:
+        train, val, test = full.split([-1, n_val, max(1, _count(ds.n_test, len(full)))], seed=ds.seed)
+    if ds.n_train is not None:
+        if ds.n_train > len(train):
+            raise ConfigError(f"dataset {ds.name}: n_train={ds.n_train} but only {len(train)} structures are left "
+                              f"for training in {ds.train}")
+        train = train[:ds.n_train]
+    return train.require_nonempty(), val, test
+
+
+def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
+    train, val, test = splits(ds)
+    extrapolation, dropped = {}, {}
+    for name, path in ds.extrapolation.items():
+        extrapolation[name], dropped[name] = _without(_read(ds, path), [train, val])
+    print(f"[bench] {ds.name}: {len(train)} train / {len(val)} val / {len(test)} test"
+          + "".join(f" / {len(v)} {k}" for k, v in extrapolation.items()), file=sys.stderr)
+    models = {}
+    for m in cfg.models:
+        try:
+            models[m.name] = _bench_model(cfg, ds, m, train, val, test, extrapolation, folder / m.name)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one broken model must not take the benchmark down
+            print(f"[bench] {m.name} on {ds.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            models[m.name] = {"family": m.model["family"], "model": m.model, "status": "error",
+                              "detail": f"{type(exc).__name__}: {exc}"[:500]}
+    reference = _openmm_molecule(cfg, folder, models, test[0])
+    return {"n_train": len(train), "n_val": len(val), "n_test": len(test), "train": ds.train, "test": ds.test,
+            "openmm_reference": reference, "extrapolation_sets": {k: {"file": ds.extrapolation[k], "n": len(v), "dropped_as_seen_in_training":
+                                       dropped[k]} for k, v in extrapolation.items()},
+            "models": models}
+
+
+def _openmm_molecule(cfg: BenchConfig, folder: Path, models: dict, molecule) -> dict | None:
+    """OpenMM's cost for the molecule with the first successful graph_mm model exported (the MM reference)."""
+    if not (cfg.speed.enabled and openmm_reference.available()):
+        return None
+    for name, m in models.items():
+        if m.get("status") == "ok" and m["family"] == "graph_mm":
+            package = folder / name / "train" / "model.safetensors"
+            key = {"weights": _file_hash(package), "molecule": molecule.positions.tolist(), "threads": cfg.threads}
+            try:
+                return {"exported_model": name, **_cached(folder / "openmm_molecule.json", key,
+                                                          lambda: openmm_reference.molecule_cost(package, molecule,
+                                                                                                 cfg.threads))}
+            except Exception as exc:  # noqa: BLE001 - the reference is optional; say why it is missing
+                return {"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    return None
+
+
+def _without(data: Dataset, seen: list[Dataset]) -> tuple[Dataset, int]:
+    """``data`` minus the structures that also occur in ``seen`` (same atoms and positions): a test set must
+    not hold training frames (3BPA's train_mixedT repeats some of train_300K)."""
+    def key(s):
+        return hashlib.sha256(s.numbers.tobytes() + np.round(s.positions, 6).tobytes()).hexdigest()
+
+    known = {key(s) for d in seen for s in d}
+    kept = [s for s in data if key(s) not in known]
+    return Dataset(kept, name=data.name).require_nonempty(), len(data) - len(kept)
+
+
+def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_dir: Path) -> dict:
+    accuracy_key = {"model": m.model_dump(), "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
+                    "dataset": ds.model_dump(), "budget_min": cfg.budget_min}
+    accuracy = _cached(run_dir / "accuracy.json", accuracy_key,
+                       lambda: _train_and_evaluate(cfg, m, train, val, test, extrapolation, run_dir))
+    package = run_dir / "train" / "model.safetensors"
+    weights = _file_hash(package)
+    entry = {"family": m.model["family"], "model": m.model, "status": "ok", **accuracy}
+    if cfg.speed.enabled:
+        system = speed.save_system(test[0], run_dir / "molecule.npz")
+        entry["speed_molecule"] = {dtype: _measure(cfg, run_dir / f"speed_molecule_{dtype}.json", weights, package,
+                                                   system, dtype, max(cfg.speed.repeats, 20))
+                                   for dtype in cfg.speed.dtypes}
+    if cfg.stability.enabled:
+        entry["stability"] = _stability(cfg, run_dir, weights, test[0], entry.get("speed_molecule"))
+    return entry
+
+
+def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: Path, dtype: str, repeats: int):
+    """One timing measurement, cached unless it failed in a way a rerun may not repeat (error, kill)."""
+    key = {"weights": weights, "system": _file_hash(system), "dtype": dtype, "repeats": repeats,
+           "threads": cfg.threads, "device": cfg.device, "memory_limit": _memory_limit(cfg),
+           "max_call_s": cfg.speed.max_call_s}
+    timeout = (repeats + 2) * cfg.speed.max_call_s + 300.0
+    return _cached(path, key, lambda: speed.measure(package, system, dtype, cfg.threads, repeats, cfg.speed.max_call_s,
+                                                    _memory_limit(cfg), cfg.device, timeout_s=timeout),
+                   keep=lambda r: r["status"] in ("ok", "not applicable")
+                   or (r["status"] == "out of memory" and "SIGKILL" not in r.get("detail", "")))
+
+
+def _cached(path: Path, key: dict, compute, keep=lambda value: True) -> dict:
+    """Read a finished step back if it was made from the same inputs (``key``), else compute it and write it
+    at once: the unit of resumption. ``keep`` says whether a result is worth keeping for a rerun."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == digest:
+            return stored["value"]
+        print(f"[bench] {path} was made with other settings: redoing it", file=sys.stderr)
+    value = compute()
+    if keep(value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": digest, "inputs": key, "value": value}, indent=2, default=str))
+        tmp.replace(path)
+    return value
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
+    # One budget for every model: a cosine schedule that ends with the wall-clock budget, no early stop.
+    settings = {"epochs": 1_000_000, "schedule": "cosine", "warmup_epochs": 2, "early_stop_patience": 1_000_000,
+                "max_time_min": cfg.budget_min, "device": cfg.device, "progress": sys.stderr.isatty(),
+                **cfg.train, **m.train}
+    try:
+        return TrainConfig(**settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"model {m.name}: train settings: {problems}") from None
+
+
+def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dict, run_dir: Path) -> dict:
+    tc = _train_config(cfg, m)
+    print(f"[bench] training {m.name} ({m.model['family']}) for {cfg.budget_min:g} min", file=sys.stderr)
+    model = build_model_for_data(m.model, train, seed=tc.seed)
+    trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
+                      extra_config={"bench_model": m.model_dump()})
+    summary = trainer.fit()
+    pot = Potential.load(run_dir / "train" / "model.safetensors", dtype=_torch_dtype(tc.dtype), device=cfg.device)
+    t0 = time.perf_counter()
+    pred = predict(pot, test)
+    result = {"test": error_metrics(pred, test), "per_element": per_element_force_errors(pred, test),
+              "extrapolation": {}, "training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
+                                                "stop_reason": summary["stop_reason"], "dtype": tc.dtype},
+              "predict_s_per_structure": (time.perf_counter() - t0) / len(test)}
+    for name, data in extrapolation.items():
+        p = predict(pot, data)
+        result["extrapolation"][name] = {**error_metrics(p, data), "per_element": per_element_force_errors(p, data)}
+    t = result["test"]
+    print(f"[bench] {m.name}: test E MAE {t.get('energy_mae_meV', float('nan')):.2f} meV, "
+          f"F MAE {t.get('forces_mae_meV_A', float('nan')):.2f} meV/Å", file=sys.stderr)
+    return result
+
+
+def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_speed: dict | None) -> dict:
+    """Survival at each temperature (one cached file each) and the NVE drift, from the first test structure."""
+    c = cfg.stability
+    package = run_dir / "train" / "model.safetensors"
+    pot = Potential.load(package, dtype=_torch_dtype(c.dtype), device=cfg.device)
+    row = (molecule_speed or {}).get("float32")
+    if not row or row.get("status") != "ok":
+        row = _measure(cfg, run_dir / "speed_molecule_float32.json", weights, package,
+                       speed.save_system(start, run_dir / "molecule.npz"), "float32", max(cfg.speed.repeats, 20))
+    cost = row.get("ms_per_step", float("inf"))
+    time_ps = c.time_ps if cost <= c.slow_ms_per_step else c.slow_time_ps
+    key = {"weights": weights, "settings": c.model_dump(), "time_ps": time_ps, "start": start.positions.tolist()}
+    runs = {}
+    for temperature in c.temperatures:
+        print(f"[bench] stability {run_dir.name} at {temperature:g} K: {c.seeds} seeds × {time_ps:g} ps",
+              file=sys.stderr)
+        runs[f"{temperature:g}"] = _cached(run_dir / f"stability_{temperature:g}K.json", key, lambda: stability.survival(
+            pot, start, temperature, c.seeds, time_ps, c.timestep_fs, c.friction, c.bond_tolerance,
+            progress=sys.stderr.isatty()))
+    result = {"ms_per_step_float32": cost, "time_ps": time_ps, "dtype": c.dtype, "runs": runs}
+    if c.nve_ps > 0:
+        result["nve"] = _cached(run_dir / "stability_nve.json", key, lambda: stability.nve_drift(
+            pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance))
+    return result
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _memory_limit(cfg: BenchConfig) -> int:
+    if cfg.speed.memory_limit_gb:
+        return int(cfg.speed.memory_limit_gb * 2**30)
+    return int(0.85 * speed.machine_memory_bytes())
+
+
+def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
+    """Cost vs size on water boxes for the models trained on the first dataset (any model can be timed on
+    water: the cost of a force field does not depend on what it was trained on, only its elements)."""
+    base, origin = systems.water_cell(cfg.speed.water_cell)
+    ds = cfg.datasets[0]
+    sizes = {}
+    for n in cfg.speed.water_replicas:
+        box = systems.replicate(base, n)
+        sizes[n] = (box.n_atoms, speed.save_system(box, out / "systems" / f"water_{box.n_atoms}.npz"))
+    table = {}
+    for m in cfg.models:
+        package = out / ds.name / m.name / "train" / "model.safetensors"
+        if not package.exists():  # its training failed (reported with the dataset)
+            continue
+        per_dtype = {}
+        for dtype in cfg.speed.dtypes:
+            rows = []
+            stop = None
+            for n, (atoms, path) in sorted(sizes.items()):
+                if stop:
+                    rows.append({"n_atoms": atoms, "status": "skipped", "detail": stop})
+                    continue
+                row = _measure(cfg, out / ds.name / m.name / f"speed_water_{atoms}_{dtype}.json",
+                               _file_hash(package), package, path, dtype, cfg.speed.repeats)
+                row.setdefault("n_atoms", atoms)
+                rows.append(row)
+                if row["status"] != "ok":
+                    stop = f"a smaller box already gave '{row['status']}'"
+                elif row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
+                    stop = f"one call took {row['ms_per_step'] / 1e3:.0f} s > max_call_s"
+                print(f"[bench] {m.name} {dtype} water {atoms} atoms: {row['status']}"
+                      + (f", {row['ms_per_step']:.1f} ms/step" if row["status"] == "ok" else ""), file=sys.stderr)
+            ok = [r for r in rows if r["status"] == "ok"]
+            per_dtype[dtype] = {"rows": rows, "exponent": speed.fit_exponent([r["n_atoms"] for r in ok],
+                                                                             [r["ms_per_step"] for r in ok]),
+                                "exponent_3000_plus": speed.fit_exponent([r["n_atoms"] for r in ok],
+                                                                         [r["ms_per_step"] for r in ok], 3000)}
+        table[m.name] = per_dtype
+    result = {"cell": origin, "trained_on": ds.name, "models": table}
+    if openmm_reference.available():
+        rows = []
+        for n, (atoms, path) in sorted(sizes.items()):
+            box = systems.replicate(base, n)
+            try:
+                row = _cached(out / "openmm_water" / f"tip3p_{atoms}.json", {"positions_hash": _file_hash(path),
+                                                                            "threads": cfg.threads},
+                              lambda: openmm_reference.water_cost(box, cfg.threads))
+            except Exception as exc:  # noqa: BLE001 - optional reference
+                row = {"status": "error", "n_atoms": atoms, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+            rows.append(row)
+            print(f"[bench] OpenMM TIP3P water {atoms} atoms: {row['status']}"
+                  + (f", {row['ms_per_step']:.2f} ms/step" if row["status"] == "ok" else f": {row.get('detail')}"),
+                  file=sys.stderr)
+        ok = [r for r in rows if r["status"] == "ok"]
+        result["openmm_tip3p"] = {"rows": rows,
+                                  "exponent": speed.fit_exponent([r["n_atoms"] for r in ok], [r["ms_per_step"] for r in ok]),
+                                  "exponent_3000_plus": speed.fit_exponent([r["n_atoms"] for r in ok],
+                                                                           [r["ms_per_step"] for r in ok], 3000)}
+    return result

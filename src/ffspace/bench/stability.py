@@ -1,0 +1,187 @@
+"""MD stability: time until failure of several seeds at several temperatures, and NVE energy drift.
+
+Seeds run together as one batch (independent copies of the molecule in one `Batch`, each its own graph
+and its own thermostat centre of mass), so a model is evaluated once per step for all of them. A copy
+*fails* when any covalent bond perceived at the start (closer than 1.2 × the sum of covalent radii)
+deviates from its length in the start structure by more than ``bond_tolerance`` (0.5 Å; Fu et al.,
+"Forces are not enough", TMLR 2023, use the same deviation from equilibrium lengths), when its energy or
+forces are not finite, or when the model refuses the geometry (e.g. an MM model seeing an atom with too
+many bonds). A failed copy is taken out and the rest go on. A reaction the reference method would also
+make (a proton transfer) counts as a failure too: the criterion measures staying near the start's bonding.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import units
+from ..data.structure import Structure
+from ..graph.batch import collate, graph_of
+from ..graph.neighbors import VerletList
+from ..md.integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
+
+
+def covalent_bonds(structure: Structure, scale: float = 1.2) -> np.ndarray:
+    """(B, 2) atom pairs closer than ``scale`` × the sum of their covalent radii (a molecule, not a cell)."""
+    from ase.data import covalent_radii
+
+    d = np.linalg.norm(structure.positions[:, None] - structure.positions[None], axis=-1)
+    r = covalent_radii[structure.numbers]
+    i, j = np.nonzero(np.triu(d < scale * (r[:, None] + r[None, :]), 1))
+    return np.stack([i, j], 1)
+
+
+class _Copies:
+    """``n`` copies of one molecule as one MD state; forces from one batched model call per step."""
+
+    def __init__(self, potential, structure: Structure, positions: np.ndarray, velocities: np.ndarray):
+        self.potential, self.template = potential, structure
+        self.n, self.atoms = positions.shape[0], structure.n_atoms
+        # The copies overlap in space (each is its own graph), so this is not a valid `Structure`: MDState
+        # only needs the arrays.
+        combined = SimpleNamespace(numbers=np.tile(structure.numbers, self.n), positions=positions.reshape(-1, 3),
+                                   cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info={})
+        self.state = MDState(combined, velocities=velocities.reshape(-1, 3))
+        self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
+        self.energies = None  # (n,) potential energy of each copy, eV
+
+    def __call__(self, positions):
+        graphs = []
+        for k, vl in enumerate(self.lists):
+            pos = positions[k * self.atoms:(k + 1) * self.atoms]
+            frame = Structure.__new__(Structure)  # no validation: a failing copy is detected, not refused
+            frame.numbers, frame.positions = self.template.numbers, pos
+            frame.cell, frame.pbc = self.template.cell, self.template.pbc
+            frame.energy = frame.forces = frame.stress = None
+            frame.info = {}
+            graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
+        try:
+            energies, forces = self._evaluate(graphs)
+        except Exception:  # noqa: BLE001 - one copy's geometry broke the model: find it, fail only it
+            energies, forces = np.full(self.n, np.nan), np.full((self.n * self.atoms, 3), np.nan)
+            for k, g in enumerate(graphs):
+                try:
+                    e, f = self._evaluate([g])
+                except Exception:  # noqa: BLE001
+                    continue
+                energies[k], forces[k * self.atoms:(k + 1) * self.atoms] = e[0], f
+        self.energies = energies
+        # The integrator needs finite numbers; a non-finite copy is detected through `energies` and removed.
+        return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _evaluate(self, graphs):
+        batch = collate(graphs, dtype=self.potential.dtype, device=self.potential.device, labels=False)
+        out = self.potential.compute(batch, forces=True)
+        forces = out["forces"].double().cpu().numpy()
+        energies = out["energy"].cpu().numpy().copy()
+        bad = ~np.isfinite(forces.reshape(len(graphs), self.atoms, 3)).all((1, 2))
+        energies[bad] = np.nan
+        return energies, forces
+
+    def groups(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n), self.atoms)
+
+    def positions(self) -> np.ndarray:
+        return self.state.positions.reshape(self.n, self.atoms, 3)
+
+    def velocities(self) -> np.ndarray:
+        return self.state.velocities.reshape(self.n, self.atoms, 3)
+
+    def kinetic(self) -> np.ndarray:
+        m = self.state.masses.reshape(self.n, self.atoms)
+        return 0.5 * (m[..., None] * self.velocities() ** 2).sum((1, 2)) * units.MV2_TO_EV
+
+
+def _failed(copies: _Copies, bonds: np.ndarray, lengths: np.ndarray, tolerance: float) -> np.ndarray:
+    """(n,) bool: bond deviation above tolerance, or non-finite energy / forces / positions."""
+    pos = copies.positions()
+    bad = ~np.isfinite(copies.energies) | ~np.isfinite(pos).all((1, 2))
+    if len(bonds):
+        d = np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1)
+        bad |= ~(np.abs(d - lengths) <= tolerance).all(1)
+    return bad
+
+
+def survival(potential, structure: Structure, temperature: float, seeds: int = 5, time_ps: float = 20.0,
+             timestep_fs: float = 0.5, friction: float = 0.01, bond_tolerance: float = 0.5, seed: int = 0,
+             progress: bool = False) -> dict:
+    """Langevin MD of ``seeds`` copies at ``temperature`` K; the time each copy failed (None: survived)."""
+    bonds = covalent_bonds(structure)
+    d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
+    from ase.data import atomic_masses
+
+    masses = atomic_masses[structure.numbers]
+    start_stream, noise_stream = np.random.SeedSequence(seed).spawn(2)  # independent velocity and noise draws
+    rng = np.random.default_rng(start_stream)
+    velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
+    positions = np.repeat(structure.positions[None], seeds, 0)
+    alive = list(range(seeds))
+    failure = [None] * seeds
+    steps = int(round(time_ps * units.ps / timestep_fs))
+    copies = _Copies(potential, structure, positions, velocities)
+    integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
+    copies.state.energy, copies.state.forces = copies(copies.state.positions)
+    bar = tqdm(range(steps), desc=f"{temperature:g} K × {seeds} seeds", disable=not progress, leave=False)
+    for step in bar:
+        integrator.step(copies.state, copies)
+        bad = _failed(copies, bonds, d0, bond_tolerance)
+        if bad.any():
+            t = (step + 1) * timestep_fs / units.ps
+            for k in np.nonzero(bad)[0]:
+                failure[alive[k]] = t
+            keep = ~bad
+            alive = [a for a, ok in zip(alive, keep) if ok]
+            if not alive:
+                break
+            copies = _Copies(potential, structure, copies.positions()[keep], copies.velocities()[keep])
+            integrator.groups = copies.groups()
+            copies.state.energy, copies.state.forces = copies(copies.state.positions)
+    return {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
+            "failure_ps": failure, "survived": sum(f is None for f in failure), "bond_tolerance_A": bond_tolerance,
+            "n_bonds": int(len(bonds))}
+
+
+def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds: int = 5, time_ps: float = 2.0,
+              timestep_fs: float = 0.5, seed: int = 0, bond_tolerance: float = 0.5) -> dict:
+    """Velocity-Verlet NVE of ``seeds`` copies: the slope of each copy's total energy (meV/atom/ps).
+
+    A copy that fails (as in `survival`) gets a status instead of a slope; the others still count.
+    """
+    from ase.data import atomic_masses
+
+    bonds = covalent_bonds(structure)
+    d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
+    masses = atomic_masses[structure.numbers]
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
+    copies = _Copies(potential, structure, np.repeat(structure.positions[None], seeds, 0), velocities)
+    copies.state.energy, copies.state.forces = copies(copies.state.positions)
+    integrator = VelocityVerlet(timestep_fs)
+    steps = max(2, int(round(time_ps * units.ps / timestep_fs)))
+    failed_at = np.full(seeds, -1)
+    times, totals = [], []
+    for step in range(steps):
+        integrator.step(copies.state, copies)
+        bad = _failed(copies, bonds, d0, bond_tolerance) & (failed_at < 0)
+        failed_at[bad] = step + 1
+        times.append((step + 1) * timestep_fs / units.ps)
+        totals.append(copies.energies + copies.kinetic())
+        if (failed_at >= 0).all():
+            break
+    times, totals = np.array(times), np.array(totals)
+    drifts, status = [], []
+    for k in range(seeds):
+        if failed_at[k] >= 0:
+            drifts.append(None)
+            status.append(f"failed at step {failed_at[k]}")
+        else:
+            slope = np.polyfit(times, totals[:, k], 1)[0]  # eV/ps
+            drifts.append(float(slope / structure.n_atoms / units.meV))
+            status.append("ok")
+    finite = [abs(d) for d in drifts if d is not None]
+    return {"status": "ok" if finite else "all failed", "per_seed_status": status, "temperature_K": temperature,
+            "time_ps": time_ps, "timestep_fs": timestep_fs, "drift_meV_per_atom_ps": drifts,
+            "max_abs_drift_meV_per_atom_ps": max(finite) if finite else None}

@@ -1,0 +1,154 @@
+"""``ffspace bench``: the small config end to end (< 2 min), resumption, and the parts measured alone."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffspace.bench import load_bench_config, run_bench
+from ffspace.bench import openmm_reference, speed, stability, systems
+from ffspace.errors import ConfigError
+from ffspace.models.composite import AtomicReference, Sum
+from ffspace.potential import Potential
+
+SMALL = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "bench_small.yaml"
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    cfg = load_bench_config(SMALL, [f"out={out}"])
+    results = run_bench(cfg, command="test")
+    return out, results
+
+
+def test_small_bench_reports_every_figure(small_run):
+    out, results = small_run
+    ds = results["datasets"]["ethanol"]
+    assert set(ds["models"]) == {"mm", "graph_mm", "schnet"}
+    for name, m in ds["models"].items():
+        assert m["status"] == "ok", m
+        assert np.isfinite(m["test"]["forces_mae_meV_A"]) and m["test"]["forces_mae_meV_A"] > 0
+        assert set(m["per_element"]) == {"H", "C", "O"}
+        assert m["training"]["time_s"] <= 0.1 * 60 + 10  # the budget (an epoch never starts past it)
+        for dtype in ("float32", "float64"):
+            assert m["speed_molecule"][dtype]["status"] == "ok", m["speed_molecule"][dtype]
+            assert m["speed_molecule"][dtype]["us_per_atom_step"] > 0
+        runs = m["stability"]["runs"]
+        assert set(runs) == {"300", "1200"}
+        for r in runs.values():
+            assert all(t is None or 0 < t <= r["time_ps"] for t in r["failure_ps"]), r
+            assert r["survived"] == sum(t is None for t in r["failure_ps"])
+        nve = m["stability"]["nve"]
+        assert nve["status"] in ("ok", "all failed") and len(nve["drift_meV_per_atom_ps"]) == 2
+    assert results["datasets"]["ethanol"]["extrapolation_sets"]["pbe"]["n"] > 0
+    water = results["water"]["models"]
+    assert water["graph_mm"]["float32"]["rows"][0]["status"] == "not applicable"
+    if openmm_reference.available():
+        assert ds["openmm_reference"]["status"] == "ok" and ds["openmm_reference"]["us_per_atom_step"] > 0
+        assert [r["status"] for r in results["water"]["openmm_tip3p"]["rows"]] == ["ok", "ok"]
+    for name in ("mm", "schnet"):
+        per_dtype = water[name]
+        rows = per_dtype["float32"]["rows"]
+        assert [r["n_atoms"] for r in rows] == [192, 1536]
+        assert all(r["status"] == "ok" for r in rows), rows
+        assert rows[1]["n_edges"] > 7 * rows[0]["n_edges"]
+        # 8× the atoms: a cutoff model costs about 8× (a generous band: timings on a shared machine are noisy)
+        assert 0.5 < per_dtype["float32"]["exponent"] < 1.7, (name, rows)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["datasets"]["ethanol"]["n_test"] == 30
+    report = (out / "report.md").read_text()
+    for text in ("accuracy and cost", "MD stability", "Cost against system size", "exponent"):
+        assert text in report
+    for plot in ("pareto_ethanol.png", "survival_ethanol.png", "scaling.png"):
+        assert (out / plot).stat().st_size > 1000
+
+
+def test_rerun_resumes_without_repeating_finished_steps(small_run):
+    out, results = small_run
+    forgotten = out / "ethanol" / "schnet" / "speed_water_1536_float64.json"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")
+              and p.parent.name != "out"}
+    forgotten.unlink()
+    again = run_bench(load_bench_config(SMALL, [f"out={out}"]), command="test")
+    assert forgotten.exists()  # redone
+    redone = [p for p, t in stamps.items() if p != forgotten and p.stat().st_mtime_ns != t]
+    assert redone == [], redone  # nothing else
+    assert again["datasets"]["ethanol"]["models"]["mm"]["test"] == results["datasets"]["ethanol"]["models"]["mm"]["test"]
+    # A changed MD setting redoes the MD steps of every model and nothing else.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.parent.parent.name == "ethanol"}
+    run_bench(load_bench_config(SMALL, [f"out={out}", "stability.bond_tolerance=0.6"]), command="test")
+    changed = sorted(p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t)
+    assert changed == sorted(["stability_300K.json", "stability_1200K.json", "stability_nve.json"] * 3), changed
+
+
+def test_bad_bench_config_names_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [{name: a, train: x.xyz}]\nmodels: [{name: m, model: {cutoff: 4}}]\n")
+    with pytest.raises(ConfigError, match=r"models\.0\.model"):
+        load_bench_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_bench_config(tmp_path / "missing.yaml")
+
+
+def test_generated_water_box_and_replicas():
+    box = systems.generated_water_box(64)
+    assert box.n_atoms == 192 and box.formula == "H128O64"
+    from ase.data import atomic_masses
+
+    grams = atomic_masses[box.numbers].sum() / 6.02214076e23
+    assert grams / (box.volume * 1e-24) == pytest.approx(1.0, rel=1e-3)  # g/cm³, from the atoms' own masses
+    big = systems.replicate(box, 3)
+    assert big.n_atoms == 192 * 27 and np.allclose(big.cell, box.cell * 3)
+    from ffspace.graph.neighbors import neighbor_list
+
+    i, j, s = neighbor_list(big.positions, big.cell, big.pbc, 1.2)
+    d = np.linalg.norm(big.positions[j] - big.positions[i] + s @ big.cell, axis=1)
+    assert len(i) == 2 * 2 * 64 * 27 and d.max() < 0.96  # only the O–H bonds: no close intermolecular contact
+
+
+def test_fit_exponent():
+    sizes = [192, 1536, 5184, 24000]
+    assert speed.fit_exponent(sizes, [2e-3 * n**1.07 for n in sizes]) == pytest.approx(1.07)
+    assert speed.fit_exponent(sizes, [n**2 for n in sizes], min_atoms=3000) == pytest.approx(2.0)
+    assert speed.fit_exponent([192], [1.0]) is None
+
+
+def test_out_of_memory_is_reported_with_what_was_asked(tmp_path, trained_package):
+    big = systems.replicate(systems.generated_water_box(64), 4)  # 12 288 atoms
+    path = speed.save_system(big, tmp_path / "w.npz")
+    # A limit barely above what the loaded model takes: the first call cannot fit.
+    row = speed.measure(trained_package, path, "float32", threads=1, repeats=1, memory_limit_bytes=600 * 2**20)
+    assert row["status"] == "out of memory", row
+
+
+def test_a_model_that_raises_fails_its_copies_instead_of_the_benchmark(ethanol_data):
+    class Refusing(Potential):
+        def compute(self, batch, **kwargs):
+            raise ValueError("an atom has more than 6 bonds")
+
+    pot = Refusing(Sum([AtomicReference({1: -10.0, 6: -40.0, 8: -60.0})]), dtype=torch.float64)
+    r = stability.survival(pot, ethanol_data[0], 300.0, seeds=2, time_ps=0.01)
+    assert r["survived"] == 0 and r["failure_ps"] == [0.0005, 0.0005]
+
+
+def test_survival_detects_a_molecule_falling_apart(ethanol_data):
+    # Reference energies only: no forces hold the atoms together, so at 1200 K bonds break within ~20 fs.
+    pot = Potential(Sum([AtomicReference({1: -10.0, 6: -40.0, 8: -60.0})]), dtype=torch.float64)
+    mol = ethanol_data[0]
+    assert len(stability.covalent_bonds(mol)) == 8
+    r = stability.survival(pot, mol, 1200.0, seeds=3, time_ps=0.2)
+    assert r["survived"] == 0 and all(0 < t < 0.1 for t in r["failure_ps"])
+
+
+def test_water_molecules_regroups_a_box_listed_element_by_element():
+    box = systems.generated_water_box(64)
+    order = np.argsort(-box.numbers, kind="stable")  # all O first, then all H, as DeePMD lists them
+    shuffled = box.copy(numbers=box.numbers[order], positions=box.positions[order])
+    regrouped = openmm_reference.water_molecules(shuffled)
+    assert regrouped.shape == (192, 3)
+    d = np.linalg.norm(regrouped.reshape(64, 3, 3)[:, 1:] - regrouped.reshape(64, 3, 3)[:, :1], axis=-1)
+    np.testing.assert_allclose(d, 0.9572, atol=1e-9)  # every H sits 0.9572 Å from its own O
