@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from .config import RunConfig, resolve_data_path
+from .errors import ConfigError
 from .data import Dataset, read_dataset
 from .evaluate import error_metrics, format_metrics, predict
 from .evaluate.metrics import metrics_table
@@ -30,7 +31,10 @@ def _read(spec: str, cfg: RunConfig) -> Dataset:
                         stress_key=d.stress_key, energy_unit=d.energy_unit)
 
 
-def _count(x: float, n: int) -> int:
+def set_size(x: float, n: int) -> int:
+    """A set size given as a fraction (< 1) of ``n`` structures or as a whole count."""
+    if x >= 1 and x != int(x):
+        raise ConfigError(f"a set size is a fraction below 1 or a whole count, got {x}")
     return int(round(x * n)) if x < 1 else int(x)
 
 
@@ -38,12 +42,12 @@ def load_splits(cfg: RunConfig) -> tuple[Dataset, Dataset, Dataset]:
     """Train / validation / test sets as the config says, seeded."""
     full = _read(cfg.data.train, cfg)
     n = len(full)
-    n_val = max(1, _count(cfg.data.n_val, n))
+    n_val = max(1, set_size(cfg.data.n_val, n))
     if cfg.data.test:
         test = _read(cfg.data.test, cfg)
         train, val = full.split([-1, n_val], seed=cfg.data.seed)
     else:
-        n_test = max(1, _count(cfg.data.n_test, n))
+        n_test = max(1, set_size(cfg.data.n_test, n))
         train, val, test = full.split([-1, n_val, n_test], seed=cfg.data.seed)
     return train.require_nonempty(), val, test
 

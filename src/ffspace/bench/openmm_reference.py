@@ -6,29 +6,16 @@
 - The molecule: the benchmark's graph-learned MM model exported to an OpenMM System of standard forces
   (when the config has a ``graph_mm`` model), which is hand-built MM's cost (see docs/benchmarks.md).
 
-Each figure is milliseconds per MD step (median of a few blocks of steps after a warm-up).
+Each figure is milliseconds per MD step (median of a few blocks of steps after a warm-up block).
 """
 
 from __future__ import annotations
-
-import statistics
-import time
 
 import numpy as np
 
 from .. import units
 from ..data.structure import Structure
-
-
-def _step_cost(context, steps: int, repeats: int) -> float:
-    integrator = context.getIntegrator()
-    integrator.step(max(1, steps // 5))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        integrator.step(steps)
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+from ..evaluate.speed import openmm_context_cost
 
 
 def water_cost(box: Structure, threads: int = 2, steps: int = 50, repeats: int = 3) -> dict:
@@ -59,10 +46,8 @@ def water_cost(box: Structure, threads: int = 2, steps: int = 50, repeats: int =
     context = openmm.Context(system, integrator, platform, {"Threads": str(threads)})
     context.setPositions(positions * nm * unit.nanometer)
     context.setVelocitiesToTemperature(300 * unit.kelvin)
-    per_step = _step_cost(context, steps, repeats)
-    return {"status": "ok", "n_atoms": box.n_atoms, "ms_per_step": per_step * 1e3,
-            "us_per_atom_step": per_step * 1e6 / box.n_atoms, "cutoff_A": cutoff_nm * 10,
-            "model": "TIP3P, PME, rigid water, CPU platform",
+    cost = openmm_context_cost(context, box.n_atoms, steps, repeats)
+    return {"status": "ok", **cost, "cutoff_A": cutoff_nm * 10, "model": "TIP3P, PME, rigid water, CPU platform",
             "threads": threads}
 
 

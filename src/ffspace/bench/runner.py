@@ -26,6 +26,7 @@ from ..evaluate.metrics import per_element_force_errors
 from ..potential import Potential
 from ..potential.package import versions
 from ..train import Trainer, TrainConfig, build_model_for_data
+from ..workflow import set_size
 from . import openmm_reference, speed, stability, systems
 from .config import BenchConfig, BenchDataset, BenchModel
 from .report import write_report
@@ -38,6 +39,9 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
     import torch
 
+    if torch.get_num_threads() != cfg.threads:
+        print(f"[bench] note: training runs on {torch.get_num_threads()} torch threads, timing on {cfg.threads}; "
+              f"set OMP_NUM_THREADS={cfg.threads} to train on the same", file=sys.stderr)
     results = {"name": cfg.name, "command": command, "budget_min": cfg.budget_min,
                "machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch_threads": torch.get_num_threads(), "device": cfg.device},
@@ -55,21 +59,15 @@ def _read(ds: BenchDataset, spec: str) -> Dataset:
                         forces_key=ds.forces_key)
 
 
-def _count(x: float, n: int) -> int:
-    if x >= 1 and x != int(x):
-        raise ConfigError(f"a set size is a fraction below 1 or a whole count, got {x}")
-    return int(round(x * n)) if x < 1 else int(x)
-
-
 def splits(ds: BenchDataset) -> tuple[Dataset, Dataset, Dataset]:
     """Seeded train / validation / test sets of a dataset entry."""
     full = _read(ds, ds.train)
-    n_val = max(1, _count(ds.n_val, len(full)))
+    n_val = max(1, set_size(ds.n_val, len(full)))
     if ds.test:
         test = _read(ds, ds.test)
         train, val = full.split([-1, n_val], seed=ds.seed)
     else:
-        train, val, test = full.split([-1, n_val, max(1, _count(ds.n_test, len(full)))], seed=ds.seed)
+        train, val, test = full.split([-1, n_val, max(1, set_size(ds.n_test, len(full)))], seed=ds.seed)
     if ds.n_train is not None:
         if ds.n_train > len(train):
             raise ConfigError(f"dataset {ds.name}: n_train={ds.n_train} but only {len(train)} structures are left "

@@ -60,7 +60,7 @@ def measure(model_path, system_path, dtype: str = "float32", threads: int = 2, r
     args = {"model": str(model_path), "system": str(system_path), "dtype": dtype, "threads": threads,
             "repeats": repeats, "max_call_s": max_call_s, "device": device,
             "memory_limit_bytes": memory_limit_bytes or int(0.85 * machine_memory_bytes())}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # the child's torch starts with this many threads
     try:
         proc = subprocess.run([sys.executable, "-m", "ffspace.bench.speed", json.dumps(args)], capture_output=True,
                               text=True, env=env, timeout=timeout_s)
@@ -86,7 +86,6 @@ def _worker(args: dict) -> dict:
     from ..graph.batch import collate, graph_of
     from ..potential import Potential
 
-    torch.set_num_threads(args["threads"])  # a process of its own: the thread count is the benchmark's setting
     data = np.load(args["system"])
     structure = Structure(numbers=data["numbers"], positions=data["positions"], cell=data["cell"], pbc=data["pbc"])
     n = structure.n_atoms
@@ -143,7 +142,7 @@ def _worker(args: dict) -> dict:
         memory["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return {"status": "ok", "n_atoms": n, "n_edges": int(len(graph.i)), "ms_per_step": median * 1e3,
             "us_per_atom_step": median * 1e6 / n, "neighbor_list_ms": statistics.median(nl_times) * 1e3,
-            "calls": len(timed), **memory, "dtype": args["dtype"], "threads": args["threads"],
+            "calls": len(timed), **memory, "dtype": args["dtype"], "threads": torch.get_num_threads(),
             "device": args["device"]}
 
 

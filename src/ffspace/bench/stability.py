@@ -25,13 +25,12 @@ from ..md.integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzman
 
 
 def covalent_bonds(structure: Structure, scale: float = 1.2) -> np.ndarray:
-    """(B, 2) atom pairs closer than ``scale`` × the sum of their covalent radii (a molecule, not a cell)."""
-    from ase.data import covalent_radii
+    """(B, 2) atom pairs closer than ``scale`` × the sum of their covalent radii (the MM topology's rule)."""
+    from ..graph.batch import batch_structures
+    from ..models.topology import find_bonds
 
-    d = np.linalg.norm(structure.positions[:, None] - structure.positions[None], axis=-1)
-    r = covalent_radii[structure.numbers]
-    i, j = np.nonzero(np.triu(d < scale * (r[:, None] + r[None, :]), 1))
-    return np.stack([i, j], 1)
+    batch = batch_structures([structure], cutoff=3.5, labels=False)  # longer than any bond at scale ≤ 1.5
+    return find_bonds(batch, scale).numpy()
 
 
 class _Copies:

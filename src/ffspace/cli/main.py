@@ -171,15 +171,13 @@ def bench(config: Path = typer.Argument(..., help="bench config YAML (datasets, 
     and extrapolation errors (per element), speed on the molecule and on water boxes up to 24 000 atoms
     (float32 and float64, fitted scaling exponent, neighbour-list time) and peak memory. Writes
     <out>/report.json, report.md and plots. Running it again resumes: finished steps are read back.
+    Training uses this process's threads (set OMP_NUM_THREADS); timing processes and OpenMM use `threads`.
     """
 
     def go():
-        import torch
-
         from ..bench import load_bench_config, run_bench
 
         cfg = load_bench_config(config, list(overrides or []))
-        torch.set_num_threads(cfg.threads)  # the benchmark's protocol (the CLI is the application, not the library)
         run_bench(cfg, command="ffspace bench " + " ".join([str(config), *(overrides or [])]))
         typer.echo(f"report: {Path(cfg.out) / 'report.md'}")
 

@@ -34,14 +34,19 @@ def openmm_cost(export, structure, steps: int = 200, repeats: int = 5, platform:
     """Median cost per MD step (velocity Verlet, 0.5 fs) of an `OpenMMExport` on ``platform``."""
     ctx = export.context(platform=platform, threads=threads, positions=structure.positions)
     ctx.setVelocitiesToTemperature(300.0)
-    integrator = ctx.getIntegrator()
+    return openmm_context_cost(ctx, structure.n_atoms, steps, repeats)
+
+
+def openmm_context_cost(context, n_atoms: int, steps: int = 200, repeats: int = 5) -> dict:
+    """Median cost per MD step of an OpenMM ``context`` (its own integrator), after ``steps`` warm-up steps."""
+    integrator = context.getIntegrator()
     integrator.step(steps)  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         integrator.step(steps)
         times.append((time.perf_counter() - t0) / steps)
-    return _summary(times, structure.n_atoms, steps * repeats)
+    return _summary(times, n_atoms, steps * repeats)
 
 
 def _summary(times, n_atoms: int, calls: int) -> dict:
