@@ -11,6 +11,7 @@ import torch
 from ffspace.bench import load_bench_config, run_bench
 from ffspace.bench import openmm_reference, speed, stability, systems
 from ffspace.errors import ConfigError
+from ffspace.models import peers
 from ffspace.models.composite import AtomicReference, Sum
 from ffspace.potential import Potential
 
@@ -28,8 +29,9 @@ def small_run(tmp_path_factory):
 def test_small_bench_reports_every_figure(small_run):
     out, results = small_run
     ds = results["datasets"]["ethanol"]
-    assert set(ds["models"]) == {"mm", "graph_mm", "schnet"}
-    for name, m in ds["models"].items():
+    assert set(ds["models"]) == {"mm", "graph_mm", "schnet", "ani_peer"}
+    peer = ds["models"]["ani_peer"]  # checked below: the others are ours
+    for name, m in ((k, v) for k, v in ds["models"].items() if k != "ani_peer"):
         assert m["status"] == "ok", m
         assert np.isfinite(m["test"]["forces_mae_meV_A"]) and m["test"]["forces_mae_meV_A"] > 0
         assert set(m["per_element"]) == {"H", "C", "O"}
@@ -58,9 +60,16 @@ def test_small_bench_reports_every_figure(small_run):
         assert rows[1]["n_edges"] > 7 * rows[0]["n_edges"]
         # 8× the atoms: a cutoff model costs about 8× (a generous band: timings on a shared machine are noisy)
         assert 0.5 < per_dtype["float32"]["exponent"] < 1.7, (name, rows)
+    report = (out / "report.md").read_text()
+    if peers.installed("torchani"):
+        assert peer["status"] == "ok" and peer["speed_molecule"]["float32"]["status"] == "ok", peer
+        assert "× the peer ani_peer" in report  # our best model's cost relative to the peer, same run
+    else:
+        assert peer["status"] == "not installed" and "install_peers.sh" in peer["detail"]
+        assert "ani_peer | torchani | not installed" in report
+    assert "Our most accurate model: **" in report and "ani_peer**" not in report  # a peer is never "ours"
     saved = json.loads((out / "report.json").read_text())
     assert saved["datasets"]["ethanol"]["n_test"] == 30
-    report = (out / "report.md").read_text()
     for text in ("accuracy and cost", "MD stability", "Cost against system size", "exponent"):
         assert text in report
     for plot in ("pareto_ethanol.png", "survival_ethanol.png", "scaling.png"):
@@ -82,7 +91,8 @@ def test_rerun_resumes_without_repeating_finished_steps(small_run):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.parent.parent.name == "ethanol"}
     run_bench(load_bench_config(SMALL, [f"out={out}", "stability.bond_tolerance=0.6"]), command="test")
     changed = sorted(p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t)
-    assert changed == sorted(["stability_300K.json", "stability_1200K.json", "stability_nve.json"] * 3), changed
+    n_models = 4 if peers.installed("torchani") else 3  # the peer trains only where it is installed
+    assert changed == sorted(["stability_300K.json", "stability_1200K.json", "stability_nve.json"] * n_models), changed
 
 
 def test_bad_bench_config_names_the_field(tmp_path):

@@ -130,6 +130,25 @@ def test_smiles_and_samplers_record_provenance():
     assert all(0.01 < d < 1.0 for d in disp) and nm[0].info["sampler"] == "normal_modes"
 
 
+def test_store_survives_two_kills_that_tear_the_last_line(tmp_path):
+    """A record torn by a kill is dropped, then cut off by the next append: a second resume must not find it
+    in the middle of the file."""
+    store = LabelStore(tmp_path / "store")
+    mol = Structure(numbers=[1, 1], positions=[[0, 0, 0], [0.74, 0, 0]], energy=-1.0, forces=[[0, 0, 0]] * 2)
+    store.add("a", mol)
+    with open(store.labels_path, "ab") as f:
+        f.write(b'{"key": "torn", "numb')  # killed mid-write
+    store = LabelStore(tmp_path / "store")
+    assert set(store.labels) == {"a"}
+    store.add("b", mol)
+    with open(store.labels_path, "ab") as f:
+        f.write(b'{"key": "torn again')
+    store = LabelStore(tmp_path / "store")  # the second resume
+    assert set(store.labels) == {"a", "b"}
+    store.add("c", mol)
+    assert [json.loads(x)["key"] for x in store.labels_path.read_text().splitlines()] == ["a", "b", "c"]
+
+
 def test_store_dedupes_identical_frames(tmp_path):
     start = from_smiles("CCO")[0]
     frames = rattle(start, 5, 0.05, seed=0)

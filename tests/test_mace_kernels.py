@@ -3,7 +3,8 @@
 import torch
 
 from ffspace.models.base import scatter_sum
-from ffspace.models.mace import MACE, _coupling_matrices, _neighbour_slots, _pad, _used_pairs, _vector_coupling
+from ffspace.models.mace import (MACE, _coupling_matrices, _message_coupling, _neighbour_slots, _pad, _used_pairs,
+                                 _vector_coupling)
 
 
 def test_pair_compression_reproduces_the_full_outer_product():
@@ -32,6 +33,23 @@ def test_padded_aggregation_equals_scatter_sum():
     reference = scatter_sum(x[..., model.l_of_m] * sh[:, None, :], receivers, n_nodes)
     torch.testing.assert_close(a, reference, rtol=1e-12, atol=1e-12)
     assert torch.all(a[-1] == 0)
+
+
+def test_padded_vector_messages_equal_edge_couplings_scattered():
+    """Y_l' ⊗ v_j → l per path, weighted and summed over paths and neighbours: node-side coupling = edge-side."""
+    gen = torch.Generator().manual_seed(1)
+    n_nodes, n_edges, k = 6, 25, 4
+    receivers = torch.randint(0, n_nodes, (n_edges,), generator=gen)
+    model = MACE([1, 6], channels=k, lmax=2, hidden_lmax=1).double()
+    cm, n_paths = _message_coupling(2)
+    sh = torch.randn(n_edges, 9, dtype=torch.float64, generator=gen)
+    w = torch.randn(n_edges, k, n_paths, 1, dtype=torch.float64, generator=gen)
+    v = torch.randn(n_edges, k, 3, dtype=torch.float64, generator=gen)
+    slots = _neighbour_slots(receivers, n_nodes)
+    fast = model._aggregate_vectors(w * v.unsqueeze(2), _pad(sh, slots), slots)
+    paths = ((sh[:, None, :, None] * v[:, :, None, :]).reshape(-1, 27) @ cm.double()).reshape(n_edges, k, n_paths, 9)
+    reference = scatter_sum((w * paths).sum(2), receivers, n_nodes)
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-12)
 
 
 def test_neighbour_slots_of_no_edges():

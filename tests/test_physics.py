@@ -26,6 +26,16 @@ def make(name):
         from ffspace.models.mace import MACE
 
         return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=3, correlation=3, hidden_lmax=1)
+    if name == "mace_torch":  # the peer, when the optional mace-torch is installed
+        pytest.importorskip("mace", reason="mace-torch (optional peer) is not installed")
+        from ffspace.models.mace_torch import MACETorch
+
+        return randomized_readouts(MACETorch(ELEMENTS, cutoff=4.0, channels=8, lmax=2, hidden_lmax=1))
+    if name == "torchani":  # the ANI peer, when the optional torchani is installed
+        pytest.importorskip("torchani", reason="torchani (optional peer) is not installed")
+        from ffspace.models.torchani_peer import TorchANI
+
+        return TorchANI(ELEMENTS, cutoff=4.0, angular_cutoff=3.0)
     if name == "d4":
         pytest.importorskip("dftd4")
         return D4Dispersion(method="pbe")
@@ -46,7 +56,20 @@ def make(name):
     raise ValueError(name)
 
 
-FAMILIES = ["mm", "graph_mm", "painn", "schnet", "ani", "mace", "mace_vectors", "coulomb", "d4", "zbl", "sum"]
+FAMILIES = ["mm", "graph_mm", "painn", "schnet", "ani", "mace", "mace_vectors", "mace_torch", "torchani", "coulomb", "d4", "zbl",
+            "sum"]
+
+
+def randomized_readouts(model, seed: int = 0):
+    """mace-torch starts its readouts near zero: O(1) weights make the energy sizeable, so the checks bite."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "readouts" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+    return model
 
 
 def randomized_graph_mm(model, seed: int = 0, scale: float = 0.3):

@@ -39,3 +39,7 @@ class MDBlowUpError(FFSpaceError):
     def __init__(self, message: str, report: dict):
         self.report = report
         super().__init__(message)
+
+
+class MDUncertaintyStop(MDBlowUpError):
+    """An MD run left the model's training data: the committee's force deviation passed the stop threshold."""

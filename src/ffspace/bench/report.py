@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..models import peers
+
 
 def write_report(results: dict, out: Path) -> None:
     out = Path(out)
@@ -38,11 +40,33 @@ def _ok(ds: dict) -> dict:
     return {n: m for n, m in ds["models"].items() if m.get("status", "ok") == "ok"}
 
 
-def best_model(ds: dict) -> str | None:
-    """The model with the lowest test force MAE."""
+def best_model(ds: dict, ours_only: bool = True) -> str | None:
+    """The model with the lowest test force MAE; by default among ffspace's own families (not the peers)."""
     scored = [(m["test"].get("forces_mae_meV_A"), name) for name, m in _ok(ds).items()
-              if m["test"].get("forces_mae_meV_A") is not None]
+              if m["test"].get("forces_mae_meV_A") is not None and not (ours_only and peers.is_peer(m["family"]))]
     return min(scored)[1] if scored else None
+
+
+def _best_model_costs(ds: dict, best: str | None, ref: dict) -> list[str]:
+    """Our most accurate model's cost relative to the peers' and to classical MM in OpenMM, same run."""
+    if not (best and _speed(ds["models"][best])):
+        return []
+    cost, m_best = _speed(ds["models"][best]), ds["models"][best]
+    lines = ["", f"Our most accurate model: **{best}** ({m_best['family']}, test force MAE "
+             f"{m_best['test']['forces_mae_meV_A']:.1f} meV/Å, {cost:.0f} µs/atom-step float32)."]
+    for n, m in _ok(ds).items():
+        if peers.is_peer(m["family"]) and _speed(m):
+            lines.append(f"- It costs {cost / _speed(m):.3g}× the peer {n} ({m['family']}, "
+                         f"{m['test']['forces_mae_meV_A']:.1f} meV/Å, {_speed(m):.0f} µs/atom-step).")
+    if ref.get("status") == "ok":
+        lines.append(f"- It costs {cost / ref['us_per_atom_step']:.3g}× classical MM in OpenMM on the same molecule "
+                     f"({ref['us_per_atom_step']:.1f} µs/atom-step: MD steps of the exported graph-learned MM, CPU "
+                     "platform, same threads).")
+    others = [f"{cost / _speed(m):.2g}× {n}" for n, m in _ok(ds).items()
+              if n != best and not peers.is_peer(m["family"]) and _speed(m)]
+    if others:
+        lines.append("- Against our other models (float32, same run): " + ", ".join(others) + ".")
+    return lines
 
 
 def markdown(results: dict, plots: list[str]) -> str:
@@ -62,7 +86,7 @@ def markdown(results: dict, plots: list[str]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mname, m in ds["models"].items():
             if m.get("status", "ok") != "ok":
-                lines.append(f"| {mname} | {m['family']} | error: {m.get('detail', '')[:120]} |||||||||")
+                lines.append(f"| {mname} | {m['family']} | {m['status']}: {m.get('detail', '')[:120]} |||||||||")
                 continue
             t = m["test"]
             per_el = ", ".join(f"{el} {v['forces_mae_meV_A']:.1f}" for el, v in m.get("per_element", {}).items())
@@ -77,14 +101,7 @@ def markdown(results: dict, plots: list[str]) -> str:
             lines.append(f"| OpenMM: {ref['exported_model']} exported (classical MM) | MM reference | | | | | | | "
                          f"{ref['us_per_atom_step']:.1f} | | |")
         best = best_model(ds)
-        if best and _speed(ds["models"][best]) and ref.get("status") == "ok":
-            lines += ["", f"The most accurate model costs {_speed(ds['models'][best]) / ref['us_per_atom_step']:.3g}× "
-                      "classical MM in OpenMM on the same molecule (OpenMM MD steps of the exported graph-learned MM, "
-                      "CPU platform, same threads)."]
-        if best and _speed(ds["models"][best]):
-            lines += ["", f"Most accurate: **{best}**. It costs (float32, same run) "
-                      + ", ".join(f"{_speed(ds['models'][best]) / _speed(m):.2g}× as much as {n}"
-                                  for n, m in _ok(ds).items() if n != best and _speed(m)) + "."]
+        lines += _best_model_costs(ds, best, ref)
         sets = ds.get("extrapolation_sets") or {}
         for set_name, info in sets.items():
             dropped = info.get("dropped_as_seen_in_training", 0)
@@ -215,6 +232,7 @@ def _water_markdown(water: dict) -> list[str]:
                  else by_size.get(n, {}).get("status", "") for n in sizes]
         lines.append("| OpenMM TIP3P/PME (MM reference, MD step incl. SETTLE) | OpenMM CPU | " + " | ".join(cells)
                      + f" | {_f(mm['exponent'], 2)} | {_f(mm['exponent_3000_plus'], 2)} | |")
+    lines += _exponent_check(models)
     mem_lines = ["", "Peak resident memory of the timing process (MB; it includes Python, torch and the model, "
                  "a few hundred MB at the smallest size):", "",
                  "| model | dtype | " + " | ".join(f"{n} atoms" for n in sizes) + " |",
@@ -227,8 +245,20 @@ def _water_markdown(water: dict) -> list[str]:
     return lines + ([""] + [f"- {n}" for n in notes] if notes else []) + mem_lines
 
 
+def _exponent_check(models: dict, limit: float = 1.1) -> list[str]:
+    """Linear scaling: every model's float32 exponent over 3000+ atoms against ``limit`` (models with a cutoff
+    must stay below it; a model that could not be timed at two such sizes has no exponent)."""
+    verdicts = []
+    for mname, per_dtype in models.items():
+        d = per_dtype.get("float32") or next(iter(per_dtype.values()))
+        x = d.get("exponent_3000_plus")
+        verdicts.append(f"{mname} {'—' if x is None else f'{x:.2f}'} "
+                        f"({'no fit' if x is None else 'ok' if x <= limit else 'ABOVE'})")
+    return ["", f"Linear scaling (exponent ≤ {limit} from 3000 atoms on, float32): " + "; ".join(verdicts) + "."]
+
+
 def _pareto_plot(name: str, ds: dict, path: Path) -> bool:
-    pts = [(n, _speed(m), m["test"].get("forces_mae_meV_A")) for n, m in _ok(ds).items()]
+    pts = [(n, _speed(m), m["test"].get("forces_mae_meV_A"), peers.is_peer(m["family"])) for n, m in _ok(ds).items()]
     pts = [p for p in pts if p[1] and p[2]]
     if not pts:
         return False
@@ -238,11 +268,12 @@ def _pareto_plot(name: str, ds: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for n, x, y in pts:
-        ax.scatter(x, y, s=30)
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for n, x, y, peer in pts:  # peers (other projects' models) as open squares
+        ax.scatter(x, y, s=36, marker="s" if peer else "o", facecolors="none" if peer else None,
+                   edgecolors="black" if peer else None)
+        ax.annotate(n + (" (peer)" if peer else ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front, best = [], float("inf")
-    for n, x, y in sorted(pts, key=lambda p: p[1]):  # cheapest first: a point is on the front if more accurate
+    for n, x, y, _ in sorted(pts, key=lambda p: p[1]):  # cheapest first: a point is on the front if more accurate
         if y < best:
             front.append((x, y))
             best = y

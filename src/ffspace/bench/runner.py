@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ..config import resolve_data_path
 from ..data import Dataset, read_dataset
 from ..errors import ConfigError
+from ..models import peers
 from ..evaluate import error_metrics, predict
 from ..evaluate.metrics import per_element_force_errors
 from ..potential import Potential
@@ -85,6 +86,12 @@ def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
           + "".join(f" / {len(v)} {k}" for k, v in extrapolation.items()), file=sys.stderr)
     models = {}
     for m in cfg.models:
+        family = m.model["family"]
+        if peers.is_peer(family) and not peers.installed(family):
+            hint = peers.install_hint(family)
+            print(f"[bench] {m.name}: the peer {family!r} is not installed; {hint}", file=sys.stderr)
+            models[m.name] = {"family": family, "model": m.model, "status": "not installed", "detail": hint}
+            continue
         try:
             models[m.name] = _bench_model(cfg, ds, m, train, val, test, extrapolation, folder / m.name)
         except ConfigError:

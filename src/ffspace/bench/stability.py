@@ -12,16 +12,13 @@ make (a proton transfer) counts as a failure too: the criterion measures staying
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 from tqdm.auto import tqdm
 
 from .. import units
 from ..data.structure import Structure
-from ..graph.batch import collate, graph_of
-from ..graph.neighbors import VerletList
-from ..md.integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
+from ..md.copies import MoleculeCopies
+from ..md.integrators import Langevin, VelocityVerlet, maxwell_boltzmann
 
 
 def covalent_bonds(structure: Structure, scale: float = 1.2) -> np.ndarray:
@@ -33,68 +30,7 @@ def covalent_bonds(structure: Structure, scale: float = 1.2) -> np.ndarray:
     return find_bonds(batch, scale).numpy()
 
 
-class _Copies:
-    """``n`` copies of one molecule as one MD state; forces from one batched model call per step."""
-
-    def __init__(self, potential, structure: Structure, positions: np.ndarray, velocities: np.ndarray):
-        self.potential, self.template = potential, structure
-        self.n, self.atoms = positions.shape[0], structure.n_atoms
-        # The copies overlap in space (each is its own graph), so this is not a valid `Structure`: MDState
-        # only needs the arrays.
-        combined = SimpleNamespace(numbers=np.tile(structure.numbers, self.n), positions=positions.reshape(-1, 3),
-                                   cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info={})
-        self.state = MDState(combined, velocities=velocities.reshape(-1, 3))
-        self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
-        self.energies = None  # (n,) potential energy of each copy, eV
-
-    def __call__(self, positions):
-        graphs = []
-        for k, vl in enumerate(self.lists):
-            pos = positions[k * self.atoms:(k + 1) * self.atoms]
-            frame = Structure.__new__(Structure)  # no validation: a failing copy is detected, not refused
-            frame.numbers, frame.positions = self.template.numbers, pos
-            frame.cell, frame.pbc = self.template.cell, self.template.pbc
-            frame.energy = frame.forces = frame.stress = None
-            frame.info = {}
-            graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
-        try:
-            energies, forces = self._evaluate(graphs)
-        except Exception:  # noqa: BLE001 - one copy's geometry broke the model: find it, fail only it
-            energies, forces = np.full(self.n, np.nan), np.full((self.n * self.atoms, 3), np.nan)
-            for k, g in enumerate(graphs):
-                try:
-                    e, f = self._evaluate([g])
-                except Exception:  # noqa: BLE001
-                    continue
-                energies[k], forces[k * self.atoms:(k + 1) * self.atoms] = e[0], f
-        self.energies = energies
-        # The integrator needs finite numbers; a non-finite copy is detected through `energies` and removed.
-        return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
-
-    def _evaluate(self, graphs):
-        batch = collate(graphs, dtype=self.potential.dtype, device=self.potential.device, labels=False)
-        out = self.potential.compute(batch, forces=True)
-        forces = out["forces"].double().cpu().numpy()
-        energies = out["energy"].cpu().numpy().copy()
-        bad = ~np.isfinite(forces.reshape(len(graphs), self.atoms, 3)).all((1, 2))
-        energies[bad] = np.nan
-        return energies, forces
-
-    def groups(self) -> np.ndarray:
-        return np.repeat(np.arange(self.n), self.atoms)
-
-    def positions(self) -> np.ndarray:
-        return self.state.positions.reshape(self.n, self.atoms, 3)
-
-    def velocities(self) -> np.ndarray:
-        return self.state.velocities.reshape(self.n, self.atoms, 3)
-
-    def kinetic(self) -> np.ndarray:
-        m = self.state.masses.reshape(self.n, self.atoms)
-        return 0.5 * (m[..., None] * self.velocities() ** 2).sum((1, 2)) * units.MV2_TO_EV
-
-
-def _failed(copies: _Copies, bonds: np.ndarray, lengths: np.ndarray, tolerance: float) -> np.ndarray:
+def _failed(copies: MoleculeCopies, bonds: np.ndarray, lengths: np.ndarray, tolerance: float) -> np.ndarray:
     """(n,) bool: bond deviation above tolerance, or non-finite energy / forces / positions."""
     pos = copies.positions()
     bad = ~np.isfinite(copies.energies) | ~np.isfinite(pos).all((1, 2))
@@ -120,7 +56,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     alive = list(range(seeds))
     failure = [None] * seeds
     steps = int(round(time_ps * units.ps / timestep_fs))
-    copies = _Copies(potential, structure, positions, velocities)
+    copies = MoleculeCopies(potential, structure, positions, velocities)
     integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
     copies.state.energy, copies.state.forces = copies(copies.state.positions)
     bar = tqdm(range(steps), desc=f"{temperature:g} K × {seeds} seeds", disable=not progress, leave=False)
@@ -135,7 +71,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             alive = [a for a, ok in zip(alive, keep) if ok]
             if not alive:
                 break
-            copies = _Copies(potential, structure, copies.positions()[keep], copies.velocities()[keep])
+            copies = MoleculeCopies(potential, structure, copies.positions()[keep], copies.velocities()[keep])
             integrator.groups = copies.groups()
             copies.state.energy, copies.state.forces = copies(copies.state.positions)
     return {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
@@ -156,7 +92,7 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     masses = atomic_masses[structure.numbers]
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
-    copies = _Copies(potential, structure, np.repeat(structure.positions[None], seeds, 0), velocities)
+    copies = MoleculeCopies(potential, structure, np.repeat(structure.positions[None], seeds, 0), velocities)
     copies.state.energy, copies.state.forces = copies(copies.state.positions)
     integrator = VelocityVerlet(timestep_fs)
     steps = max(2, int(round(time_ps * units.ps / timestep_fs)))

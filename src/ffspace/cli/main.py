@@ -184,5 +184,25 @@ def bench(config: Path = typer.Argument(..., help="bench config YAML (datasets, 
     _guard(go)
 
 
+@app.command()
+def active(config: Path = typer.Argument(..., help="active-learning config YAML (input, labeler, model, explore, "
+                                                    "select, max_labels, ...)"),
+           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. max_labels=100")):
+    """Active learning: label a few sampled frames, then repeat (train a committee, explore with MD, label the
+    frames it is unsure of) until exploration stays below the threshold or the label budget is spent. Every
+    round writes what it explored, picked and why under `out`; running it again resumes after a kill."""
+
+    def go():
+        from ..active.config import load_active_config
+        from ..active.loop import run_active
+
+        cfg = load_active_config(config, list(overrides or []))
+        result = run_active(cfg)
+        typer.echo(f"{result['labels']} labels, {len(result['rounds'])} rounds ({result['stop_reason']}); "
+                   f"rounds: {Path(cfg.out) / 'rounds.json'}")
+
+    _guard(go)
+
+
 def main():  # pragma: no cover
     sys.exit(app())

@@ -1,8 +1,10 @@
-"""Molecular dynamics: integrators, the simulation loop, reporters and the blow-up monitor."""
+"""Molecular dynamics: integrators, the simulation loop, reporters, batched copies, and the blow-up and
+uncertainty monitors."""
 
 from .integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
-from .monitor import BlowUpMonitor
+from .copies import MoleculeCopies
+from .monitor import BlowUpMonitor, UncertaintyMonitor
 from .simulation import MDResult, PotentialForces, run_md
 
-__all__ = ["BlowUpMonitor", "Langevin", "MDResult", "MDState", "PotentialForces", "VelocityVerlet",
-           "maxwell_boltzmann", "run_md"]
+__all__ = ["BlowUpMonitor", "Langevin", "MDResult", "MDState", "MoleculeCopies", "PotentialForces",
+           "UncertaintyMonitor", "VelocityVerlet", "maxwell_boltzmann", "run_md"]

@@ -18,9 +18,10 @@ def fingerprint(structure, potential, settings: dict) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(structure.numbers.tobytes())
     h.update(structure.positions.tobytes())
-    for name, t in sorted(potential.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for member in getattr(potential, "members", [potential]):  # a committee: every member's weights
+        for name, t in sorted(member.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MDBlowUpError
+from ..errors import MDBlowUpError, MDUncertaintyStop
 
 
 class BlowUpMonitor:
@@ -50,3 +50,40 @@ class BlowUpMonitor:
             if disp.max() > self.max_displacement:
                 fail(f"atom moved {disp.max():.1f} Å from its start (> {self.max_displacement} Å)",
                      [int(np.argmax(disp))])
+
+
+class UncertaintyMonitor(BlowUpMonitor):
+    """The blow-up checks plus a committee's uncertainty: after each step, the largest atomic force deviation
+    (eV/Å, ``potential.last_max_deviation``, set by `ffspace.active.Committee`) is compared with ``flag`` (the
+    step is recorded in ``flagged``, and the run goes on) and ``stop`` (the run stops: the model is
+    extrapolating and what follows would be its invention, not physics).
+    """
+
+    def __init__(self, potential, stop: float | None = None, flag: float | None = None, **blowup):
+        super().__init__(**blowup)
+        if not hasattr(potential, "last_max_deviation"):
+            raise TypeError("the uncertainty monitor needs a committee (a potential that reports its force "
+                            "deviation, ffspace.active.Committee)")
+        if stop is not None and flag is not None and flag > stop:
+            raise ValueError(f"flag threshold {flag} eV/Å is above the stop threshold {stop} eV/Å")
+        self.potential, self.stop, self.flag = potential, stop, flag
+        self.flagged: list[tuple[int, float]] = []  # (step, largest force deviation in eV/Å)
+        self.deviations: list[float] = []  # every checked step's largest deviation
+
+    def check(self, state, pairs=None) -> None:
+        # Uncertainty first: when the committee is lost and the geometry breaks at the same step, the
+        # extrapolation is the cause worth reporting.
+        dev = self.potential.last_max_deviation
+        if dev is None:
+            super().check(state, pairs)
+            return
+        self.deviations.append(dev)
+        if self.flag is not None and dev > self.flag:
+            self.flagged.append((state.step, dev))
+        if self.stop is not None and dev > self.stop:
+            report = {"step": state.step, "time_fs": state.time_fs, "reason": "uncertain",
+                      "max_force_deviation_eV_A": dev, "stop_threshold_eV_A": self.stop}
+            raise MDUncertaintyStop(f"MD stopped at step {state.step} (t = {state.time_fs:.1f} fs): committee force "
+                                    f"deviation {dev:.3f} eV/Å above the stop threshold {self.stop} eV/Å: the "
+                                    "model is extrapolating", report)
+        super().check(state, pairs)

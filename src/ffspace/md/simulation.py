@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
-from ..errors import MDBlowUpError
+from ..errors import MDBlowUpError, MDUncertaintyStop
 from ..graph.batch import collate, graph_of
 from ..graph.neighbors import VerletList
 from . import checkpoint
@@ -50,7 +50,7 @@ class PotentialForces:
 
 @dataclass
 class MDResult:
-    status: str  # "completed" or "blown_up"
+    status: str  # "completed", "blown_up", or "uncertain" (stopped by an `UncertaintyMonitor`)
     steps: int
     thermo: dict = field(default_factory=dict)  # columns of the thermo log as numpy arrays
     report: dict | None = None
@@ -141,10 +141,11 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
             bar.update(1)
         bar.close()
     except MDBlowUpError as exc:
-        status, report = "blown_up", exc.report
+        uncertain = isinstance(exc, MDUncertaintyStop)
+        status, report = ("uncertain" if uncertain else "blown_up"), exc.report
         print(f"\n{exc}", file=sys.stderr)
         if out_dir is not None:
-            (out_dir / "blowup.json").write_text(json.dumps(report, indent=2))
+            (out_dir / ("uncertain.json" if uncertain else "blowup.json")).write_text(json.dumps(report, indent=2))
     finally:
         if thermo_file:
             thermo_file.close()

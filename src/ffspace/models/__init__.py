@@ -1,5 +1,6 @@
 """Every model on the MM↔ML spectrum as `forward(batch) -> per-atom energies` (eV)."""
 
+from . import peers
 from .base import MODEL_REGISTRY, FFModel, build_model, scatter_sum
 from .composite import AtomicReference, Sum
 from .descriptor import DescriptorNet
@@ -15,6 +16,15 @@ try:  # e3nn is an optional dependency: the MACE-style family registers only whe
     from .mace import MACE  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
+# The peers (other projects' models) are optional extras, registered only when installed. mace-torch takes
+# seconds to import, so its module imports it only when such a model is built.
+if peers.installed("mace_torch"):
+    from .mace_torch import MACETorch  # noqa: F401
+if peers.installed("torchani"):
+    try:  # installed with --no-deps: a broken install must not break ffspace
+        from .torchani_peer import TorchANI  # noqa: F401
+    except ImportError as exc:  # pragma: no cover
+        peers.broken["torchani"] = f"{type(exc).__name__}: {exc}"
 
 __all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DescriptorNet", "FFModel", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FFModel, register, scatter_sum
+from .base import FFModel, register
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -151,7 +151,10 @@ class MACE(FFModel):
         self.register_buffer("c2", coupled[:, :c2.shape[1]].float(), persistent=False)
         self.register_buffer("c3", coupled[:, c2.shape[1]:c2.shape[1] + c3.shape[1]].float(), persistent=False)
         self.register_buffer("cv", coupled[:, c2.shape[1] + c3.shape[1]:].float(), persistent=False)
-        self.register_buffer("cm", cm.float(), persistent=False)
+        # The message coupling reordered to (path, vector component, m') → m, for the padded-neighbour form.
+        n_paths = cm.shape[1] // dim if hidden_lmax else 0
+        cm_nodes = cm.reshape(dim, 3, n_paths, dim).permute(2, 1, 0, 3).reshape(n_paths * 3 * dim, dim)
+        self.register_buffer("cm", cm_nodes.float(), persistent=False)
         n_inv = 1 + (lmax + 1 if correlation >= 2 else 0) + n3
         self.embedding = nn.Embedding(n_el, k)
         self.rbf = BesselBasis(cutoff, n_rbf)
@@ -191,6 +194,19 @@ class MACE(FFModel):
         full = torch.bmm(xp.transpose(1, 2), sh_pad).reshape(n, k, l1, d)
         return (full * self.l_mask.to(full.dtype)).sum(2)  # (N, K, D)
 
+    def _aggregate_vectors(self, z: torch.Tensor, sh_pad: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """A_i,k,lm += Σ_p Σ_j w_ij,k,p (Y_l'(r̂_ij) ⊗ v_j,k → l)_p, the vector messages, with z = w ⊗ v (E, K, P·3).
+
+        Summed over neighbours first (one batched product with Y, as in `_aggregate`) and coupled by the
+        Clebsch–Gordan matrix on nodes afterwards: the coupling is linear, so the order does not matter, and
+        the node tensors are smaller than the (E, K, P, D) edge tensor by the mean degree.
+        """
+        n, m = slots.shape
+        k, d = self.channels, sh_pad.shape[-1]
+        zp = _pad(z.reshape(z.shape[0], k * self.n_msg * 3), slots)  # (N, M, K·P·3); explicit: E may be 0
+        s = torch.bmm(zp.transpose(1, 2), sh_pad)  # (N, K·P·3, D)
+        return (s.reshape(n * k, -1) @ self.cm.to(s.dtype)).reshape(n, k, d)
+
     def pair_products(self, a: torch.Tensor) -> torch.Tensor:
         """(N, K, D) → (N·K, P) products A_m1 A_m2 of the coupled pairs, selected by matrix products (whose
         derivatives are matrix products too): on CPU far cheaper than the full D × D outer product."""
@@ -224,7 +240,7 @@ class MACE(FFModel):
         sh = self.spherical_harmonics(vec)  # (E, D)
         fcut = cosine_cutoff(r, self.cutoff).unsqueeze(-1)
         radial_in = self.rbf(r) * fcut
-        n, k, d = batch.numbers.shape[0], self.channels, sh.shape[-1]
+        n, k = batch.numbers.shape[0], self.channels
         species = self.species(batch.numbers)
         slots = _neighbour_slots(i, n)
         sh_pad = _pad(sh, slots)  # (N, M, D)
@@ -240,10 +256,8 @@ class MACE(FFModel):
             a = self._aggregate(x, sh_pad, slots)
             if v is not None:  # Y_l' ⊗ v_j → l, weighted per path and channel
                 vj = torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])[j]  # (E, K, 3)
-                yv = (sh[:, None, :, None] * vj[:, :, None, :]).reshape(-1, d * 3)
-                paths = (yv @ self.cm.to(yv.dtype)).reshape(-1, k, self.n_msg, d)
                 rw1 = rw[:, k * (self.lmax + 1):].reshape(-1, k, self.n_msg, 1)
-                a = a + scatter_sum((rw1 * paths).sum(2), i, n)
+                a = a + self._aggregate_vectors(rw1 * vj.unsqueeze(2), sh_pad, slots)
             a = a / self.avg_neighbors
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
             aa = self.pair_products(a)

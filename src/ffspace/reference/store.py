@@ -45,6 +45,19 @@ def _from_record(r: dict, source: str, frame: int) -> Structure:
                      frame=frame)
 
 
+def _last_line_end(f, chunk: int = 1 << 16) -> int:
+    """Offset just after the last newline of an open binary file (0 if it has none), reading backwards."""
+    end = f.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        k = f.read(end - start).rfind(b"\n")
+        if k >= 0:
+            return start + k + 1
+        end = start
+    return 0
+
+
 class LabelStore:
     """``labels.jsonl`` (finished labels) and ``failures.jsonl`` (calculations that gave no label) in a folder."""
 
@@ -79,12 +92,13 @@ class LabelStore:
 
     def _append(self, path: Path, record: dict) -> None:
         line = (json.dumps(record) + "\n").encode()
-        # Repair a torn final line (crash mid-write) so the new record starts on a line of its own.
+        # A torn final line (a crash mid-write: that record was in flight, `_load` skipped it) is cut off, so
+        # it never ends up in the middle of the file, where `_load` would rightly call it corruption.
         if path.exists() and path.stat().st_size:
-            with open(path, "rb") as f:
+            with open(path, "r+b") as f:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
-                    line = b"\n" + line
+                    f.truncate(_last_line_end(f))
         with open(path, "ab") as f:
             f.write(line)
             f.flush()

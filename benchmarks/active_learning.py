@@ -1,0 +1,157 @@
+"""Active learning against random sampling: same start labels, same label budget, same training, same independent
+600 K test set (issue 6).
+
+    OMP_NUM_THREADS=2 python benchmarks/active_learning.py                       # aspirin, GFN2-xTB (hours)
+    OMP_NUM_THREADS=2 python benchmarks/active_learning.py --config benchmarks/configs/active_small.yaml \\
+        --n-test 40 --pool-per-temperature 30 --out runs/al_small                # the pipeline in minutes
+
+1. Test set: GFN2-xTB Langevin MD of the config's molecule at --test-temperature (600 K), its own seed,
+   --n-test frames 20 steps apart, labeled with the config's labeler.
+2. Active learning: `ffspace active` with the config (committee, exploration, selection, budget).
+3. Random sampling: the same start labels, then at every label count of the active curve a committee trained
+   exactly like the active one (same family, members, subsamples, epochs, warm start from the previous
+   point) on frames drawn at random from GFN2-xTB MD at the temperatures the active loop explored: the
+   conventional data set with the same number of labels. Only the choice of frames differs.
+4. Force MAE of each committee's mean on the test set, the ratio random / active at every point, and the
+   calibration of the final active committee on the test set (Spearman rank correlation of its force
+   deviation with the actual error). Table to stdout, JSON and plots to --out.
+
+Every step resumes after a kill: labels are in crash-safe stores, committees in checkpointed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ffspace.active import Committee, calibration, calibration_plot, train_committee
+from ffspace.active.config import load_active_config
+from ffspace.active.loop import initial_labels, run_active, split_new_labels
+from ffspace.data.readers import read_extxyz
+from ffspace.data.writers import write_extxyz
+from ffspace.reference.config import LabelConfig, SamplerConfig
+from ffspace.reference.job import run_label_job, sample, start_structures
+from ffspace.reference.runner import label_structures
+from ffspace.reference.store import LabelStore
+
+
+def _frames(path: Path, make):
+    """Frames made once and read back from ``path`` (so label keys are identical on every rerun)."""
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        write_extxyz(tmp, make())
+        tmp.replace(path)
+    return list(read_extxyz(path, required=()))
+
+
+def _mae(paths, test) -> float:
+    pred = Committee.load(paths).predict(list(test))
+    return float(np.abs(pred["forces"] - np.concatenate([s.forces for s in test])).mean() * 1000)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="benchmarks/configs/active_aspirin.yaml")
+    p.add_argument("--out", type=Path, default=Path("runs/al_bench"))
+    p.add_argument("--test-temperature", type=float, default=600.0)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--pool-per-temperature", type=int, default=60, help="random-sampling pool frames per temperature")
+    p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
+    args = p.parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_active_config(args.config, [f"out={out / 'active'}"])
+
+    # 1. The independent test set.
+    test_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed, progress=True,
+                           samplers=[SamplerConfig(kind="md", n_frames=args.n_test, temperature=args.test_temperature,
+                                                   interval=20)],
+                           store=str(out / "test_store"), out=str(out / "test.extxyz"))
+    test = run_label_job(test_job) if not (out / "test.extxyz").exists() else read_extxyz(out / "test.extxyz")
+
+    # 2. Active learning.
+    active = run_active(cfg)
+    rounds = active["rounds"]
+    # Round k's committee learned every label made before round k (train and validation).
+    points = [(r["labels_total"] - r["labeled"], out / "active" / f"round_{r['round']:02d}" / "committee")
+              for r in rounds]
+    points.append((active["labels"], out / "active" / "final" / "committee"))
+
+    # 3. Random sampling from conventional xTB MD at the explored temperatures, in one fixed random order.
+    explored = sorted({t for r in rounds for t in r["temperatures_K"]})
+    pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=True,
+                           samplers=[SamplerConfig(kind="md", n_frames=args.pool_per_temperature, temperature=t,
+                                                   interval=20) for t in explored])
+    pool = _frames(out / "random_pool.extxyz", lambda: sample(pool_job, start_structures(pool_job)))
+    order = np.random.default_rng(args.seed + 2).permutation(len(pool))
+    labeler, store = cfg.labeler.build(), LabelStore(out / "active" / "store")
+    initial = initial_labels(cfg, None, labeler, store)  # the loop's start labels, read back (shared)
+    train0, val = initial.split([-1, cfg.n_val], seed=cfg.seed)
+    random_store = LabelStore(out / "random_store")
+    curve, previous = [], None
+    for k, (n_labels, active_dir) in enumerate(points):
+        n_extra = n_labels - len(initial)
+        if n_extra > len(pool):
+            sys.exit(f"the random pool has {len(pool)} frames, {n_extra} needed: raise --pool-per-temperature")
+        extra = label_structures([pool[i] for i in order[:n_extra]], labeler, random_store, progress=False) \
+            if n_extra else []
+        extra_train, extra_val = split_new_labels(extra, len(initial), cfg.val_every) if n_extra else ([], [])
+        train, val_k = train0 + extra_train, val + extra_val  # the loop's train / validation rule
+        paths = train_committee(train, val_k, cfg.model, cfg.train_config(), out / "random" / f"point_{k:02d}",
+                                members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
+                                warm_start=previous if (previous and cfg.committee.warm_start) else None)
+        previous = paths
+        active_paths = sorted(Path(active_dir).glob("member_*/model.safetensors"))
+        row = {"labels": n_labels, "active_mae_meV_A": _mae(active_paths, test), "random_mae_meV_A": _mae(paths, test)}
+        row["random_over_active"] = row["random_mae_meV_A"] / row["active_mae_meV_A"]
+        curve.append(row)
+        print(f"{n_labels} labels: active {row['active_mae_meV_A']:.1f}, random {row['random_mae_meV_A']:.1f} meV/Å",
+              file=sys.stderr)
+
+    # 4. Calibration of the final active committee on the test set.
+    final_paths = sorted((out / "active" / "final" / "committee").glob("member_*/model.safetensors"))
+    cal = calibration(Committee.load(final_paths), test)
+    calibration_plot(cal, out / "calibration.png", f"final active committee on the {args.test_temperature:g} K test set")
+    result = {"config": args.config, "test": {"temperature_K": args.test_temperature, "n": len(test)},
+              "explored_temperatures_K": explored, "curve": curve, "stop_reason": active["stop_reason"],
+              "calibration": {k: v for k, v in cal.items() if k != "structures"},
+              "command": "python benchmarks/active_learning.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    _plot(curve, out / "learning_curve.png", args.test_temperature)
+
+    print(f"\nForce MAE on {len(test)} test frames at {args.test_temperature:g} K (GFN2-xTB MD, independent seed)")
+    print("| labels | active learning (meV/Å) | random sampling (meV/Å) | random / active |\n|---|---|---|---|")
+    for r in curve:
+        print(f"| {r['labels']} | {r['active_mae_meV_A']:.1f} | {r['random_mae_meV_A']:.1f} | "
+              f"{r['random_over_active']:.2f} |")
+    per_structure = "—" if cal["spearman_structures"] is None else f"{cal['spearman_structures']:.2f}"
+    print(f"\nCalibration of the final active committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
+          f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
+    print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
+
+
+def _plot(curve, path: Path, temperature: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    n = [r["labels"] for r in curve]
+    ax.plot(n, [r["active_mae_meV_A"] for r in curve], "o-", label="active learning")
+    ax.plot(n, [r["random_mae_meV_A"] for r in curve], "s--", label="random sampling (xTB MD)")
+    ax.set_xlabel("labels (GFN2-xTB calculations)")
+    ax.set_ylabel(f"force MAE at {temperature:g} K (meV/Å)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

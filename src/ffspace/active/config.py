@@ -1,0 +1,102 @@
+"""Typed config of ``ffspace active``: start, labeler, committee, exploration, selection and budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from ..reference.config import InputConfig, LabelerConfig, SamplerConfig
+from ..train import TrainConfig
+
+
+class CommitteeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = Field(4, ge=2, description="models per committee")
+    subsample: float = Field(0.8, gt=0, le=1, description="fraction of the labels each member trains on")
+    warm_start: bool = Field(True, description="round k's members start from round k−1's")
+
+
+class ExploreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperatures: list[float] = Field([300.0, 600.0, 900.0], description="K")
+    ramp: bool = Field(True, description="round k explores the first k+1 temperatures (cool first, then hotter)")
+    seeds: int = Field(4, ge=1, description="trajectories per temperature, run as one batch")
+    steps: int = Field(2000, ge=1, description="MD steps per trajectory")
+    timestep_fs: float = Field(0.5, gt=0)
+    friction: float = Field(0.01, ge=0, description="Langevin friction, 1/fs")
+    record_every: int = Field(20, ge=1, description="steps between recorded frames")
+    min_distance_factor: float = Field(0.6, gt=0, description="a trajectory whose atoms come closer than this × "
+                                                               "the sum of their covalent radii has collapsed")
+
+
+class SelectConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lower: float = Field(0.1, gt=0, description="eV/Å: a frame whose largest force deviation is below is 'known'")
+    upper: float = Field(1.0, gt=0, description="eV/Å: above, the model is lost; the trajectory stops there")
+    per_round: int = Field(10, ge=1, description="frames labeled per round at most")
+    per_trajectory: int = Field(3, ge=1, description="at most this many frames from one trajectory")
+    min_separation: int = Field(5, ge=1, description="two picks of one trajectory are at least this many "
+                                                     "recording intervals apart")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.lower >= self.upper:
+            raise ValueError(f"select.lower ({self.lower}) must be below select.upper ({self.upper})")
+        return self
+
+
+class ActiveConfig(BaseModel):
+    """Every setting of the label–train–explore loop, with defaults for a small molecule on a CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str = Field("runs/active", description="run folder; rerunning resumes from what is there")
+    input: InputConfig
+    initial: SamplerConfig = Field(SamplerConfig(kind="normal_modes", n_frames=20),
+                                   description="how the first labels are sampled from the input structure")
+    initial_dataset: str | None = Field(None, description="labeled file to start from instead of sampling")
+    labeler: LabelerConfig = LabelerConfig()
+    model: dict[str, Any] = Field({"family": "painn", "features": 32, "layers": 2, "cutoff": 5.0})
+    train: dict[str, Any] = Field({"epochs": 100, "schedule": "cosine", "lr": 3e-3, "batch_size": 4},
+                                  description="TrainConfig of each committee member, each round")
+    committee: CommitteeConfig = CommitteeConfig()
+    explore: ExploreConfig = ExploreConfig()
+    select: SelectConfig = SelectConfig()
+    n_val: int = Field(2, ge=1, description="initial labels kept for validation (early stopping, EMA choice)")
+    val_every: int = Field(10, ge=2, description="every n-th label picked by the loop goes to validation too")
+    max_rounds: int = Field(10, ge=1)
+    max_labels: int = Field(200, ge=1, description="label budget, the initial labels included")
+    seed: int = 0
+    progress: bool = True
+
+    def train_config(self) -> TrainConfig:
+        try:
+            return TrainConfig(**{"progress": False, **self.train})
+        except ValidationError as exc:
+            problems = "; ".join(f"train.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(problems) from None
+
+
+def load_active_config(path, overrides: list[str] = ()) -> ActiveConfig:
+    """YAML file ← ``key=value`` overrides (dotted keys); errors name the file and the field."""
+    from ..config import apply_override, parse_value
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"active-learning config {path} does not exist")
+    tree = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        apply_override(tree, key, parse_value(value))
+    try:
+        return ActiveConfig(**tree)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,75 @@
+"""Exploration: Langevin MD driven by a committee, recording every frame's uncertainty.
+
+All trajectories of one start structure and temperature run as one batch (`MoleculeCopies`), so the
+committee is evaluated once per step for all of them. A trajectory stops when its largest atomic force
+deviation passes ``upper`` (the model no longer knows where it is: what follows would be its invention),
+when two atoms come closer than ``min_distance_factor`` × the sum of their covalent radii (a collapse the
+committee may agree on: undertrained members share the same missing repulsion), or when its energy or forces
+are not finite; the others go on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.structure import Structure
+from ..md.copies import MoleculeCopies
+from ..md.integrators import Langevin, maxwell_boltzmann
+
+
+def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, steps: int = 2000,
+            timestep_fs: float = 0.5, friction: float = 0.01, record_every: int = 20, upper: float = 1.0,
+            min_distance_factor: float = 0.6, seed: int = 0, progress: bool = False) -> list[dict]:
+    """Records ``{"trajectory", "start", "temperature_K", "copy", "step", "deviation_eV_A", "positions",
+    "stopped"}`` every ``record_every`` steps for each live trajectory; ``stopped`` names why a trajectory ended
+    at that frame ("uncertain", "collapsed" or "non-finite"), else None."""
+    from ase.data import atomic_masses, covalent_radii
+
+    if not hasattr(committee, "last_max_deviation"):
+        raise TypeError("exploration needs a committee (ffspace.active.Committee): a single model has no uncertainty")
+    records = []
+    for s_idx, start in enumerate(starts):
+        masses = atomic_masses[start.numbers]
+        radii = covalent_radii[start.numbers]
+        closest = min_distance_factor * (radii[:, None] + radii[None, :])
+        np.fill_diagonal(closest, 0.0)
+        for t_idx, temperature in enumerate(temperatures):
+            streams = np.random.SeedSequence([seed, s_idx, t_idx]).spawn(2)
+            rng = np.random.default_rng(streams[0])
+            velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
+            copies = MoleculeCopies(committee, start, np.repeat(start.positions[None], seeds, 0), velocities)
+            alive = list(range(seeds))
+            integrator = Langevin(timestep_fs, temperature, friction, seed=streams[1], groups=copies.groups())
+            copies.state.energy, copies.state.forces = copies(copies.state.positions)
+            bar = tqdm(range(1, steps + 1), desc=f"explore {temperature:g} K × {seeds}", disable=not progress,
+                       leave=False)
+            for step in bar:
+                integrator.step(copies.state, copies)
+                dev = copies.deviations
+                pos = copies.positions()
+                broken = ~np.isfinite(copies.energies) | ~np.isfinite(dev) | ~np.isfinite(pos).all((1, 2))
+                gaps = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
+                collapsed = ~broken & (gaps < closest).any((1, 2))
+                lost = ~broken & ~collapsed & (dev > upper)
+                ended = broken | collapsed | lost
+                if step % record_every == 0 or ended.any():
+                    for k, c in enumerate(alive):
+                        if step % record_every and not ended[k]:
+                            continue
+                        why = ("non-finite" if broken[k] else "collapsed" if collapsed[k] else
+                               "uncertain" if lost[k] else None)
+                        records.append({"trajectory": f"start{s_idx}_{temperature:g}K_{c}", "start": s_idx,
+                                        "temperature_K": float(temperature), "copy": c, "step": step,
+                                        "deviation_eV_A": float(dev[k]) if np.isfinite(dev[k]) else None,
+                                        "positions": pos[k].copy(), "stopped": why})
+                keep = ~ended
+                if not keep.all():
+                    alive = [c for c, ok in zip(alive, keep) if ok]
+                    if not alive:
+                        break
+                    copies = MoleculeCopies(committee, start, copies.positions()[keep], copies.velocities()[keep])
+                    integrator.groups = copies.groups()
+                    copies.state.energy, copies.state.forces = copies(copies.state.positions)
+            bar.close()
+    return records

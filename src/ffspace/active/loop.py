@@ -1,0 +1,196 @@
+"""``ffspace active``: label a few frames, then repeat train committee → explore with MD → pick the frames it
+does not know → label them, until exploration stays below the threshold or the label budget is spent.
+
+Everything lands in ``out``:
+
+- ``store/``: every label (the crash-safe `LabelStore`: a kill loses only the calculations in flight);
+- ``initial_frames.extxyz``: the sampled start frames (written once);
+- ``round_<k>/committee/member_<m>/``: the round's committee (each member resumes from its checkpoint);
+- ``round_<k>/explored.json``: every recorded exploration frame with its deviation (written once);
+- ``round_<k>/picked.extxyz`` and ``picked.json``: what was picked and why (written before labeling);
+- ``round_<k>/summary.json``: the round's figures; its presence marks the round done, and a rerun skips it;
+- ``final/committee/``: the committee trained on all labels; ``labels.extxyz``; ``rounds.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..data.dataset import Dataset
+from ..data.readers import read_dataset, read_extxyz
+from ..data.structure import Structure
+from ..data.writers import write_extxyz
+from ..errors import DataError
+from ..reference.config import LabelConfig
+from ..reference.job import sample, start_structures
+from ..reference.runner import label_structures
+from ..reference.store import LabelStore
+from ..units import meV
+from .committee import Committee, train_committee
+from .config import ActiveConfig
+from .explore import explore
+from .selection import select
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+def _write_frames(path: Path, frames: list[Structure]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write_extxyz(tmp, frames)
+    tmp.replace(path)
+
+
+def _log(msg: str) -> None:
+    print(f"[active] {msg}", file=sys.stderr)
+
+
+def initial_labels(cfg: ActiveConfig, starts, labeler, store: LabelStore) -> Dataset:
+    """The first labels: a given labeled file, or frames sampled from the input (once) and labeled."""
+    if cfg.initial_dataset:
+        return read_dataset(cfg.initial_dataset)
+    path = Path(cfg.out) / "initial_frames.extxyz"
+    if not path.exists():
+        job = LabelConfig(input=cfg.input, samplers=[cfg.initial], labeler=cfg.labeler, seed=cfg.seed,
+                          progress=cfg.progress)
+        _write_frames(path, sample(job, starts))
+    frames = list(read_extxyz(path, required=()))  # as read back: the same label keys on every rerun
+    return label_structures(frames, labeler, store, progress=cfg.progress)
+
+
+def split_new_labels(new: Dataset, n_before: int, val_every: int) -> tuple[Dataset, Dataset]:
+    """New labels → (train, validation): every ``val_every``-th label of the run goes to validation, so
+    validation follows the explored data instead of staying with the start frames. Deterministic in the
+    labels' order, so a resumed run splits the same way."""
+    to_val = [(n_before + i + 1) % val_every == 0 for i in range(len(new))]
+    return (Dataset([s for s, v in zip(new, to_val) if not v], name=new.name),
+            Dataset([s for s, v in zip(new, to_val) if v], name=new.name))
+
+
+def _check_config(out: Path, cfg: ActiveConfig) -> None:
+    """Record the config; say which sections changed since the run in ``out`` started (finished rounds keep
+    the settings they ran with)."""
+    path, now = out / "config.json", cfg.model_dump()
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k != "progress")
+        if changed:
+            _log(f"config changed since this run started ({', '.join(changed)}): finished rounds are kept as they "
+                 "ran; the rest uses the new settings")
+    _write_json(path, now)
+
+
+def run_active(cfg: ActiveConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    labeler = cfg.labeler.build()
+    store = LabelStore(out / "store")
+    starts = start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed))
+    initial = initial_labels(cfg, starts, labeler, store)
+    if len(initial) <= cfg.n_val:
+        raise DataError(f"{len(initial)} initial labels leave none for training after n_val = {cfg.n_val}",
+                        file=str(out / "initial_frames.extxyz"))
+    train_set, val_set = initial.split([-1, cfg.n_val], seed=cfg.seed)
+    train_cfg = cfg.train_config()
+    summaries, previous, stop_reason = [], None, f"max_rounds ({cfg.max_rounds}) reached"
+    for k in range(cfg.max_rounds):
+        folder = out / f"round_{k:02d}"
+        folder.mkdir(exist_ok=True)
+        done = folder / "summary.json"
+        n_labels = len(train_set) + len(val_set)
+        if done.exists():  # a finished round: read back what it added, train nothing
+            summary = json.loads(done.read_text())
+            new = _labeled_picks(folder, labeler, store)
+        else:
+            summary, new, paths = _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store,
+                                         previous, n_labels)
+            _write_json(done, summary)
+            _log(f"round {k}: {summary['explored']['recorded']} frames explored, {summary['explored']['candidates']} "
+                 f"candidates, {summary['labeled']} labeled (total {summary['labels_total']})")
+        new_train, new_val = split_new_labels(new, n_labels, cfg.val_every)
+        train_set, val_set = train_set + new_train, val_set + new_val
+        previous = [folder / "committee" / f"member_{m}" / "model.safetensors" for m in range(cfg.committee.members)]
+        summaries.append(summary)
+        stop = summary.get("stop")
+        if stop and stop.startswith("label budget") and summary["labels_total"] < cfg.max_labels:
+            stop = None  # the budget was raised since: go on
+        if stop:
+            stop_reason = stop
+            break
+    # The final committee learns the last round's labels too (retrained when the labels changed).
+    final_paths = train_committee(train_set, val_set, cfg.model, train_cfg, out / "final" / "committee",
+                                  members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed,
+                                  warm_start=previous if cfg.committee.warm_start else None)
+    _write_frames(out / "labels.extxyz", list(train_set) + list(val_set))
+    result = {"rounds": summaries, "stop_reason": stop_reason, "labels": len(train_set) + len(val_set),
+              "train_labels": len(train_set), "val_labels": len(val_set),
+              "final_committee": [str(p) for p in final_paths]}
+    _write_json(out / "rounds.json", result)
+    _log(f"done ({stop_reason}): {result['labels']} labels; final committee in {out / 'final' / 'committee'}")
+    return result
+
+
+def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store, previous, n_labels):
+    paths = train_committee(train_set, val_set, cfg.model, train_cfg, folder / "committee",
+                            members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
+                            warm_start=previous if (previous and cfg.committee.warm_start) else None)
+    committee = Committee.load(paths)
+    temperatures = cfg.explore.temperatures[:k + 1] if cfg.explore.ramp else cfg.explore.temperatures
+    explored_path = folder / "explored.json"
+    if explored_path.exists():
+        records = json.loads(explored_path.read_text())
+        for r in records:
+            r["positions"] = np.array(r["positions"])
+    else:
+        e = cfg.explore
+        records = explore(committee, starts, temperatures, e.seeds, e.steps, e.timestep_fs, e.friction, e.record_every,
+                          cfg.select.upper, e.min_distance_factor, seed=cfg.seed * 1000 + k, progress=cfg.progress)
+        _write_json(explored_path, [{**r, "positions": r["positions"].tolist()} for r in records])
+    picks_path = folder / "picked.extxyz"
+    sel = cfg.select
+    budget = cfg.max_labels - n_labels
+    picked, stats = select(records, sel.lower, sel.upper, min(sel.per_round, max(budget, 0)), sel.per_trajectory,
+                           sel.min_separation, cfg.explore.record_every)
+    if not picks_path.exists():
+        frames = [starts[r["start"]].copy(positions=r["positions"], energy=None, forces=None, stress=None,
+                                          info={"round": k, "trajectory": r["trajectory"], "step": r["step"],
+                                                "temperature_K": r["temperature_K"],
+                                                "committee_deviation_eV_A": r["deviation_eV_A"]})
+                  for r in picked]
+        _write_json(folder / "picked.json", [{key: v for key, v in r.items() if key != "positions"} for r in picked])
+        _write_frames(picks_path, frames)
+    new = _labeled_picks(folder, labeler, store)
+    summary = {"round": k, "temperatures_K": temperatures, "train_labels": len(train_set), "explored": stats,
+               "labeled": len(new), "labels_total": n_labels + len(new),
+               "thresholds_eV_A": {"lower": sel.lower, "upper": sel.upper}}
+    if len(new):  # how wrong the committee was where it was unsure: the error it is about to learn away
+        pred = committee.predict(list(new))
+        ref = np.concatenate([s.forces for s in new])
+        summary["committee_on_picks"] = {"force_mae_meV_A": float(np.abs(pred["forces"] - ref).mean() / meV),
+                                         "mean_max_deviation_meV_A": float(pred["max_force_deviation"].mean() / meV)}
+    if stats["recorded"] and stats["known"] == stats["recorded"]:
+        summary["stop"] = f"converged: every explored frame of round {k} below {sel.lower} eV/Å"
+    elif n_labels + len(new) >= cfg.max_labels:
+        summary["stop"] = f"label budget ({cfg.max_labels}) spent"
+    elif not picked:
+        summary["stop"] = f"round {k} found nothing to label"
+    return summary, new, paths
+
+
+def _labeled_picks(folder: Path, labeler, store: LabelStore) -> Dataset:
+    path = folder / "picked.extxyz"
+    if not path.exists() or path.stat().st_size == 0:  # an empty file: the round decided to pick nothing
+        return Dataset([], name=str(path))
+    frames = list(read_extxyz(path, required=()))
+    try:
+        return label_structures(frames, labeler, store, progress=False)
+    except DataError:  # every pick failed to label (recorded in the store's failures)
+        return Dataset([], name=str(path))

@@ -1,0 +1,89 @@
+"""Many copies of one molecule integrated as one MD state, with one batched model call per step.
+
+Used for MD stability statistics (several seeds at once) and for exploration in active learning (several
+trajectories at once, with a committee's uncertainty per copy).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from .. import units
+from ..data.structure import Structure
+from ..graph.batch import collate, graph_of
+from ..graph.neighbors import VerletList
+from .integrators import MDState
+
+
+class MoleculeCopies:
+    """``n`` copies of one molecule as one MD state; forces from one batched model call per step.
+
+    Called with the (n·atoms, 3) positions, returns (summed energy, forces) for the integrators and keeps
+    each copy's energy in ``energies`` (NaN for a copy whose geometry broke the model: it is detected
+    and removed by the caller, never integrated with non-finite forces). A potential that also returns a
+    per-atom ``force_deviation`` (a committee) leaves each copy's largest in ``deviations``.
+    """
+
+    def __init__(self, potential, structure: Structure, positions: np.ndarray, velocities: np.ndarray):
+        self.potential, self.template = potential, structure
+        self.n, self.atoms = positions.shape[0], structure.n_atoms
+        # The copies overlap in space (each is its own graph), so this is not a valid `Structure`: MDState
+        # only needs the arrays.
+        combined = SimpleNamespace(numbers=np.tile(structure.numbers, self.n), positions=positions.reshape(-1, 3),
+                                   cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info={})
+        self.state = MDState(combined, velocities=velocities.reshape(-1, 3))
+        self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
+        self.energies = None  # (n,) potential energy of each copy, eV
+        self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
+
+    def __call__(self, positions):
+        graphs = []
+        for k, vl in enumerate(self.lists):
+            pos = positions[k * self.atoms:(k + 1) * self.atoms]
+            frame = Structure.__new__(Structure)  # no validation: a failing copy is detected, not refused
+            frame.numbers, frame.positions = self.template.numbers, pos
+            frame.cell, frame.pbc = self.template.cell, self.template.pbc
+            frame.energy = frame.forces = frame.stress = None
+            frame.info = {}
+            graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
+        try:
+            energies, forces, deviations = self._evaluate(graphs)
+        except Exception:  # noqa: BLE001 - one copy's geometry broke the model: find it, fail only it
+            energies, forces = np.full(self.n, np.nan), np.full((self.n * self.atoms, 3), np.nan)
+            deviations = np.full(self.n, np.nan)
+            for k, g in enumerate(graphs):
+                try:
+                    e, f, d = self._evaluate([g])
+                except Exception:  # noqa: BLE001
+                    continue
+                energies[k], forces[k * self.atoms:(k + 1) * self.atoms], deviations[k] = e[0], f, d[0]
+        self.energies, self.deviations = energies, deviations
+        # The integrator needs finite numbers; a non-finite copy is detected through `energies` and removed.
+        return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _evaluate(self, graphs):
+        batch = collate(graphs, dtype=self.potential.dtype, device=self.potential.device, labels=False)
+        out = self.potential.compute(batch, forces=True)
+        forces = out["forces"].double().cpu().numpy()
+        energies = out["energy"].cpu().numpy().copy()
+        bad = ~np.isfinite(forces.reshape(len(graphs), self.atoms, 3)).all((1, 2))
+        energies[bad] = np.nan
+        deviations = np.full(len(graphs), np.nan)
+        if "force_deviation" in out:
+            deviations = out["force_deviation"].double().cpu().numpy().reshape(len(graphs), self.atoms).max(1)
+        return energies, forces, deviations
+
+    def groups(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n), self.atoms)
+
+    def positions(self) -> np.ndarray:
+        return self.state.positions.reshape(self.n, self.atoms, 3)
+
+    def velocities(self) -> np.ndarray:
+        return self.state.velocities.reshape(self.n, self.atoms, 3)
+
+    def kinetic(self) -> np.ndarray:
+        m = self.state.masses.reshape(self.n, self.atoms)
+        return 0.5 * (m[..., None] * self.velocities() ** 2).sum((1, 2)) * units.MV2_TO_EV

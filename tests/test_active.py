@@ -1,0 +1,143 @@
+"""Committees, their calibration and the MD uncertainty monitor (issue 6, first increment)."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from ffspace.active import Committee, calibration, calibration_plot, train_committee
+from ffspace.data import Dataset
+from ffspace.md import UncertaintyMonitor, run_md
+from ffspace.potential import Potential
+from ffspace.train import TrainConfig
+
+# PaiNN: even lightly trained it keeps atoms apart, so hot MD drifts out of the data instead of collapsing.
+MODEL = {"family": "painn", "features": 16, "layers": 2, "cutoff": 4.0, "n_rbf": 8}
+
+
+@pytest.fixture(scope="module")
+def splits(ethanol_data):
+    train, val, test = ethanol_data.split([-1, 20, 40], seed=3)
+    return train, val, test
+
+
+@pytest.fixture(scope="module")
+def committee_dir(tmp_path_factory, splits):
+    train, val, _ = splits
+    run = tmp_path_factory.mktemp("committee")
+    cfg = TrainConfig(epochs=20, batch_size=16, lr=5e-3, schedule="cosine", progress=False)
+    paths = train_committee(train, val, MODEL, cfg, run, members=3, subsample=0.7, seed=0)
+    assert [p.name for p in paths] == ["model.safetensors"] * 3
+    return run, paths
+
+
+def test_committee_mean_and_deviation_follow_the_members(committee_dir, splits):
+    _, paths = committee_dir
+    test = list(splits[2][:5])
+    committee = Committee.load(paths, dtype=torch.float64)
+    pred = committee.predict(test)
+    members = [m(test) for m in committee.members]
+    forces = np.stack([np.concatenate(m["forces"]) for m in members])  # (M, N, 3)
+    mean = forces.mean(0)
+    np.testing.assert_allclose(pred["forces"], mean, atol=1e-10)
+    np.testing.assert_allclose(pred["energy"], np.mean([m["energy"] for m in members], 0), rtol=1e-12)
+    sigma = np.sqrt(((forces - mean) ** 2).sum(-1).mean(0))  # DeePMD's model deviation per atom
+    np.testing.assert_allclose(pred["force_deviation"], sigma, atol=1e-10)
+    assert pred["force_deviation"].min() > 0  # different seeds and subsamples: the members disagree
+    per_frame = np.split(sigma, np.cumsum([s.n_atoms for s in test])[:-1])
+    np.testing.assert_allclose(pred["max_force_deviation"], [d.max() for d in per_frame])
+
+
+def test_identical_members_have_no_deviation(committee_dir, splits):
+    _, paths = committee_dir
+    same = Committee.load([paths[0], paths[0]], dtype=torch.float64)
+    assert np.abs(same.predict(list(splits[2][:3]))["force_deviation"]).max() < 1e-12
+
+
+def test_members_must_share_dtype_and_cutoff(committee_dir):
+    _, paths = committee_dir
+    a = Potential.load(paths[0], dtype=torch.float64)
+    b = Potential.load(paths[1], dtype=torch.float32)
+    with pytest.raises(ValueError, match="member 1 differs"):
+        Committee([a, b])
+    with pytest.raises(ValueError, match="at least 2"):
+        Committee([a])
+
+
+def test_a_finished_committee_is_not_trained_again(committee_dir, splits):
+    run, paths = committee_dir
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    cfg = TrainConfig(epochs=20, batch_size=16, lr=5e-3, schedule="cosine", progress=False)
+    again = train_committee(splits[0], splits[1], MODEL, cfg, run, members=3, subsample=0.7, seed=0)
+    assert again == paths and [p.stat().st_mtime_ns for p in again] == stamps
+
+
+def test_calibration_measures_rank_correlation_and_scale(tmp_path):
+    """A fake committee whose errors are its deviations times noise: the figures must say so."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(40):
+        s = types.SimpleNamespace(n_atoms=5, forces=rng.normal(size=(5, 3)), energy=0.0)
+        frames.append(s)
+    dev = rng.uniform(0.01, 1.0, size=200)
+    direction = rng.normal(size=(200, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    ref = np.concatenate([s.forces for s in frames])
+    predicted = ref + 2.0 * dev[:, None] * direction * rng.uniform(0.8, 1.2, size=(200, 1))
+
+    class Fake:
+        def predict(self, structures):
+            return {"forces": predicted, "force_deviation": dev,
+                    "max_force_deviation": dev.reshape(40, 5).max(1)}
+
+    data = Dataset(frames)
+    data.require_labels = lambda **kw: data
+    result = calibration(Fake(), data, bins=5)
+    assert result["spearman_atoms"] > 0.95
+    assert 1.8 < result["scale_factor"] < 2.2  # errors are twice the deviations
+    assert sum(b["n"] for b in result["binned"]) == 200
+    shuffled = dev.copy()
+    rng.shuffle(shuffled)
+
+    class Unrelated(Fake):
+        def predict(self, structures):
+            return {**super().predict(structures), "force_deviation": shuffled,
+                    "max_force_deviation": shuffled.reshape(40, 5).max(1)}
+
+    assert abs(calibration(Unrelated(), data)["spearman_atoms"]) < 0.2
+    assert calibration_plot(result, tmp_path / "cal.png").stat().st_size > 1000
+
+
+def test_calibration_of_a_trained_committee(committee_dir, splits, tmp_path):
+    _, paths = committee_dir
+    result = calibration(Committee.load(paths), splits[2])
+    assert result["n_structures"] == len(splits[2]) and -1 <= result["spearman_atoms"] <= 1
+    assert result["force_mae_meV_A"] > 0 and result["mean_deviation_meV_A"] > 0
+
+
+def test_uncertainty_monitor_stops_md_driven_out_of_the_training_data(committee_dir, splits, tmp_path):
+    """Threshold: twice the largest deviation the committee shows on its training data. Thermal MD at 300 K
+    (the data's temperature) stays under it; MD driven at 1000 K leaves the data and is stopped as uncertain."""
+    _, paths = committee_dir
+    committee = Committee.load(paths, dtype=torch.float64)
+    stop = 2.0 * committee.predict(list(splits[0]))["max_force_deviation"].max()
+    start = splits[2][0]
+    calm = UncertaintyMonitor(committee, stop=stop, flag=stop / 2)
+    result = run_md(committee, start, steps=200, ensemble="nvt", temperature=300.0, friction=0.05, seed=1,
+                    monitor=calm)
+    assert result.status == "completed", result.report
+    assert len(calm.deviations) == 201 and max(calm.deviations) < stop
+    assert all(dev > stop / 2 for _, dev in calm.flagged)
+    hot = UncertaintyMonitor(committee, stop=stop)
+    result = run_md(committee, start, steps=3000, ensemble="nvt", temperature=1000.0, friction=0.05, seed=1,
+                    monitor=hot, out_dir=tmp_path / "hot")
+    assert result.status == "uncertain", (result.status, result.report)
+    report = json.loads((tmp_path / "hot" / "uncertain.json").read_text())
+    assert report["max_force_deviation_eV_A"] > stop and report["step"] < 3000
+
+
+def test_uncertainty_monitor_needs_a_committee(trained_package):
+    with pytest.raises(TypeError, match="committee"):
+        UncertaintyMonitor(Potential.load(trained_package), stop=1.0)

@@ -1,0 +1,114 @@
+"""``ffspace active``: selection rules, and the loop killed during labeling and during training, then resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffspace.active import select
+from ffspace.active.config import load_active_config
+from ffspace.errors import ConfigError
+from ffspace.reference.store import LabelStore
+
+SMALL = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "active_small.yaml"
+
+
+def _record(traj, step, dev, stopped=None):
+    return {"trajectory": traj, "start": 0, "temperature_K": 300.0, "copy": 0, "step": step, "deviation_eV_A": dev,
+            "positions": np.zeros((1, 3)), "stopped": stopped}
+
+
+def test_selection_takes_uncertain_frames_spread_over_trajectories():
+    records = [_record("a", s, 0.5 + s / 1000) for s in range(10, 210, 10)]  # the most uncertain trajectory
+    records += [_record("b", s, 0.2) for s in range(10, 110, 10)]
+    records += [_record("c", s, 0.01) for s in range(10, 110, 10)]  # known: below `lower`
+    records += [_record("d", 10, 0.3), _record("d", 20, 3.0, "uncertain")]  # lost above `upper`
+    picked, stats = select(records, lower=0.05, upper=1.0, per_round=6, per_trajectory=2, min_separation=3,
+                           record_every=10)
+    trajs = [p["trajectory"] for p in picked]
+    assert trajs.count("a") == 2 and trajs.count("b") == 2 and "c" not in trajs and trajs.count("d") == 1
+    a_steps = sorted(p["step"] for p in picked if p["trajectory"] == "a")
+    assert a_steps == [170, 200]  # the two highest deviations at least 3 recorded frames apart
+    assert all("deviation" in p["reason"] for p in picked)
+    assert stats == {"recorded": 42, "known": 10, "candidates": 31, "lost": 1, "trajectories": 4,
+                     "stopped_uncertain": 1, "stopped_collapsed": 0, "stopped_non_finite": 0, "picked": 5,
+                     "picked_trajectories": 3}
+
+
+def test_selection_falls_back_to_the_edge_of_what_the_model_knows():
+    records = [_record("a", 10, 0.01), _record("a", 20, 0.02), _record("a", 30, 5.0, "uncertain")]
+    picked, stats = select(records, lower=0.05, upper=1.0, per_round=4)
+    assert [p["step"] for p in picked] == [20] and "before trajectory a was lost" in picked[0]["reason"]
+
+
+def test_bad_active_config_names_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: {smiles: CCO}\nselect: {lower: 2.0, upper: 1.0}\n")
+    with pytest.raises(ConfigError, match="select"):
+        load_active_config(bad)
+
+
+def _wait(proc, condition, what, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the loop ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stamps(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_loop_killed_during_labeling_and_training_resumes_without_loss_or_repeats(tmp_path):
+    pytest.importorskip("tblite")
+    pytest.importorskip("rdkit")
+    out = tmp_path / "active"
+    cmd = [sys.executable, "-m", "ffspace.cli", "active", str(SMALL), f"out={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    labels = out / "store" / "labels.jsonl"
+
+    def n_labels():
+        return len(labels.read_bytes().splitlines()) if labels.exists() else 0
+
+    # 1. Killed while the 40 initial frames are being labeled.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(proc, lambda: n_labels() >= 5, "5 labels")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = set(LabelStore(out / "store").labels)
+    assert 5 <= len(before) < 40, len(before)  # killed in the middle of labeling
+
+    # 2. Rerun, killed while round 1 trains its committee (round 0 finished).
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(proc, lambda: (out / "round_01" / "committee" / "member_0" / "checkpoint.pt").exists(), "round 1 training")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = LabelStore(out / "store")
+    assert before <= set(store.labels)  # no finished label lost
+    round0 = _stamps(out / "round_00")
+    summary0 = json.loads((out / "round_00" / "summary.json").read_text())
+    assert summary0["labeled"] > 0 and summary0["explored"]["recorded"] > 0
+
+    # 3. Rerun to the end: round 0 is read back, not redone; every label was computed once.
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _stamps(out / "round_00") == round0
+    keys = [json.loads(x)["key"] for x in labels.read_text().splitlines() if x.strip()]  # no torn line left
+    assert len(keys) == len(set(keys))  # nothing labeled twice
+    result = json.loads((out / "rounds.json").read_text())
+    assert [r["round"] for r in result["rounds"]] == list(range(len(result["rounds"])))
+    assert result["labels"] == len(keys)  # every label the store holds is in the final training data
+    for r in result["rounds"]:
+        picked = json.loads((out / f"round_{r['round']:02d}" / "picked.json").read_text())
+        assert len(picked) == r["labeled"] and all(p["reason"] for p in picked)  # what and why
+    assert len(list((out / "final" / "committee").glob("member_*/model.safetensors"))) == 2
