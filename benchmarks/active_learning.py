@@ -10,8 +10,10 @@
 2. Active learning: `ffspace active` with the config (committee, exploration, selection, budget).
 3. Random sampling: the same start labels, then at every label count of the active curve a committee trained
    exactly like the active one (same family, members, subsamples, epochs, warm start from the previous
-   point) on frames drawn at random from GFN2-xTB MD at the temperatures the active loop explored: the
-   conventional data set with the same number of labels. Only the choice of frames differs.
+   point) on frames drawn at random from GFN2-xTB MD: the conventional data set with the same number of
+   labels. --baselines picks the MD pools: "explored" (the temperatures the loop explored: a strong baseline,
+   handed the test's distribution through thousands of xTB MD force calls the loop does not make) and/or
+   single temperatures such as 300 (MD at the start frames' temperature). Only the choice of frames differs.
 4. Force MAE of each committee's mean on the test set, the ratio random / active at every point, and the
    calibration of the final active committee on the test set (Spearman rank correlation of its force
    deviation with the actual error). Table to stdout, JSON and plots to --out.
@@ -39,12 +41,18 @@ from ffspace.reference.runner import label_structures
 from ffspace.reference.store import LabelStore
 
 
-def _frames(path: Path, make):
-    """Frames made once and read back from ``path`` (so label keys are identical on every rerun)."""
+def _frames(path: Path, make, settings: dict):
+    """Frames made once and read back from ``path`` (so label keys are identical on every rerun); a sidecar
+    records the settings that made them, and a rerun with other settings stops instead of mixing the two."""
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists() and json.loads(meta.read_text()) != settings:
+        sys.exit(f"{path} was made with {meta.read_text().strip()}, not {json.dumps(settings)}: use another --out "
+                 "or delete it")
     if not path.exists():
         tmp = path.with_name(path.name + ".tmp")
         write_extxyz(tmp, make())
         tmp.replace(path)
+    meta.write_text(json.dumps(settings))
     return list(read_extxyz(path, required=()))
 
 
@@ -59,12 +67,16 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("runs/al_bench"))
     p.add_argument("--test-temperature", type=float, default=600.0)
     p.add_argument("--n-test", type=int, default=200)
-    p.add_argument("--pool-per-temperature", type=int, default=60, help="random-sampling pool frames per temperature")
+    p.add_argument("--pool-per-temperature", type=int, default=60,
+                   help="random-sampling pool frames per temperature (at least enough for the last point)")
     p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
+    p.add_argument("--baselines", nargs="+", default=["explored"],
+                   help="random-sampling pools: 'explored' (xTB MD at the temperatures the loop explored) and/or "
+                        "temperatures in K (xTB MD at that temperature only)")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_active_config(args.config, [f"out={out / 'active'}"])
+    cfg = load_active_config(args.config, [f"out={out / 'active'}", f"progress={sys.stderr.isatty()}"])
 
     # 1. The independent test set.
     test_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed, progress=True,
@@ -81,60 +93,79 @@ def main(argv=None):
               for r in rounds]
     points.append((active["labels"], out / "active" / "final" / "committee"))
 
-    # 3. Random sampling from conventional xTB MD at the explored temperatures, in one fixed random order.
+    # 3. Random sampling from conventional xTB MD, each pool in one fixed random order. "explored": at the
+    #    temperatures the loop explored (the strong baseline: it is handed the test's distribution through
+    #    thousands of xTB MD force calls); a number: xTB MD at that temperature only (e.g. the start's 300 K).
     explored = sorted({t for r in rounds for t in r["temperatures_K"]})
-    pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=True,
-                           samplers=[SamplerConfig(kind="md", n_frames=args.pool_per_temperature, temperature=t,
-                                                   interval=20) for t in explored])
-    pool = _frames(out / "random_pool.extxyz", lambda: sample(pool_job, start_structures(pool_job)))
-    order = np.random.default_rng(args.seed + 2).permutation(len(pool))
     labeler, store = cfg.labeler.build(), LabelStore(out / "active" / "store")
     initial = initial_labels(cfg, None, labeler, store)  # the loop's start labels, read back (shared)
     train0, val = initial.split([-1, cfg.n_val], seed=cfg.seed)
-    random_store = LabelStore(out / "random_store")
-    curve, previous = [], None
-    for k, (n_labels, active_dir) in enumerate(points):
-        n_extra = n_labels - len(initial)
-        if n_extra > len(pool):
-            sys.exit(f"the random pool has {len(pool)} frames, {n_extra} needed: raise --pool-per-temperature")
-        extra = label_structures([pool[i] for i in order[:n_extra]], labeler, random_store, progress=False) \
-            if n_extra else []
-        extra_train, extra_val = split_new_labels(extra, len(initial), cfg.val_every) if n_extra else ([], [])
-        train, val_k = train0 + extra_train, val + extra_val  # the loop's train / validation rule
-        paths = train_committee(train, val_k, cfg.model, cfg.train_config(), out / "random" / f"point_{k:02d}",
-                                members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
-                                warm_start=previous if (previous and cfg.committee.warm_start) else None)
-        previous = paths
-        active_paths = sorted(Path(active_dir).glob("member_*/model.safetensors"))
-        row = {"labels": n_labels, "active_mae_meV_A": _mae(active_paths, test), "random_mae_meV_A": _mae(paths, test)}
-        row["random_over_active"] = row["random_mae_meV_A"] / row["active_mae_meV_A"]
-        curve.append(row)
-        print(f"{n_labels} labels: active {row['active_mae_meV_A']:.1f}, random {row['random_mae_meV_A']:.1f} meV/Å",
-              file=sys.stderr)
+    curve = [{"labels": n, "active_mae_meV_A": _mae(sorted(Path(d).glob("member_*/model.safetensors")), test)}
+             for n, d in points]
+    baselines = {}
+    for spec in args.baselines:
+        temps = explored if spec == "explored" else [float(spec)]
+        tag = "" if spec == "explored" else f"_{float(spec):g}K"
+        needed = points[-1][0] - len(initial)
+        per_t = max(args.pool_per_temperature, -(-needed // len(temps)))  # enough frames for the last point
+        pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
+                               samplers=[SamplerConfig(kind="md", n_frames=per_t, temperature=t, interval=20)
+                                         for t in temps])
+        pool = _frames(out / f"random_pool{tag}.extxyz", lambda: sample(pool_job, start_structures(pool_job)),
+                       {"temperatures_K": temps, "frames_per_temperature": per_t, "seed": args.seed + 1})
+        md_calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval for sc in pool_job.samplers)
+        name = f"random{tag}"
+        baselines[name] = {"pool_temperatures_K": temps, "pool_frames": len(pool), "pool_xtb_md_force_calls": md_calls}
+        order = np.random.default_rng(args.seed + 2).permutation(len(pool))
+        random_store, previous = LabelStore(out / f"random_store{tag}"), None
+        for k, (n_labels, _) in enumerate(points):
+            n_extra = n_labels - len(initial)
+            if n_extra > len(pool):
+                sys.exit(f"the random pool has {len(pool)} frames, {n_extra} needed: raise --pool-per-temperature")
+            extra = label_structures([pool[i] for i in order[:n_extra]], labeler, random_store, progress=False) \
+                if n_extra else []
+            extra_train, extra_val = split_new_labels(extra, len(initial), cfg.val_every) if n_extra else ([], [])
+            train, val_k = train0 + extra_train, val + extra_val  # the loop's train / validation rule
+            paths = train_committee(train, val_k, cfg.model, cfg.train_config(), out / name / f"point_{k:02d}",
+                                    members=cfg.committee.members, subsample=cfg.committee.subsample,
+                                    seed=cfg.seed + k,
+                                    warm_start=previous if (previous and cfg.committee.warm_start) else None)
+            previous = paths
+            row = curve[k]
+            row[f"{name}_mae_meV_A"] = _mae(paths, test)
+            row[f"{name}_over_active"] = row[f"{name}_mae_meV_A"] / row["active_mae_meV_A"]
+            print(f"{n_labels} labels: active {row['active_mae_meV_A']:.1f}, {name} {row[f'{name}_mae_meV_A']:.1f} "
+                  "meV/Å", file=sys.stderr)
 
     # 4. Calibration of the final active committee on the test set.
     final_paths = sorted((out / "active" / "final" / "committee").glob("member_*/model.safetensors"))
     cal = calibration(Committee.load(final_paths), test)
     calibration_plot(cal, out / "calibration.png", f"final active committee on the {args.test_temperature:g} K test set")
     result = {"config": args.config, "test": {"temperature_K": args.test_temperature, "n": len(test)},
-              "explored_temperatures_K": explored, "curve": curve, "stop_reason": active["stop_reason"],
+              "explored_temperatures_K": explored, "baselines": baselines, "curve": curve,
+              "active_labels": active["labels"], "stop_reason": active["stop_reason"],
               "calibration": {k: v for k, v in cal.items() if k != "structures"},
               "command": "python benchmarks/active_learning.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    _plot(curve, out / "learning_curve.png", args.test_temperature)
+    _plot(curve, list(baselines), out / "learning_curve.png", args.test_temperature)
 
     print(f"\nForce MAE on {len(test)} test frames at {args.test_temperature:g} K (GFN2-xTB MD, independent seed)")
-    print("| labels | active learning (meV/Å) | random sampling (meV/Å) | random / active |\n|---|---|---|---|")
+    names = list(baselines)
+    print("| labels | active learning (meV/Å) | " + " | ".join(f"{n} (meV/Å) | {n} / active" for n in names) + " |")
+    print("|---|---|" + "---|---|" * len(names))
     for r in curve:
-        print(f"| {r['labels']} | {r['active_mae_meV_A']:.1f} | {r['random_mae_meV_A']:.1f} | "
-              f"{r['random_over_active']:.2f} |")
+        print(f"| {r['labels']} | {r['active_mae_meV_A']:.1f} | " + " | ".join(
+            f"{r[f'{n}_mae_meV_A']:.1f} | {r[f'{n}_over_active']:.2f}" for n in names) + " |")
+    for n, b in baselines.items():
+        print(f"{n}: pool of {b['pool_frames']} frames from xTB MD at {b['pool_temperatures_K']} K, "
+              f"{b['pool_xtb_md_force_calls']} xTB force calls for the MD (the active loop explores with its committee)")
     per_structure = "—" if cal["spearman_structures"] is None else f"{cal['spearman_structures']:.2f}"
     print(f"\nCalibration of the final active committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
           f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
 
 
-def _plot(curve, path: Path, temperature: float) -> None:
+def _plot(curve, baselines, path: Path, temperature: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +174,8 @@ def _plot(curve, path: Path, temperature: float) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     n = [r["labels"] for r in curve]
     ax.plot(n, [r["active_mae_meV_A"] for r in curve], "o-", label="active learning")
-    ax.plot(n, [r["random_mae_meV_A"] for r in curve], "s--", label="random sampling (xTB MD)")
+    for name in baselines:
+        ax.plot(n, [r[f"{name}_mae_meV_A"] for r in curve], "s--", label=f"{name} (xTB MD pool)")
     ax.set_xlabel("labels (GFN2-xTB calculations)")
     ax.set_ylabel(f"force MAE at {temperature:g} K (meV/Å)")
     ax.set_yscale("log")

@@ -43,6 +43,9 @@ FAMILY_DEFAULTS = {
     "ani": {"cutoff": 5.2},
     "mm": {"cutoff": 6.0},
     "graph_mm": {"features": 64, "layers": 3, "cutoff": 3.0},
+    # peers (bash scripts/install_peers.sh): mace-torch's rMD17 settings at 64 invariant channels; ANI-1x
+    "mace_torch": {"channels": 64, "hidden_lmax": 0, "lmax": 3, "correlation": 3, "layers": 2, "cutoff": 5.0},
+    "torchani": {"cutoff": 5.2},
 }
 
 

@@ -3,7 +3,9 @@
     python benchmarks/train_step_cost.py --family mace --batch-size 8                # rMD17 aspirin frames
     python benchmarks/train_step_cost.py --family painn --model features=64 --profile  # + torch profiler table
 
-Prints milliseconds per step and per frame (median of --steps steps after a warm-up), float32, --threads threads.
+Prints milliseconds per step and per frame (median of --steps steps after a warm-up), then the warm inference
+cost of energy + forces on one molecule (µs per atom-step), float32, --threads threads. Peers (mace_torch,
+torchani) take the same command when installed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from ffspace.config import parse_value
 from ffspace.data import read_dataset
 from ffspace.graph.batch import collate, graph_of
+from ffspace.evaluate.speed import model_cost
 from ffspace.potential import Potential
 from ffspace.train import Loss, build_model_for_data
 
@@ -66,6 +69,10 @@ def main(argv=None):
     ms = statistics.median(times) * 1e3
     print(f"{args.family} {cfg}: batch {args.batch_size}, {args.threads} threads: {ms:.1f} ms/step, "
           f"{ms / args.batch_size:.2f} ms/frame")
+    # Inference: warm energy + forces of one molecule (the cost does not depend on the weights' values).
+    model.train(False)
+    cost = model_cost(Potential(model, dtype=torch.float32), data[0])
+    print(f"inference: {cost['us_per_atom_step']:.0f} µs/atom-step (float32, {args.threads} threads)")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
