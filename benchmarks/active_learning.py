@@ -70,13 +70,18 @@ def main(argv=None):
     p.add_argument("--pool-per-temperature", type=int, default=60,
                    help="random-sampling pool frames per temperature (at least enough for the last point)")
     p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
+    p.add_argument("--active-dir", default="active", help="folder of the loop's run under --out (several loop "
+                   "variants can share one test set and one set of baselines)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the active-learning config, e.g. select.strategy=random")
     p.add_argument("--baselines", nargs="+", default=["explored"],
                    help="random-sampling pools: 'explored' (xTB MD at the temperatures the loop explored) and/or "
                         "temperatures in K (xTB MD at that temperature only)")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_active_config(args.config, [f"out={out / 'active'}", f"progress={sys.stderr.isatty()}"])
+    active_dir = out / args.active_dir
+    cfg = load_active_config(args.config, [f"out={active_dir}", f"progress={sys.stderr.isatty()}", *args.set])
 
     # 1. The independent test set.
     test_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed, progress=True,
@@ -89,15 +94,15 @@ def main(argv=None):
     active = run_active(cfg)
     rounds = active["rounds"]
     # Round k's committee learned every label made before round k (train and validation).
-    points = [(r["labels_total"] - r["labeled"], out / "active" / f"round_{r['round']:02d}" / "committee")
+    points = [(r["labels_total"] - r["labeled"], active_dir / f"round_{r['round']:02d}" / "committee")
               for r in rounds]
-    points.append((active["labels"], out / "active" / "final" / "committee"))
+    points.append((active["labels"], active_dir / "final" / "committee"))
 
     # 3. Random sampling from conventional xTB MD, each pool in one fixed random order. "explored": at the
     #    temperatures the loop explored (the strong baseline: it is handed the test's distribution through
     #    thousands of xTB MD force calls); a number: xTB MD at that temperature only (e.g. the start's 300 K).
     explored = sorted({t for r in rounds for t in r["temperatures_K"]})
-    labeler, store = cfg.labeler.build(), LabelStore(out / "active" / "store")
+    labeler, store = cfg.labeler.build(), LabelStore(active_dir / "store")
     initial = initial_labels(cfg, None, labeler, store)  # the loop's start labels, read back (shared)
     train0, val = initial.split([-1, cfg.n_val], seed=cfg.seed)
     curve = [{"labels": n, "active_mae_meV_A": _mae(sorted(Path(d).glob("member_*/model.safetensors")), test)}
@@ -138,7 +143,7 @@ def main(argv=None):
                   "meV/Å", file=sys.stderr)
 
     # 4. Calibration of the final active committee on the test set.
-    final_paths = sorted((out / "active" / "final" / "committee").glob("member_*/model.safetensors"))
+    final_paths = sorted((active_dir / "final" / "committee").glob("member_*/model.safetensors"))
     cal = calibration(Committee.load(final_paths), test)
     calibration_plot(cal, out / "calibration.png", f"final active committee on the {args.test_temperature:g} K test set")
     result = {"config": args.config, "test": {"temperature_K": args.test_temperature, "n": len(test)},

@@ -41,6 +41,25 @@ def test_selection_takes_uncertain_frames_spread_over_trajectories():
                      "picked_trajectories": 3}
 
 
+def test_random_selection_is_seeded_and_keeps_the_diversity_rules():
+    records = [_record(t, s, 0.05 + s / 1000) for t in "abc" for s in range(10, 310, 10)]
+    records += [_record("d", 10, 0.01)]  # known: never picked
+    first, stats = select(records, lower=0.05, upper=1.0, per_round=6, per_trajectory=2, min_separation=3,
+                          record_every=10, strategy="random", seed=4)
+    again, _ = select(records, lower=0.05, upper=1.0, per_round=6, per_trajectory=2, min_separation=3,
+                      record_every=10, strategy="random", seed=4)
+    assert [(p["trajectory"], p["step"]) for p in first] == [(p["trajectory"], p["step"]) for p in again]
+    trajs = [p["trajectory"] for p in first]
+    assert len(first) == 6 and all(trajs.count(t) == 2 for t in "abc")
+    for t in "abc":
+        a, b = sorted(p["step"] for p in first if p["trajectory"] == t)
+        assert b - a >= 30
+    highest, _ = select(records, lower=0.05, upper=1.0, per_round=6, per_trajectory=2, min_separation=3,
+                        record_every=10)
+    assert sorted(p["deviation_eV_A"] for p in first) != sorted(p["deviation_eV_A"] for p in highest)
+    assert all("at random" in p["reason"] for p in first)
+
+
 def test_selection_falls_back_to_the_edge_of_what_the_model_knows():
     records = [_record("a", 10, 0.01), _record("a", 20, 0.02), _record("a", 30, 5.0, "uncertain")]
     picked, stats = select(records, lower=0.05, upper=1.0, per_round=4)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,6 +42,8 @@ class SelectConfig(BaseModel):
     upper: float = Field(1.0, gt=0, description="eV/Å: above, the model is lost; the trajectory stops there")
     per_round: int = Field(10, ge=1, description="frames labeled per round at most")
     per_trajectory: int = Field(3, ge=1, description="at most this many frames from one trajectory")
+    strategy: Literal["highest", "random"] = Field("highest", description="order in which candidates are "
+                                                   "taken: by decreasing deviation, or at random (DP-GEN)")
     min_separation: int = Field(5, ge=1, description="two picks of one trajectory are at least this many "
                                                      "recording intervals apart")
 

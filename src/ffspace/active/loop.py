@@ -158,7 +158,7 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
     sel = cfg.select
     budget = cfg.max_labels - n_labels
     picked, stats = select(records, sel.lower, sel.upper, min(sel.per_round, max(budget, 0)), sel.per_trajectory,
-                           sel.min_separation, cfg.explore.record_every)
+                           sel.min_separation, cfg.explore.record_every, sel.strategy, seed=cfg.seed * 1000 + k)
     if not picks_path.exists():
         frames = [starts[r["start"]].copy(positions=r["positions"], energy=None, forces=None, stress=None,
                                           info={"round": k, "trajectory": r["trajectory"], "step": r["step"],

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import numpy as np
+
 
 def select(records: list[dict], lower: float, upper: float, per_round: int, per_trajectory: int = 3,
-           min_separation: int = 5, record_every: int = 1) -> tuple[list[dict], dict]:
+           min_separation: int = 5, record_every: int = 1, strategy: str = "highest",
+           seed: int = 0) -> tuple[list[dict], dict]:
     """(picked records, each with a ``reason``; counts of known / candidate / lost frames). Two picks of one
-    trajectory are at least ``min_separation`` × ``record_every`` MD steps apart."""
+    trajectory are at least ``min_separation`` × ``record_every`` MD steps apart. ``strategy``: "highest"
+    takes candidates by decreasing deviation; "random" in a seeded random order (DP-GEN's rule: any frame in
+    the trust window is worth labeling, and the most uncertain ones are the most distorted)."""
+    if strategy not in ("highest", "random"):
+        raise ValueError(f"strategy must be 'highest' or 'random', got {strategy!r}")
     # A frame where a trajectory ended (lost, collapsed, non-finite) is never labeled: its geometry is the
     # model's invention. Frames before it are judged by their deviation like any other.
     usable = [r for r in records if r["stopped"] is None and r["deviation_eV_A"] is not None]
@@ -27,7 +34,11 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
              "trajectories": len({r["trajectory"] for r in records}),
              **{f"stopped_{why.replace('-', '_')}": sum(r["stopped"] == why for r in records)
                 for why in ("uncertain", "collapsed", "non-finite")}}
-    pool = sorted(candidates, key=lambda r: -r["deviation_eV_A"])
+    if strategy == "random":
+        order = np.random.default_rng(seed).permutation(len(candidates))
+        pool = [candidates[i] for i in order]
+    else:
+        pool = sorted(candidates, key=lambda r: -r["deviation_eV_A"])
     fallback = False
     if not pool and lost:
         # Every trajectory jumped past `upper` between two recorded frames: the last frame each lost
@@ -45,7 +56,8 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         rank = len(picked) + 1
         reason = (f"last frame below the upper threshold ({upper} eV/Å) before trajectory {t} was lost"
                   if fallback else f"deviation {r['deviation_eV_A']:.3f} eV/Å in [{lower}, {upper}]: "
-                  f"pick {rank} by decreasing deviation among {len(candidates)} candidates")
+                  f"pick {rank} {'by decreasing deviation' if strategy == 'highest' else 'at random'} among "
+                  f"{len(candidates)} candidates")
         picked.append({**r, "reason": reason})
         per_traj[t] += 1
         steps_of[t].append(r["step"])
