@@ -72,6 +72,31 @@ def apply_override(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def validation_problems(exc: ValidationError, prefix: str = "") -> str:
+    """A pydantic validation error as ``field.path: message; ...`` (``prefix`` names the enclosing section)."""
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def load_yaml_config(model_cls, path, overrides=(), what: str = "config"):
+    """``model_cls`` from a YAML file ← ``key=value`` overrides (dotted keys); errors name the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of sections")
+    for item in overrides:
+        key, _, value = item.partition("=")
+        apply_override(tree, key, parse_value(value))
+    try:
+        return model_cls(**tree)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), defaults: dict | None = None) -> RunConfig:
     """Defaults ← YAML file ← ``key=value`` overrides; unknown keys are errors that name the key."""
     tree: dict = {} if defaults is None else yaml.safe_load(yaml.safe_dump(defaults))

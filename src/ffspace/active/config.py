@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..config import load_yaml_config, validation_problems
 from ..errors import ConfigError
 from ..reference.config import InputConfig, LabelerConfig, SamplerConfig
 from ..train import TrainConfig
@@ -82,23 +81,9 @@ class ActiveConfig(BaseModel):
         try:
             return TrainConfig(**{"progress": False, **self.train})
         except ValidationError as exc:
-            problems = "; ".join(f"train.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(problems) from None
+            raise ConfigError(validation_problems(exc, prefix="train.")) from None
 
 
 def load_active_config(path, overrides: list[str] = ()) -> ActiveConfig:
     """YAML file ← ``key=value`` overrides (dotted keys); errors name the file and the field."""
-    from ..config import apply_override, parse_value
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"active-learning config {path} does not exist")
-    tree = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        apply_override(tree, key, parse_value(value))
-    try:
-        return ActiveConfig(**tree)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+    return load_yaml_config(ActiveConfig, path, overrides, what="active-learning config")

@@ -41,7 +41,6 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
             copies = MoleculeCopies(committee, start, np.repeat(start.positions[None], seeds, 0), velocities)
             alive = list(range(seeds))
             integrator = Langevin(timestep_fs, temperature, friction, seed=streams[1], groups=copies.groups())
-            copies.state.energy, copies.state.forces = copies(copies.state.positions)
             bar = tqdm(range(1, steps + 1), desc=f"explore {temperature:g} K × {seeds}", disable=not progress,
                        leave=False)
             for step in bar:
@@ -68,8 +67,7 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
                     alive = [c for c, ok in zip(alive, keep) if ok]
                     if not alive:
                         break
-                    copies = MoleculeCopies(committee, start, copies.positions()[keep], copies.velocities()[keep])
+                    copies = copies.survivors(keep)
                     integrator.groups = copies.groups()
-                    copies.state.energy, copies.state.forces = copies(copies.state.positions)
             bar.close()
     return records

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..config import load_yaml_config
+
 
 
 class BenchDataset(BaseModel):
@@ -109,17 +108,4 @@ class BenchConfig(BaseModel):
 
 def load_bench_config(path, overrides: list[str] = ()) -> BenchConfig:
     """YAML file ← ``key=value`` overrides (dotted keys); errors name the file and the field."""
-    from ..config import apply_override, parse_value
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"bench config {path} does not exist")
-    tree = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        apply_override(tree, key, parse_value(value))
-    try:
-        return BenchConfig(**tree)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+    return load_yaml_config(BenchConfig, path, overrides, what="bench config")

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from ..config import resolve_data_path
+from ..config import resolve_data_path, validation_problems
 from ..data import Dataset, read_dataset
 from ..errors import ConfigError
 from ..models import peers
@@ -195,8 +195,7 @@ def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
     try:
         return TrainConfig(**settings)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"model {m.name}: train settings: {problems}") from None
+        raise ConfigError(f"model {m.name}: train settings: {validation_problems(exc)}") from None
 
 
 def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dict, run_dir: Path) -> dict:

@@ -58,7 +58,6 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     steps = int(round(time_ps * units.ps / timestep_fs))
     copies = MoleculeCopies(potential, structure, positions, velocities)
     integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
-    copies.state.energy, copies.state.forces = copies(copies.state.positions)
     bar = tqdm(range(steps), desc=f"{temperature:g} K × {seeds} seeds", disable=not progress, leave=False)
     for step in bar:
         integrator.step(copies.state, copies)
@@ -71,9 +70,8 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             alive = [a for a, ok in zip(alive, keep) if ok]
             if not alive:
                 break
-            copies = MoleculeCopies(potential, structure, copies.positions()[keep], copies.velocities()[keep])
+            copies = copies.survivors(keep)
             integrator.groups = copies.groups()
-            copies.state.energy, copies.state.forces = copies(copies.state.positions)
     return {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
             "failure_ps": failure, "survived": sum(f is None for f in failure), "bond_tolerance_A": bond_tolerance,
             "n_bonds": int(len(bonds))}
@@ -93,7 +91,6 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
     copies = MoleculeCopies(potential, structure, np.repeat(structure.positions[None], seeds, 0), velocities)
-    copies.state.energy, copies.state.forces = copies(copies.state.positions)
     integrator = VelocityVerlet(timestep_fs)
     steps = max(2, int(round(time_ps * units.ps / timestep_fs)))
     failed_at = np.full(seeds, -1)

@@ -37,6 +37,12 @@ class MoleculeCopies:
         self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
         self.energies = None  # (n,) potential energy of each copy, eV
         self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
+        self.state.energy, self.state.forces = self(self.state.positions)  # ready for the first step
+
+    def survivors(self, keep: np.ndarray) -> "MoleculeCopies":
+        """The copies where ``keep`` (n,) is true, as a new batch with their positions and velocities (the
+        caller gives a thermostat the new ``groups()``)."""
+        return MoleculeCopies(self.potential, self.template, self.positions()[keep], self.velocities()[keep])
 
     def __call__(self, positions):
         graphs = []
