@@ -66,6 +66,8 @@ def main(argv=None):
     p.add_argument("--n-val", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for training and timing")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel training processes (torch.distributed); "
+                   "they share --threads")
     p.add_argument("--run-dir", type=Path, default=Path("runs/bench_rmd17"))
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: <run-dir>/results.json)")
     args = p.parse_args(argv)
@@ -90,7 +92,7 @@ def main(argv=None):
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, schedule="cosine", warmup_epochs=2,
                       ema_decay=0.99, early_stop_patience=10_000, energy_weight=args.energy_weight,
                       forces_weight=args.forces_weight, max_time_min=args.budget_min, seed=args.seed,
-                      progress=sys.stderr.isatty())
+                      workers=args.workers, progress=sys.stderr.isatty())
     trainer = Trainer(model, train_set, val_set, cfg, run_dir=args.run_dir,
                       extra_config={"benchmark": {"molecule": args.molecule, "train_file": str(train_file)}})
     summary = trainer.fit()

@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(10.0, gt=0)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
+    workers: int = Field(1, ge=1, description="data-parallel processes (torch.distributed: gloo on CPU, NCCL on "
+                         "CUDA with one device each); each computes part of every batch, the caller's CPU threads "
+                         "are divided among them")
     seed: int = 0
     max_time_min: float | None = Field(None, gt=0, description="wall-clock budget in minutes: no epoch starts that would overrun it; a cosine schedule ends with it")
     log_format: Literal["jsonl", "csv"] = "jsonl"

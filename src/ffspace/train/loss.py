@@ -18,7 +18,10 @@ class Loss:
             return F.huber_loss(pred, ref, delta=self.delta)
         return F.mse_loss(pred, ref)
 
-    def __call__(self, out: dict, batch) -> tuple[torch.Tensor, dict]:
+    def __call__(self, out: dict, batch, share: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Total loss and its unweighted parts. ``share`` (term → fraction) scales each term by this batch's
+        fraction of a larger batch's elements (frames for energy and stress, atoms for forces), so that the
+        shares of a batch split across data-parallel workers sum to the loss of the whole batch."""
         parts = {}
         if self.w["energy"] and batch.energy is not None:
             n = batch.n_atoms.to(out["energy"].dtype)
@@ -30,6 +33,10 @@ class Loss:
             if mask.any():
                 parts["stress"] = self._err(out["stress"][mask], batch.stress[mask])
         if not parts:
+            if share is not None:  # a worker's part of a batch may lack labels the rest of the batch has
+                return out["energy"].sum() * 0.0, {}
             raise ValueError("the loss has no term: the batch carries none of the labels with non-zero weight")
+        if share is not None:
+            parts = {k: v * share[k] for k, v in parts.items()}
         total = sum(self.w[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -1,4 +1,5 @@
-"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch, exact resume."""
+"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch, exact resume,
+data-parallel workers (torch.distributed)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..evaluate.metrics import error_metrics, format_metrics, predict
 from ..graph.batch import collate, graph_of
 from ..potential import Potential
 from ..potential.package import save_package, versions
+from . import distributed
 from .config import TrainConfig
 from .loss import Loss
 from .schedule import EMA, LRSchedule
@@ -47,6 +49,7 @@ class Trainer:
     Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint (epochs,
     time budget and early-stop patience may change between the two; anything else is refused).
     After `fit`, ``trainer.model`` holds the best EMA weights, the same as model.safetensors.
+    With ``train.workers`` > 1, `fit` runs the epochs in that many data-parallel processes (see `distributed`).
     """
 
     def __init__(self, model, train_set, val_set, config: TrainConfig | dict | None = None, run_dir="run",
@@ -88,7 +91,7 @@ class Trainer:
 
     # Settings that do not change the training trajectory: a run may resume with other values.
     _FREE_SETTINGS = {"epochs", "max_time_min", "early_stop_patience", "progress", "eval_batch_size", "log_format",
-                      "device"}
+                      "device", "workers"}
 
     def _fingerprint(self, model, train_set, val_set) -> str:
         """Hash of what determines the trajectory: model config, trajectory settings and the data's content."""
@@ -161,6 +164,17 @@ class Trainer:
         if path.exists():
             self.model.load_state_dict({k: v.to(self.potential.device) for k, v in load_file(str(path)).items()})
 
+    def to_device(self, device: str):
+        """Move the model, optimizer state and EMA weights (a CUDA data-parallel worker's own device)."""
+        self.potential.device = torch.device(device)
+        self.model.to(device)
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    state[k] = v.to(device)
+        if self.ema:
+            self.ema.shadow = {k: v.to(device) for k, v in self.ema.shadow.items()}
+
     # -- evaluation -------------------------------------------------------------------------
     @contextmanager
     def _with_ema(self):
@@ -198,14 +212,78 @@ class Trainer:
         return metrics
 
     # -- training ---------------------------------------------------------------------------
+    def _share(self, idx, mine) -> dict:
+        """This worker's fraction of the batch ``idx``: of its frames (energy), atoms (forces), stress labels."""
+        frames = [self.train_set[k] for k in idx]
+        own = [self.train_set[k] for k in mine]
+        n_stress = sum(s.stress is not None for s in frames)
+        return {"energy": len(own) / len(frames),
+                "forces": sum(s.n_atoms for s in own) / sum(s.n_atoms for s in frames),
+                "stress": sum(s.stress is not None for s in own) / n_stress if n_stress else 0.0}
+
+    def _reported(self, term: str, idx) -> bool:
+        """Whether the loss of the whole batch ``idx`` has this term (its weight is set and its labels exist)."""
+        if not self.loss.w[term]:
+            return False
+        if term == "stress":
+            return any(self.train_set[k].stress is not None for k in idx)
+        return True
+
+    def _train_step(self, idx, spent: float):
+        """One optimizer step on batch ``idx`` (this worker's part of it); returns the batch's loss and parts."""
+        cfg = self.config
+        worker, workers = distributed.rank(), distributed.world_size()
+        mine = idx[worker::workers]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = {}
+        if len(mine):
+            batch = collate([self.train_graphs[k] for k in mine], dtype=self.potential.dtype,
+                            device=self.potential.device)
+            out = self.potential.compute(batch, forces=cfg.forces_weight > 0, stress=cfg.stress_weight > 0,
+                                         training=True)
+            share = self._share(idx, mine) if workers > 1 else None
+            loss, parts = self.loss(out, batch, share)
+            loss.backward()
+            loss = float(loss.detach())
+        else:  # a last batch smaller than the number of workers: this one adds nothing
+            loss = 0.0
+        if workers > 1:
+            # One all-reduce carries the gradients, a has-gradient flag per parameter, the loss, its parts and
+            # the mean time spent (for the wall-clock schedule, so that every worker sets the same lr).
+            names = [k for k in sorted(self.loss.w) if self._reported(k, idx)]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flags = [0.0 if p.grad is None else 1.0 for p in params]
+            stats = torch.tensor([loss, spent / workers] + [parts.get(k, 0.0) for k in names] + flags,
+                                 dtype=grads[0].dtype, device=self.potential.device)
+            *grads, stats = distributed.all_reduce_sum(grads + [stats])
+            used = stats[2 + len(names):]
+            for p, g, u in zip(params, grads, used):
+                # A parameter no worker's batch reached keeps no gradient, as in one process (AdamW skips it).
+                p.grad = g if float(u) > 0 else None
+            loss, spent = float(stats[0]), float(stats[1])
+            parts = {k: float(v) for k, v in zip(names, stats[2:2 + len(names)])}
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at epoch {self.epoch + 1}; "
+                                     f"lower the learning rate (now {self.schedule.current():.2e})")
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if cfg.max_time_min:
+            self.schedule.set_time_fraction(spent / (cfg.max_time_min * 60))
+        self.optimizer.step()
+        self.schedule.step()
+        if self.ema:
+            self.ema.update(self.model)
+        return loss, parts
+
     def _train_epoch(self) -> dict:
         cfg = self.config
         order = np.random.default_rng(cfg.seed * 100_003 + self.epoch).permutation(len(self.train_graphs))
         batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
         self.model.train()
         totals, count = {}, 0
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not cfg.progress or distributed.rank() > 0, file=sys.stderr, dynamic_ncols=True)
         last_val = {}
         if self.history:  # live validation MAE of the last epoch next to the running loss
             prev = self.history[-1]
@@ -213,27 +291,9 @@ class Trainer:
                         "val_F_meV/Å": f"{prev.get('val_forces_mae_meV_A', float('nan')):.3g}"}
         t_start = time.perf_counter()
         for idx in bar:
-            if cfg.max_time_min:
-                spent = self.elapsed + time.perf_counter() - t_start
-                self.schedule.set_time_fraction(spent / (cfg.max_time_min * 60))
-            batch = collate([self.train_graphs[k] for k in idx], dtype=self.potential.dtype,
-                            device=self.potential.device)
-            out = self.potential.compute(batch, forces=cfg.forces_weight > 0, stress=cfg.stress_weight > 0,
-                                         training=True)
-            loss, parts = self.loss(out, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss)} at epoch {self.epoch + 1}; "
-                                         f"lower the learning rate (now {self.schedule.current():.2e})")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.schedule.step()
-            if self.ema:
-                self.ema.update(self.model)
+            loss, parts = self._train_step(idx, self.elapsed + time.perf_counter() - t_start)
             count += 1
-            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+            totals["loss"] = totals.get("loss", 0.0) + loss
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v
             bar.set_postfix(loss=f"{totals['loss'] / count:.4g}", **last_val)
@@ -242,17 +302,31 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train until max epochs, early stop or the time budget; returns the best validation metrics."""
+        workers = self.config.workers
+        if workers == 1 or distributed.active():
+            return self.fit_loop()
+        self.load_checkpoint()  # a checkpoint of another configuration is refused here, before any worker starts
+        distributed.spawn(self, workers)
+        # The workers are gone: take their final state from the files worker 0 wrote.
+        self.load_checkpoint()
+        self._load_best()
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def fit_loop(self) -> dict:
+        """The epochs of `fit`, in this process (one data-parallel worker when inside a process group)."""
         cfg = self.config
+        lead = distributed.rank() == 0  # the worker that validates and writes
         resumed = self.load_checkpoint()
-        self._write_run_files()
-        if resumed:
+        if lead:
+            self._write_run_files()
+        if resumed and lead:
             print(f"resuming {self.run_dir} from epoch {self.epoch}", file=sys.stderr)
         stop_reason = "max epochs"
+        last_epoch_s = self.history[-1]["epoch_s"] if self.history else 0.0
         while self.epoch < cfg.epochs:
             if self.bad_epochs >= cfg.early_stop_patience:
                 stop_reason = "early stop"
                 break
-            last_epoch_s = self.history[-1]["epoch_s"] if self.history else 0.0
             if cfg.max_time_min and self.elapsed + last_epoch_s > cfg.max_time_min * 60:
                 # The next epoch would overrun the budget: stop now, inside it.
                 stop_reason = "time budget"
@@ -260,30 +334,39 @@ class Trainer:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
             row.update(self._train_epoch())
-            val = self.validate()
-            self.schedule.epoch_end(val["loss"])
-            row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
-            self.epoch += 1
-            improved = val["loss"] < self.best_val
-            if improved:
-                self.best_val, self.bad_epochs = val["loss"], 0
+            val = self.validate() if lead else {"loss": math.nan}
+            if lead and val["loss"] < self.best_val:
                 with self._with_ema():
                     save_package(self.run_dir / "model.safetensors", self.model,
-                                 extra={"epoch": self.epoch, "val": val, "run_config": self.resolved})
+                                 extra={"epoch": self.epoch + 1, "val": val, "run_config": self.resolved})
+            # Worker 0's validation loss and epoch time (validation included) are everyone's: the schedule,
+            # early stopping and the time budget then decide the same on every worker.
+            val_loss, epoch_s = distributed.broadcast_floats([val["loss"], time.perf_counter() - t0],
+                                                             self.potential.device)
+            self.schedule.epoch_end(val_loss)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
+            self.epoch += 1
+            improved = val_loss < self.best_val
+            if improved:
+                self.best_val, self.bad_epochs = val_loss, 0
             else:
                 self.bad_epochs += 1
-            self.elapsed += time.perf_counter() - t0
+            self.elapsed += epoch_s
+            last_epoch_s = epoch_s
             row["time_s"] = round(self.elapsed, 2)
-            row["epoch_s"] = round(time.perf_counter() - t0, 3)
+            row["epoch_s"] = round(epoch_s, 3)
             self.history.append(row)
-            self._write_metrics()
-            self.save_checkpoint()
-            if cfg.progress:
+            if lead:
+                self._write_metrics()
+                self.save_checkpoint()
+            if cfg.progress and lead:
                 print(f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4g}  "
                       f"val {format_metrics(val)}{'  *' if improved else ''}", file=sys.stderr)
-        self._load_best()
+        if lead:
+            self._load_best()
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
         summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
                    "model": str(self.run_dir / "model.safetensors")}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if lead:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

@@ -1,0 +1,71 @@
+"""Data-parallel training (torch.distributed, gloo): two workers follow the single-process trajectory."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ffspace.models.schnet import SchNet
+from ffspace.train import Trainer, TrainConfig, build_model_for_data
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+
+SCHNET = {"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}
+
+
+def _fit(run_dir, data, workers, model_cfg=SCHNET, **extra):
+    # 13 training frames in batches of 4: the last batch (1 frame) leaves the second worker empty-handed.
+    train, val = data[:13], data[40:46]
+    model = build_model_for_data(model_cfg, train, seed=3)
+    cfg = TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 0.01, "dtype": "float64", "progress": False,
+                         "workers": workers, **extra})
+    summary = Trainer(model, train, val, cfg, run_dir=run_dir).fit()
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, history, load_file(str(run_dir / "model.safetensors"))
+
+
+# MM on ethanol has a parameter no batch reaches (no improper torsions): it must keep no gradient, as in one
+# process, or AdamW's weight decay would still move it.
+@pytest.mark.parametrize("model_cfg", [SCHNET, {"family": "mm", "cutoff": 6.0}], ids=["schnet", "mm"])
+def test_two_workers_follow_the_single_process_trajectory(tmp_path, ethanol_data, model_cfg):
+    one, h1, w1 = _fit(tmp_path / "one", ethanol_data, workers=1, model_cfg=model_cfg, weight_decay=0.01)
+    two, h2, w2 = _fit(tmp_path / "two", ethanol_data, workers=2, model_cfg=model_cfg, weight_decay=0.01)
+    assert one["epochs"] == two["epochs"] == 3 and two["stop_reason"] == "max epochs"
+    for a, b in zip(h1, h2):  # same losses per epoch: the split batches sum to the whole batch's gradient
+        for key in ("train_loss", "train_forces", "train_energy", "val_forces_mae_meV_A", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-8), key
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), rtol=1e-7, atol=1e-10, err_msg=k)
+
+
+class NaNSchNet(SchNet):
+    """SchNet whose energies are NaN (importable, so spawned workers can unpickle it)."""
+
+    def forward(self, batch):
+        return super().forward(batch) * float("nan")
+
+
+def test_a_worker_error_reaches_the_caller_with_its_type(tmp_path, ethanol_data):
+    train, val = ethanol_data[:8], ethanol_data[40:42]
+    model = build_model_for_data(SCHNET, train, seed=3)
+    for term in model.modules():
+        if type(term) is SchNet:
+            term.__class__ = NaNSchNet
+    cfg = TrainConfig(epochs=1, batch_size=4, progress=False, workers=2)
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+
+
+def test_two_workers_resume_a_single_process_run(tmp_path, ethanol_data):
+    """The number of workers is not part of the trajectory: a run may resume with another one."""
+    _fit(tmp_path / "run", ethanol_data, workers=1)
+    train, val = ethanol_data[:13], ethanol_data[40:46]
+    model = build_model_for_data(SCHNET, train, seed=3)
+    cfg = TrainConfig(epochs=4, batch_size=4, lr=0.01, dtype="float64", progress=False, workers=2)
+    trainer = Trainer(model, train, val, cfg, run_dir=tmp_path / "run")
+    summary = trainer.fit()
+    assert summary["epochs"] == 4 and trainer.epoch == 4 and len(trainer.history) == 4
