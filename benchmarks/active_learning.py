@@ -35,6 +35,7 @@ from ffspace.active.config import load_active_config
 from ffspace.active.loop import initial_labels, run_active, split_new_labels
 from ffspace.data.readers import read_extxyz
 from ffspace.data.writers import write_extxyz
+from ffspace.evaluate import error_metrics
 from ffspace.reference.config import LabelConfig, SamplerConfig
 from ffspace.reference.job import run_label_job, sample, start_structures
 from ffspace.reference.runner import label_structures
@@ -57,8 +58,7 @@ def _frames(path: Path, make, settings: dict):
 
 
 def _mae(paths, test) -> float:
-    pred = Committee.load(paths).predict(list(test))
-    return float(np.abs(pred["forces"] - np.concatenate([s.forces for s in test])).mean() * 1000)
+    return error_metrics(Committee.load(paths).predict(list(test)), test)["forces_mae_meV_A"]
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """Data-parallel training (torch.distributed, gloo): two workers follow the single-process trajectory."""
 
+import copy
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ffspace.models.schnet import SchNet
+from ffspace.errors import ConfigError
 from ffspace.train import Trainer, TrainConfig, build_model_for_data
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -42,22 +43,41 @@ def test_two_workers_follow_the_single_process_trajectory(tmp_path, ethanol_data
         np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), rtol=1e-7, atol=1e-10, err_msg=k)
 
 
-class NaNSchNet(SchNet):
-    """SchNet whose energies are NaN (importable, so spawned workers can unpickle it)."""
-
-    def forward(self, batch):
-        return super().forward(batch) * float("nan")
-
-
 def test_a_worker_error_reaches_the_caller_with_its_type(tmp_path, ethanol_data):
-    train, val = ethanol_data[:8], ethanol_data[40:42]
-    model = build_model_for_data(SCHNET, train, seed=3)
-    for term in model.modules():
-        if type(term) is SchNet:
-            term.__class__ = NaNSchNet
-    cfg = TrainConfig(epochs=1, batch_size=4, progress=False, workers=2)
+    # A learning rate of 1e30 turns the float32 weights, and so the loss, into NaN within the first epoch.
     with pytest.raises(FloatingPointError, match="training loss became nan"):
-        Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+        _fit(tmp_path / "run", ethanol_data, workers=2, dtype="float32", lr=1e30, grad_clip=None, warmup_epochs=0)
+
+
+def test_worker_errors_of_unknown_type_name_the_worker(tmp_path):
+    from ffspace.train.distributed import _raise_worker_error
+
+    (tmp_path / "error_1.json").write_text(json.dumps({"type": "ConfigError", "message": "bad setting"}))
+    with pytest.raises(ConfigError, match="bad setting"):
+        _raise_worker_error(tmp_path, 1, 1)
+    (tmp_path / "error_1.json").write_text(json.dumps({"type": "OSError", "message": "disk full"}))
+    with pytest.raises(RuntimeError, match="worker 1 failed: OSError: disk full"):
+        _raise_worker_error(tmp_path, 1, 1)
+    with pytest.raises(RuntimeError, match="worker 0 exited with code -9"):
+        _raise_worker_error(tmp_path, 0, -9)
+
+
+def test_datasets_reach_the_workers_exactly(tmp_path, ethanol_data):
+    from ffspace.data.readers import read_arrays
+    from ffspace.data.writers import write_arrays
+
+    data = copy.deepcopy(ethanol_data[:5])  # the fixture is shared
+    data[1].info["charge"] = -1  # read by the batch for charge-conserving electrostatics
+    data[2].stress = np.eye(3) * 0.01
+    write_arrays(tmp_path / "d.npz", data)
+    back = read_arrays(tmp_path / "d.npz")
+    assert back.name == data.name and len(back) == len(data)
+    for a, b in zip(data, back):
+        assert np.array_equal(a.positions, b.positions) and np.array_equal(a.forces, b.forces)
+        assert np.array_equal(a.cell, b.cell) and np.array_equal(a.pbc, b.pbc)
+        assert a.energy == b.energy and (a.source, a.frame) == (b.source, b.frame)
+        assert (a.stress is None) == (b.stress is None)
+    assert back[1].info["charge"] == -1 and np.array_equal(back[2].stress, data[2].stress)
 
 
 def test_two_workers_resume_a_single_process_run(tmp_path, ethanol_data):

@@ -199,3 +199,18 @@ def test_model_with_a_d4_dispersion_prior_trains(tmp_path, ethanol_data):
     assert [t.family for t in model.terms] == ["reference", "schnet", "d4"]
     summary = Trainer(model, train, val, TrainConfig(epochs=2, progress=False), run_dir=tmp_path).fit()
     assert np.isfinite(summary["best"]["val_forces_mae_meV_A"])
+
+
+def test_package_keeps_frozen_parameters_and_loads_in_a_given_dtype(tmp_path, ethanol_data):
+    from ffspace.potential.package import load_package, save_package
+
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, ethanol_data[:5])
+    model = model.double()
+    frozen = [name for name, _ in model.named_parameters()][:2]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    save_package(tmp_path / "m.safetensors", model)
+    back, _ = load_package(tmp_path / "m.safetensors", dtype=torch.float64)
+    assert [n for n, p in back.named_parameters() if not p.requires_grad] == frozen
+    for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name  # float64 weights arrive exactly

@@ -77,9 +77,8 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
-def load_yaml_config(model_cls, path, overrides=(), what: str = "config"):
-    """``model_cls`` from a YAML file ← ``key=value`` overrides (dotted keys); errors name the file and field."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping of sections a YAML file holds; errors name ``what`` and the file."""
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
@@ -88,6 +87,13 @@ def load_yaml_config(model_cls, path, overrides=(), what: str = "config"):
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{what} {path} must hold a mapping of sections")
+    return tree
+
+
+def load_yaml_config(model_cls, path, overrides=(), what: str = "config"):
+    """``model_cls`` from a YAML file ← ``key=value`` overrides (dotted keys); errors name the file and field."""
+    path = Path(path)
+    tree = read_yaml_mapping(path, what)
     for item in overrides:
         key, _, value = item.partition("=")
         apply_override(tree, key, parse_value(value))
@@ -101,16 +107,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     """Defaults ← YAML file ← ``key=value`` overrides; unknown keys are errors that name the key."""
     tree: dict = {} if defaults is None else yaml.safe_load(yaml.safe_dump(defaults))
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        _merge(tree, loaded)
+        _merge(tree, read_yaml_mapping(Path(path), "config file"))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=50)")

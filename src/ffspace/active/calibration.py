@@ -49,11 +49,9 @@ def calibration(committee, dataset, bins: int = 10) -> dict:
 
 def calibration_plot(result: dict, path, title: str = "committee calibration") -> Path:
     """Per-structure largest deviation against force RMSE (log-log), the per-atom binned means, and y = x."""
-    import matplotlib
+    from ..evaluate.plots import _pyplot, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     frames = result["structures"]
@@ -70,10 +68,6 @@ def calibration_plot(result: dict, path, title: str = "committee calibration") -
     ax.set_yscale("log")
     ax.set_xlabel("committee force deviation (meV/Å)")
     ax.set_ylabel("actual force error |ΔF| (meV/Å)")
-    ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)

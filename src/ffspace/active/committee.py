@@ -128,7 +128,7 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
         folder.mkdir(parents=True, exist_ok=True)
         stamp.write_text(key + "\n")
         if warm_start is not None:
-            model, _ = load_package(warm_start[k])
+            model, _ = load_package(warm_start[k], dtype=getattr(torch, train_config.dtype))
         else:
             model = build_model_for_data(model_config, subset, seed=seed * 1000 + k)
         cfg = train_config.model_copy(update={"seed": seed * 1000 + k})

@@ -1,4 +1,5 @@
-"""Readers: extxyz (explicit keys), MD17/rMD17 npz, DeePMD npy systems, ASE db.
+"""Readers: extxyz (explicit keys), MD17/rMD17 npz, DeePMD npy systems, ASE db, and `read_arrays` for the
+exact copies `writers.write_arrays` makes.
 
 Every reader converts to eV/Å once, here, and never guesses: a missing or misnamed label is a
 `DataError` naming the file, the frame and the key, listing the keys that do exist.
@@ -6,6 +7,7 @@ Every reader converts to eV/Å once, here, and never guesses: a missing or misna
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -284,6 +286,21 @@ def read_ase_db(path, energy_key: str = "energy", forces_key: str = "forces", st
 
 
 FORMATS = {"extxyz": read_extxyz, "md17": read_md17_npz, "deepmd": read_deepmd, "ase-db": read_ase_db}
+
+
+def read_arrays(path) -> Dataset:
+    """A dataset written by `writers.write_arrays`, exactly as it was (no pickles are read)."""
+    with np.load(path, allow_pickle=False) as f:
+        a = {k: f[k] for k in f.files}
+    meta = json.loads(str(a["meta"]))
+    ends = np.cumsum(a["n_atoms"])
+    structures = [Structure(numbers=a["numbers"][i:j], positions=a["positions"][i:j], cell=a["cell"][k],
+                            pbc=a["pbc"][k], energy=float(a["energy"][k]) if a["has_energy"][k] else None,
+                            forces=a["forces"][i:j] if a["has_forces"][k] else None,
+                            stress=a["stress"][k] if a["has_stress"][k] else None, info=meta["info"][k],
+                            source=meta["source"][k], frame=meta["frame"][k])
+                  for k, (i, j) in enumerate(zip(ends - a["n_atoms"], ends))]
+    return Dataset(structures, meta["name"])
 
 
 def guess_format(path) -> str:

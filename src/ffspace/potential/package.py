@@ -50,6 +50,8 @@ def save_package(path, model, extra: dict | None = None) -> Path:
             "elements": list(model.elements), "cutoff": float(model.cutoff),
             "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
             "reference_energies_eV": _reference_energies(config), "versions": versions(),
+            # Parameters training must leave alone (a fixed Δ-learning prior): restored by load_package.
+            "frozen": [name for name, p in model.named_parameters() if not p.requires_grad],
             "extra": extra or {}}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
@@ -88,8 +90,10 @@ def read_metadata(path) -> dict:
     return meta
 
 
-def load_package(path):
-    """Return ``(model, metadata)``; raises `ModelPackageError` on any corruption."""
+def load_package(path, dtype: torch.dtype | None = None):
+    """Return ``(model, metadata)``; raises `ModelPackageError` on any corruption. With ``dtype``, the model is
+    built in that dtype before the weights go in (float64 weights then arrive exactly). Parameters saved as
+    frozen come back frozen."""
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
@@ -97,6 +101,8 @@ def load_package(path):
         model = build_model(meta["model"])
     except Exception as exc:
         raise ModelPackageError(f"model package {path}: cannot rebuild the model from its config: {exc}") from None
+    if dtype is not None:
+        model = model.to(dtype)
     try:
         tensors = load_file(str(path))
     except Exception as exc:
@@ -109,4 +115,8 @@ def load_package(path):
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelPackageError(f"model package {path}: tensor {name!r} holds NaN or inf")
+    frozen = set(meta.get("frozen", []))
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
     return model, meta

@@ -8,33 +8,38 @@ weights and the optimizer then stay identical on every worker without being sent
 the metrics, checkpoints and the model, and broadcasts the validation loss and the epoch time, so every worker
 takes the same schedule and stopping decisions. Gloo serves CPU workers, NCCL CUDA ones (one device each).
 
-The workers are started with the "spawn" method and receive the trainer as plain pickled bytes, so no tensor
-storage is shared between them (torch.multiprocessing would put it in shared memory, and every worker's
-optimizer would then update the same weights). What "spawn" implies: the model's class must be importable
-(not defined in ``__main__`` or a notebook), and a script that trains with workers must guard its entry point
-with ``if __name__ == "__main__":``. Worker start-up (a few seconds) is not counted in the time budget. Only
-the process group made here is used: a caller's own torch.distributed group is never touched.
+The workers are separate Python processes (``python -m ffspace.train.worker``) that rebuild the trainer from
+files nothing executes on loading: the model as a package (safetensors + JSON), the data as exact arrays
+(`data.writers.write_arrays`, no pickles), the settings as JSON. Their thread count and gloo's network
+interface go into their environment, so the caller's process is left as it was. The model's family must be
+registered (a package must be able to rebuild it). Worker start-up (a few seconds) is not counted in the time
+budget. Only the process group a worker joins here is used: a caller's own torch.distributed group is never touched.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
-import pickle
-import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, FFSpaceError, ModelPackageError
 
-# Set in the workers `spawn` starts, and only there: a process group someone else made is not ours to use.
+# Set by `join`, in the worker processes only: a process group someone else made is not ours to use.
 _IN_WORKER = False
 # Only worker 0 validates while the others wait in a broadcast: allow long validations.
 _TIMEOUT = datetime.timedelta(hours=6)
+# Exceptions a worker reports that the caller gets back with their own type.
+_ERRORS = {cls.__name__: cls for cls in (ConfigError, DataError, ModelPackageError, FFSpaceError, FloatingPointError,
+                                         ValueError, TypeError, KeyError, MemoryError)}
 
 
 def active() -> bool:
@@ -77,75 +82,82 @@ def device_for(device: str, worker: int) -> str:
     return f"cuda:{worker}" if device.startswith("cuda") else device
 
 
-def _error_file(folder: str, worker: int) -> Path:
-    return Path(folder) / f"error_{worker}.pkl"
-
-
-def _worker(worker: int, payload: bytes, workers: int, threads: int, folder: str):
-    """One spawned worker: join the group, run the trainer's loop, leave. An exception is also pickled to a
-    file, so that the caller gets it with its own type (a ConfigError stays a ConfigError)."""
+def join(folder: Path, worker: int, workers: int, device: str):
+    """Join the workers' process group (called by each worker process, once)."""
     global _IN_WORKER
-    # This process is ours: its thread count is set so the workers together use the caller's threads, and
-    # gloo talks over the loopback interface (the workers share one host; the host name may resolve to an
-    # interface that is down or firewalled).
-    torch.set_num_threads(threads)
-    loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
-    if loopback:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback[0])
-    try:
-        trainer = pickle.loads(payload)
-        device = device_for(trainer.config.device, worker)
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        store = dist.FileStore(str(Path(folder) / "store"), workers)
-        dist.init_process_group(backend, store=store, rank=worker, world_size=workers, timeout=_TIMEOUT)
-        _IN_WORKER = True
-        try:
-            trainer.to_device(device)
-            trainer.fit_loop()
-        finally:
-            _IN_WORKER = False
-            dist.destroy_process_group()
-    except BaseException as exc:
-        try:
-            _error_file(folder, worker).write_bytes(pickle.dumps(exc))
-        except Exception:  # an exception that does not pickle: the traceback below still tells
-            pass
-        raise
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    store = dist.FileStore(str(folder / "store"), workers)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", store=store, rank=worker,
+                            world_size=workers, timeout=_TIMEOUT)
+    _IN_WORKER = True
+
+
+def leave():
+    global _IN_WORKER
+    _IN_WORKER = False
+    dist.destroy_process_group()
+
+
+# -- the files a worker rebuilds its trainer from ----------------------------------------------------------
+
+def _write_inputs(trainer, folder: Path):
+    from ..data.writers import write_arrays
+    from ..potential.package import save_package
+
+    save_package(folder / "model.safetensors", trainer.model)
+    write_arrays(folder / "train.npz", trainer.train_set)
+    write_arrays(folder / "val.npz", trainer.val_set)
+    spec = {"config": trainer.config.model_dump(), "run_dir": str(Path(trainer.run_dir).resolve()),
+            "extra_config": trainer.extra_config}
+    (folder / "spec.json").write_text(json.dumps(spec, default=str))
+
+
+def _raise_worker_error(folder: Path, worker: int, code: int):
+    path = folder / f"error_{worker}.json"
+    if path.exists():
+        err = json.loads(path.read_text())
+        cls = _ERRORS.get(err["type"])
+        if cls is not None:
+            raise cls(err["message"]) from None
+        raise RuntimeError(f"training worker {worker} failed: {err['type']}: {err['message']}")
+    raise RuntimeError(f"training worker {worker} exited with code {code} (its traceback is above)")
 
 
 def spawn(trainer, workers: int):
-    """Run ``trainer.fit_loop()`` in ``workers`` processes; returns when all have finished. An exception in a
-    worker is raised here, with its own type when it pickles."""
-    import torch.multiprocessing as mp
-
+    """Run the trainer's epochs in ``workers`` processes; returns when all have finished. The first worker
+    that fails stops the others, and its exception is raised here (with its own type for the library's and
+    the common built-in errors)."""
     device = str(trainer.potential.device)
     if device.startswith("cuda") and workers > torch.cuda.device_count():
         raise ConfigError(f"train.workers={workers} on CUDA needs one GPU per worker; this machine has "
                           f"{torch.cuda.device_count()}")
-    trainer.to_device("cpu")  # the workers unpickle onto the CPU, then move to their own device
-    try:
-        payload = pickle.dumps(trainer)
-    except Exception as exc:
-        raise TypeError(f"train.workers > 1 sends the trainer to worker processes, but it cannot be pickled "
-                        f"({exc}); define the model in an importable module or use train.workers=1") from exc
-    finally:
-        trainer.to_device(device)
-    threads = max(1, torch.get_num_threads() // workers)
-    folder = tempfile.mkdtemp(prefix="ffspace_workers_")  # local: a file store needs working file locks
-    try:
-        mp.start_processes(_worker, args=(payload, workers, threads, folder), nprocs=workers, join=True,
-                           start_method="spawn")
-    except mp.ProcessRaisedException:
-        for worker in range(workers):
-            path = _error_file(folder, worker)
-            if path.exists():
-                try:
-                    original = pickle.loads(path.read_bytes())
-                except Exception:
+    with tempfile.TemporaryDirectory(prefix="ffspace_workers_") as tmp:  # local: a file store needs file locks
+        folder = Path(tmp)
+        _write_inputs(trainer, folder)
+        threads = str(max(1, torch.get_num_threads() // workers))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               # The package this process runs from, first: the workers import the same ffspace.
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
+                                             [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        # The workers share one host: gloo talks over loopback (the host name may resolve to an interface
+        # that is down or firewalled).
+        loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
+        if loopback:
+            env.setdefault("GLOO_SOCKET_IFNAME", loopback[0])
+        procs = [subprocess.Popen([sys.executable, "-m", "ffspace.train.worker", str(folder), str(r), str(workers)],
+                                  env=env) for r in range(workers)]
+        try:
+            while any(p.poll() is None for p in procs):
+                failed = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
+                if failed:
                     break
-                raise original from None
-        raise
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+                time.sleep(0.2)
+            failed = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
+        finally:
+            for p in procs:  # a failed worker leaves the others waiting in a collective; a caller's
+                if p.poll() is None:  # interrupt must not leave them running either
+                    p.kill()
+                p.wait()
+        if failed:
+            _raise_worker_error(folder, failed[0], procs[failed[0]].returncode)

@@ -82,6 +82,7 @@ class Trainer:
                                    self.config.warmup_epochs * steps_per_epoch, self.config.epochs * steps_per_epoch,
                                    self.config.plateau_patience, self.config.plateau_factor, self.config.min_lr)
         self.ema = EMA(self.model, self.config.ema_decay) if self.config.ema_decay > 0 else None
+        self.extra_config = extra_config or {}
         self.resolved = {"train": self.config.model_dump(), "model": model.get_config(),
                          "data": {"n_train": len(train_set), "n_val": len(val_set),
                                   "train_source": train_set.name, "val_source": val_set.name},
@@ -163,17 +164,6 @@ class Trainer:
         path = self.run_dir / "model.safetensors"
         if path.exists():
             self.model.load_state_dict({k: v.to(self.potential.device) for k, v in load_file(str(path)).items()})
-
-    def to_device(self, device: str):
-        """Move the model, optimizer state and EMA weights (a CUDA data-parallel worker's own device)."""
-        self.potential.device = torch.device(device)
-        self.model.to(device)
-        for state in self.optimizer.state.values():
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    state[k] = v.to(device)
-        if self.ema:
-            self.ema.shadow = {k: v.to(device) for k, v in self.ema.shadow.items()}
 
     # -- evaluation -------------------------------------------------------------------------
     @contextmanager
