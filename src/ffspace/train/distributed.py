@@ -93,6 +93,10 @@ def join(folder: Path, worker: int, workers: int, device: str):
     _IN_WORKER = True
 
 
+def barrier():
+    dist.barrier()
+
+
 def leave():
     global _IN_WORKER
     _IN_WORKER = False

@@ -6,6 +6,7 @@ that the caller raises it with its own type."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -30,6 +31,7 @@ def run(folder: Path, worker: int, workers: int):
                           config.model_copy(update={"device": device}), run_dir=spec["run_dir"],
                           extra_config=spec["extra_config"])
         trainer.fit_loop()
+        distributed.barrier()  # nobody tears the group down while another worker still writes or reads
     finally:
         distributed.leave()
 
@@ -42,7 +44,13 @@ def main(argv=None):
     except BaseException as exc:
         (folder / f"error_{worker}.json").write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
         traceback.print_exc()
-        sys.exit(1)
+        sys.stderr.flush()
+        os._exit(1)
+    # The work is done and on disk. Leave without the interpreter's teardown: gloo's background threads can
+    # abort a process in static destructors ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
