@@ -15,11 +15,13 @@ invariants with Clebsch–Gordan (Wigner 3j) coefficients from e3nn:
 layer has a readout and the energies sum. By default hidden features are invariant (MACE's "L = 0 hidden
 irreps"): the angular information enters through A up to ``lmax`` ≤ 3 and its products. ``hidden_lmax=1``
 also carries l = 1 vector features (A_1 and the ν = 2 couplings A_l1 ⊗ A_l2 → 1 with l1 + l2 odd) into the
-next layer's messages through Y_l' ⊗ v → l couplings. The couplings are dense matrices precomputed at
-construction, so a step costs a few matrix products per layer. Two choices keep the training step (energy,
-forces by autograd, and the gradient of both) cheap on CPU: A is aggregated as a batched matrix product over
-padded neighbour lists rather than by scattering an (edges × K × D) tensor, and A ⊗ A is formed only for
-the (m1 ≤ m2) pairs the couplings use (29 of 81 for lmax = 2). Together 1.5× faster than the plain form.
+next layer's messages through Y_l' ⊗ v → l couplings, with one radial weight per channel and a weight per
+channel and path (MACE has a radial weight per channel and path). The couplings are dense matrices
+precomputed at construction, so a step costs a few matrix products per layer. Three choices keep the
+training step (energy, forces by autograd, and the gradient of both) cheap on CPU: A is aggregated as a
+batched matrix product over padded neighbour lists rather than by scattering an (edges × K × D) tensor, the
+padding's gradients are gathers rather than scatters, and A ⊗ A is formed only for the (m1 ≤ m2) pairs the
+couplings use (29 of 81 for lmax = 2).
 """
 
 from __future__ import annotations
@@ -92,8 +94,12 @@ def _used_pairs(coupling: torch.Tensor, dim: int):
     return select, folded[m1, m2]
 
 
-def _neighbour_slots(receivers: torch.Tensor, n_nodes: int) -> torch.Tensor:
-    """(N, M) edge indices of each node's neighbours, padded with E (an extra all-zero row), M = max degree."""
+def _neighbour_slots(receivers: torch.Tensor, n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded neighbour layout of the edges, grouped by receiver.
+
+    Returns ``slots`` (N, M), the edge index in each node's neighbour slots padded with E (an extra all-zero
+    row), M = max degree; and ``positions`` (E,), the flat slot (n·M + rank) each edge occupies.
+    """
     n_edges = receivers.shape[0]
     counts = torch.bincount(receivers, minlength=n_nodes)
     width = int(counts.max()) if n_edges else 0
@@ -102,13 +108,51 @@ def _neighbour_slots(receivers: torch.Tensor, n_nodes: int) -> torch.Tensor:
     rank = torch.arange(n_edges, device=receivers.device) - first[receivers[order]]
     slots = torch.full((n_nodes, width), n_edges, dtype=torch.long, device=receivers.device)
     slots[receivers[order], rank] = order
-    return slots
+    positions = torch.empty_like(order)
+    positions[order] = receivers[order] * width + rank
+    return slots, positions
 
 
-def _pad(edge_values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """Edge rows gathered into the (N, M, ...) neighbour layout of ``slots``; padding rows are zero."""
-    zero = edge_values.new_zeros((1,) + tuple(edge_values.shape[1:]))
-    return torch.cat([edge_values, zero])[slots]
+class _PadEdges(torch.autograd.Function):
+    """(E, ...) edge rows → (N, M, ...) neighbour layout, zero in the padding slots.
+
+    Each edge fills exactly one slot, so the gradient is a gather back (`_UnpadEdges`) instead of the
+    accumulating scatter that autograd uses for indexing, which cost ~10 % of a training step on CPU. The two
+    functions are each other's backward, so forces and their parameter gradients (double backward) stay
+    gathers too.
+    """
+
+    @staticmethod
+    def forward(ctx, edge_values, slots, positions):
+        ctx.save_for_backward(slots, positions)
+        zero = edge_values.new_zeros((1,) + tuple(edge_values.shape[1:]))
+        flat = torch.cat([edge_values, zero]).index_select(0, slots.reshape(-1))
+        return flat.reshape(tuple(slots.shape) + tuple(edge_values.shape[1:]))
+
+    @staticmethod
+    def backward(ctx, grad):
+        slots, positions = ctx.saved_tensors
+        return _UnpadEdges.apply(grad, slots, positions), None, None
+
+
+class _UnpadEdges(torch.autograd.Function):
+    """(N, M, ...) neighbour layout → (E, ...) edge rows: the adjoint of `_PadEdges` (padding dropped)."""
+
+    @staticmethod
+    def forward(ctx, padded, slots, positions):
+        ctx.save_for_backward(slots, positions)
+        return padded.reshape((-1,) + tuple(padded.shape[2:])).index_select(0, positions)
+
+    @staticmethod
+    def backward(ctx, grad):
+        slots, positions = ctx.saved_tensors
+        return _PadEdges.apply(grad, slots, positions), None, None
+
+
+def _pad(edge_values: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Edge rows gathered into the (N, M, ...) neighbour layout of `_neighbour_slots`; padding rows are zero."""
+    slots, positions = layout
+    return _PadEdges.apply(edge_values, slots, positions)
 
 
 @register("mace")
@@ -151,9 +195,8 @@ class MACE(FFModel):
         self.register_buffer("c2", coupled[:, :c2.shape[1]].float(), persistent=False)
         self.register_buffer("c3", coupled[:, c2.shape[1]:c2.shape[1] + c3.shape[1]].float(), persistent=False)
         self.register_buffer("cv", coupled[:, c2.shape[1] + c3.shape[1]:].float(), persistent=False)
-        # The message coupling reordered to (path, vector component, m') → m, for the padded-neighbour form.
-        n_paths = cm.shape[1] // dim if hidden_lmax else 0
-        cm_nodes = cm.reshape(dim, 3, n_paths, dim).permute(2, 1, 0, 3).reshape(n_paths * 3 * dim, dim)
+        # The message coupling reordered to (vector component, m') → (path, m), for the padded-neighbour form.
+        cm_nodes = cm.reshape(dim, 3, self.n_msg, dim).permute(1, 0, 2, 3) if hidden_lmax else cm
         self.register_buffer("cm", cm_nodes.float(), persistent=False)
         n_inv = 1 + (lmax + 1 if correlation >= 2 else 0) + n3
         self.embedding = nn.Embedding(n_el, k)
@@ -161,12 +204,16 @@ class MACE(FFModel):
         self.up = nn.ModuleList(nn.Linear(k, k, bias=False) for _ in range(layers))
         # Radial weights per channel: one per l for scalar inputs, one per coupling path for vector inputs
         # (vector node features exist from the second layer on).
-        n_radial = [k * (lmax + 1 + (self.n_msg if t > 0 else 0)) for t in range(layers)]
+        n_radial = [k * (lmax + 1 + (1 if t > 0 and self.hidden_lmax else 0)) for t in range(layers)]
         self.radials = nn.ModuleList(
             nn.Sequential(nn.Linear(n_rbf, radial_hidden), nn.SiLU(), nn.Linear(radial_hidden, radial_hidden),
                           nn.SiLU(), nn.Linear(radial_hidden, n_out)) for n_out in n_radial)
         n_vec_layers = layers - 1 if self.hidden_lmax else 0  # the last layer only needs scalars
         self.up_vec = nn.ParameterList(nn.Parameter(torch.randn(k, k) / k**0.5) for _ in range(n_vec_layers))
+        # Weight of each coupling path Y_l' ⊗ v → l per channel (the vector messages' radial weight is shared
+        # by the paths of a channel: see `_aggregate_vectors`).
+        self.path_weights = nn.ParameterList(nn.Parameter(torch.randn(k, self.n_msg) / max(self.n_msg, 1)**0.5)
+                                             for _ in range(n_vec_layers))
         self.vec_contraction = nn.ParameterList(nn.Parameter(torch.randn(n_el, k, 1 + self.n_vec) / 2**0.5)
                                                 for _ in range(n_vec_layers))
         self.vec_mix = nn.ParameterList(nn.Parameter(torch.randn(k, k) / k**0.5) for _ in range(n_vec_layers))
@@ -181,31 +228,36 @@ class MACE(FFModel):
                                       [nn.Sequential(nn.Linear(k, 16), nn.SiLU(), nn.Linear(16, 1))])
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
-    def _aggregate(self, x: torch.Tensor, sh_pad: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def _aggregate(self, x: torch.Tensor, sh_pad: torch.Tensor, layout) -> torch.Tensor:
         """A_i,k,lm = Σ_j x_ij,k,l · Y_lm(r̂_ij) as a batched matrix product over padded neighbour lists.
 
         The same sum as scattering the (E, K, D) edge tensor x·Y, but that tensor (and its first and second
         derivatives) is never formed: on CPU those elementwise edge products dominated the training step.
         """
-        n, m = slots.shape
+        n = sh_pad.shape[0]
         k, l1, d = self.channels, self.lmax + 1, sh_pad.shape[-1]
-        xp = _pad(x.reshape(x.shape[0], k * l1), slots)  # (N, M, K·(L+1)); explicit sizes: E or M may be 0
+        xp = _pad(x.reshape(x.shape[0], k * l1), layout)  # (N, M, K·(L+1)); explicit sizes: E or M may be 0
         # One product for all l (cheaper than a product per l slice); keep the blocks where l = l(d).
         full = torch.bmm(xp.transpose(1, 2), sh_pad).reshape(n, k, l1, d)
         return (full * self.l_mask.to(full.dtype)).sum(2)  # (N, K, D)
 
-    def _aggregate_vectors(self, z: torch.Tensor, sh_pad: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """A_i,k,lm += Σ_p Σ_j w_ij,k,p (Y_l'(r̂_ij) ⊗ v_j,k → l)_p, the vector messages, with z = w ⊗ v (E, K, P·3).
+    def _aggregate_vectors(self, z: torch.Tensor, path_weights: torch.Tensor, sh_pad: torch.Tensor,
+                           layout) -> torch.Tensor:
+        """A_i,k,lm += Σ_p w_k,p Σ_j (Y_l'(r̂_ij) ⊗ z_j,k → l)_p, the vector messages, with z = R_k(r_ij) · v_j,k.
 
         Summed over neighbours first (one batched product with Y, as in `_aggregate`) and coupled by the
-        Clebsch–Gordan matrix on nodes afterwards: the coupling is linear, so the order does not matter, and
-        the node tensors are smaller than the (E, K, P, D) edge tensor by the mean degree.
+        Clebsch–Gordan matrices on nodes afterwards: the coupling is linear, so the order does not matter, and
+        the node tensors are smaller than the (E, K, P, D) edge tensor by the mean degree. The radial weight
+        R_k is one per channel, shared by the P paths, which then get a weight per channel: per-path radial
+        weights made the edge tensors P times larger, and their elementwise products and reductions cost ~30 %
+        of a training step on CPU.
         """
-        n, m = slots.shape
+        n = sh_pad.shape[0]
         k, d = self.channels, sh_pad.shape[-1]
-        zp = _pad(z.reshape(z.shape[0], k * self.n_msg * 3), slots)  # (N, M, K·P·3); explicit: E may be 0
-        s = torch.bmm(zp.transpose(1, 2), sh_pad)  # (N, K·P·3, D)
-        return (s.reshape(n * k, -1) @ self.cm.to(s.dtype)).reshape(n, k, d)
+        zp = _pad(z.reshape(z.shape[0], k * 3), layout)  # (N, M, K·3); explicit sizes: E may be 0
+        s = torch.bmm(zp.transpose(1, 2), sh_pad).reshape(n, k, 3 * d)  # (N, K, 3·D)
+        coupling = torch.einsum("kp,xpd->kxd", path_weights, self.cm.to(s.dtype).reshape(3 * d, self.n_msg, d))
+        return torch.einsum("nkx,kxd->nkd", s, coupling)
 
     def pair_products(self, a: torch.Tensor) -> torch.Tensor:
         """(N, K, D) → (N·K, P) products A_m1 A_m2 of the coupled pairs, selected by matrix products (whose
@@ -242,8 +294,8 @@ class MACE(FFModel):
         radial_in = self.rbf(r) * fcut
         n, k = batch.numbers.shape[0], self.channels
         species = self.species(batch.numbers)
-        slots = _neighbour_slots(i, n)
-        sh_pad = _pad(sh, slots)  # (N, M, D)
+        layout = _neighbour_slots(i, n)
+        sh_pad = _pad(sh, layout)  # (N, M, D)
         h = self.embedding(species)
         v = None  # (N, K, 3) vector node features, from the second layer on
         energy = h.new_zeros(n)
@@ -253,11 +305,11 @@ class MACE(FFModel):
             # contributes nothing whatever the MLP's biases.
             rw = radial(radial_in) * fcut
             x = rw[:, :k * (self.lmax + 1)].reshape(-1, k, self.lmax + 1) * up(h)[j].unsqueeze(-1)  # (E, K, L+1)
-            a = self._aggregate(x, sh_pad, slots)
+            a = self._aggregate(x, sh_pad, layout)
             if v is not None:  # Y_l' ⊗ v_j → l, weighted per path and channel
                 vj = torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])[j]  # (E, K, 3)
-                rw1 = rw[:, k * (self.lmax + 1):].reshape(-1, k, self.n_msg, 1)
-                a = a + self._aggregate_vectors(rw1 * vj.unsqueeze(2), sh_pad, slots)
+                rw1 = rw[:, k * (self.lmax + 1):].unsqueeze(-1)  # (E, K, 1)
+                a = a + self._aggregate_vectors(rw1 * vj, self.path_weights[t - 1], sh_pad, layout)
             a = a / self.avg_neighbors
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
             aa = self.pair_products(a)

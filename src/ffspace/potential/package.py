@@ -110,8 +110,13 @@ def load_package(path, dtype: torch.dtype | None = None):
     try:
         model.load_state_dict(tensors, strict=True)
     except Exception as exc:
+        from .. import __version__
+
+        written_by = meta.get("versions", {}).get("ffspace", "an unknown version")
         raise ModelPackageError(f"model package {path}: weights do not fit the model "
-                                f"{meta['model'].get('family')!r}: {exc}") from None
+                                f"{meta['model'].get('family')!r} (package written by ffspace {written_by}, this is "
+                                f"{__version__}; a family's layout can change between development versions): "
+                                f"{exc}") from None
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelPackageError(f"model package {path}: tensor {name!r} holds NaN or inf")
