@@ -34,27 +34,12 @@ from ffspace.active import Committee, calibration, calibration_plot, train_commi
 from ffspace.active.config import load_active_config
 from ffspace.active.loop import initial_labels, run_active, split_new_labels
 from ffspace.data.readers import read_extxyz
-from ffspace.data.writers import write_extxyz
+from ffspace.evaluate.plots import _pyplot, _save
 from ffspace.evaluate import error_metrics
 from ffspace.reference.config import LabelConfig, SamplerConfig
-from ffspace.reference.job import run_label_job, sample, start_structures
+from ffspace.reference.job import run_label_job, sampled_frames
 from ffspace.reference.runner import label_structures
 from ffspace.reference.store import LabelStore
-
-
-def _frames(path: Path, make, settings: dict):
-    """Frames made once and read back from ``path`` (so label keys are identical on every rerun); a sidecar
-    records the settings that made them, and a rerun with other settings stops instead of mixing the two."""
-    meta = path.with_suffix(".json")
-    if path.exists() and meta.exists() and json.loads(meta.read_text()) != settings:
-        sys.exit(f"{path} was made with {meta.read_text().strip()}, not {json.dumps(settings)}: use another --out "
-                 "or delete it")
-    if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        write_extxyz(tmp, make())
-        tmp.replace(path)
-    meta.write_text(json.dumps(settings))
-    return list(read_extxyz(path, required=()))
 
 
 def _mae(paths, test) -> float:
@@ -116,8 +101,7 @@ def main(argv=None):
         pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
                                samplers=[SamplerConfig(kind="md", n_frames=per_t, temperature=t, interval=20)
                                          for t in temps])
-        pool = _frames(out / f"random_pool{tag}.extxyz", lambda: sample(pool_job, start_structures(pool_job)),
-                       {"temperatures_K": temps, "frames_per_temperature": per_t, "seed": args.seed + 1})
+        pool = sampled_frames(pool_job, out / f"random_pool{tag}")
         md_calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval for sc in pool_job.samplers)
         name = f"random{tag}"
         baselines[name] = {"pool_temperatures_K": temps, "pool_frames": len(pool), "pool_xtb_md_force_calls": md_calls}
@@ -171,11 +155,7 @@ def main(argv=None):
 
 
 def _plot(curve, baselines, path: Path, temperature: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     n = [r["labels"] for r in curve]
     ax.plot(n, [r["active_mae_meV_A"] for r in curve], "o-", label="active learning")
@@ -185,9 +165,7 @@ def _plot(curve, baselines, path: Path, temperature: float) -> None:
     ax.set_ylabel(f"force MAE at {temperature:g} K (meV/Å)")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, "")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..graph.batch import collate, graph_of
+from ..data.digest import update_with_structures
 from ..potential import Potential
+from ..potential.potential import predict_arrays
 from ..potential.package import load_package
 
 
@@ -79,15 +80,8 @@ class Committee:
         """Mean energies (G,) and forces (N_total, 3), per-atom ``force_deviation`` (N_total,), per-structure
         ``max_force_deviation`` (G,) and ``energy_deviation`` (G,), float64 numpy (eV, eV/Å)."""
         structures = list(structures)
-        self.check_elements(structures)
-        graphs = [graph_of(s, self.cutoff) for s in structures]
-        parts = {"energy": [], "forces": [], "force_deviation": [], "energy_deviation": []}
-        for start in range(0, len(graphs), batch_size):
-            batch = collate(graphs[start:start + batch_size], dtype=self.dtype, device=self.device, labels=False)
-            out = self.compute(batch)
-            for key in parts:
-                parts[key].append(out[key].double().cpu().numpy())
-        pred = {k: np.concatenate(v) for k, v in parts.items()}
+        pred = predict_arrays(self, structures, ("energy", "forces", "force_deviation", "energy_deviation"),
+                              batch_size)
         cuts = np.cumsum([s.n_atoms for s in structures])[:-1]
         pred["max_force_deviation"] = np.array([d.max() for d in np.split(pred["force_deviation"], cuts)])
         return pred
@@ -143,12 +137,7 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
 def _fingerprint(train_set, val_set, model_config: dict, train_config, seed: int, warm_start) -> str:
     h = hashlib.sha256(json.dumps({"model": model_config, "train": train_config.model_dump(exclude={"progress"}),
                                    "seed": seed}, sort_keys=True, default=str).encode())
-    for s in list(train_set) + [None] + list(val_set):
-        if s is None:
-            h.update(b"|")
-            continue
-        h.update(s.numbers.tobytes())
-        h.update(np.round(s.positions, 8).tobytes())
+    update_with_structures(h, train_set, val_set)
     if warm_start is not None:
         h.update(Path(warm_start).read_bytes())
     return h.hexdigest()

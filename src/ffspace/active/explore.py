@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..data.structure import Structure
 from ..md.copies import MoleculeCopies
-from ..md.integrators import Langevin, maxwell_boltzmann
+from ..md.integrators import Langevin
 
 
 def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, steps: int = 2000,
@@ -24,22 +24,18 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
     """Records ``{"trajectory", "start", "temperature_K", "copy", "step", "deviation_eV_A", "positions",
     "stopped"}`` every ``record_every`` steps for each live trajectory; ``stopped`` names why a trajectory ended
     at that frame ("uncertain", "collapsed" or "non-finite"), else None."""
-    from ase.data import atomic_masses, covalent_radii
+    from ase.data import covalent_radii
 
     if not hasattr(committee, "last_max_deviation"):
         raise TypeError("exploration needs a committee (ffspace.active.Committee): a single model has no uncertainty")
     records = []
     for s_idx, start in enumerate(starts):
-        masses = atomic_masses[start.numbers]
         radii = covalent_radii[start.numbers]
         closest = min_distance_factor * (radii[:, None] + radii[None, :])
         np.fill_diagonal(closest, 0.0)
         for t_idx, temperature in enumerate(temperatures):
             streams = np.random.SeedSequence([seed, s_idx, t_idx]).spawn(2)
-            rng = np.random.default_rng(streams[0])
-            velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
-            copies = MoleculeCopies(committee, start, np.repeat(start.positions[None], seeds, 0), velocities)
-            alive = list(range(seeds))
+            copies = MoleculeCopies.thermal(committee, start, seeds, temperature, np.random.default_rng(streams[0]))
             integrator = Langevin(timestep_fs, temperature, friction, seed=streams[1], groups=copies.groups())
             bar = tqdm(range(1, steps + 1), desc=f"explore {temperature:g} K × {seeds}", disable=not progress,
                        leave=False)
@@ -53,7 +49,7 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
                 lost = ~broken & ~collapsed & (dev > upper)
                 ended = broken | collapsed | lost
                 if step % record_every == 0 or ended.any():
-                    for k, c in enumerate(alive):
+                    for k, c in enumerate(copies.ids):
                         if step % record_every and not ended[k]:
                             continue
                         why = ("non-finite" if broken[k] else "collapsed" if collapsed[k] else
@@ -62,12 +58,9 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
                                         "temperature_K": float(temperature), "copy": c, "step": step,
                                         "deviation_eV_A": float(dev[k]) if np.isfinite(dev[k]) else None,
                                         "positions": pos[k].copy(), "stopped": why})
-                keep = ~ended
-                if not keep.all():
-                    alive = [c for c, ok in zip(alive, keep) if ok]
-                    if not alive:
-                        break
-                    copies = copies.survivors(keep)
-                    integrator.groups = copies.groups()
+                if ended.all():
+                    break
+                if ended.any():
+                    copies = copies.survivors(~ended, integrator)
             bar.close()
     return records

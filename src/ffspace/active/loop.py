@@ -4,7 +4,7 @@ does not know → label them, until exploration stays below the threshold or the
 Everything lands in ``out``:
 
 - ``store/``: every label (the crash-safe `LabelStore`: a kill loses only the calculations in flight);
-- ``initial_frames.extxyz``: the sampled start frames (written once);
+- ``samples-<fingerprint>.extxyz``: the sampled start frames (written once per sampling setting);
 - ``round_<k>/committee/member_<m>/``: the round's committee (each member resumes from its checkpoint);
 - ``round_<k>/explored.json``: every recorded exploration frame with its deviation (written once);
 - ``round_<k>/picked.extxyz`` and ``picked.json``: what was picked and why (written before labeling);
@@ -26,7 +26,7 @@ from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..errors import DataError
 from ..reference.config import LabelConfig
-from ..reference.job import sample, start_structures
+from ..reference.job import sampled_frames, start_structures
 from ..reference.runner import label_structures
 from ..reference.store import LabelStore
 from ..units import meV
@@ -56,13 +56,9 @@ def initial_labels(cfg: ActiveConfig, starts, labeler, store: LabelStore) -> Dat
     """The first labels: a given labeled file, or frames sampled from the input (once) and labeled."""
     if cfg.initial_dataset:
         return read_dataset(cfg.initial_dataset)
-    path = Path(cfg.out) / "initial_frames.extxyz"
-    if not path.exists():
-        job = LabelConfig(input=cfg.input, samplers=[cfg.initial], labeler=cfg.labeler, seed=cfg.seed,
-                          progress=cfg.progress)
-        _write_frames(path, sample(job, starts))
-    frames = list(read_extxyz(path, required=()))  # as read back: the same label keys on every rerun
-    return label_structures(frames, labeler, store, progress=cfg.progress)
+    job = LabelConfig(input=cfg.input, samplers=[cfg.initial], labeler=cfg.labeler, seed=cfg.seed,
+                      progress=cfg.progress)
+    return label_structures(sampled_frames(job, cfg.out, starts), labeler, store, progress=cfg.progress)
 
 
 def split_new_labels(new: Dataset, n_before: int, val_every: int) -> tuple[Dataset, Dataset]:
@@ -97,7 +93,7 @@ def run_active(cfg: ActiveConfig) -> dict:
     initial = initial_labels(cfg, starts, labeler, store)
     if len(initial) <= cfg.n_val:
         raise DataError(f"{len(initial)} initial labels leave none for training after n_val = {cfg.n_val}",
-                        file=str(out / "initial_frames.extxyz"))
+                        file=cfg.initial_dataset or str(out))
     train_set, val_set = initial.split([-1, cfg.n_val], seed=cfg.seed)
     train_cfg = cfg.train_config()
     summaries, previous, stop_reason = [], None, f"max_rounds ({cfg.max_rounds}) reached"

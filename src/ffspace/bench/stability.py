@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import units
 from ..data.structure import Structure
 from ..md.copies import MoleculeCopies
-from ..md.integrators import Langevin, VelocityVerlet, maxwell_boltzmann
+from ..md.integrators import Langevin, VelocityVerlet
 
 
 def covalent_bonds(structure: Structure, scale: float = 1.2) -> np.ndarray:
@@ -46,17 +46,10 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     """Langevin MD of ``seeds`` copies at ``temperature`` K; the time each copy failed (None: survived)."""
     bonds = covalent_bonds(structure)
     d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
-    from ase.data import atomic_masses
-
-    masses = atomic_masses[structure.numbers]
     start_stream, noise_stream = np.random.SeedSequence(seed).spawn(2)  # independent velocity and noise draws
-    rng = np.random.default_rng(start_stream)
-    velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
-    positions = np.repeat(structure.positions[None], seeds, 0)
-    alive = list(range(seeds))
+    copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, np.random.default_rng(start_stream))
     failure = [None] * seeds
     steps = int(round(time_ps * units.ps / timestep_fs))
-    copies = MoleculeCopies(potential, structure, positions, velocities)
     integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
     bar = tqdm(range(steps), desc=f"{temperature:g} K × {seeds} seeds", disable=not progress, leave=False)
     for step in bar:
@@ -65,13 +58,10 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
         if bad.any():
             t = (step + 1) * timestep_fs / units.ps
             for k in np.nonzero(bad)[0]:
-                failure[alive[k]] = t
-            keep = ~bad
-            alive = [a for a, ok in zip(alive, keep) if ok]
-            if not alive:
+                failure[copies.ids[k]] = t
+            if bad.all():
                 break
-            copies = copies.survivors(keep)
-            integrator.groups = copies.groups()
+            copies = copies.survivors(~bad, integrator)
     return {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
             "failure_ps": failure, "survived": sum(f is None for f in failure), "bond_tolerance_A": bond_tolerance,
             "n_bonds": int(len(bonds))}
@@ -83,14 +73,10 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
 
     A copy that fails (as in `survival`) gets a status instead of a slope; the others still count.
     """
-    from ase.data import atomic_masses
-
     bonds = covalent_bonds(structure)
     d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
-    masses = atomic_masses[structure.numbers]
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)])
-    copies = MoleculeCopies(potential, structure, np.repeat(structure.positions[None], seeds, 0), velocities)
+    copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, rng)
     integrator = VelocityVerlet(timestep_fs)
     steps = max(2, int(round(time_ps * units.ps / timestep_fs)))
     failed_at = np.full(seeds, -1)

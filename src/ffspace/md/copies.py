@@ -14,7 +14,7 @@ from .. import units
 from ..data.structure import Structure
 from ..graph.batch import collate, graph_of
 from ..graph.neighbors import VerletList
-from .integrators import MDState
+from .integrators import MDState, maxwell_boltzmann
 
 
 class MoleculeCopies:
@@ -34,15 +34,30 @@ class MoleculeCopies:
         combined = SimpleNamespace(numbers=np.tile(structure.numbers, self.n), positions=positions.reshape(-1, 3),
                                    cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info={})
         self.state = MDState(combined, velocities=velocities.reshape(-1, 3))
+        self.ids = list(range(self.n))  # which of the first batch's copies these are (see `survivors`)
         self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
         self.energies = None  # (n,) potential energy of each copy, eV
         self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
         self.state.energy, self.state.forces = self(self.state.positions)  # ready for the first step
 
-    def survivors(self, keep: np.ndarray) -> "MoleculeCopies":
-        """The copies where ``keep`` (n,) is true, as a new batch with their positions and velocities (the
-        caller gives a thermostat the new ``groups()``)."""
-        return MoleculeCopies(self.potential, self.template, self.positions()[keep], self.velocities()[keep])
+    @classmethod
+    def thermal(cls, potential, structure: Structure, n: int, temperature: float, rng) -> "MoleculeCopies":
+        """``n`` copies at the structure's geometry, each with its own Maxwell–Boltzmann velocities at
+        ``temperature`` K drawn from ``rng`` (copy by copy, so copy k's draw does not depend on n)."""
+        from ase.data import atomic_masses
+
+        masses = atomic_masses[structure.numbers]
+        velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(n)])
+        return cls(potential, structure, np.repeat(structure.positions[None], n, 0), velocities)
+
+    def survivors(self, keep: np.ndarray, integrator=None) -> "MoleculeCopies":
+        """The copies where ``keep`` (n,) is true, as a new batch with their positions, velocities and ``ids``;
+        a thermostat passed as ``integrator`` gets the new batch's ``groups()``."""
+        kept = MoleculeCopies(self.potential, self.template, self.positions()[keep], self.velocities()[keep])
+        kept.ids = [c for c, ok in zip(self.ids, keep) if ok]
+        if integrator is not None:
+            integrator.groups = kept.groups()
+        return kept
 
     def __call__(self, positions):
         graphs = []

@@ -101,18 +101,8 @@ class Potential:
 
         Accepts pre-computed `GraphData` (fast: no neighbor search) or `Structure` objects.
         """
-        items = list(graphs_or_structures)
-        if items and not hasattr(items[0], "i"):
-            self.check_elements(items)
-            items = [graph_of(s, self.cutoff) for s in items]
-        parts = {"energy": [], "energies": [], "forces": [], "stress": []}
-        for start in range(0, len(items), batch_size):
-            batch = collate(items[start:start + batch_size], dtype=self.dtype, device=self.device, labels=False)
-            out = self.compute(batch, forces=True, stress=stress)
-            for key in parts:
-                if key in out:
-                    parts[key].append(out[key].double().cpu().numpy())
-        return {k: np.concatenate(v) for k, v in parts.items() if v}
+        return predict_arrays(self, graphs_or_structures, ("energy", "energies", "forces", "stress"), batch_size,
+                              stress=stress)
 
     def __call__(self, structures, stress: bool = False, batch_size: int = 32) -> dict:
         """Evaluate a list of `Structure`; energies as a list, forces and per-atom energies per structure."""
@@ -132,3 +122,25 @@ class Potential:
 
         model, _ = load_package(path)
         return cls(model, dtype=dtype, device=device)
+
+
+def predict_arrays(evaluator, graphs_or_structures, keys, batch_size: int = 32, **compute_options) -> dict:
+    """``evaluator.compute`` (a `Potential`'s, or a committee's) over batches of ``batch_size``: the outputs
+    named in ``keys`` that it gives, concatenated over batches as float64 numpy.
+
+    Accepts pre-computed `GraphData` (fast: no neighbor search) or `Structure` objects (their elements are
+    checked against the model's first).
+    """
+    items = list(graphs_or_structures)
+    if items and not hasattr(items[0], "i"):
+        evaluator.check_elements(items)
+        items = [graph_of(s, evaluator.cutoff) for s in items]
+    parts = {key: [] for key in keys}
+    for start in range(0, len(items), batch_size):
+        batch = collate(items[start:start + batch_size], dtype=evaluator.dtype, device=evaluator.device,
+                        labels=False)
+        out = evaluator.compute(batch, forces=True, **compute_options)
+        for key in parts:
+            if key in out:
+                parts[key].append(out[key].double().cpu().numpy())
+    return {key: np.concatenate(v) for key, v in parts.items() if v}

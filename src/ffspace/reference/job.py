@@ -69,18 +69,28 @@ def _sampling_fingerprint(cfg: LabelConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = None) -> list[Structure]:
+    """The frames of ``cfg``'s samplers, made once into ``folder/samples-<fingerprint>.extxyz`` and read back.
+
+    Read back rather than kept in memory, so the label keys (positions rounded in the file) are identical on
+    every rerun; named by the sampling settings, so a rerun with other settings samples anew instead of
+    reusing stale frames. ``starts`` defaults to `start_structures` (``cfg.input``).
+    """
+    path = Path(folder) / f"samples-{_sampling_fingerprint(cfg)}.extxyz"
+    if not path.exists():
+        frames = sample(cfg, start_structures(cfg) if starts is None else starts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        write_extxyz(tmp, frames)
+        tmp.replace(path)
+    return list(read_extxyz(path, required=()))
+
+
 def run_label_job(cfg: LabelConfig, scheduler=None):
     """Sample (once; cached in the store folder), label what is missing, write the dataset."""
     labeler = cfg.labeler.build()
     store = LabelStore(cfg.store)
-    samples_path = Path(cfg.store) / f"samples-{_sampling_fingerprint(cfg)}.extxyz"
-    if not samples_path.exists():
-        frames = sample(cfg, start_structures(cfg))
-        tmp = samples_path.with_name(samples_path.name + ".tmp")
-        write_extxyz(tmp, frames)
-        tmp.replace(samples_path)
-    # Always label the frames as read back from the file, so keys are identical on every rerun.
-    frames = list(read_extxyz(samples_path, required=()))
+    frames = sampled_frames(cfg, cfg.store)
     print(f"{len(frames)} frames to label with {labeler.provenance()['method']} "
           f"({len(store)} labels already in {cfg.store})", file=sys.stderr)
     dataset = label_structures(frames, labeler, store, workers=cfg.workers,

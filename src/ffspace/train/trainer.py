@@ -19,6 +19,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..data.digest import update_with_structures
 from ..errors import ConfigError
 from ..evaluate.metrics import error_metrics, format_metrics, predict
 from ..graph.batch import collate, graph_of
@@ -99,13 +100,7 @@ class Trainer:
         h = hashlib.sha256()
         settings = {k: v for k, v in self.config.model_dump().items() if k not in self._FREE_SETTINGS}
         h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
-        for s in list(train_set) + [None] + list(val_set):
-            if s is None:
-                h.update(b"|")
-                continue
-            h.update(s.numbers.tobytes())
-            h.update(s.positions.tobytes())
-            h.update(np.float64(s.energy if s.energy is not None else np.nan).tobytes())
+        update_with_structures(h, train_set, val_set)
         return h.hexdigest()
 
     # -- persistence ------------------------------------------------------------------------
