@@ -34,8 +34,8 @@ from ffspace.active import Committee, calibration, calibration_plot, train_commi
 from ffspace.active.config import load_active_config
 from ffspace.active.loop import initial_labels, run_active, split_new_labels
 from ffspace.data.readers import read_extxyz
-from ffspace.evaluate.plots import _pyplot, _save
 from ffspace.evaluate import error_metrics
+from ffspace.evaluate.plots import pyplot, save_figure
 from ffspace.reference.config import LabelConfig, SamplerConfig
 from ffspace.reference.job import run_label_job, sampled_frames
 from ffspace.reference.runner import label_structures
@@ -155,7 +155,7 @@ def main(argv=None):
 
 
 def _plot(curve, baselines, path: Path, temperature: float) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     n = [r["labels"] for r in curve]
     ax.plot(n, [r["active_mae_meV_A"] for r in curve], "o-", label="active learning")
@@ -165,7 +165,7 @@ def _plot(curve, baselines, path: Path, temperature: float) -> None:
     ax.set_ylabel(f"force MAE at {temperature:g} K (meV/Å)")
     ax.set_yscale("log")
     ax.legend()
-    _save(plt, fig, path, "")
+    save_figure(plt, fig, path)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,9 @@ def calibration(committee, dataset, bins: int = 10) -> dict:
 
 def calibration_plot(result: dict, path, title: str = "committee calibration") -> Path:
     """Per-structure largest deviation against force RMSE (log-log), the per-atom binned means, and y = x."""
-    from ..evaluate.plots import _pyplot, _save
+    from ..evaluate.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     frames = result["structures"]
@@ -70,4 +70,4 @@ def calibration_plot(result: dict, path, title: str = "committee calibration") -
     ax.set_ylabel("actual force error |ΔF| (meV/Å)")
     ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(plt, fig, path, title)
+    return save_figure(plt, fig, path, title)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..evaluate.plots import pyplot, save_figure
 from ..models import peers
 
 
@@ -162,10 +163,7 @@ def _survival_plot(name: str, ds: dict, path: Path) -> bool:
     rows = {n: m["stability"] for n, m in _ok(ds).items() if m.get("stability")}
     if not rows:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     temps = list(next(iter(rows.values()))["runs"])
     fig, axes = plt.subplots(1, len(temps), figsize=(4 * len(temps), 3.6), sharey=True, squeeze=False)
@@ -187,10 +185,7 @@ def _survival_plot(name: str, ds: dict, path: Path) -> bool:
         ax.set_ylim(-0.05, 1.05)
     axes[0][0].set_ylabel("fraction of seeds still stable")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"{name}: MD survival")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path, f"{name}: MD survival")
     return True
 
 
@@ -262,10 +257,7 @@ def _pareto_plot(name: str, ds: dict, path: Path) -> bool:
     pts = [p for p in pts if p[1] and p[2]]
     if not pts:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for n, x, y, peer in pts:  # peers (other projects' models) as open squares
@@ -285,17 +277,12 @@ def _pareto_plot(name: str, ds: dict, path: Path) -> bool:
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.set_title(f"{name}: accuracy against cost")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 
 def _scaling_plot(water: dict, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     drawn = False
@@ -320,7 +307,5 @@ def _scaling_plot(water: dict, path: Path) -> bool:
     ax.set_ylabel("ms per energy + forces call")
     ax.set_title("cost against system size")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True

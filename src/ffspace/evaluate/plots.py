@@ -9,7 +9,9 @@ import numpy as np
 from .. import units
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend unless one is already in use (plots are written, never
+    shown)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -18,7 +20,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path, title: str) -> Path:
+def save_figure(plt, fig, path, title: str = "") -> Path:
+    """Write ``fig`` as a PNG (120 dpi) with an optional overall title, and close it."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -30,7 +33,7 @@ def _save(plt, fig, path, title: str) -> Path:
 
 def parity_plot(pred: dict, structures, path, title: str = "") -> Path:
     """Predicted vs reference: energies per atom (relative to the mean, meV/atom) and force components (eV/Å)."""
-    plt = _pyplot()
+    plt = pyplot()
     structures = list(structures)
     if not all(s.forces is not None and s.energy is not None for s in structures):
         return None  # parity needs both labels; metrics.json still has what exists
@@ -52,12 +55,12 @@ def parity_plot(pred: dict, structures, path, title: str = "") -> Path:
         ax.set_title(f"{label}: MAE {mae:.3g} {unit}")
         ax.set_xlabel(f"reference ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
-    return _save(plt, fig, path, title)
+    return save_figure(plt, fig, path, title)
 
 
 def md_plot(thermo: dict, path, title: str = "") -> Path:
     """Potential, kinetic and total energy (eV, relative to the start) and temperature (K) against time (ps)."""
-    plt = _pyplot()
+    plt = pyplot()
     t = thermo["time_fs"] / 1000.0
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     e0 = thermo["etot_eV"][0]
@@ -68,4 +71,4 @@ def md_plot(thermo: dict, path, title: str = "") -> Path:
     ax2.plot(t, thermo["temperature_K"], lw=1, color="C3")
     ax2.set_ylabel("temperature (K)")
     ax2.set_xlabel("time (ps)")
-    return _save(plt, fig, path, title)
+    return save_figure(plt, fig, path, title)

@@ -202,8 +202,8 @@ class MACE(FFModel):
         self.embedding = nn.Embedding(n_el, k)
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.up = nn.ModuleList(nn.Linear(k, k, bias=False) for _ in range(layers))
-        # Radial weights per channel: one per l for scalar inputs, one per coupling path for vector inputs
-        # (vector node features exist from the second layer on).
+        # Radial weights per channel: one per l for scalar inputs, one shared by the coupling paths for vector
+        # inputs (vector node features exist from the second layer on).
         n_radial = [k * (lmax + 1 + (1 if t > 0 and self.hidden_lmax else 0)) for t in range(layers)]
         self.radials = nn.ModuleList(
             nn.Sequential(nn.Linear(n_rbf, radial_hidden), nn.SiLU(), nn.Linear(radial_hidden, radial_hidden),
@@ -212,7 +212,7 @@ class MACE(FFModel):
         self.up_vec = nn.ParameterList(nn.Parameter(torch.randn(k, k) / k**0.5) for _ in range(n_vec_layers))
         # Weight of each coupling path Y_l' ⊗ v → l per channel (the vector messages' radial weight is shared
         # by the paths of a channel: see `_aggregate_vectors`).
-        self.path_weights = nn.ParameterList(nn.Parameter(torch.randn(k, self.n_msg) / max(self.n_msg, 1)**0.5)
+        self.path_weights = nn.ParameterList(nn.Parameter(torch.randn(k, self.n_msg) / self.n_msg**0.5)
                                              for _ in range(n_vec_layers))
         self.vec_contraction = nn.ParameterList(nn.Parameter(torch.randn(n_el, k, 1 + self.n_vec) / 2**0.5)
                                                 for _ in range(n_vec_layers))
