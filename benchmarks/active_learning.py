@@ -13,7 +13,9 @@
    point) on frames drawn at random from GFN2-xTB MD: the conventional data set with the same number of
    labels. --baselines picks the MD pools: "explored" (the temperatures the loop explored: a strong baseline,
    handed the test's distribution through thousands of xTB MD force calls the loop does not make) and/or
-   single temperatures such as 300 (MD at the start frames' temperature). Only the choice of frames differs.
+   single temperatures such as 300 (MD at the start frames' temperature); "nm:explored" and "nm:300" draw
+   from normal-mode sampling instead, the sampler that made the start frames (the cheap conventional data set
+   of ANI-1: no MD at all). Only the choice of frames differs.
 4. Force MAE of each committee's mean on the test set, the ratio random / active at every point, and the
    calibration of the final active committee on the test set (Spearman rank correlation of its force
    deviation with the actual error). Table to stdout, JSON and plots to --out.
@@ -61,7 +63,8 @@ def main(argv=None):
                    help="overrides of the active-learning config, e.g. select.strategy=random")
     p.add_argument("--baselines", nargs="+", default=["explored"],
                    help="random-sampling pools: 'explored' (xTB MD at the temperatures the loop explored) and/or "
-                        "temperatures in K (xTB MD at that temperature only)")
+                        "temperatures in K (xTB MD at that temperature only); prefixed 'nm:' ('nm:explored', "
+                        "'nm:300'): normal-mode sampling at those temperatures instead of MD")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -94,17 +97,19 @@ def main(argv=None):
              for n, d in points]
     baselines = {}
     for spec in args.baselines:
-        temps = explored if spec == "explored" else [float(spec)]
-        tag = "" if spec == "explored" else f"_{float(spec):g}K"
+        kind, temps, tag = _baseline_pool(spec, explored)
         needed = points[-1][0] - len(initial)
         per_t = max(args.pool_per_temperature, -(-needed // len(temps)))  # enough frames for the last point
         pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
-                               samplers=[SamplerConfig(kind="md", n_frames=per_t, temperature=t, interval=20)
+                               samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
                                          for t in temps])
         pool = sampled_frames(pool_job, out / f"random_pool{tag}")
-        md_calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval for sc in pool_job.samplers)
+        # The pool's own reference cost: MD steps, or one finite-difference Hessian (6 calls per atom) per sampler.
+        calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval if kind == "md" else 6 * pool[0].n_atoms
+                    for sc in pool_job.samplers)
         name = f"random{tag}"
-        baselines[name] = {"pool_temperatures_K": temps, "pool_frames": len(pool), "pool_xtb_md_force_calls": md_calls}
+        baselines[name] = {"pool": "xTB MD" if kind == "md" else "normal modes (xTB Hessian)",
+                           "pool_temperatures_K": temps, "pool_frames": len(pool), "pool_xtb_force_calls": calls}
         order = np.random.default_rng(args.seed + 2).permutation(len(pool))
         random_store, previous = LabelStore(out / f"random_store{tag}"), None
         for k, (n_labels, _) in enumerate(points):
@@ -136,7 +141,7 @@ def main(argv=None):
               "calibration": {k: v for k, v in cal.items() if k != "structures"},
               "command": "python benchmarks/active_learning.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    _plot(curve, list(baselines), out / "learning_curve.png", args.test_temperature)
+    _plot(curve, {k: b["pool"] for k, b in baselines.items()}, out / "learning_curve.png", args.test_temperature)
 
     print(f"\nForce MAE on {len(test)} test frames at {args.test_temperature:g} K (GFN2-xTB MD, independent seed)")
     names = list(baselines)
@@ -146,21 +151,37 @@ def main(argv=None):
         print(f"| {r['labels']} | {r['active_mae_meV_A']:.1f} | " + " | ".join(
             f"{r[f'{n}_mae_meV_A']:.1f} | {r[f'{n}_over_active']:.2f}" for n in names) + " |")
     for n, b in baselines.items():
-        print(f"{n}: pool of {b['pool_frames']} frames from xTB MD at {b['pool_temperatures_K']} K, "
-              f"{b['pool_xtb_md_force_calls']} xTB force calls for the MD (the active loop explores with its committee)")
+        print(f"{n}: pool of {b['pool_frames']} frames from {b['pool']} at {b['pool_temperatures_K']} K, "
+              f"{b['pool_xtb_force_calls']} xTB force calls to make the pool (the active loop explores with its "
+              "committee)")
     per_structure = "—" if cal["spearman_structures"] is None else f"{cal['spearman_structures']:.2f}"
     print(f"\nCalibration of the final active committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
           f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
 
 
-def _plot(curve, baselines, path: Path, temperature: float) -> None:
+def _baseline_pool(spec: str, explored: list[float]) -> tuple[str, list[float], str]:
+    """A --baselines entry → (sampler kind, temperatures, name suffix): "explored" → xTB MD at the loop's
+    temperatures (suffix "", the original baseline's folders), "300" → "_300K", "nm:explored" → "_nm",
+    "nm:300" → "_nm_300K"."""
+    kind, _, rest = spec.rpartition(":")
+    if kind not in ("", "nm"):
+        sys.exit(f"--baselines {spec!r}: the prefix must be 'nm:' (normal modes) or none (xTB MD)")
+    try:
+        temps = explored if rest == "explored" else [float(rest)]
+    except ValueError:
+        sys.exit(f"--baselines {spec!r}: expected 'explored' or a temperature in K after the optional 'nm:'")
+    tag = ("_nm" if kind else "") + ("" if rest == "explored" else f"_{temps[0]:g}K")
+    return ("normal_modes" if kind else "md"), temps, tag
+
+
+def _plot(curve, pools: dict, path: Path, temperature: float) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     n = [r["labels"] for r in curve]
     ax.plot(n, [r["active_mae_meV_A"] for r in curve], "o-", label="active learning")
-    for name in baselines:
-        ax.plot(n, [r[f"{name}_mae_meV_A"] for r in curve], "s--", label=f"{name} (xTB MD pool)")
+    for name in pools:
+        ax.plot(n, [r[f"{name}_mae_meV_A"] for r in curve], "s--", label=f"{name} ({pools[name]} pool)")
     ax.set_xlabel("labels (GFN2-xTB calculations)")
     ax.set_ylabel(f"force MAE at {temperature:g} K (meV/Å)")
     ax.set_yscale("log")

@@ -60,6 +60,31 @@ def test_random_selection_is_seeded_and_keeps_the_diversity_rules():
     assert all("at random" in p["reason"] for p in first)
 
 
+def test_diverse_selection_prefers_uncertain_frames_far_from_the_labels():
+    from ffspace.data.structure import Structure
+
+    base = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    numbers = np.array([8, 1, 1])
+    labeled = [Structure(numbers=numbers, positions=base)]
+    rng = np.random.default_rng(0)
+
+    def frames(traj, dev, centre, noise):
+        return [{**_record(traj, s, dev), "positions": centre + noise * rng.normal(size=(3, 3)), "numbers": numbers}
+                for s in range(10, 110, 10)]
+
+    stretched = base * 1.4
+    records = (frames("a", 0.9, base, 1e-3) + frames("b", 0.3, stretched, 0.0)
+               + frames("c", 0.29, stretched, 0.0))
+    picked, _ = select(records, lower=0.05, upper=1.0, per_round=2, per_trajectory=1, strategy="diverse",
+                       labeled=labeled)
+    # b: less uncertain than a but far from the label; then a (near the label) beats c (a copy of b's region).
+    assert [p["trajectory"] for p in picked] == ["b", "a"]
+    assert "distance to the nearest labeled or picked frame" in picked[0]["reason"]
+    assert picked[1]["distance_1_A"] < 0.01 < picked[0]["distance_1_A"]
+    highest, _ = select(records, lower=0.05, upper=1.0, per_round=2, per_trajectory=1, labeled=labeled)
+    assert highest[0]["trajectory"] == "a"
+
+
 def test_selection_falls_back_to_the_edge_of_what_the_model_knows():
     records = [_record("a", 10, 0.01), _record("a", 20, 0.02), _record("a", 30, 5.0, "uncertain")]
     picked, stats = select(records, lower=0.05, upper=1.0, per_round=4)

@@ -153,15 +153,18 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
     picks_path = folder / "picked.extxyz"
     sel = cfg.select
     budget = cfg.max_labels - n_labels
-    picked, stats = select(records, sel.lower, sel.upper, min(sel.per_round, max(budget, 0)), sel.per_trajectory,
-                           sel.min_separation, cfg.explore.record_every, sel.strategy, seed=cfg.seed * 1000 + k)
+    picked, stats = select([{**r, "numbers": starts[r["start"]].numbers} for r in records], sel.lower, sel.upper,
+                           min(sel.per_round, max(budget, 0)), sel.per_trajectory, sel.min_separation,
+                           cfg.explore.record_every, sel.strategy, seed=cfg.seed * 1000 + k,
+                           labeled=list(train_set) + list(val_set))
     if not picks_path.exists():
         frames = [starts[r["start"]].copy(positions=r["positions"], energy=None, forces=None, stress=None,
                                           info={"round": k, "trajectory": r["trajectory"], "step": r["step"],
                                                 "temperature_K": r["temperature_K"],
                                                 "committee_deviation_eV_A": r["deviation_eV_A"]})
                   for r in picked]
-        _write_json(folder / "picked.json", [{key: v for key, v in r.items() if key != "positions"} for r in picked])
+        _write_json(folder / "picked.json", [{key: v for key, v in r.items() if key not in ("positions", "numbers")}
+                                             for r in picked])
         _write_frames(picks_path, frames)
     new = _labeled_picks(folder, labeler, store)
     summary = {"round": k, "temperatures_K": temperatures, "train_labels": len(train_set), "explored": stats,

@@ -5,6 +5,11 @@ frame is known, labeling it teaches little); between ``lower`` and ``upper`` it 
 ``upper`` the model is lost and the frame is likely unphysical. Candidates are taken by decreasing
 deviation, at most ``per_trajectory`` per trajectory and ``min_separation`` recorded frames apart within
 one, so a round's labels are spread over trajectories instead of all from one excursion.
+
+The "diverse" strategy also spreads them over geometry: it takes, one at a time, the candidate with the
+largest deviation × distance to the nearest frame already labeled or picked (distance between inverse-distance
+descriptors), a greedy batch rule in the spirit of farthest-point sampling weighted by uncertainty — several
+frames of one uncertain region are worth about one label.
 """
 
 from __future__ import annotations
@@ -14,15 +19,21 @@ from collections import Counter, defaultdict
 import numpy as np
 
 
+STRATEGIES = ("highest", "random", "diverse")
+
+
 def select(records: list[dict], lower: float, upper: float, per_round: int, per_trajectory: int = 3,
            min_separation: int = 5, record_every: int = 1, strategy: str = "highest",
-           seed: int = 0) -> tuple[list[dict], dict]:
+           seed: int = 0, labeled: list | None = None) -> tuple[list[dict], dict]:
     """(picked records, each with a ``reason``; counts of known / candidate / lost frames). Two picks of one
     trajectory are at least ``min_separation`` × ``record_every`` MD steps apart. ``strategy``: "highest"
     takes candidates by decreasing deviation; "random" in a seeded random order (DP-GEN's rule: any frame in
-    the trust window is worth labeling, and the most uncertain ones are the most distorted)."""
-    if strategy not in ("highest", "random"):
-        raise ValueError(f"strategy must be 'highest' or 'random', got {strategy!r}")
+    the trust window is worth labeling, and the most uncertain ones are the most distorted); "diverse" by
+    deviation × descriptor distance to the nearest of ``labeled`` (structures already labeled) and the picks
+    so far. For "diverse" each record needs ``numbers`` (its atomic numbers): frames are compared only with
+    frames of the same atoms in the same order."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     # A frame where a trajectory ended (lost, collapsed, non-finite) is never labeled: its geometry is the
     # model's invention. Frames before it are judged by their deviation like any other.
     usable = [r for r in records if r["stopped"] is None and r["deviation_eV_A"] is not None]
@@ -34,36 +45,109 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
              "trajectories": len({r["trajectory"] for r in records}),
              **{f"stopped_{why.replace('-', '_')}": sum(r["stopped"] == why for r in records)
                 for why in ("uncertain", "collapsed", "non-finite")}}
-    if strategy == "random":
-        order = np.random.default_rng(seed).permutation(len(candidates))
-        pool = [candidates[i] for i in order]
-    else:
-        pool = sorted(candidates, key=lambda r: -r["deviation_eV_A"])
     fallback = False
-    if not pool and lost:
+    if candidates:
+        pool = candidates
+    elif lost:
         # Every trajectory jumped past `upper` between two recorded frames: the last frame each lost
         # trajectory recorded below `upper` is the edge of what the model knows.
         pool, fallback = _last_known_before_loss(records, upper), True
+    else:
+        pool = []
+    if fallback or strategy == "highest":
+        order = _FixedOrder(sorted(pool, key=lambda r: -r["deviation_eV_A"]))
+    elif strategy == "random":
+        order = _FixedOrder([pool[i] for i in np.random.default_rng(seed).permutation(len(pool))])
+    else:
+        order = _DiverseOrder(pool, labeled or [])
     picked, per_traj, steps_of = [], Counter(), defaultdict(list)
-    for r in pool:
-        if len(picked) >= per_round:
+
+    def allowed(r):
+        t = r["trajectory"]
+        return per_traj[t] < per_trajectory and not any(abs(r["step"] - s) < min_separation * record_every
+                                                        for s in steps_of[t])
+
+    while len(picked) < per_round:
+        r = order.next(allowed)
+        if r is None:
             break
         t = r["trajectory"]
-        if per_traj[t] >= per_trajectory:
-            continue
-        if any(abs(r["step"] - s) < min_separation * record_every for s in steps_of[t]):
-            continue
         rank = len(picked) + 1
+        how = {"highest": "by decreasing deviation", "random": "at random",
+               "diverse": "by deviation × distance to the nearest labeled or picked frame (" + (
+                   "none of these atoms yet" if r.get("distance_1_A") is None else f"{r['distance_1_A']:.4f} 1/Å")
+                   + ")"}[strategy]
         reason = (f"last frame below the upper threshold ({upper} eV/Å) before trajectory {t} was lost"
                   if fallback else f"deviation {r['deviation_eV_A']:.3f} eV/Å in [{lower}, {upper}]: "
-                  f"pick {rank} {'by decreasing deviation' if strategy == 'highest' else 'at random'} among "
-                  f"{len(candidates)} candidates")
+                  f"pick {rank} {how} among {len(candidates)} candidates")
         picked.append({**r, "reason": reason})
         per_traj[t] += 1
         steps_of[t].append(r["step"])
     stats["picked"] = len(picked)
     stats["picked_trajectories"] = len(per_traj)
     return picked, stats
+
+
+class _FixedOrder:
+    """Candidates in a fixed order; ``next`` gives the first one still allowed (each at most once)."""
+
+    def __init__(self, pool: list[dict]):
+        self.pool, self.i = pool, 0
+
+    def next(self, allowed):
+        while self.i < len(self.pool):
+            r = self.pool[self.i]
+            self.i += 1
+            if allowed(r):
+                return r
+        return None
+
+
+def inverse_distances(positions: np.ndarray) -> np.ndarray:
+    """Every atom pair's inverse distance (1/Å): an invariant descriptor of a molecule's geometry, most
+    sensitive to the short distances that dominate forces."""
+    i, j = np.triu_indices(len(positions), 1)
+    return 1.0 / np.linalg.norm(positions[i] - positions[j], axis=-1)
+
+
+class _DiverseOrder:
+    """Greedy batch order: the allowed candidate with the largest deviation × RMS descriptor distance to the
+    nearest labeled or already picked frame of the same atoms. A candidate with no such frame counts as
+    infinitely far, so it ranks by deviation among its kind."""
+
+    def __init__(self, pool: list[dict], labeled: list):
+        self.pool = pool
+        self.dev = np.array([r["deviation_eV_A"] for r in pool], dtype=float)
+        self.nearest = np.full(len(pool), np.inf)
+        self.taken = np.zeros(len(pool), dtype=bool)
+        self.key_of = [np.asarray(r["numbers"]).tobytes() for r in pool]
+        groups = defaultdict(list)
+        for k, key in enumerate(self.key_of):
+            groups[key].append(k)
+        self.groups = {key: (np.array(idx), np.stack([inverse_distances(np.asarray(pool[k]["positions"]))
+                                                      for k in idx]))
+                       for key, idx in groups.items()}
+        self.row_of = {k: row for idx, _ in self.groups.values() for row, k in enumerate(idx)}
+        for s in labeled:
+            self._update(np.asarray(s.numbers).tobytes(), inverse_distances(s.positions))
+
+    def _update(self, key: bytes, desc: np.ndarray) -> None:
+        if key in self.groups:
+            idx, matrix = self.groups[key]
+            self.nearest[idx] = np.minimum(self.nearest[idx], np.sqrt(np.mean((matrix - desc) ** 2, axis=1)))
+
+    def next(self, allowed):
+        # inf × deviation would tie: candidates with nothing to compare with rank by deviation among themselves.
+        score = np.where(np.isinf(self.nearest), np.inf, self.dev * self.nearest)
+        for k in np.lexsort((-self.dev, -score)):
+            if self.taken[k] or not allowed(self.pool[k]):
+                continue
+            self.taken[k] = True
+            distance = float(self.nearest[k])
+            key = self.key_of[k]
+            self._update(key, self.groups[key][1][self.row_of[k]])
+            return {**self.pool[k], "distance_1_A": None if np.isinf(distance) else distance}
+        return None
 
 
 def _last_known_before_loss(records: list[dict], upper: float) -> list[dict]:
