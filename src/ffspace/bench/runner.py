@@ -232,7 +232,10 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
                        speed.save_system(start, run_dir / "molecule.npz"), "float32", max(cfg.speed.repeats, 20))
     cost = row.get("ms_per_step", float("inf"))
     time_ps = c.time_ps if cost <= c.slow_ms_per_step else c.slow_time_ps
-    key = {"weights": weights, "settings": c.model_dump(), "time_ps": time_ps, "start": start.positions.tolist()}
+    # slow_ms_per_step acts only through time_ps: a new threshold that leaves a model's run length alone keeps
+    # its finished runs.
+    key = {"weights": weights, "settings": c.model_dump(exclude={"slow_ms_per_step", "slow_time_ps"}),
+           "time_ps": time_ps, "start": start.positions.tolist()}
     runs = {}
     for temperature in c.temperatures:
         print(f"[bench] stability {run_dir.name} at {temperature:g} K: {c.seeds} seeds × {time_ps:g} ps",
