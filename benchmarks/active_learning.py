@@ -5,7 +5,7 @@
     OMP_NUM_THREADS=2 python benchmarks/active_learning.py --config benchmarks/configs/active_small.yaml \\
         --n-test 40 --pool-per-temperature 30 --out runs/al_small                # the pipeline in minutes
 
-1. Test set: GFN2-xTB Langevin MD of the config's molecule at --test-temperature (600 K), its own seed,
+1. Test set: GFN2-xTB Langevin MD from the loop's start structure at --test-temperature (600 K), its own seed,
    --n-test frames 20 steps apart, labeled with the config's labeler.
 2. Active learning: `ffspace active` with the config (committee, exploration, selection, budget).
 3. Random sampling: the same start labels, then at every label count of the active curve a committee trained
@@ -35,11 +35,10 @@ import numpy as np
 from ffspace.active import Committee, calibration, calibration_plot, train_committee
 from ffspace.active.config import load_active_config
 from ffspace.active.loop import initial_labels, run_active, split_new_labels
-from ffspace.data.readers import read_extxyz
 from ffspace.evaluate import error_metrics
 from ffspace.evaluate.plots import pyplot, save_figure
 from ffspace.reference.config import LabelConfig, SamplerConfig
-from ffspace.reference.job import run_label_job, sampled_frames
+from ffspace.reference.job import run_label_job, sampled_frames, start_structures
 from ffspace.reference.runner import label_structures
 from ffspace.reference.store import LabelStore
 
@@ -71,12 +70,15 @@ def main(argv=None):
     active_dir = out / args.active_dir
     cfg = load_active_config(args.config, [f"out={active_dir}", f"progress={sys.stderr.isatty()}", *args.set])
 
-    # 1. The independent test set.
+    # 1. The independent test set: MD with its own seed from the loop's start structures. The conformer comes
+    #    from the loop's seed: with the test's seed RDKit may embed another conformer, which neither the loop
+    #    nor its start frames ever saw, while pools sampled from it would be handed the test's conformer.
+    starts = start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed))
     test_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed, progress=True,
                            samplers=[SamplerConfig(kind="md", n_frames=args.n_test, temperature=args.test_temperature,
                                                    interval=20)],
                            store=str(out / "test_store"), out=str(out / "test.extxyz"))
-    test = run_label_job(test_job) if not (out / "test.extxyz").exists() else read_extxyz(out / "test.extxyz")
+    test = run_label_job(test_job, starts=starts)  # a rerun reads the frames and labels back
 
     # 2. Active learning.
     active = run_active(cfg)
@@ -91,7 +93,7 @@ def main(argv=None):
     #    thousands of xTB MD force calls); a number: xTB MD at that temperature only (e.g. the start's 300 K).
     explored = sorted({t for r in rounds for t in r["temperatures_K"]})
     labeler, store = cfg.labeler.build(), LabelStore(active_dir / "store")
-    initial = initial_labels(cfg, None, labeler, store)  # the loop's start labels, read back (shared)
+    initial = initial_labels(cfg, starts, labeler, store)  # the loop's start labels, read back (shared)
     train0, val = initial.split([-1, cfg.n_val], seed=cfg.seed)
     curve = [{"labels": n, "active_mae_meV_A": _mae(sorted(Path(d).glob("member_*/model.safetensors")), test)}
              for n, d in points]
@@ -103,7 +105,7 @@ def main(argv=None):
         pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
                                samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
                                          for t in temps])
-        pool = sampled_frames(pool_job, out / f"random_pool{tag}")
+        pool = sampled_frames(pool_job, out / f"random_pool{tag}", starts)
         # The pool's own reference cost: MD steps, or one finite-difference Hessian (6 calls per atom) per sampler.
         calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval if kind == "md" else 6 * pool[0].n_atoms
                     for sc in pool_job.samplers)

@@ -224,6 +224,19 @@ def test_torsion_scan_and_dimers(tmp_path):
     assert len(dimers) == 4 and dimers[0].n_atoms == 18
 
 
+def test_sampling_from_given_starts_is_cached_under_their_own_name(tmp_path):
+    from ffspace.reference.config import LabelConfig, SamplerConfig
+    from ffspace.reference.job import sampled_frames, start_structures
+
+    cfg = LabelConfig(input={"smiles": "CCO"}, samplers=[SamplerConfig(kind="rattle", n_frames=3)], seed=1)
+    default = sampled_frames(cfg, tmp_path)
+    other = [s.copy(positions=s.positions + 0.1) for s in start_structures(cfg)]
+    moved = sampled_frames(cfg, tmp_path, other)
+    # Frames sampled around the given starts, not read back from the default starts' file.
+    np.testing.assert_allclose(np.mean([f.positions - d.positions for f, d in zip(moved, default)]), 0.1, atol=1e-6)
+    assert len(list(tmp_path.glob("samples-*.extxyz"))) == 2
+
+
 def test_md_sampling_driven_by_a_trained_model(tmp_path, trained_package):
     import yaml
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..data.readers import read_dataset, read_extxyz
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
@@ -58,9 +60,14 @@ def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
     return frames
 
 
-def _sampling_fingerprint(cfg: LabelConfig) -> str:
+def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = None) -> str:
     relevant = {"input": cfg.input.model_dump(), "samplers": [s.model_dump() for s in cfg.samplers],
                 "seed": cfg.seed}
+    if starts is not None:  # given start structures replace the ones cfg.input and cfg.seed would make
+        h = hashlib.sha256()
+        for s in starts:
+            h.update(np.asarray(s.numbers, dtype=np.int64).tobytes() + np.round(s.positions, 8).tobytes())
+        relevant["starts"] = h.hexdigest()
     for sc in cfg.samplers:  # a model driver is identified by its file's content, not its name
         if sc.kind == "md" and sc.driver != "xtb" and Path(sc.driver).is_file():
             relevant.setdefault("drivers", []).append(hashlib.sha256(Path(sc.driver).read_bytes()).hexdigest())
@@ -74,9 +81,9 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
 
     Read back rather than kept in memory, so the label keys (positions rounded in the file) are identical on
     every rerun; named by the sampling settings, so a rerun with other settings samples anew instead of
-    reusing stale frames. ``starts`` defaults to `start_structures` (``cfg.input``).
+    reusing stale frames. ``starts`` defaults to `start_structures` (``cfg.input``); given ones enter the name.
     """
-    path = Path(folder) / f"samples-{_sampling_fingerprint(cfg)}.extxyz"
+    path = Path(folder) / f"samples-{_sampling_fingerprint(cfg, starts)}.extxyz"
     if not path.exists():
         frames = sample(cfg, start_structures(cfg) if starts is None else starts)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +93,12 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
     return list(read_extxyz(path, required=()))
 
 
-def run_label_job(cfg: LabelConfig, scheduler=None):
-    """Sample (once; cached in the store folder), label what is missing, write the dataset."""
+def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | None = None):
+    """Sample (once; cached in the store folder), label what is missing, write the dataset. ``starts``: start
+    structures to sample from instead of those ``cfg.input`` gives with ``cfg.seed``."""
     labeler = cfg.labeler.build()
     store = LabelStore(cfg.store)
-    frames = sampled_frames(cfg, cfg.store)
+    frames = sampled_frames(cfg, cfg.store, starts)
     print(f"{len(frames)} frames to label with {labeler.provenance()['method']} "
           f"({len(store)} labels already in {cfg.store})", file=sys.stderr)
     dataset = label_structures(frames, labeler, store, workers=cfg.workers,
