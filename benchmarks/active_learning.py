@@ -53,8 +53,9 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("runs/al_bench"))
     p.add_argument("--test-temperature", type=float, default=600.0)
     p.add_argument("--n-test", type=int, default=200)
-    p.add_argument("--pool-per-temperature", type=int, default=60,
-                   help="random-sampling pool frames per temperature (at least enough for the last point)")
+    p.add_argument("--pool-per-temperature", type=int, default=250,
+                   help="random-sampling pool frames per temperature, 20 MD steps apart: several times what the "
+                        "last point draws, so the random picks are not the consecutive frames of a short trajectory")
     p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
     p.add_argument("--active-dir", default="active", help="folder of the loop's run under --out (several loop "
                    "variants can share one test set and one set of baselines)")
