@@ -121,13 +121,11 @@ class _DiverseOrder:
         self.nearest = np.full(len(pool), np.inf)
         self.taken = np.zeros(len(pool), dtype=bool)
         self.key_of = [np.asarray(r["numbers"]).tobytes() for r in pool]
+        self.desc = [inverse_distances(np.asarray(r["positions"])) for r in pool]
         groups = defaultdict(list)
         for k, key in enumerate(self.key_of):
             groups[key].append(k)
-        self.groups = {key: (np.array(idx), np.stack([inverse_distances(np.asarray(pool[k]["positions"]))
-                                                      for k in idx]))
-                       for key, idx in groups.items()}
-        self.row_of = {k: row for idx, _ in self.groups.values() for row, k in enumerate(idx)}
+        self.groups = {key: (np.array(idx), np.stack([self.desc[k] for k in idx])) for key, idx in groups.items()}
         for s in labeled:
             self._update(np.asarray(s.numbers).tobytes(), inverse_distances(s.positions))
 
@@ -144,8 +142,7 @@ class _DiverseOrder:
                 continue
             self.taken[k] = True
             distance = float(self.nearest[k])
-            key = self.key_of[k]
-            self._update(key, self.groups[key][1][self.row_of[k]])
+            self._update(self.key_of[k], self.desc[k])
             return {**self.pool[k], "distance_1_A": None if np.isinf(distance) else distance}
         return None
 
