@@ -54,8 +54,8 @@ def main(argv=None):
     p.add_argument("--test-temperature", type=float, default=600.0)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--pool-per-temperature", type=int, default=250,
-                   help="random-sampling pool frames per temperature, 20 MD steps apart: several times what the "
-                        "last point draws, so the random picks are not the consecutive frames of a short trajectory")
+                   help="random-sampling pool frames per temperature, 20 MD steps apart (raised to 3x what the last "
+                        "point draws, so the random picks are not the consecutive frames of a short trajectory)")
     p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
     p.add_argument("--active-dir", default="active", help="folder of the loop's run under --out (several loop "
                    "variants can share one test set and one set of baselines)")
@@ -102,7 +102,9 @@ def main(argv=None):
     for spec in args.baselines:
         kind, temps, tag = _baseline_pool(spec, explored)
         needed = points[-1][0] - len(initial)
-        per_t = max(args.pool_per_temperature, -(-needed // len(temps)))  # enough frames for the last point
+        # At least 3x what the last point draws: otherwise a one-temperature pool ends up handing over every
+        # frame of one short trajectory (frames 10 fs apart), a weaker baseline than random sampling.
+        per_t = max(args.pool_per_temperature, -(-3 * needed // len(temps)))
         pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
                                samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
                                          for t in temps])
