@@ -55,7 +55,8 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--pool-per-temperature", type=int, default=250,
                    help="random-sampling pool frames per temperature, 20 MD steps apart (raised to 3x what the last "
-                        "point draws, so the random picks are not the consecutive frames of a short trajectory)")
+                        "point draws, so the random picks are not the consecutive frames of a short trajectory; a "
+                        "pool made by an earlier run on --out is kept while it holds 2x the draw)")
     p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
     p.add_argument("--active-dir", default="active", help="folder of the loop's run under --out (several loop "
                    "variants can share one test set and one set of baselines)")
@@ -99,12 +100,13 @@ def main(argv=None):
     curve = [{"labels": n, "active_mae_meV_A": _mae(sorted(Path(d).glob("member_*/model.safetensors")), test)}
              for n, d in points]
     baselines = {}
+    previous_results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     for spec in args.baselines:
         kind, temps, tag = _baseline_pool(spec, explored)
         needed = points[-1][0] - len(initial)
-        # At least 3x what the last point draws: otherwise a one-temperature pool ends up handing over every
-        # frame of one short trajectory (frames 10 fs apart), a weaker baseline than random sampling.
-        per_t = max(args.pool_per_temperature, -(-3 * needed // len(temps)))
+        previous = previous_results.get("baselines", {}).get(f"random{tag}")
+        per_t = _pool_per_temperature(args.pool_per_temperature, needed, len(temps),
+                                      previous if previous and previous["pool_temperatures_K"] == temps else None)
         pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
                                samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
                                          for t in temps])
@@ -163,6 +165,17 @@ def main(argv=None):
     print(f"\nCalibration of the final active committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
           f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
+
+
+def _pool_per_temperature(minimum: int, needed: int, n_temperatures: int, previous: dict | None) -> int:
+    """Frames per temperature of a random pool. A new pool holds 3x the largest draw (and at least ``minimum``
+    per temperature): a pool the size of the draw hands over every frame of a short trajectory (frames 10 fs
+    apart), a weaker baseline than random sampling. A pool an earlier run on the same folder made (``previous``,
+    its results.json entry) is kept while it still holds 2x the draw, so a raised label budget extends the
+    curve instead of redrawing every point; below that a new pool is made and the whole curve recomputed."""
+    if previous and previous["pool_frames"] >= 2 * needed and previous["pool_frames"] // n_temperatures >= minimum:
+        return previous["pool_frames"] // n_temperatures
+    return max(minimum, -(-3 * needed // n_temperatures))
 
 
 def _baseline_pool(spec: str, explored: list[float]) -> tuple[str, list[float], str]:
