@@ -38,7 +38,8 @@ from ffspace.active.loop import initial_labels, run_active, split_new_labels
 from ffspace.evaluate import error_metrics
 from ffspace.evaluate.plots import pyplot, save_figure
 from ffspace.reference.config import LabelConfig, SamplerConfig
-from ffspace.reference.job import run_label_job, sampled_frames, start_structures
+from ffspace.data.readers import read_extxyz
+from ffspace.reference.job import run_label_job, sampled_frames, samples_path, start_structures
 from ffspace.reference.runner import label_structures
 from ffspace.reference.store import LabelStore
 
@@ -56,7 +57,7 @@ def main(argv=None):
     p.add_argument("--pool-per-temperature", type=int, default=250,
                    help="random-sampling pool frames per temperature, 20 MD steps apart (raised to 3x what the last "
                         "point draws, so the random picks are not the consecutive frames of a short trajectory; a "
-                        "pool made by an earlier run on --out is kept while it holds 2x the draw)")
+                        "pool an earlier run made in --out is kept while it holds 2x the draw)")
     p.add_argument("--seed", type=int, default=12345, help="test set and pool MD (independent of the loop's seeds)")
     p.add_argument("--active-dir", default="active", help="folder of the loop's run under --out (several loop "
                    "variants can share one test set and one set of baselines)")
@@ -100,17 +101,19 @@ def main(argv=None):
     curve = [{"labels": n, "active_mae_meV_A": _mae(sorted(Path(d).glob("member_*/model.safetensors")), test)}
              for n, d in points]
     baselines = {}
-    previous_results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     for spec in args.baselines:
         kind, temps, tag = _baseline_pool(spec, explored)
         needed = points[-1][0] - len(initial)
-        previous = previous_results.get("baselines", {}).get(f"random{tag}")
-        per_t = _pool_per_temperature(args.pool_per_temperature, needed, len(temps),
-                                      previous if previous and previous["pool_temperatures_K"] == temps else None)
-        pool_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
+
+        def make_pool_job(per_t):  # the pool's MD, per_t frames per temperature and start structure
+            return LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
                                samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
                                          for t in temps])
-        pool = sampled_frames(pool_job, out / f"random_pool{tag}", starts)
+        pool_dir = out / f"random_pool{tag}"
+        per_t = _kept_pool(pool_dir, make_pool_job, starts, len(temps), needed, args.pool_per_temperature) \
+            or max(args.pool_per_temperature, -(-3 * needed // len(temps)))
+        pool_job = make_pool_job(per_t)
+        pool = sampled_frames(pool_job, pool_dir, starts)
         # The pool's own reference cost: MD steps, or one finite-difference Hessian (6 calls per atom) per sampler.
         calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval if kind == "md" else 6 * pool[0].n_atoms
                     for sc in pool_job.samplers)
@@ -167,15 +170,21 @@ def main(argv=None):
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
 
 
-def _pool_per_temperature(minimum: int, needed: int, n_temperatures: int, previous: dict | None) -> int:
-    """Frames per temperature of a random pool. A new pool holds 3x the largest draw (and at least ``minimum``
-    per temperature): a pool the size of the draw hands over every frame of a short trajectory (frames 10 fs
-    apart), a weaker baseline than random sampling. A pool an earlier run on the same folder made (``previous``,
-    its results.json entry) is kept while it still holds 2x the draw, so a raised label budget extends the
-    curve instead of redrawing every point; below that a new pool is made and the whole curve recomputed."""
-    if previous and previous["pool_frames"] >= 2 * needed and previous["pool_frames"] // n_temperatures >= minimum:
-        return previous["pool_frames"] // n_temperatures
-    return max(minimum, -(-3 * needed // n_temperatures))
+def _kept_pool(folder: Path, make_pool_job, starts, n_temperatures: int, needed: int, minimum: int) -> int | None:
+    """Frames per temperature of the largest pool an earlier run made in ``folder`` with these settings that
+    still holds 2x the draw (and ``minimum`` per temperature), or None: then a new pool is made, 3x the draw.
+    A pool the size of the draw hands over every frame of a short trajectory (frames 10 fs apart), a weaker
+    baseline than random sampling; keeping a large enough pool lets a raised label budget extend the curve
+    instead of redrawing every point. A file counts only if its name is the fingerprint of these settings."""
+    kept = []
+    for path in folder.glob("samples-*.extxyz"):
+        n = len(read_extxyz(path, required=()))
+        per_t, rest = divmod(n, n_temperatures * len(starts))
+        if rest or per_t < minimum or n < 2 * needed:
+            continue
+        if samples_path(make_pool_job(per_t), folder, starts) == path:
+            kept.append(per_t)
+    return max(kept, default=None)
 
 
 def _baseline_pool(spec: str, explored: list[float]) -> tuple[str, list[float], str]:

@@ -76,6 +76,11 @@ def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = Non
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def samples_path(cfg: LabelConfig, folder, starts: list[Structure] | None = None) -> Path:
+    """Where `sampled_frames` keeps the frames of ``cfg``'s samplers in ``folder`` (whether made yet or not)."""
+    return Path(folder) / f"samples-{_sampling_fingerprint(cfg, starts)}.extxyz"
+
+
 def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = None) -> list[Structure]:
     """The frames of ``cfg``'s samplers, made once into ``folder/samples-<fingerprint>.extxyz`` and read back.
 
@@ -83,7 +88,7 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
     every rerun; named by the sampling settings, so a rerun with other settings samples anew instead of
     reusing stale frames. ``starts`` defaults to `start_structures` (``cfg.input``); given ones enter the name.
     """
-    path = Path(folder) / f"samples-{_sampling_fingerprint(cfg, starts)}.extxyz"
+    path = samples_path(cfg, folder, starts)
     if not path.exists():
         frames = sample(cfg, start_structures(cfg) if starts is None else starts)
         path.parent.mkdir(parents=True, exist_ok=True)

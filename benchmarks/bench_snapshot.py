@@ -1,0 +1,74 @@
+"""Keep the finished steps of an `ffspace bench` run in the repository, and put them back.
+
+The aspirin design-space benchmark takes longer than one working session on 2 cores, and a session's scratch
+folder (runs/) does not outlive it. `save` copies every finished step of a run (the trained model packages,
+their accuracy, timing and MD-survival JSON, the OpenMM references, the report) into a folder that is
+committed; `restore` copies them back, after which rerunning the same `ffspace bench` command reads them back
+and goes on where the run stopped. Timings (speed_*.json, the OpenMM references) are saved but not
+restored: the session that finishes the run measures every cost again, so the report's cost ratios come from
+one machine at one time. A model still training is left out (its checkpoint is large and a training
+restarts under the whole budget anyway), as are checkpoints and half-written files.
+
+    python benchmarks/bench_snapshot.py save    runs/bench_aspirin benchmarks/results/bench_aspirin
+    python benchmarks/bench_snapshot.py restore runs/bench_aspirin benchmarks/results/bench_aspirin
+
+What is read back is only reused when the bench's own cache keys match (same settings, same model weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+SKIPPED = {"checkpoint.pt", "checkpoint.pt.tmp"}
+
+
+def _is_timing(rel: Path) -> bool:
+    return rel.name.startswith(("speed_", "openmm_")) or rel.parts[0] == "openmm_water"
+
+
+def _finished_files(run: Path, timings: bool = True):
+    """The files of `run` that belong to finished steps (with or without the timings)."""
+    for path in sorted(run.rglob("*")):
+        if not path.is_file() or path.name in SKIPPED or path.suffix == ".tmp":
+            continue
+        rel = path.relative_to(run)
+        if rel.parts[0] == "systems":  # water boxes: rebuilt from the cell on every run
+            continue
+        if not timings and _is_timing(rel):
+            continue
+        # <dataset>/<model>/...: only a model whose training finished (accuracy.json is written after evaluation)
+        if len(rel.parts) >= 3 and rel.parts[0] != "openmm_water" \
+                and not (run / rel.parts[0] / rel.parts[1] / "accuracy.json").exists():
+            continue
+        yield rel
+
+
+def copy(src: Path, dst: Path, timings: bool = True) -> int:
+    n = 0
+    for rel in _finished_files(src, timings):
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
+        n += 1
+    return n
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["save", "restore"])
+    p.add_argument("run", type=Path, help="the bench's out folder (runs/bench_aspirin)")
+    p.add_argument("kept", type=Path, help="the committed copy (benchmarks/results/bench_aspirin)")
+    args = p.parse_args(argv)
+    src, dst = (args.run, args.kept) if args.action == "save" else (args.kept, args.run)
+    if not src.is_dir():
+        sys.exit(f"{src}: no such folder")
+    # Timings are not restored: every cost in the report is then measured by the session that finishes the
+    # run, on one machine at one time (the trained models, accuracies and MD runs do not depend on that).
+    print(f"{args.action}: {copy(src, dst, timings=args.action == 'save')} files {src} -> {dst}")
+
+
+if __name__ == "__main__":
+    main()
