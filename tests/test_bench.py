@@ -143,6 +143,7 @@ def test_a_model_that_raises_fails_its_copies_instead_of_the_benchmark(ethanol_d
     pot = Refusing(Sum([AtomicReference({1: -10.0, 6: -40.0, 8: -60.0})]), dtype=torch.float64)
     r = stability.survival(pot, ethanol_data[0], 300.0, seeds=2, time_ps=0.01)
     assert r["survived"] == 0 and r["failure_ps"] == [0.0005, 0.0005]
+    assert r["failure"] == [{"reason": "non-finite"}] * 2
 
 
 def test_survival_detects_a_molecule_falling_apart(ethanol_data):
@@ -152,6 +153,10 @@ def test_survival_detects_a_molecule_falling_apart(ethanol_data):
     assert len(stability.covalent_bonds(mol)) == 8
     r = stability.survival(pot, mol, 1200.0, seeds=3, time_ps=0.2)
     assert r["survived"] == 0 and all(0 < t < 0.1 for t in r["failure_ps"])
+    for f in r["failure"]:  # nothing holds the atoms: the culprit bond is 0.5 Å off its start length
+        sign = {"stretched": 1, "compressed": -1}[f["reason"]]  # (an H in free flight can pass through its C)
+        assert sign * (f["length_A"] - f["start_length_A"]) > 0.5, f
+        assert f["elements"] in ("C-H", "H-C", "O-H", "H-O", "C-C", "C-O", "O-C"), f
 
 
 def test_water_molecules_regroups_a_box_listed_element_by_element():

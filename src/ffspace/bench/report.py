@@ -156,7 +156,26 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
         drift = _f(nve.get("max_abs_drift_meV_per_atom_ps"), 3) if nve.get("status") == "ok" else nve.get("status", "—")
         lengths = sorted({r["time_ps"] for r in st["runs"].values()})
         lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells) + f" | {drift} |")
+    causes = [f"{mname}: {why}" for mname, st in rows.items() if (why := _failure_causes(st))]
+    if causes:
+        lines += ["", "What failed (the bond furthest from its start length when the seed failed, counted over seeds):",
+                  ""] + [f"- {c}" for c in causes]
     return lines
+
+
+def _failure_causes(st: dict) -> str:
+    """'1200 K: 3× C-H stretched, 2× non-finite; ...' for one model's stability runs."""
+    parts = []
+    for t, r in st["runs"].items():
+        counts: dict[str, int] = {}
+        for f in r.get("failure") or []:
+            if f:
+                label = "non-finite" if f["reason"] == "non-finite" else f"{f['elements']} {f['reason']}"
+                counts[label] = counts.get(label, 0) + 1
+        if counts:
+            parts.append(f"{t} K: " + ", ".join(f"{n}× {label}" for label, n in sorted(counts.items(),
+                                                                                    key=lambda x: -x[1])))
+    return "; ".join(parts)
 
 
 def _survival_plot(name: str, ds: dict, path: Path) -> bool:

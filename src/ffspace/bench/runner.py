@@ -234,8 +234,9 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
     time_ps = c.time_ps if cost <= c.slow_ms_per_step else c.slow_time_ps
     # slow_ms_per_step acts only through time_ps: a new threshold that leaves a model's run length alone keeps
     # its finished runs.
+    # "record": what a result holds; results from before failures were explained (which bond) are redone.
     key = {"weights": weights, "settings": c.model_dump(exclude={"slow_ms_per_step", "slow_time_ps"}),
-           "time_ps": time_ps, "start": start.positions.tolist()}
+           "time_ps": time_ps, "start": start.positions.tolist(), "record": "failure bonds"}
     runs = {}
     for temperature in c.temperatures:
         print(f"[bench] stability {run_dir.name} at {temperature:g} K: {c.seeds} seeds × {time_ps:g} ps",

@@ -40,15 +40,31 @@ def _failed(copies: MoleculeCopies, bonds: np.ndarray, lengths: np.ndarray, tole
     return bad
 
 
+def _why(copies: MoleculeCopies, k: int, numbers: np.ndarray, bonds: np.ndarray, lengths: np.ndarray) -> dict:
+    """What made copy ``k`` fail: non-finite values, or its most deviating bond (atoms, elements, lengths)."""
+    from ase.data import chemical_symbols
+
+    pos = copies.positions()[k]
+    if not (np.isfinite(copies.energies[k]) and np.isfinite(pos).all()):
+        return {"reason": "non-finite"}
+    d = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=-1)
+    b = int(np.argmax(np.abs(d - lengths)))
+    i, j = (int(a) for a in bonds[b])
+    return {"reason": "stretched" if d[b] > lengths[b] else "compressed", "atoms": [i, j],
+            "elements": f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]}",
+            "start_length_A": float(lengths[b]), "length_A": float(d[b])}
+
+
 def survival(potential, structure: Structure, temperature: float, seeds: int = 5, time_ps: float = 20.0,
              timestep_fs: float = 0.5, friction: float = 0.01, bond_tolerance: float = 0.5, seed: int = 0,
              progress: bool = False) -> dict:
-    """Langevin MD of ``seeds`` copies at ``temperature`` K; the time each copy failed (None: survived)."""
+    """Langevin MD of ``seeds`` copies at ``temperature`` K; the time each copy failed (None: survived) and why
+(``failure``: the bond that left the tolerance, or non-finite values)."""
     bonds = covalent_bonds(structure)
     d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
     start_stream, noise_stream = np.random.SeedSequence(seed).spawn(2)  # independent velocity and noise draws
     copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, np.random.default_rng(start_stream))
-    failure = [None] * seeds
+    failure, why = [None] * seeds, [None] * seeds
     steps = int(round(time_ps * units.ps / timestep_fs))
     integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
     bar = tqdm(range(steps), desc=f"{temperature:g} K × {seeds} seeds", disable=not progress, leave=False)
@@ -59,11 +75,13 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             t = (step + 1) * timestep_fs / units.ps
             for k in np.nonzero(bad)[0]:
                 failure[copies.ids[k]] = t
+                why[copies.ids[k]] = _why(copies, k, structure.numbers, bonds, d0)
             if bad.all():
                 break
             copies = copies.survivors(~bad, integrator)
     return {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
-            "failure_ps": failure, "survived": sum(f is None for f in failure), "bond_tolerance_A": bond_tolerance,
+            "failure_ps": failure, "failure": why, "survived": sum(f is None for f in failure),
+            "bond_tolerance_A": bond_tolerance,
             "n_bonds": int(len(bonds))}
 
 
