@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from . import mm_terms
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge
-from .topology import MolecularTopology, find_bonds, topology_from_bonds
+from .topology import MolecularTopology, find_bonds, same_tensor as _same, topology_from_bonds
 
 MAX_DEGREE = 6
 TETRAHEDRAL = math.radians(109.47)
@@ -82,12 +82,6 @@ class _AssignmentCache:
             r = torch.linalg.norm(batch.positions[held[:, 1]] - batch.positions[held[:, 0]], dim=-1)
             radii = model.covalent.to(r.dtype)[batch.numbers]
             return bool((r < BREAK_SCALE * (radii[held[:, 0]] + radii[held[:, 1]])).all())
-
-
-def _same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, zero_last: bool = True) -> nn.Sequential:

@@ -1,7 +1,7 @@
 """Classical molecular mechanics with parameters fitted to QM labels by the ffspace trainer.
 
-Topology is perceived from the geometry (a bond where r < ``bond_scale`` · (R_i + R_j), covalent radii)
-and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
+Topology is perceived from the geometry (a bond where r < ``bond_scale`` · (R_i + R_j), covalent radii;
+outside training a bond, once formed, holds until ``break_scale`` · (R_i + R_j), see `ClassicalMM.topology`) and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
 harmonic bonds; cosine-harmonic angles k (cos θ − cos θ0)² (smooth even for linear angles); torsions
 Σ_{n=1..3} V_n cos(nφ); impropers k h² on three-coordinated centres (h: normalised triple product, zero
 when planar); Lennard-Jones (Lorentz–Berthelot) and Coulomb between type charges made neutral per
@@ -22,7 +22,7 @@ from .. import units
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge
 from .radial import smoothstep_switch
-from .topology import MAX_NEIGHBOURS, neighbour_table
+from .topology import MAX_NEIGHBOURS, neighbour_table, same_tensor
 
 
 
@@ -34,16 +34,21 @@ def _inv_softplus(x: float) -> float:
 class ClassicalMM(FFModel):
     def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.2, max_degree: int = 4,
                  switch_width: float = 1.0, lj_14: float = 0.5, coulomb_14: float = 1 / 1.2,
-                 energy_scale: float = 1.0):
+                 energy_scale: float = 1.0, break_scale: float | None = None):
         # energy_scale is accepted for a uniform interface with the learned families; MM parameters carry
         # physical units, so it is recorded but not used.
         super().__init__()
+        # 1.5 as in graph_mm (packages written before break_scale existed load with it too)
+        break_scale = max(1.5, bond_scale) if break_scale is None else break_scale
+        if break_scale < bond_scale:
+            raise ValueError(f"break_scale ({break_scale}) must be at least bond_scale ({bond_scale})")
         self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff),
-                           bond_scale=float(bond_scale), max_degree=int(max_degree),
+                           bond_scale=float(bond_scale), break_scale=float(break_scale), max_degree=int(max_degree),
                            switch_width=float(switch_width), lj_14=float(lj_14), coulomb_14=float(coulomb_14),
                            energy_scale=float(energy_scale))
         self._init_elements(elements)
         self.cutoff, self.bond_scale, self.max_degree = float(cutoff), float(bond_scale), int(max_degree)
+        self.break_scale = float(break_scale)
         self.switch_width, self.lj_14, self.coulomb_14 = float(switch_width), float(lj_14), float(coulomb_14)
         n_el = len(self.elements)
         nt = self.n_types = n_el * (max_degree + 1)
@@ -68,14 +73,30 @@ class ClassicalMM(FFModel):
 
     # -- topology ---------------------------------------------------------------------------
     def topology(self, batch, r):
-        """Bonds, per-atom neighbour tables and types from the current geometry (no gradient flows here)."""
+        """Bonds, per-atom neighbour tables and types from the current geometry (no gradient flows here).
+
+        Outside training a bond of the previous call holds until ``break_scale`` · (R_i + R_j) (same atoms
+        and structure sizes): without this hysteresis a vibrating bond that crosses ``bond_scale`` drops out
+        of the topology, its bond, angle and torsion terms vanish and the pair turns into a nonbonded one at
+        short range, an energy jump of many eV. Fitted MM at 1200 K launched hydrogens 3 Å in one 0.5 fs step
+        that way. Training sees each frame's own perception, so a fit never depends on the batch order."""
         i, j = batch.edge_index
         n = batch.numbers.shape[0]
-        bonded = r.detach() < self.bond_scale * (self.covalent[batch.numbers[i]] + self.covalent[batch.numbers[j]]
-                                                 ).to(r.dtype)
+        reach = (self.covalent[batch.numbers[i]] + self.covalent[batch.numbers[j]]).to(r.dtype)
+        bonded = r.detach() < self.bond_scale * reach
+        if not self.training:
+            bonded = self._with_held_bonds(batch, i * n + j, r.detach(), reach, bonded)
         nbr, degree = neighbour_table(i[bonded], j[bonded], n)
         types = self.species(batch.numbers) * (self.max_degree + 1) + degree.clamp(max=self.max_degree)
         return nbr, degree, types
+
+    def _with_held_bonds(self, batch, pair, r, reach, bonded):
+        held = getattr(self, "_held_bonds", None)
+        if held is not None and same_tensor(held[0], batch.numbers) and same_tensor(held[1], batch.n_atoms) \
+                and held[2].device == pair.device:
+            bonded = bonded | (torch.isin(pair, held[2]) & (r < self.break_scale * reach))
+        self._held_bonds = (batch.numbers.clone(), batch.n_atoms.clone(), pair[bonded].clone())
+        return bonded
 
     # -- energy terms -----------------------------------------------------------------------
     def forward(self, batch) -> torch.Tensor:

@@ -139,3 +139,10 @@ def _unique_pairs(pairs: torch.Tensor, n: int) -> torch.Tensor:
     lo, hi = torch.minimum(pairs[:, 0], pairs[:, 1]), torch.maximum(pairs[:, 0], pairs[:, 1])
     key = torch.unique(lo * n + hi)
     return torch.stack([key // n, key % n], 1)
+
+
+def same_tensor(a, b) -> bool:
+    """Equal shape, dtype, device and values (None only equals None): what a topology cache is keyed on."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
