@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-SKIPPED = {"checkpoint.pt", "checkpoint.pt.tmp"}
+SKIPPED = {"checkpoint.pt"}  # (half-written files: any *.tmp)
 
 
 def _is_timing(rel: Path) -> bool:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from . import mm_terms
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge
-from .topology import MolecularTopology, find_bonds, same_tensor as _same, topology_from_bonds
+from .topology import BREAK_SCALE, MolecularTopology, find_bonds, same_tensor as _same, topology_from_bonds
 
 MAX_DEGREE = 6
 TETRAHEDRAL = math.radians(109.47)
@@ -42,9 +42,8 @@ CHARGE = 0.2  # e per unit of output
 ATOM_ENERGY = 0.1  # eV per unit of output
 
 
-# A bond forms below bond_scale · (R_i + R_j) (1.3 by default: vibrating bonds at 500 K stay below it) but, once in a cached topology, holds until BREAK_SCALE · (R_i + R_j):
-# hysteresis, so that MD never sees a bond flicker in and out of the topology (an energy jump of many eV).
-BREAK_SCALE = 1.5
+# A bond forms below bond_scale · (R_i + R_j) (1.3 by default: vibrating bonds at 500 K stay below it) but, once in a
+# cached topology, holds until BREAK_SCALE · (R_i + R_j) (topology.py).
 
 
 @dataclass

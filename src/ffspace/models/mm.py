@@ -22,7 +22,7 @@ from .. import units
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge
 from .radial import smoothstep_switch
-from .topology import MAX_NEIGHBOURS, neighbour_table, same_tensor
+from .topology import BREAK_SCALE, MAX_NEIGHBOURS, neighbour_table, same_tensor
 
 
 
@@ -38,8 +38,8 @@ class ClassicalMM(FFModel):
         # energy_scale is accepted for a uniform interface with the learned families; MM parameters carry
         # physical units, so it is recorded but not used.
         super().__init__()
-        # 1.5 as in graph_mm (packages written before break_scale existed load with it too)
-        break_scale = max(1.5, bond_scale) if break_scale is None else break_scale
+        # The default holds for packages written before break_scale existed too.
+        break_scale = max(BREAK_SCALE, bond_scale) if break_scale is None else break_scale
         if break_scale < bond_scale:
             raise ValueError(f"break_scale ({break_scale}) must be at least bond_scale ({bond_scale})")
         self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff),

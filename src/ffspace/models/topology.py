@@ -146,3 +146,9 @@ def same_tensor(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
+
+
+# Outside training, a bond once perceived holds until BREAK_SCALE · (R_i + R_j) (graph_mm, mm): hysteresis, so that
+# MD never sees a bond flicker in and out of the topology (its terms vanish and the pair becomes a short-range
+# nonbonded one: an energy jump of many eV).
+BREAK_SCALE = 1.5
