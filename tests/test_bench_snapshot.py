@@ -30,3 +30,25 @@ def test_save_keeps_finished_steps_and_restore_leaves_timings_out(tmp_path):
     assert _tree(again) == {"config.yaml", "report.md", "aspirin/mm/accuracy.json",
                             "aspirin/mm/train/model.safetensors", "aspirin/mm/stability_300K.json"}
     assert (again / "aspirin/mm/train/model.safetensors").read_text() == "aspirin/mm/train/model.safetensors"
+
+
+ACTIVE_FILES = ["test_store/labels.jsonl", "test.extxyz", "active/store/labels.jsonl",
+                "active/round_00/summary.json", "active/round_00/explored.json", "active/round_00/picked.extxyz",
+                "active/round_00/committee/member_0/model.safetensors", "active/round_00/committee/member_0/done",
+                "active/round_00/committee/member_0/checkpoint.pt",
+                "active/round_01/committee/member_0/model.safetensors",  # still training: no `done`
+                "active/round_01/committee/member_0/checkpoint.pt", "random_store/labels.jsonl.tmp"]
+
+
+def test_active_kind_keeps_labels_and_finished_members_only(tmp_path):
+    run, kept, again = tmp_path / "run", tmp_path / "kept", tmp_path / "again"
+    for name in ACTIVE_FILES:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    main(["save", str(run), str(kept), "--kind", "active"])
+    expected = {"test_store/labels.jsonl", "test.extxyz", "active/store/labels.jsonl", "active/round_00/summary.json",
+                "active/round_00/picked.extxyz", "active/round_00/committee/member_0/model.safetensors",
+                "active/round_00/committee/member_0/done"}
+    assert _tree(kept) == expected
+    main(["restore", str(again), str(kept), "--kind", "active"])
+    assert _tree(again) == expected
