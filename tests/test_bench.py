@@ -167,3 +167,27 @@ def test_water_molecules_regroups_a_box_listed_element_by_element():
     assert regrouped.shape == (192, 3)
     d = np.linalg.norm(regrouped.reshape(64, 3, 3)[:, 1:] - regrouped.reshape(64, 3, 3)[:, :1], axis=-1)
     np.testing.assert_allclose(d, 0.9572, atol=1e-9)  # every H sits 0.9572 Å from its own O
+
+
+def test_exponent_check_needs_every_large_size():
+    """Linear scaling is judged only on complete evidence: a size that ran out of memory makes it incomplete,
+    a molecules-only model is named and left out, and the peers do not count toward our verdict."""
+    from ffspace.bench.report import _exponent_check
+
+    def rows(statuses, detail=""):
+        return [{"n_atoms": n, "status": s, "ms_per_step": n / 100, "detail": detail}
+                for n, s in zip([192, 1536, 5184, 12288, 24000], statuses)]
+
+    water = {"families": {"painn": "painn", "mace": "mace", "graph_mm": "graph_mm", "mace_torch": "mace_torch"},
+             "models": {"painn": {"float32": {"rows": rows(["ok"] * 5), "exponent_3000_plus": 1.0}},
+                        "mace_torch": {"float32": {"rows": rows(["ok"] * 4 + ["out of memory"]),
+                                                   "exponent_3000_plus": 1.0}},
+                        "graph_mm": {"float32": {"rows": rows(["not applicable"] + ["skipped"] * 4, "molecules only"),
+                                                 "exponent_3000_plus": None}}}}
+    text = "\n".join(_exponent_check(water))
+    assert "painn: 1.00 over 3 sizes, 5184–24000 atoms (ok)" in text
+    assert "peer mace_torch: incomplete (24000 atoms out of memory)" in text
+    assert "left out: graph_mm (molecules only)" in text
+    assert "scales linearly: **yes**" in text
+    water["models"]["mace"] = {"float32": {"rows": rows(["ok"] * 4 + ["out of memory"]), "exponent_3000_plus": 1.0}}
+    assert "scales linearly: **no** (mace)" in "\n".join(_exponent_check(water))

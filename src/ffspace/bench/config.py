@@ -58,7 +58,9 @@ class SpeedConfig(BaseModel):
                             "when present, else a generated 64-molecule box at 1 g/cm³")
     dtypes: list[Literal["float32", "float64"]] = ["float32", "float64"]
     repeats: int = Field(5, ge=1, description="timed calls per size (median), after warm-up")
-    max_call_s: float = Field(60.0, gt=0, description="a model whose call takes longer skips the larger sizes")
+    max_call_s: float = Field(300.0, gt=0, description="a model whose call takes longer skips the larger sizes")
+    time_budget_s: float = Field(30.0, gt=0, description="timed calls per size stop once they add up to this "
+                                 "(at least one after the warm-up): large boxes take seconds per call")
     memory_limit_gb: float | None = Field(None, gt=0, description="address-space cap of each timing process "
                                           "(default: 85% of the machine's memory)")
 

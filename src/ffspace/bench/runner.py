@@ -50,7 +50,12 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
     for ds in cfg.datasets:
         results["datasets"][ds.name] = _bench_dataset(cfg, ds, out / ds.name)
     if cfg.speed.enabled and cfg.speed.water_replicas:
-        results["water"] = _water_scaling(cfg, out)
+        write_report(results, out)  # hours of results on record before the scaling stage starts
+        try:
+            results["water"] = _water_scaling(cfg, out)
+        except Exception as exc:  # noqa: BLE001 - the report of everything else must still be written
+            print(f"[bench] water scaling failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            results["water"] = {"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:500]}
     write_report(results, out)
     return results
 
@@ -157,10 +162,12 @@ def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: 
     """One timing measurement, cached unless it failed in a way a rerun may not repeat (error, kill)."""
     key = {"weights": weights, "system": _file_hash(system), "dtype": dtype, "repeats": repeats,
            "threads": cfg.threads, "device": cfg.device, "memory_limit": _memory_limit(cfg),
-           "max_call_s": cfg.speed.max_call_s}
-    timeout = (repeats + 2) * cfg.speed.max_call_s + 300.0
+           "max_call_s": cfg.speed.max_call_s, "time_budget_s": cfg.speed.time_budget_s}
+    # Warm-up, calls up to the time budget, and a last one that may start just under it.
+    timeout = 3 * cfg.speed.max_call_s + cfg.speed.time_budget_s + 300.0
     return _cached(path, key, lambda: speed.measure(package, system, dtype, cfg.threads, repeats, cfg.speed.max_call_s,
-                                                    _memory_limit(cfg), cfg.device, timeout_s=timeout),
+                                                    _memory_limit(cfg), cfg.device, timeout_s=timeout,
+                                                    time_budget_s=cfg.speed.time_budget_s),
                    keep=lambda r: r["status"] in ("ok", "not applicable")
                    or (r["status"] == "out of memory" and "SIGKILL" not in r.get("detail", "")))
 
@@ -301,7 +308,8 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
                                 "exponent_3000_plus": speed.fit_exponent([r["n_atoms"] for r in ok],
                                                                          [r["ms_per_step"] for r in ok], 3000)}
         table[m.name] = per_dtype
-    result = {"cell": origin, "trained_on": ds.name, "models": table}
+    result = {"cell": origin, "trained_on": ds.name, "models": table,
+              "families": {m.name: m.model["family"] for m in cfg.models if m.name in table}}
     if openmm_reference.available():
         rows = []
         for n, (atoms, path) in sorted(sizes.items()):

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .base import FFModel, register
+from .chunking import edge_blocks, within_cutoff
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -285,31 +286,52 @@ class MACE(FFModel):
         pairs = (aa @ self.cv.to(a.dtype)).reshape(n, k, self.n_vec, 3)
         return torch.cat([a[:, :, None, 1:4], pairs], 2)
 
+    def _layout(self, i: torch.Tensor, n: int, sh: torch.Tensor):
+        layout = _neighbour_slots(i, n)
+        return layout, _pad(sh, layout)  # (N, M, D)
+
+    def _edge_sum(self, t: int, i, n: int, j, radial_in, fcut, sh, uh, vu, pre=None) -> torch.Tensor:
+        """Layer t's basis A (n, K, D) on the ``n`` receivers ``i`` (0..n-1) of these edges, from the node
+        features ``uh`` = up(h) and (from the second layer on) the vector features ``vu``; ``pre``: their padded
+        layout and harmonics, when already built for the whole graph."""
+        layout, sh_pad = pre if pre is not None else self._layout(i, n, sh)
+        k, l1 = self.channels, self.lmax + 1
+        # The cutoff multiplies the radial weights themselves, so an edge entering the cutoff sphere
+        # contributes nothing whatever the MLP's biases.
+        rw = self.radials[t](radial_in) * fcut
+        x = rw[:, :k * l1].reshape(-1, k, l1) * uh[j].unsqueeze(-1)  # (E, K, L+1)
+        a = self._aggregate(x, sh_pad, layout)
+        if vu is not None:  # Y_l' ⊗ v_j → l, weighted per path and channel
+            rw1 = rw[:, k * l1:].unsqueeze(-1)  # (E, K, 1)
+            a = a + self._aggregate_vectors(rw1 * vu[j], self.path_weights[t - 1], sh_pad, layout)
+        return a
+
     def forward(self, batch) -> torch.Tensor:
-        i, j = batch.edge_index
-        vec = batch.edge_vectors()
+        n, k = batch.numbers.shape[0], self.channels
+        i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), self.cutoff)
+        blocks = edge_blocks(self, i, n)
+        if blocks is not None:
+            i, j, vec = blocks.sort(i, j, vec)
         r = torch.linalg.norm(vec, dim=-1)
         sh = self.spherical_harmonics(vec)  # (E, D)
         fcut = cosine_cutoff(r, self.cutoff).unsqueeze(-1)
         radial_in = self.rbf(r) * fcut
-        n, k = batch.numbers.shape[0], self.channels
         species = self.species(batch.numbers)
-        layout = _neighbour_slots(i, n)
-        sh_pad = _pad(sh, layout)  # (N, M, D)
+        # The padded neighbour layout once for all layers, unless large graphs are done block by block
+        # in bounded memory (chunking.py): then each block builds its own.
+        pre = self._layout(i, n, sh) if blocks is None else None
         h = self.embedding(species)
         v = None  # (N, K, 3) vector node features, from the second layer on
         energy = h.new_zeros(n)
-        for t, (up, radial, a_mix, weights, mix, skip, readout) in enumerate(zip(
-                self.up, self.radials, self.a_mix, self.contraction, self.mix, self.skip, self.readouts)):
-            # The cutoff multiplies the radial weights themselves, so an edge entering the cutoff sphere
-            # contributes nothing whatever the MLP's biases.
-            rw = radial(radial_in) * fcut
-            x = rw[:, :k * (self.lmax + 1)].reshape(-1, k, self.lmax + 1) * up(h)[j].unsqueeze(-1)  # (E, K, L+1)
-            a = self._aggregate(x, sh_pad, layout)
-            if v is not None:  # Y_l' ⊗ v_j → l, weighted per path and channel
-                vj = torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])[j]  # (E, K, 3)
-                rw1 = rw[:, k * (self.lmax + 1):].unsqueeze(-1)  # (E, K, 1)
-                a = a + self._aggregate_vectors(rw1 * vj, self.path_weights[t - 1], sh_pad, layout)
+        for t, (up, a_mix, weights, mix, skip, readout) in enumerate(zip(
+                self.up, self.a_mix, self.contraction, self.mix, self.skip, self.readouts)):
+            uh = up(h)
+            vu = None if v is None else torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])  # (N, K, 3)
+            if blocks is None:
+                a = self._edge_sum(t, i, n, j, radial_in, fcut, sh, uh, vu, pre)
+            else:
+                (a,) = blocks.aggregate(lambda *args, t=t: self._edge_sum(t, *args), (j, radial_in, fcut, sh),
+                                        (uh, vu))
             a = a / self.avg_neighbors
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
             aa = self.pair_products(a)

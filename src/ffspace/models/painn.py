@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .base import FFModel, register, scatter_sum
+from .chunking import edge_blocks, within_cutoff
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -20,12 +21,20 @@ class _Message(nn.Module):
         self.phi = nn.Sequential(nn.Linear(features, features), nn.SiLU(), nn.Linear(features, 3 * features))
         self.filter = nn.Linear(n_rbf, 3 * features)
 
-    def forward(self, s, v, i, j, rbf, fcut, direction):
-        x = self.phi(s)[j] * (self.filter(rbf) * fcut.unsqueeze(-1))
+    def forward(self, s, v, i, j, rbf, fcut, direction, blocks=None):
+        phi = self.phi(s)
+        if blocks is None:
+            ds, dv = self._messages(i, s.shape[0], j, rbf, fcut, direction, phi, v)
+        else:  # large graphs in inference: block by block, in bounded memory (chunking.py)
+            ds, dv = blocks.aggregate(self._messages, (j, rbf, fcut, direction), (phi, v))
+        return s + ds, v + dv
+
+    def _messages(self, i, n, j, rbf, fcut, direction, phi, v):
+        """Scalar and vector messages summed on the ``n`` receivers ``i`` (0..n-1) of these edges."""
+        x = phi[j] * (self.filter(rbf) * fcut.unsqueeze(-1))
         ds, dvv, dvs = torch.split(x, self.features, dim=-1)
         dv = v[j] * dvv.unsqueeze(1) + dvs.unsqueeze(1) * direction.unsqueeze(-1)
-        n = s.shape[0]
-        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
+        return scatter_sum(ds, i, n), scatter_sum(dv, i, n)
 
 
 class _Update(nn.Module):
@@ -61,14 +70,16 @@ class PaiNN(FFModel):
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
     def forward(self, batch) -> torch.Tensor:
-        i, j = batch.edge_index
-        vec = batch.edge_vectors()
+        i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), self.cutoff)
+        blocks = edge_blocks(self, i, batch.numbers.shape[0])
+        if blocks is not None:
+            i, j, vec = blocks.sort(i, j, vec)
         r = torch.linalg.norm(vec, dim=-1)
         direction = vec / r.unsqueeze(-1)
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         s = self.embedding(self.species(batch.numbers))
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))
         for message, update in zip(self.messages, self.updates):
-            s, v = message(s, v, i, j, rbf, fcut, direction)
+            s, v = message(s, v, i, j, rbf, fcut, direction, blocks)
             s, v = update(s, v)
         return self.readout(s).squeeze(-1) * self.energy_scale

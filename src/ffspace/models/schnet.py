@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import FFModel, register, scatter_sum
+from .chunking import edge_blocks, within_cutoff
 from .radial import GaussianBasis, cosine_cutoff
 
 
@@ -24,10 +25,17 @@ class _Interaction(nn.Module):
         self.in2f = nn.Linear(features, features, bias=False)
         self.out = nn.Sequential(nn.Linear(features, features), ShiftedSoftplus(), nn.Linear(features, features))
 
-    def forward(self, x, i, j, rbf, fcut):
-        w = self.filter(rbf) * fcut.unsqueeze(-1)
-        m = scatter_sum(self.in2f(x)[j] * w, i, x.shape[0])
+    def forward(self, x, i, j, rbf, fcut, blocks=None):
+        y = self.in2f(x)
+        if blocks is None:
+            m = self._messages(i, x.shape[0], j, rbf, fcut, y)
+        else:  # large graphs in inference: block by block, in bounded memory (chunking.py)
+            (m,) = blocks.aggregate(self._messages, (j, rbf, fcut), (y,))
         return x + self.out(m)
+
+    def _messages(self, i, n, j, rbf, fcut, y):
+        """Filtered messages summed on the ``n`` receivers ``i`` (0..n-1) of these edges."""
+        return scatter_sum(y[j] * (self.filter(rbf) * fcut.unsqueeze(-1)), i, n)
 
 
 @register("schnet")
@@ -47,10 +55,13 @@ class SchNet(FFModel):
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
     def forward(self, batch) -> torch.Tensor:
-        i, j = batch.edge_index
-        r = torch.linalg.norm(batch.edge_vectors(), dim=-1)
+        i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), self.cutoff)
+        blocks = edge_blocks(self, i, batch.numbers.shape[0])
+        if blocks is not None:
+            i, j, vec = blocks.sort(i, j, vec)
+        r = torch.linalg.norm(vec, dim=-1)
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         x = self.embedding(self.species(batch.numbers))
         for interaction in self.interactions:
-            x = interaction(x, i, j, rbf, fcut)
+            x = interaction(x, i, j, rbf, fcut, blocks)
         return self.readout(x).squeeze(-1) * self.energy_scale
