@@ -1,0 +1,62 @@
+"""Peak memory and cost of freshly built models on the replicated water boxes of `ffspace bench`, one call each.
+
+    python benchmarks/water_memory.py --replicas 2 --models painn delta_mm_painn      # 1536 atoms
+    python benchmarks/water_memory.py --replicas 3 --dtype float64                    # 5184 atoms, every model
+
+Cost and memory do not depend on the weights, so the models are built (not trained) for 50 rMD17 aspirin
+frames, with the settings of benchmarks/configs/bench_aspirin.yaml. Each call runs in its own process under the
+bench's memory cap (`ffspace.bench.speed.measure`): the peak resident memory above the loaded model, and
+"out of memory" with the bytes asked for when a size does not fit. With --repeats 0 only the first (cold) call
+is made: a memory check, not a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from ffspace.bench import speed, systems
+from ffspace.config import resolve_data_path
+from ffspace.data import read_dataset
+from ffspace.potential.package import save_package
+from ffspace.train import build_model_for_data
+
+CONFIG = Path(__file__).resolve().parent / "configs" / "bench_aspirin.yaml"
+
+
+def main(argv=None):
+    models = {m["name"]: m["model"] for m in yaml.safe_load(CONFIG.read_text())["models"]}
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--replicas", type=int, default=2, help="n×n×n copies of the 192-atom water cell")
+    p.add_argument("--models", nargs="+", default=[n for n in models if n not in ("graph_mm",)],
+                   choices=sorted(models))
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=0, help="timed calls after the first (0: memory only)")
+    p.add_argument("--memory-limit-gb", type=float, default=None, help="cap (default: 85 %% of the machine)")
+    args = p.parse_args(argv)
+    data = read_dataset(resolve_data_path("../shared/data/rmd17/rmd17_aspirin_train_01.npz"))[:50]
+    box = systems.replicate(systems.water_cell()[0], args.replicas)
+    with tempfile.TemporaryDirectory() as tmp:
+        system = speed.save_system(box, Path(tmp) / "water.npz")
+        print(f"| model | atoms | edges | dtype | peak above the loaded model (MB) | ms per call ({'cold' if not args.repeats else 'warm median'}) |")
+        print("|---|---|---|---|---|---|")
+        for name in args.models:
+            package = save_package(Path(tmp) / f"{name}.safetensors", build_model_for_data(models[name], data))
+            limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
+            r = speed.measure(package, system, args.dtype, args.threads, max(args.repeats, 1),
+                              max_call_s=1e-9 if not args.repeats else 300.0, memory_limit_bytes=limit)
+            if r["status"] == "ok":
+                print(f"| {name} | {box.n_atoms} | {r['n_edges']} | {args.dtype} | "
+                      f"{r['peak_memory_mb'] - r['baseline_memory_mb']:.0f} | {r['ms_per_step']:.0f} |", flush=True)
+            else:
+                asked = f", asked for {r['requested_bytes'] / 2**30:.1f} GiB" if r.get("requested_bytes") else ""
+                print(f"| {name} | {box.n_atoms} | {r.get('n_edges', '')} | {args.dtype} | {r['status']}{asked} | |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
