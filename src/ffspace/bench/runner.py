@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -44,9 +45,11 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
         print(f"[bench] note: training runs on {torch.get_num_threads()} torch threads, timing on {cfg.threads}; "
               f"set OMP_NUM_THREADS={cfg.threads} to train on the same", file=sys.stderr)
     results = {"name": cfg.name, "command": command, "budget_min": cfg.budget_min,
-               "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "torch_threads": torch.get_num_threads(), "device": cfg.device},
-               "versions": versions(), "datasets": {}, "water": None}
+               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                           "cpu_count": os.cpu_count(), "memory_gb": round(speed.machine_memory_bytes() / 2**30, 1),
+                           "torch_threads": torch.get_num_threads(), "device": cfg.device,
+                           "date": time.strftime("%Y-%m-%d %H:%M %Z")},
+               "versions": {**versions(), **_installed(OPTIONAL_PACKAGES)}, "datasets": {}, "water": None}
     for ds in cfg.datasets:
         results["datasets"][ds.name] = _bench_dataset(cfg, ds, out / ds.name)
     if cfg.speed.enabled and cfg.speed.water_replicas:
@@ -58,6 +61,22 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
             results["water"] = {"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:500]}
     write_report(results, out)
     return results
+
+
+OPTIONAL_PACKAGES = ("e3nn", "vesin", "openmm", "mace-torch", "torchani")
+
+
+def _installed(names) -> dict:
+    """Versions of the optional packages a run may have used (those installed)."""
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def _read(ds: BenchDataset, spec: str) -> Dataset:
