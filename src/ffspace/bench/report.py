@@ -90,10 +90,11 @@ def markdown(results: dict, plots: list[str]) -> str:
         lines += [f"## {name}: accuracy and cost", "",
                   f"{ds['n_train']} training / {ds['n_val']} validation / {ds['n_test']} test structures "
                   f"(`{ds['train']}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
-                  "Errors are test-set MAE; cost is warm energy + forces on one test structure; call memory is "
-                  "the peak resident memory the timed calls added to the loaded model's process.", "",
+                  "Errors are test-set MAE; cost is warm energy + forces on one test structure; peak memory is "
+                  "the timing process's peak resident memory (Python, torch, the model and its calls; for a "
+                  "molecule the calls rarely add to what loading took).", "",
                   "| model | family | E MAE (meV) | F MAE (meV/Å) | F MAE (kcal/mol/Å) | F RMSE (meV/Å) | "
-                  "F MAE per element (meV/Å) | epochs | µs/atom-step float32 | float64 | call memory (MB) |",
+                  "F MAE per element (meV/Å) | epochs | µs/atom-step float32 | float64 | peak memory (MB) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mname, m in ds["models"].items():
             if m.get("status", "ok") != "ok":
@@ -102,7 +103,7 @@ def markdown(results: dict, plots: list[str]) -> str:
             t = m["test"]
             per_el = ", ".join(f"{el} {v['forces_mae_meV_A']:.1f}" for el, v in m.get("per_element", {}).items())
             row = (m.get("speed_molecule") or {}).get("float32") or {}
-            mem = row["peak_memory_mb"] - row["baseline_memory_mb"] if row.get("status") == "ok" else None
+            mem = row["peak_memory_mb"] if row.get("status") == "ok" else None
             family = m["family"] + (f" + {m['model']['prior']} prior" if m["model"].get("prior") else "")
             lines.append(f"| {mname} | {family} | {_f(t.get('energy_mae_meV'))} | "
                          f"{_f(t.get('forces_mae_meV_A'))} | {_f(t.get('forces_mae_kcal_mol_A'), 2)} | "
