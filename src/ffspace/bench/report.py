@@ -65,14 +65,14 @@ def _best_model_costs(ds: dict, best: str | None, ref: dict) -> list[str]:
         else:  # say why the ratio is missing rather than leave it out
             why = m.get("status", "ok") if m.get("status", "ok") != "ok" else "its float32 timing failed"
             lines.append(f"- No ratio to the peer {n} ({m['family']}): {why}.")
-    if ref.get("status") != "ok":
-        lines.append("- No ratio to classical MM in OpenMM: " + (
-            f"{ref.get('status')}: {ref.get('detail', '')}" if ref else "no reference in this run (OpenMM not "
-            "installed, timing disabled, or no graph-learned MM model trained)") + ".")
     if ref.get("status") == "ok":
         lines.append(f"- It costs {cost / ref['us_per_atom_step']:.3g}× classical MM in OpenMM on the same molecule "
                      f"({ref['us_per_atom_step']:.1f} µs/atom-step: MD steps of the exported graph-learned MM, CPU "
                      "platform, same threads).")
+    else:
+        lines.append("- No ratio to classical MM in OpenMM: " + (
+            f"{ref.get('status')}: {ref.get('detail', '')}" if ref else "no reference in this run (OpenMM not "
+            "installed, timing disabled, or no graph-learned MM model trained)") + ".")
     others = [f"{cost / _speed(m):.2g}× {n}" for n, m in _ok(ds).items()
               if n != best and not peers.is_peer(m["family"]) and _speed(m)]
     if others:

@@ -72,3 +72,22 @@ def edge_blocks(module: torch.nn.Module, receivers: torch.Tensor, n_nodes: int,
     if module.training or not torch.is_grad_enabled() or receivers.shape[0] <= limit:
         return None
     return EdgeBlocks(receivers, n_nodes, limit)
+
+
+def local_edges(module: torch.nn.Module, batch):
+    """``(i, j, vec, blocks)``: the batch's edges within the module's cutoff and, when the call is chunked, their
+    blocks (the edges then in the blocks' order); ``blocks`` is None otherwise."""
+    i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), module.cutoff)
+    blocks = edge_blocks(module, i, batch.numbers.shape[0])
+    if blocks is not None:
+        i, j, vec = blocks.sort(i, j, vec)
+    return i, j, vec, blocks
+
+
+def edge_sum(blocks: EdgeBlocks | None, fn, i, n: int, edge_tensors, node_tensors) -> tuple:
+    """``fn(i, n, *edge_tensors, *node_tensors)`` as a tuple of (n, ...) node tensors: in one piece, or block by
+    block when ``blocks`` is given."""
+    if blocks is not None:
+        return blocks.aggregate(fn, edge_tensors, node_tensors)
+    out = fn(i, n, *edge_tensors, *node_tensors)
+    return out if isinstance(out, tuple) else (out,)

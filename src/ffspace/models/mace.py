@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .base import FFModel, register
-from .chunking import edge_blocks, within_cutoff
+from .chunking import edge_sum, local_edges
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -308,10 +308,7 @@ class MACE(FFModel):
 
     def forward(self, batch) -> torch.Tensor:
         n, k = batch.numbers.shape[0], self.channels
-        i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), self.cutoff)
-        blocks = edge_blocks(self, i, n)
-        if blocks is not None:
-            i, j, vec = blocks.sort(i, j, vec)
+        i, j, vec, blocks = local_edges(self, batch)
         r = torch.linalg.norm(vec, dim=-1)
         sh = self.spherical_harmonics(vec)  # (E, D)
         fcut = cosine_cutoff(r, self.cutoff).unsqueeze(-1)
@@ -327,11 +324,8 @@ class MACE(FFModel):
                 self.up, self.a_mix, self.contraction, self.mix, self.skip, self.readouts)):
             uh = up(h)
             vu = None if v is None else torch.einsum("nkm,kq->nqm", v, self.up_vec[t - 1])  # (N, K, 3)
-            if blocks is None:
-                a = self._edge_sum(t, i, n, j, radial_in, fcut, sh, uh, vu, pre)
-            else:
-                (a,) = blocks.aggregate(lambda *args, t=t: self._edge_sum(t, *args), (j, radial_in, fcut, sh),
-                                        (uh, vu))
+            (a,) = edge_sum(blocks, lambda *args, t=t: self._edge_sum(t, *args, pre=pre), i, n,
+                            (j, radial_in, fcut, sh), (uh, vu))
             a = a / self.avg_neighbors
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
             aa = self.pair_products(a)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .base import FFModel, register, scatter_sum
-from .chunking import edge_blocks, within_cutoff
+from .chunking import edge_sum, local_edges
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -22,11 +22,8 @@ class _Message(nn.Module):
         self.filter = nn.Linear(n_rbf, 3 * features)
 
     def forward(self, s, v, i, j, rbf, fcut, direction, blocks=None):
-        phi = self.phi(s)
-        if blocks is None:
-            ds, dv = self._messages(i, s.shape[0], j, rbf, fcut, direction, phi, v)
-        else:  # large graphs in inference: block by block, in bounded memory (chunking.py)
-            ds, dv = blocks.aggregate(self._messages, (j, rbf, fcut, direction), (phi, v))
+        # blocks: large graphs in inference, block by block in bounded memory (chunking.py)
+        ds, dv = edge_sum(blocks, self._messages, i, s.shape[0], (j, rbf, fcut, direction), (self.phi(s), v))
         return s + ds, v + dv
 
     def _messages(self, i, n, j, rbf, fcut, direction, phi, v):
@@ -70,10 +67,7 @@ class PaiNN(FFModel):
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
     def forward(self, batch) -> torch.Tensor:
-        i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), self.cutoff)
-        blocks = edge_blocks(self, i, batch.numbers.shape[0])
-        if blocks is not None:
-            i, j, vec = blocks.sort(i, j, vec)
+        i, j, vec, blocks = local_edges(self, batch)
         r = torch.linalg.norm(vec, dim=-1)
         direction = vec / r.unsqueeze(-1)
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)

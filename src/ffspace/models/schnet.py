@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import FFModel, register, scatter_sum
-from .chunking import edge_blocks, within_cutoff
+from .chunking import edge_sum, local_edges
 from .radial import GaussianBasis, cosine_cutoff
 
 
@@ -26,11 +26,8 @@ class _Interaction(nn.Module):
         self.out = nn.Sequential(nn.Linear(features, features), ShiftedSoftplus(), nn.Linear(features, features))
 
     def forward(self, x, i, j, rbf, fcut, blocks=None):
-        y = self.in2f(x)
-        if blocks is None:
-            m = self._messages(i, x.shape[0], j, rbf, fcut, y)
-        else:  # large graphs in inference: block by block, in bounded memory (chunking.py)
-            (m,) = blocks.aggregate(self._messages, (j, rbf, fcut), (y,))
+        # blocks: large graphs in inference, block by block in bounded memory (chunking.py)
+        (m,) = edge_sum(blocks, self._messages, i, x.shape[0], (j, rbf, fcut), (self.in2f(x),))
         return x + self.out(m)
 
     def _messages(self, i, n, j, rbf, fcut, y):
@@ -55,10 +52,7 @@ class SchNet(FFModel):
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
     def forward(self, batch) -> torch.Tensor:
-        i, j, vec = within_cutoff(*batch.edge_index, batch.edge_vectors(), self.cutoff)
-        blocks = edge_blocks(self, i, batch.numbers.shape[0])
-        if blocks is not None:
-            i, j, vec = blocks.sort(i, j, vec)
+        i, j, vec, blocks = local_edges(self, batch)
         r = torch.linalg.norm(vec, dim=-1)
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         x = self.embedding(self.species(batch.numbers))
