@@ -8,6 +8,11 @@ frames, with the settings of benchmarks/configs/bench_aspirin.yaml. Each call ru
 bench's memory cap (`ffspace.bench.speed.measure`): the peak resident memory above the loaded model, and
 "out of memory" with the bytes asked for when a size does not fit. With --repeats 0 only the first (cold) call
 is made: a memory check, not a timing.
+
+    python benchmarks/water_memory.py --replicas 2 --models painn --blocks 40000   # what chunking costs in time
+
+--blocks N instead times each model in this process, three calls in one piece and three in blocks of at most
+N edges (ffspace.models.chunking), to show what recomputing the messages costs.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=0, help="timed calls after the first (0: memory only)")
     p.add_argument("--memory-limit-gb", type=float, default=None, help="cap (default: 85 %% of the machine)")
+    p.add_argument("--blocks", type=int, default=None, help="time in one piece against blocks of this many edges")
     args = p.parse_args(argv)
     data = read_dataset(resolve_data_path("../shared/data/rmd17/rmd17_aspirin_train_01.npz"))[:50]
     box = systems.replicate(systems.water_cell()[0], args.replicas)
+    if args.blocks:
+        return _compare_blocks(models, args, data, box)
     with tempfile.TemporaryDirectory() as tmp:
         system = speed.save_system(box, Path(tmp) / "water.npz")
         print(f"| model | atoms | edges | dtype | peak above the loaded model (MB) | ms per call ({'cold' if not args.repeats else 'warm median'}) |")
@@ -56,6 +64,34 @@ def main(argv=None):
                 asked = f", asked for {r['requested_bytes'] / 2**30:.1f} GiB" if r.get("requested_bytes") else ""
                 print(f"| {name} | {box.n_atoms} | {r.get('n_edges', '')} | {args.dtype} | {r['status']}{asked} | |",
                       flush=True)
+
+
+def _compare_blocks(models, args, data, box):
+    import time
+
+    import torch
+
+    from ffspace.graph.batch import batch_structures
+    from ffspace.potential import Potential
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    print("| model | atoms | calls in one piece (s) | calls in blocks of at most {} edges (s) |".format(args.blocks))
+    print("|---|---|---|---|")
+    for name in args.models:
+        pot = Potential(build_model_for_data(models[name], data), dtype=dtype)
+        batch = batch_structures([box], pot.cutoff, dtype=dtype, labels=False)
+        times = {}
+        for limit in (None, args.blocks):
+            for module in pot.model.modules():  # the message-passing terms read it (chunking.edge_blocks)
+                module.max_edges_per_block = limit
+            times[limit] = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                pot.compute(batch, forces=True)
+                times[limit].append(time.perf_counter() - t0)
+        print(f"| {name} | {box.n_atoms} | " + " | ".join(", ".join(f"{t:.2f}" for t in times[k])
+                                                      for k in (None, args.blocks)) + " |", flush=True)
 
 
 if __name__ == "__main__":
