@@ -30,6 +30,30 @@ def _inv_softplus(x: float) -> float:
     return math.log(math.expm1(x))
 
 
+def _walk_keys(nbr: torch.Tensor, steps: int) -> torch.Tensor:
+    """Sorted unique keys a · N + b of the atom pairs joined by a walk of exactly ``steps`` bonds.
+
+    Exclusions are decided per atom, then looked up per edge: expanding the neighbour table per edge held
+    MAX_NEIGHBOURS³ = 216 candidates for each of millions of edges (about 4 kB per edge, 8.6 GB for 24 000
+    water atoms). A walk may step back, so 2 steps also reach the atom itself and 3 steps its bonded
+    neighbours; the callers subtract the shorter walks."""
+    n = nbr.shape[0]
+    ends = torch.arange(n, device=nbr.device).unsqueeze(-1)  # (N, walks so far)
+    for _ in range(steps):
+        ends = torch.where(ends.unsqueeze(-1) >= 0, nbr[ends.clamp(min=0)], -1).flatten(1)
+    start = torch.arange(n, device=nbr.device).unsqueeze(-1).expand_as(ends)
+    valid = ends >= 0
+    return torch.unique(start[valid] * n + ends[valid])
+
+
+def _has_key(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Whether each of ``keys`` is in ``sorted_keys`` (binary search)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    at = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)
+    return sorted_keys[at] == keys
+
+
 @register("mm")
 class ClassicalMM(FFModel):
     def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.2, max_degree: int = 4,
@@ -109,8 +133,14 @@ class ClassicalMM(FFModel):
         nt = self.n_types
         energy = pos.new_zeros(n)
 
+        # Which edges join atoms 1, 2 or 3 bonds apart (walks through the neighbour table; see `_walk_keys`).
+        edge_key = i * n + j
+        is12 = _has_key(_walk_keys(nbr, 1), edge_key)
+        is13 = _has_key(_walk_keys(nbr, 2), edge_key) & ~is12
+        is14 = _has_key(_walk_keys(nbr, 3), edge_key) & ~is12 & ~is13
+
         # Bonds, from the directed bonded edges (each bond twice: half the energy each time, to atom i).
-        bonded = (nbr[i] == j.unsqueeze(-1)).any(-1)
+        bonded = is12
         bi, bj, rb, vb = i[bonded], j[bonded], r[bonded], vec[bonded]
         ti, tj = t[bi], t[bj]
         bt = torch.minimum(ti, tj) * nt + torch.maximum(ti, tj)
@@ -168,12 +198,6 @@ class ClassicalMM(FFModel):
         energy = energy + scatter_sum(0.5 * e_torsion, bb, n)
 
         # Nonbonded: LJ + Coulomb over all edges, 1-2/1-3 excluded, 1-4 scaled, switched off at the cutoff.
-        first = nbr[i]  # (E, D)
-        second = torch.where(first.unsqueeze(-1) >= 0, nbr[first.clamp(min=0)], -1).flatten(1)
-        third = torch.where(second.unsqueeze(-1) >= 0, nbr[second.clamp(min=0)], -1).flatten(1)
-        is12 = (first == j.unsqueeze(-1)).any(-1)
-        is13 = (second == j.unsqueeze(-1)).any(-1) & ~is12
-        is14 = (third == j.unsqueeze(-1)).any(-1) & ~is12 & ~is13
         keep = ~(is12 | is13)
         scale_lj = torch.where(is14, self.lj_14, 1.0).to(r.dtype)
         scale_q = torch.where(is14, self.coulomb_14, 1.0).to(r.dtype)
