@@ -61,6 +61,10 @@ class SpeedConfig(BaseModel):
     max_call_s: float = Field(300.0, gt=0, description="a model whose call takes longer skips the larger sizes")
     time_budget_s: float = Field(30.0, gt=0, description="timed calls per size stop once they add up to this "
                                  "(at least one after the warm-up): large boxes take seconds per call")
+    rounds: int = Field(1, ge=1, description="timing passes, one after another over every model and size "
+                        "(molecules first, then water); each figure is the fastest pass's median. On a shared "
+                        "machine a slow phase lasts minutes, longer than one size's calls, and only ever slows "
+                        "calls down. The MD run length is decided by the first pass")
     memory_limit_gb: float | None = Field(None, gt=0, description="address-space cap of each timing process "
                                           "(default: 85% of the machine's memory)")
 

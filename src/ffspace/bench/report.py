@@ -42,6 +42,13 @@ def _ok(ds: dict) -> dict:
     return {n: m for n, m in ds["models"].items() if m.get("status", "ok") == "ok"}
 
 
+def _passes_note(rows) -> str:
+    """Says how many timing passes a table's costs are the fastest of (nothing when there was one)."""
+    n = max((len(r.get("passes_ms_per_step", ())) for r in rows), default=0)
+    return (f" Each cost is the fastest of {n} timing passes, made one after another over every model and size "
+            "(on a shared machine contention only slows calls down, for minutes at a time)." if n > 1 else "")
+
+
 def best_model(ds: dict, ours_only: bool = True) -> str | None:
     """The model with the lowest test force MAE; by default among ffspace's own families (not the peers)."""
     scored = [(m["test"].get("forces_mae_meV_A"), name) for name, m in _ok(ds).items()
@@ -92,7 +99,9 @@ def markdown(results: dict, plots: list[str]) -> str:
                   f"(`{ds['train']}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
                   "Errors are test-set MAE; cost is warm energy + forces on one test structure; peak memory is "
                   "the timing process's peak resident memory (Python, torch, the model and its calls; for a "
-                  "molecule the calls rarely add to what loading took).", "",
+                  "molecule the calls rarely add to what loading took)."
+                  + _passes_note(row for m in ds["models"].values() for row in (m.get("speed_molecule") or {}).values()),
+                  "",
                   "| model | family | E MAE (meV) | F MAE (meV/Å) | F MAE (kcal/mol/Å) | F RMSE (meV/Å) | "
                   "F MAE per element (meV/Å) | epochs | µs/atom-step float32 | float64 | peak memory (MB) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -243,6 +252,7 @@ def _water_markdown(water: dict, molecule: dict | None = None) -> list[str]:
              f"Base cell: {water['cell']}; models trained on {water['trained_on']}. Milliseconds per energy + forces "
              "call (warm, graph built once); the exponent is the least-squares slope of log(cost) against "
              "log(atoms) on water, over all sizes and over sizes ≥ 3000 atoms."
+             + _passes_note(r for m in models.values() for d in m.values() for r in d["rows"])
              + (f" The first column is the {water['trained_on']} molecule ({', '.join(map(str, mol_atoms))} atoms, "
                 "not periodic) from the accuracy table." if mol_atoms else ""), "",
              "| model | dtype | " + ("molecule | " if mol_atoms else "") + " | ".join(f"{n} atoms" for n in sizes)

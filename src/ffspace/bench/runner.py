@@ -52,6 +52,8 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
                "versions": {**versions(), **_installed(OPTIONAL_PACKAGES)}, "datasets": {}, "water": None}
     for ds in cfg.datasets:
         results["datasets"][ds.name] = _bench_dataset(cfg, ds, out / ds.name)
+    if cfg.speed.enabled:
+        _molecule_rounds(cfg, out, results)
     if cfg.speed.enabled and cfg.speed.water_replicas:
         write_report(results, out)  # hours of results on record before the scaling stage starts
         try:
@@ -140,9 +142,11 @@ def _openmm_molecule(cfg: BenchConfig, folder: Path, models: dict, molecule) -> 
             package = folder / name / "train" / "model.safetensors"
             key = {"weights": _file_hash(package), "molecule": molecule.positions.tolist(), "threads": cfg.threads}
             try:
-                return {"exported_model": name, **_cached(folder / "openmm_molecule.json", key,
-                                                          lambda: openmm_reference.molecule_cost(package, molecule,
-                                                                                                 cfg.threads))}
+                passes = [_cached(folder / f"openmm_molecule{f'_r{r}' if r else ''}.json",
+                                  {**key, **({"round": r} if r else {})},
+                                  lambda: openmm_reference.molecule_cost(package, molecule, cfg.threads))
+                          for r in range(cfg.speed.rounds)]
+                return {"exported_model": name, **_fastest(passes)}
             except Exception as exc:  # noqa: BLE001 - the reference is optional; say why it is missing
                 return {"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
     return None
@@ -177,11 +181,16 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
     return entry
 
 
-def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: Path, dtype: str, repeats: int):
-    """One timing measurement, cached unless it failed in a way a rerun may not repeat (error, kill)."""
+def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: Path, dtype: str, repeats: int,
+             round_: int = 0):
+    """One timing measurement, cached unless it failed in a way a rerun may not repeat (error, kill).
+    Pass ``round_`` > 0 of `SpeedConfig.rounds` has a file of its own next to the first pass's."""
     key = {"weights": weights, "system": _file_hash(system), "dtype": dtype, "repeats": repeats,
            "threads": cfg.threads, "device": cfg.device, "memory_limit": _memory_limit(cfg),
            "max_call_s": cfg.speed.max_call_s, "time_budget_s": cfg.speed.time_budget_s}
+    if round_:
+        key["round"] = round_
+        path = path.with_name(f"{path.stem}_r{round_}{path.suffix}")
     # Warm-up, calls up to the time budget, and a last one that may start just under it.
     timeout = 3 * cfg.speed.max_call_s + cfg.speed.time_budget_s + 300.0
     return _cached(path, key, lambda: speed.measure(package, system, dtype, cfg.threads, repeats, cfg.speed.max_call_s,
@@ -189,6 +198,35 @@ def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: 
                                                     time_budget_s=cfg.speed.time_budget_s),
                    keep=lambda r: r["status"] in ("ok", "not applicable")
                    or (r["status"] == "out of memory" and "SIGKILL" not in r.get("detail", "")))
+
+
+def _fastest(rows: list[dict]) -> dict:
+    """The pass with the lowest median (the first pass's row when no pass succeeded), with every pass's median."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if len(rows) < 2 or not ok:
+        return rows[0]
+    return {**min(ok, key=lambda r: r["ms_per_step"]), "passes_ms_per_step": [r["ms_per_step"] for r in ok]}
+
+
+def _molecule_rounds(cfg: BenchConfig, out: Path, results: dict) -> None:
+    """Passes 2.. of every model's molecule timing, after all training; each row becomes the fastest pass's."""
+    passes = {}
+    for r in range(1, cfg.speed.rounds):
+        for ds_name, ds in results["datasets"].items():
+            for name, m in ds["models"].items():
+                folder = out / ds_name / name
+                package = folder / "train" / "model.safetensors"
+                for dtype, row in (m.get("speed_molecule") or {}).items():
+                    if row.get("status") != "ok":
+                        continue
+                    again = _measure(cfg, folder / f"speed_molecule_{dtype}.json", _file_hash(package), package,
+                                     folder / "molecule.npz", dtype, max(cfg.speed.repeats, 20), round_=r)
+                    passes.setdefault((ds_name, name, dtype), [row]).append(again)
+                    print(f"[bench] {name} {dtype} molecule, timing pass {r + 1}/{cfg.speed.rounds}: "
+                          + (f"{again['ms_per_step']:.2f} ms/step" if again["status"] == "ok" else again["status"]),
+                          file=sys.stderr)
+    for (ds_name, name, dtype), rows in passes.items():
+        results["datasets"][ds_name]["models"][name]["speed_molecule"][dtype] = _fastest(rows)
 
 
 def _cached(path: Path, key: dict, compute, keep=lambda value: True) -> dict:
@@ -298,29 +336,38 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
     for n in cfg.speed.water_replicas:
         box = systems.replicate(base, n)
         sizes[n] = (box.n_atoms, speed.save_system(box, out / "systems" / f"water_{box.n_atoms}.npz"))
+    models = [m for m in cfg.models if (out / ds.name / m.name / "train" / "model.safetensors").exists()]
+    passes = {}  # (model, dtype, atoms) -> a row per timing pass; later passes only where the first was "ok"
+    for r in range(cfg.speed.rounds):
+        for m in models:  # a model whose training failed is reported with the dataset
+            package = out / ds.name / m.name / "train" / "model.safetensors"
+            for dtype in cfg.speed.dtypes:
+                stop = None
+                for n, (atoms, path) in sorted(sizes.items()):
+                    if r and passes[(m.name, dtype, atoms)][0]["status"] != "ok":
+                        continue
+                    if stop:
+                        passes[(m.name, dtype, atoms)] = [{"n_atoms": atoms, "status": "skipped", "detail": stop}]
+                        continue
+                    row = _measure(cfg, out / ds.name / m.name / f"speed_water_{atoms}_{dtype}.json",
+                                   _file_hash(package), package, path, dtype, cfg.speed.repeats, round_=r)
+                    row.setdefault("n_atoms", atoms)
+                    passes.setdefault((m.name, dtype, atoms), []).append(row)
+                    if r:  # a later pass never changes which sizes are measured
+                        pass
+                    elif row["status"] != "ok":
+                        stop = f"a smaller box already gave '{row['status']}'"
+                    elif row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
+                        stop = f"one call took {row['ms_per_step'] / 1e3:.0f} s > max_call_s"
+                    print(f"[bench] {m.name} {dtype} water {atoms} atoms"
+                          + (f", timing pass {r + 1}/{cfg.speed.rounds}" if cfg.speed.rounds > 1 else "")
+                          + f": {row['status']}"
+                          + (f", {row['ms_per_step']:.1f} ms/step" if row["status"] == "ok" else ""), file=sys.stderr)
     table = {}
-    for m in cfg.models:
-        package = out / ds.name / m.name / "train" / "model.safetensors"
-        if not package.exists():  # its training failed (reported with the dataset)
-            continue
+    for m in models:
         per_dtype = {}
         for dtype in cfg.speed.dtypes:
-            rows = []
-            stop = None
-            for n, (atoms, path) in sorted(sizes.items()):
-                if stop:
-                    rows.append({"n_atoms": atoms, "status": "skipped", "detail": stop})
-                    continue
-                row = _measure(cfg, out / ds.name / m.name / f"speed_water_{atoms}_{dtype}.json",
-                               _file_hash(package), package, path, dtype, cfg.speed.repeats)
-                row.setdefault("n_atoms", atoms)
-                rows.append(row)
-                if row["status"] != "ok":
-                    stop = f"a smaller box already gave '{row['status']}'"
-                elif row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
-                    stop = f"one call took {row['ms_per_step'] / 1e3:.0f} s > max_call_s"
-                print(f"[bench] {m.name} {dtype} water {atoms} atoms: {row['status']}"
-                      + (f", {row['ms_per_step']:.1f} ms/step" if row["status"] == "ok" else ""), file=sys.stderr)
+            rows = [_fastest(passes[(m.name, dtype, atoms)]) for atoms, _ in sorted(sizes.values())]
             ok = [r for r in rows if r["status"] == "ok"]
             per_dtype[dtype] = {"rows": rows, "exponent": speed.fit_exponent([r["n_atoms"] for r in ok],
                                                                              [r["ms_per_step"] for r in ok]),
@@ -333,12 +380,16 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
         rows = []
         for n, (atoms, path) in sorted(sizes.items()):
             box = systems.replicate(base, n)
-            try:
-                row = _cached(out / "openmm_water" / f"tip3p_{atoms}.json", {"positions_hash": _file_hash(path),
-                                                                            "threads": cfg.threads},
-                              lambda: openmm_reference.water_cost(box, cfg.threads))
-            except Exception as exc:  # noqa: BLE001 - optional reference
-                row = {"status": "error", "n_atoms": atoms, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+            passes = []
+            for r in range(cfg.speed.rounds):
+                key = {"positions_hash": _file_hash(path), "threads": cfg.threads, **({"round": r} if r else {})}
+                try:
+                    passes.append(_cached(out / "openmm_water" / f"tip3p_{atoms}{f'_r{r}' if r else ''}.json", key,
+                                          lambda: openmm_reference.water_cost(box, cfg.threads)))
+                except Exception as exc:  # noqa: BLE001 - optional reference
+                    passes.append({"status": "error", "n_atoms": atoms,
+                                   "detail": f"{type(exc).__name__}: {exc}"[:300]})
+            row = _fastest(passes)
             rows.append(row)
             print(f"[bench] OpenMM TIP3P water {atoms} atoms: {row['status']}"
                   + (f", {row['ms_per_step']:.2f} ms/step" if row["status"] == "ok" else f": {row.get('detail')}"),
