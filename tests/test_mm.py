@@ -58,3 +58,27 @@ def test_inference_mode_does_not_poison_later_force_calls():
     with torch.inference_mode():
         pot.model(pot.batch([s]).to(dtype=torch.float64))
     assert np.isfinite(pot([s])["forces"]).all()
+
+
+def test_exclusions_match_the_walks_of_every_edge():
+    """1-2 / 1-3 / 1-4 pairs from per-atom walk keys equal the per-edge expansion of the neighbour table (the
+    former code, 216 candidates an edge), on a ring molecule where walks step back and close rings."""
+    from ffspace.graph.batch import collate, graph_of
+    from ffspace.models.mm import _has_key, _walk_keys
+
+    atoms = molecule("C6H6")  # benzene: 1-4 pairs across the ring are also reached by shorter walks
+    s = Structure(numbers=atoms.numbers, positions=atoms.positions)
+    batch = collate([graph_of(s, 4.0)], dtype=torch.float64, labels=False)
+    model = ClassicalMM([1, 6], cutoff=4.0).eval()
+    i, j = batch.edge_index
+    r = torch.linalg.norm(batch.edge_vectors(), dim=-1)
+    nbr, _, _ = model.topology(batch, r)
+    first = nbr[i]
+    second = torch.where(first.unsqueeze(-1) >= 0, nbr[first.clamp(min=0)], -1).flatten(1)
+    third = torch.where(second.unsqueeze(-1) >= 0, nbr[second.clamp(min=0)], -1).flatten(1)
+    n = nbr.shape[0]
+    walks = _walk_keys(nbr, 3)
+    for expanded, keys in zip((first, second, third), walks):
+        assert torch.equal(_has_key(keys, i * n + j), (expanded == j.unsqueeze(-1)).any(-1))
+    assert walks[0].numel() == 24 and _has_key(walks[2], i * n + j).sum() > 0  # 12 bonds, both directions
+    assert not _has_key(torch.empty(0, dtype=torch.long), i * n + j).any()

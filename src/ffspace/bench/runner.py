@@ -142,8 +142,7 @@ def _openmm_molecule(cfg: BenchConfig, folder: Path, models: dict, molecule) -> 
             package = folder / name / "train" / "model.safetensors"
             key = {"weights": _file_hash(package), "molecule": molecule.positions.tolist(), "threads": cfg.threads}
             try:
-                passes = [_cached(folder / f"openmm_molecule{f'_r{r}' if r else ''}.json",
-                                  {**key, **({"round": r} if r else {})},
+                passes = [_cached(*_in_pass(folder / "openmm_molecule.json", key, r),
                                   lambda: openmm_reference.molecule_cost(package, molecule, cfg.threads))
                           for r in range(cfg.speed.rounds)]
                 return {"exported_model": name, **_fastest(passes)}
@@ -188,9 +187,7 @@ def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: 
     key = {"weights": weights, "system": _file_hash(system), "dtype": dtype, "repeats": repeats,
            "threads": cfg.threads, "device": cfg.device, "memory_limit": _memory_limit(cfg),
            "max_call_s": cfg.speed.max_call_s, "time_budget_s": cfg.speed.time_budget_s}
-    if round_:
-        key["round"] = round_
-        path = path.with_name(f"{path.stem}_r{round_}{path.suffix}")
+    path, key = _in_pass(path, key, round_)
     # Warm-up, calls up to the time budget, and a last one that may start just under it.
     timeout = 3 * cfg.speed.max_call_s + cfg.speed.time_budget_s + 300.0
     return _cached(path, key, lambda: speed.measure(package, system, dtype, cfg.threads, repeats, cfg.speed.max_call_s,
@@ -198,6 +195,13 @@ def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: 
                                                     time_budget_s=cfg.speed.time_budget_s),
                    keep=lambda r: r["status"] in ("ok", "not applicable")
                    or (r["status"] == "out of memory" and "SIGKILL" not in r.get("detail", "")))
+
+
+def _in_pass(path: Path, key: dict, round_: int) -> tuple[Path, dict]:
+    """The cache file and key of timing pass ``round_`` (the first pass keeps the plain name and key)."""
+    if not round_:
+        return path, key
+    return path.with_name(f"{path.stem}_r{round_}{path.suffix}"), {**key, "round": round_}
 
 
 def _fastest(rows: list[dict]) -> dict:
@@ -353,11 +357,9 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
                                    _file_hash(package), package, path, dtype, cfg.speed.repeats, round_=r)
                     row.setdefault("n_atoms", atoms)
                     passes.setdefault((m.name, dtype, atoms), []).append(row)
-                    if r:  # a later pass never changes which sizes are measured
-                        pass
-                    elif row["status"] != "ok":
+                    if r == 0 and row["status"] != "ok":  # the first pass alone decides which sizes are measured
                         stop = f"a smaller box already gave '{row['status']}'"
-                    elif row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
+                    elif r == 0 and row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
                         stop = f"one call took {row['ms_per_step'] / 1e3:.0f} s > max_call_s"
                     print(f"[bench] {m.name} {dtype} water {atoms} atoms"
                           + (f", timing pass {r + 1}/{cfg.speed.rounds}" if cfg.speed.rounds > 1 else "")
@@ -382,9 +384,9 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
             box = systems.replicate(base, n)
             passes = []
             for r in range(cfg.speed.rounds):
-                key = {"positions_hash": _file_hash(path), "threads": cfg.threads, **({"round": r} if r else {})}
+                key = {"positions_hash": _file_hash(path), "threads": cfg.threads}
                 try:
-                    passes.append(_cached(out / "openmm_water" / f"tip3p_{atoms}{f'_r{r}' if r else ''}.json", key,
+                    passes.append(_cached(*_in_pass(out / "openmm_water" / f"tip3p_{atoms}.json", key, r),
                                           lambda: openmm_reference.water_cost(box, cfg.threads)))
                 except Exception as exc:  # noqa: BLE001 - optional reference
                     passes.append({"status": "error", "n_atoms": atoms,

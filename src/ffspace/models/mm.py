@@ -30,20 +30,21 @@ def _inv_softplus(x: float) -> float:
     return math.log(math.expm1(x))
 
 
-def _walk_keys(nbr: torch.Tensor, steps: int) -> torch.Tensor:
-    """Sorted unique keys a · N + b of the atom pairs joined by a walk of exactly ``steps`` bonds.
+def _walk_keys(nbr: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """For k = 1 … ``steps``: the sorted unique keys a · N + b of the atom pairs joined by a walk of exactly k bonds.
 
     Exclusions are decided per atom, then looked up per edge: expanding the neighbour table per edge held
     MAX_NEIGHBOURS³ = 216 candidates for each of millions of edges (about 4 kB per edge, 8.6 GB for 24 000
     water atoms). A walk may step back, so 2 steps also reach the atom itself and 3 steps its bonded
-    neighbours; the callers subtract the shorter walks."""
+    neighbours; the caller subtracts the shorter walks."""
     n = nbr.shape[0]
-    ends = torch.arange(n, device=nbr.device).unsqueeze(-1)  # (N, walks so far)
+    start = torch.arange(n, device=nbr.device).unsqueeze(-1)
+    ends, keys = start, []  # ends: (N, walks so far), −1 where a walk ran off the table
     for _ in range(steps):
         ends = torch.where(ends.unsqueeze(-1) >= 0, nbr[ends.clamp(min=0)], -1).flatten(1)
-    start = torch.arange(n, device=nbr.device).unsqueeze(-1).expand_as(ends)
-    valid = ends >= 0
-    return torch.unique(start[valid] * n + ends[valid])
+        valid = ends >= 0
+        keys.append(torch.unique(start.expand_as(ends)[valid] * n + ends[valid]))
+    return keys
 
 
 def _has_key(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -135,9 +136,10 @@ class ClassicalMM(FFModel):
 
         # Which edges join atoms 1, 2 or 3 bonds apart (walks through the neighbour table; see `_walk_keys`).
         edge_key = i * n + j
-        is12 = _has_key(_walk_keys(nbr, 1), edge_key)
-        is13 = _has_key(_walk_keys(nbr, 2), edge_key) & ~is12
-        is14 = _has_key(_walk_keys(nbr, 3), edge_key) & ~is12 & ~is13
+        walk1, walk2, walk3 = _walk_keys(nbr, 3)
+        is12 = _has_key(walk1, edge_key)
+        is13 = _has_key(walk2, edge_key) & ~is12
+        is14 = _has_key(walk3, edge_key) & ~is12 & ~is13
 
         # Bonds, from the directed bonded edges (each bond twice: half the energy each time, to atom i).
         bonded = is12
