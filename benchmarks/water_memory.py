@@ -2,6 +2,7 @@
 
     python benchmarks/water_memory.py --replicas 2 --models painn delta_mm_painn      # 1536 atoms
     python benchmarks/water_memory.py --replicas 3 --dtype float64                    # 5184 atoms, every model
+    python benchmarks/water_memory.py --replicas 3 --models mace --repeats 3 --return-freed-memory  # glibc's default
 
 Cost and memory do not depend on the weights, so the models are built (not trained) for 50 rMD17 aspirin
 frames, with the settings of benchmarks/configs/bench_aspirin.yaml. Each call runs in its own process under the
@@ -43,6 +44,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=0, help="timed calls after the first (0: memory only)")
     p.add_argument("--memory-limit-gb", type=float, default=None, help="cap (default: 85 %% of the machine)")
     p.add_argument("--blocks", type=int, default=None, help="time in one piece against blocks of this many edges")
+    p.add_argument("--return-freed-memory", action="store_true",
+                   help="time with the C library's default (freed large blocks go back to the kernel) instead of "
+                        "keeping freed memory for reuse as the ffspace command does (ffspace.runtime)")
     args = p.parse_args(argv)
     data = read_dataset(resolve_data_path("../shared/data/rmd17/rmd17_aspirin_train_01.npz"))[:50]
     box = systems.replicate(systems.water_cell()[0], args.replicas)
@@ -56,7 +60,8 @@ def main(argv=None):
             package = save_package(Path(tmp) / f"{name}.safetensors", build_model_for_data(models[name], data))
             limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
             r = speed.measure(package, system, args.dtype, args.threads, max(args.repeats, 1),
-                              max_call_s=1e-9 if not args.repeats else 300.0, memory_limit_bytes=limit)
+                              max_call_s=1e-9 if not args.repeats else 300.0, memory_limit_bytes=limit,
+                              keep_freed_memory=not args.return_freed_memory)
             if r["status"] == "ok":
                 print(f"| {name} | {box.n_atoms} | {r['n_edges']} | {args.dtype} | "
                       f"{r['peak_memory_mb'] - r['baseline_memory_mb']:.0f} | {r['ms_per_step']:.0f} |", flush=True)

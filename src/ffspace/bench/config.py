@@ -65,6 +65,9 @@ class SpeedConfig(BaseModel):
                         "(molecules first, then water); each figure is the fastest pass's median. On a shared "
                         "machine a slow phase lasts minutes, longer than one size's calls, and only ever slows "
                         "calls down. The MD run length is decided by the first pass")
+    keep_freed_memory: bool = Field(True, description="timing processes keep freed memory for reuse, as the ffspace "
+                                    "command does (ffspace.runtime.keep_freed_memory: large systems run about 2x "
+                                    "faster on glibc); false times the C library's default")
     memory_limit_gb: float | None = Field(None, gt=0, description="address-space cap of each timing process "
                                           "(default: 85% of the machine's memory)")
 

@@ -43,10 +43,16 @@ def _ok(ds: dict) -> dict:
 
 
 def _passes_note(rows) -> str:
-    """Says how many timing passes a table's costs are the fastest of (nothing when there was one)."""
+    """Says how many timing passes a table's costs are the fastest of (nothing when there was one), and whether
+    the timing processes kept freed memory for reuse."""
+    rows = list(rows)
     n = max((len(r.get("passes_ms_per_step", ())) for r in rows), default=0)
-    return (f" Each cost is the fastest of {n} timing passes, made one after another over every model and size "
-            "(on a shared machine contention only slows calls down, for minutes at a time)." if n > 1 else "")
+    kept = any(r.get("freed_memory_kept") for r in rows)
+    return ((f" Each cost is the fastest of {n} timing passes, made one after another over every model and size "
+             "(on a shared machine contention only slows calls down, for minutes at a time)." if n > 1 else "")
+            + (" The timing processes keep freed memory for reuse, as the `ffspace` command does "
+               "(`speed.keep_freed_memory`; glibc returns large blocks to the kernel by default, and every call "
+               "then page-faults its working memory again)." if kept else ""))
 
 
 def best_model(ds: dict, ours_only: bool = True) -> str | None:

@@ -29,6 +29,7 @@ from ..potential import Potential
 from ..potential.package import versions
 from ..train import Trainer, TrainConfig, build_model_for_data
 from ..workflow import set_size
+from .. import runtime
 from . import openmm_reference, speed, stability, systems
 from .config import BenchConfig, BenchDataset, BenchModel
 from .report import write_report
@@ -48,6 +49,7 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
                "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                            "cpu_count": os.cpu_count(), "memory_gb": round(speed.machine_memory_bytes() / 2**30, 1),
                            "torch_threads": torch.get_num_threads(), "device": cfg.device,
+                           "timing_keeps_freed_memory": cfg.speed.keep_freed_memory,
                            "date": time.strftime("%Y-%m-%d %H:%M %Z")},
                "versions": {**versions(), **_installed(OPTIONAL_PACKAGES)}, "datasets": {}, "water": None}
     for ds in cfg.datasets:
@@ -140,7 +142,8 @@ def _openmm_molecule(cfg: BenchConfig, folder: Path, models: dict, molecule) -> 
     for name, m in models.items():
         if m.get("status") == "ok" and m["family"] == "graph_mm":
             package = folder / name / "train" / "model.safetensors"
-            key = {"weights": _file_hash(package), "molecule": molecule.positions.tolist(), "threads": cfg.threads}
+            key = {"weights": _file_hash(package), "molecule": molecule.positions.tolist(), "threads": cfg.threads,
+                   "freed_memory_kept": runtime.freed_memory_kept()}  # OpenMM runs in this process
             try:
                 passes = [_cached(*_in_pass(folder / "openmm_molecule.json", key, r),
                                   lambda: openmm_reference.molecule_cost(package, molecule, cfg.threads))
@@ -186,13 +189,15 @@ def _measure(cfg: BenchConfig, path: Path, weights: str, package: Path, system: 
     Pass ``round_`` > 0 of `SpeedConfig.rounds` has a file of its own next to the first pass's."""
     key = {"weights": weights, "system": _file_hash(system), "dtype": dtype, "repeats": repeats,
            "threads": cfg.threads, "device": cfg.device, "memory_limit": _memory_limit(cfg),
-           "max_call_s": cfg.speed.max_call_s, "time_budget_s": cfg.speed.time_budget_s}
+           "max_call_s": cfg.speed.max_call_s, "time_budget_s": cfg.speed.time_budget_s,
+           "keep_freed_memory": cfg.speed.keep_freed_memory}
     path, key = _in_pass(path, key, round_)
     # Warm-up, calls up to the time budget, and a last one that may start just under it.
     timeout = 3 * cfg.speed.max_call_s + cfg.speed.time_budget_s + 300.0
     return _cached(path, key, lambda: speed.measure(package, system, dtype, cfg.threads, repeats, cfg.speed.max_call_s,
                                                     _memory_limit(cfg), cfg.device, timeout_s=timeout,
-                                                    time_budget_s=cfg.speed.time_budget_s),
+                                                    time_budget_s=cfg.speed.time_budget_s,
+                                                    keep_freed_memory=cfg.speed.keep_freed_memory),
                    keep=lambda r: r["status"] in ("ok", "not applicable")
                    or (r["status"] == "out of memory" and "SIGKILL" not in r.get("detail", "")))
 
@@ -384,7 +389,8 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
             box = systems.replicate(base, n)
             passes = []
             for r in range(cfg.speed.rounds):
-                key = {"positions_hash": _file_hash(path), "threads": cfg.threads}
+                key = {"positions_hash": _file_hash(path), "threads": cfg.threads,
+                       "freed_memory_kept": runtime.freed_memory_kept()}
                 try:
                     passes.append(_cached(*_in_pass(out / "openmm_water" / f"tip3p_{atoms}.json", key, r),
                                           lambda: openmm_reference.water_cost(box, cfg.threads)))

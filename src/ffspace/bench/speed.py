@@ -55,11 +55,14 @@ def is_out_of_memory(text: str) -> bool:
 
 def measure(model_path, system_path, dtype: str = "float32", threads: int = 2, repeats: int = 5,
             max_call_s: float = 60.0, memory_limit_bytes: int | None = None, device: str = "cpu",
-            timeout_s: float | None = None, time_budget_s: float = float("inf")) -> dict:
+            timeout_s: float | None = None, time_budget_s: float = float("inf"), keep_freed_memory: bool = True) -> dict:
     """Run `_worker` in a child process and return its figures (or why there are none): the median of up to
-    ``repeats`` warm calls, fewer once the timed calls add up to ``time_budget_s`` (at least one)."""
+    ``repeats`` warm calls, fewer once the timed calls add up to ``time_budget_s`` (at least one).
+    ``keep_freed_memory``: the child keeps freed memory for reuse (`ffspace.runtime.keep_freed_memory`), as the
+    ``ffspace`` command does; False times the C library's default."""
     args = {"model": str(model_path), "system": str(system_path), "dtype": dtype, "threads": threads,
             "repeats": repeats, "max_call_s": max_call_s, "device": device, "time_budget_s": time_budget_s,
+            "keep_freed_memory": keep_freed_memory,
             "memory_limit_bytes": memory_limit_bytes or int(0.85 * machine_memory_bytes())}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # the child's torch starts with this many threads
     try:
@@ -86,7 +89,9 @@ def _worker(args: dict) -> dict:
     from ..errors import DataError
     from ..graph.batch import collate, graph_of
     from ..potential import Potential
+    from ..runtime import keep_freed_memory
 
+    kept = keep_freed_memory() if args.get("keep_freed_memory", True) else False
     data = np.load(args["system"])
     structure = Structure(numbers=data["numbers"], positions=data["positions"], cell=data["cell"], pbc=data["pbc"])
     n = structure.n_atoms
@@ -148,7 +153,7 @@ def _worker(args: dict) -> dict:
     return {"status": "ok", "n_atoms": n, "n_edges": int(len(graph.i)), "ms_per_step": median * 1e3,
             "us_per_atom_step": median * 1e6 / n, "neighbor_list_ms": statistics.median(nl_times) * 1e3,
             "calls": len(timed), "warm": len(times) > 1, **memory, "dtype": args["dtype"], "threads": torch.get_num_threads(),
-            "device": args["device"]}
+            "device": args["device"], "freed_memory_kept": kept}
 
 
 def _virtual_size() -> int:
