@@ -12,6 +12,12 @@ is made: a memory check, not a timing.
 
     python benchmarks/water_memory.py --replicas 2 --models painn --blocks 40000   # what chunking costs in time
 
+    python benchmarks/water_memory.py --replicas 5 --models schnet --repeats 3 --order spatial   # cache locality
+
+--order permutes the box's atoms before the call: "replica" (the bench's order: replica after replica of the
+192-atom cell, so an atom's neighbours across a z face are n² × 192 indices away), "spatial" (sorted along a
+Morton curve of 4 Å cells, so neighbours are near in memory) or "random" (no locality at all).
+
 --blocks N instead times each model in this process, three calls in one piece and three in blocks of at most
 N edges (ffspace.models.chunking), to show what recomputing the messages costs.
 """
@@ -47,9 +53,11 @@ def main(argv=None):
     p.add_argument("--return-freed-memory", action="store_true",
                    help="time with the C library's default (freed large blocks go back to the kernel) instead of "
                         "keeping freed memory for reuse as the ffspace command does (ffspace.runtime)")
+    p.add_argument("--order", default="replica", choices=["replica", "spatial", "random"],
+                   help="atom order of the box (cache locality of the per-edge gathers and scatters)")
     args = p.parse_args(argv)
     data = read_dataset(resolve_data_path("../shared/data/rmd17/rmd17_aspirin_train_01.npz"))[:50]
-    box = systems.replicate(systems.water_cell()[0], args.replicas)
+    box = _reorder(systems.replicate(systems.water_cell()[0], args.replicas), args.order)
     if args.blocks:
         return _compare_blocks(models, args, data, box)
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,6 +77,29 @@ def main(argv=None):
                 asked = f", asked for {r['requested_bytes'] / 2**30:.1f} GiB" if r.get("requested_bytes") else ""
                 print(f"| {name} | {box.n_atoms} | {r.get('n_edges', '')} | {args.dtype} | {r['status']}{asked} | |",
                       flush=True)
+
+
+def _reorder(box, order: str):
+    """The box with its atoms permuted (see --order)."""
+    import numpy as np
+
+    from ffspace.data import Structure
+
+    n = box.n_atoms
+    if order == "replica":
+        return box
+    if order == "random":
+        perm = np.random.default_rng(0).permutation(n)
+    else:
+        frac = np.linalg.solve(box.cell.T, box.positions.T).T % 1.0
+        cells = np.floor(frac * np.maximum(1, np.floor(np.linalg.norm(box.cell, axis=1) / 4.0))).astype(np.int64)
+        code = np.zeros(n, dtype=np.int64)
+        for bit in range(10):  # interleave the bits of the three cell indices (Morton / Z order)
+            for axis in range(3):
+                code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
+        perm = np.argsort(code, kind="stable")
+    return Structure(numbers=box.numbers[perm], positions=box.positions[perm], cell=box.cell, pbc=box.pbc,
+                     source=f"{box.source}, {order} order")
 
 
 def _compare_blocks(models, args, data, box):
