@@ -2,7 +2,8 @@
 
     python benchmarks/water_memory.py --replicas 2 --models painn delta_mm_painn      # 1536 atoms
     python benchmarks/water_memory.py --replicas 3 --dtype float64                    # 5184 atoms, every model
-    python benchmarks/water_memory.py --replicas 3 --models mace --repeats 3 --return-freed-memory  # glibc's default
+    python benchmarks/water_memory.py --replicas 3 --models mace --repeats 3 --return-freed-memory
+                                                                # timed with glibc's default allocator
 
 Cost and memory do not depend on the weights, so the models are built (not trained) for 50 rMD17 aspirin
 frames, with the settings of benchmarks/configs/bench_aspirin.yaml. Each call runs in its own process under the

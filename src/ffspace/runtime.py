@@ -9,9 +9,10 @@ and hands them back on free, so every call page-faults and zeroes its whole work
 project's 2-core machine that was 38-43 % of the CPU time of a MACE call on 5184-24 000 water atoms, and the
 calls took twice as long (docs/benchmarks.md, "How we got here"). `keep_freed_memory` raises the
 mmap and trim thresholds, so freed blocks stay in the heap and the next call reuses them. The price: resident
-memory stays at its high-water mark instead of shrinking between calls, and freed blocks are reused only where
-they fit, so the peak grows too (PaiNN-128 on 24 000 water atoms: 8.9 against 3.8 GB). Library users can call it themselves,
-or set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, or preload jemalloc/tcmalloc.
+memory stays at its high-water mark instead of shrinking between calls, and the peak grows too (PaiNN-128 on
+24 000 water atoms: 8.9 against 3.8 GB; heap fragmentation is the likely cause). Library users can call it
+themselves, or set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, or preload
+jemalloc/tcmalloc.
 """
 
 from __future__ import annotations
