@@ -60,6 +60,10 @@ def test_small_bench_reports_every_figure(small_run):
         assert rows[1]["n_edges"] > 7 * rows[0]["n_edges"]
         # 8× the atoms: a cutoff model costs about 8× (a generous band: timings on a shared machine are noisy)
         assert 0.5 < per_dtype["float32"]["exponent"] < 1.7, (name, rows)
+        for row in rows:  # the default 3 interleaved cycles: each cost is the fastest of its size's 3 calls
+            assert len(row["interleaved_calls_ms"]) == 3 and row["ms_per_step"] == min(row["interleaved_calls_ms"])
+            assert row["single_process_ms_per_step"] > 0 and row["peak_memory_mb"] > 0
+        assert (out / "ethanol" / name / "speed_water_interleaved_float32.json").exists()
     report = (out / "report.md").read_text()
     if peers.installed("torchani"):
         assert peer["status"] == "ok" and peer["speed_molecule"]["float32"]["status"] == "ok", peer
@@ -70,7 +74,8 @@ def test_small_bench_reports_every_figure(small_run):
     assert "Our most accurate model: **" in report and "ani_peer**" not in report  # a peer is never "ours"
     saved = json.loads((out / "report.json").read_text())
     assert saved["datasets"]["ethanol"]["n_test"] == 30
-    for text in ("accuracy and cost", "MD stability", "Cost against system size", "exponent"):
+    for text in ("accuracy and cost", "MD stability", "Cost against system size", "exponent",
+                 "fastest of 3 calls made in one process"):
         assert text in report
     for plot in ("pareto_ethanol.png", "survival_ethanol.png", "scaling.png"):
         assert (out / plot).stat().st_size > 1000
@@ -96,21 +101,32 @@ def test_rerun_resumes_without_repeating_finished_steps(small_run):
 
 
 def test_a_second_timing_pass_keeps_the_fastest(small_run):
-    """speed.rounds=2: a second pass over every timing, in files of its own; each figure is the faster pass."""
+    """speed.rounds=2: a second pass over the molecule timings (and OpenMM's water), in files of its own; each
+    figure is the faster pass. Water costs of our models come from the interleaved cycles instead."""
     out, _ = small_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name.startswith(("speed_", "openmm_", "tip3p_"))}
     again = run_bench(load_bench_config(SMALL, [f"out={out}", "speed.rounds=2"]), command="test")
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # the first pass is read back
     second = {p.name for p in (out / "ethanol" / "schnet").glob("*_r1.json")}
-    assert second == {"speed_molecule_float32_r1.json", "speed_molecule_float64_r1.json",
-                      *(f"speed_water_{n}_{d}_r1.json" for n in (192, 1536) for d in ("float32", "float64"))}
-    assert not list((out / "ethanol" / "graph_mm").glob("speed_water_*_r1.json"))  # "not applicable" stays so
-    rows = [again["water"]["models"]["schnet"]["float32"]["rows"][1],
-            again["datasets"]["ethanol"]["models"]["mm"]["speed_molecule"]["float32"]]
+    assert second == {"speed_molecule_float32_r1.json", "speed_molecule_float64_r1.json"}
+    rows = [again["datasets"]["ethanol"]["models"]["mm"]["speed_molecule"]["float32"]]
     if openmm_reference.available():
         rows.append(again["water"]["openmm_tip3p"]["rows"][0])
     for row in rows:
         assert len(row["passes_ms_per_step"]) == 2 and row["ms_per_step"] == min(row["passes_ms_per_step"]), row
+
+
+def test_interleaved_timing_cycles_every_size_in_one_process(tmp_path, trained_package):
+    """Every size gets one timed call per cycle, after a warm-up cycle, all in one process."""
+    box = systems.generated_water_box(64)
+    small = speed.save_system(box, tmp_path / "small.npz")
+    big = speed.save_system(systems.replicate(box, 2), tmp_path / "big.npz")
+    result = speed.measure_interleaved(trained_package, [big, small], "float32", threads=1, cycles=4, timeout_s=300)
+    assert result["status"] == "ok", result
+    assert [r["n_atoms"] for r in result["systems"]] == [1536, 192]  # in the order given
+    for r in result["systems"]:
+        assert r["status"] == "ok" and len(r["calls_ms"]) == 4 and r["fastest_ms"] == min(r["calls_ms"]) > 0
+    assert result["peak_memory_mb"] > 0
 
 
 def test_bad_bench_config_names_the_field(tmp_path):

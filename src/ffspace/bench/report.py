@@ -55,6 +55,18 @@ def _passes_note(rows) -> str:
                "then page-faults its working memory again)." if kept else ""))
 
 
+def _interleaved_note(rows) -> str:
+    """Says how the water costs were timed when they come from interleaved cycles (nothing otherwise)."""
+    n = max((len(r.get("interleaved_calls_ms", ())) for r in rows), default=0)
+    if not n:
+        return ""
+    return (f" Each cost is the fastest of {n} calls made in one process per model and dtype that cycled through "
+            f"every size in turn ({n} cycles after a warm-up cycle, smallest to largest and back), so that every "
+            "size met the same machine (on a shared machine contention slows calls down for minutes at a time); "
+            "peak memory comes from a process per size. The spread of the exponent over the cycles, each fitted "
+            "alone, is given with the linear-scaling check.")
+
+
 def best_model(ds: dict, ours_only: bool = True) -> str | None:
     """The model with the lowest test force MAE; by default among ffspace's own families (not the peers)."""
     scored = [(m["test"].get("forces_mae_meV_A"), name) for name, m in _ok(ds).items()
@@ -258,6 +270,7 @@ def _water_markdown(water: dict, molecule: dict | None = None) -> list[str]:
              f"Base cell: {water['cell']}; models trained on {water['trained_on']}. Milliseconds per energy + forces "
              "call (warm, graph built once); the exponent is the least-squares slope of log(cost) against "
              "log(atoms) on water, over all sizes and over sizes ≥ 3000 atoms."
+             + _interleaved_note(r for m in models.values() for d in m.values() for r in d["rows"])
              + _passes_note(r for m in models.values() for d in m.values() for r in d["rows"])
              + (f" The first column is the {water['trained_on']} molecule ({', '.join(map(str, mol_atoms))} atoms, "
                 "not periodic) from the accuracy table." if mol_atoms else ""), "",
@@ -335,8 +348,10 @@ def _exponent_check(water: dict, limit: float = 1.1, min_atoms: int = 3000) -> l
             ok = False
         else:
             ok = x <= limit
-            text = (f"{mname}: {x:.2f} over {len(big)} sizes, {big[0]['n_atoms']}–{big[-1]['n_atoms']} atoms "
-                    f"({'ok' if ok else 'ABOVE'})")
+            spread = [c for c in d.get("exponent_3000_plus_per_cycle", ()) if c is not None]
+            text = (f"{mname}: {x:.2f} over {len(big)} sizes, {big[0]['n_atoms']}–{big[-1]['n_atoms']} atoms"
+                    + (f"; cycle by cycle {min(spread):.2f}–{max(spread):.2f}" if len(spread) > 1 else "")
+                    + f" ({'ok' if ok else 'ABOVE'})")
         if peers.is_peer(families.get(mname, "")):
             theirs.append(text)
         else:

@@ -336,6 +336,63 @@ def _memory_limit(cfg: BenchConfig) -> int:
     return int(0.85 * speed.machine_memory_bytes())
 
 
+def _water_sizes(cfg: BenchConfig, folder: Path, package: Path, name: str, dtype: str, sizes: dict) -> list[dict]:
+    """One timing process per water box, smallest first (peak memory, which sizes fit, the neighbour list); once
+    a box fails or one call takes longer than max_call_s, the larger ones are skipped."""
+    rows, stop = [], None
+    for n, (atoms, path) in sorted(sizes.items()):
+        if stop:
+            rows.append({"n_atoms": atoms, "status": "skipped", "detail": stop})
+            continue
+        row = _measure(cfg, folder / f"speed_water_{atoms}_{dtype}.json", _file_hash(package), package, path, dtype,
+                       cfg.speed.repeats)
+        row.setdefault("n_atoms", atoms)
+        rows.append(row)
+        if row["status"] != "ok":
+            stop = f"a smaller box already gave '{row['status']}'"
+        elif row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
+            stop = f"one call took {row['ms_per_step'] / 1e3:.0f} s > max_call_s"
+        print(f"[bench] {name} {dtype} water {atoms} atoms: {row['status']}"
+              + (f", {row['ms_per_step']:.1f} ms/step" if row["status"] == "ok" else ""), file=sys.stderr)
+    return rows
+
+
+def _water_interleaved(cfg: BenchConfig, folder: Path, package: Path, name: str, dtype: str, sizes: dict,
+                       rows: list[dict]) -> None:
+    """Re-time the boxes that fitted, in turn in one process (`speed.measure_interleaved`); each such row's cost
+    becomes its fastest call (the per-size process's median stays as ``single_process_ms_per_step``). Left as
+    they are when the interleaved process fails."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if len(ok) < 2:
+        return
+    paths = {atoms: path for atoms, path in sizes.values()}
+    systems_ = [paths[r["n_atoms"]] for r in ok]
+    key = {"weights": _file_hash(package), "systems": [_file_hash(p) for p in systems_], "dtype": dtype,
+           "cycles": cfg.speed.water_cycles, "threads": cfg.threads, "device": cfg.device,
+           "memory_limit": _memory_limit(cfg), "keep_freed_memory": cfg.speed.keep_freed_memory}
+    # Each size's per-process median, with generous room for slow phases, for every cycle and the warm-up.
+    timeout = 4 * (cfg.speed.water_cycles + 1) * sum(r["ms_per_step"] for r in ok) / 1e3 + 600.0
+    result = _cached(folder / f"speed_water_interleaved_{dtype}.json", key,
+                     lambda: speed.measure_interleaved(package, systems_, dtype, cfg.threads, cfg.speed.water_cycles,
+                                                       _memory_limit(cfg), cfg.device, timeout_s=timeout,
+                                                       keep_freed_memory=cfg.speed.keep_freed_memory),
+                     keep=lambda r: r["status"] == "ok")
+    if result["status"] != "ok":
+        print(f"[bench] {name} {dtype} water, interleaved timing: {result['status']}: {result.get('detail')}; "
+              "the costs stay the per-size processes' medians", file=sys.stderr)
+        return
+    for row, timed in zip(ok, result["systems"]):
+        if timed["status"] != "ok":  # e.g. out of memory with every size held at once: keep the per-size figure
+            row["interleaved"] = timed
+            continue
+        row.update(single_process_ms_per_step=row["ms_per_step"], ms_per_step=timed["fastest_ms"],
+                   us_per_atom_step=timed["fastest_ms"] * 1e3 / row["n_atoms"],
+                   interleaved_calls_ms=timed["calls_ms"], interleaved_median_ms=timed["median_ms"])
+    print(f"[bench] {name} {dtype} water, {cfg.speed.water_cycles} interleaved cycles: "
+          + ", ".join(f"{r['n_atoms']} atoms {r['ms_per_step']:.1f}" for r in ok) + " ms/step (fastest call)",
+          file=sys.stderr)
+
+
 def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
     """Cost vs size on water boxes for the models trained on the first dataset (any model can be timed on
     water: the cost of a force field does not depend on what it was trained on, only its elements)."""
@@ -346,40 +403,24 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
         box = systems.replicate(base, n)
         sizes[n] = (box.n_atoms, speed.save_system(box, out / "systems" / f"water_{box.n_atoms}.npz"))
     models = [m for m in cfg.models if (out / ds.name / m.name / "train" / "model.safetensors").exists()]
-    passes = {}  # (model, dtype, atoms) -> a row per timing pass; later passes only where the first was "ok"
-    for r in range(cfg.speed.rounds):
-        for m in models:  # a model whose training failed is reported with the dataset
-            package = out / ds.name / m.name / "train" / "model.safetensors"
-            for dtype in cfg.speed.dtypes:
-                stop = None
-                for n, (atoms, path) in sorted(sizes.items()):
-                    if r and passes[(m.name, dtype, atoms)][0]["status"] != "ok":
-                        continue
-                    if stop:
-                        passes[(m.name, dtype, atoms)] = [{"n_atoms": atoms, "status": "skipped", "detail": stop}]
-                        continue
-                    row = _measure(cfg, out / ds.name / m.name / f"speed_water_{atoms}_{dtype}.json",
-                                   _file_hash(package), package, path, dtype, cfg.speed.repeats, round_=r)
-                    row.setdefault("n_atoms", atoms)
-                    passes.setdefault((m.name, dtype, atoms), []).append(row)
-                    if r == 0 and row["status"] != "ok":  # the first pass alone decides which sizes are measured
-                        stop = f"a smaller box already gave '{row['status']}'"
-                    elif r == 0 and row["ms_per_step"] / 1e3 > cfg.speed.max_call_s:
-                        stop = f"one call took {row['ms_per_step'] / 1e3:.0f} s > max_call_s"
-                    print(f"[bench] {m.name} {dtype} water {atoms} atoms"
-                          + (f", timing pass {r + 1}/{cfg.speed.rounds}" if cfg.speed.rounds > 1 else "")
-                          + f": {row['status']}"
-                          + (f", {row['ms_per_step']:.1f} ms/step" if row["status"] == "ok" else ""), file=sys.stderr)
     table = {}
-    for m in models:
+    for m in models:  # a model whose training failed is reported with the dataset
+        package = out / ds.name / m.name / "train" / "model.safetensors"
         per_dtype = {}
         for dtype in cfg.speed.dtypes:
-            rows = [_fastest(passes[(m.name, dtype, atoms)]) for atoms, _ in sorted(sizes.values())]
+            rows = _water_sizes(cfg, out / ds.name / m.name, package, m.name, dtype, sizes)
+            if cfg.speed.water_cycles:
+                _water_interleaved(cfg, out / ds.name / m.name, package, m.name, dtype, sizes, rows)
             ok = [r for r in rows if r["status"] == "ok"]
             per_dtype[dtype] = {"rows": rows, "exponent": speed.fit_exponent([r["n_atoms"] for r in ok],
                                                                              [r["ms_per_step"] for r in ok]),
                                 "exponent_3000_plus": speed.fit_exponent([r["n_atoms"] for r in ok],
                                                                          [r["ms_per_step"] for r in ok], 3000)}
+            cycles = [[r["interleaved_calls_ms"][c] for r in ok] for c in range(cfg.speed.water_cycles)
+                      if ok and all(len(r.get("interleaved_calls_ms", ())) > c for r in ok)]
+            if cycles:  # the same slope from each cycle alone: how much the fitted exponent could move
+                per_dtype[dtype]["exponent_3000_plus_per_cycle"] = [
+                    speed.fit_exponent([r["n_atoms"] for r in ok], c, 3000) for c in cycles]
         table[m.name] = per_dtype
     result = {"cell": origin, "trained_on": ds.name, "models": table,
               "families": {m.name: m.model["family"] for m in cfg.models if m.name in table}}

@@ -6,6 +6,8 @@ the model is loaded, the process runs under an address-space cap that leaves the
 the memory limit, so an allocation that would exceed it fails with the number of bytes asked for, which
 is reported. Timed calls are warm energy + forces on a graph built once
 (as MD does between neighbour-list rebuilds); the neighbour-list build is timed separately.
+`measure_interleaved` times several sizes in one process, in turn, for a cost-against-size slope that
+the machine's slow phases do not bend.
 """
 
 from __future__ import annotations
@@ -64,7 +66,27 @@ def measure(model_path, system_path, dtype: str = "float32", threads: int = 2, r
             "repeats": repeats, "max_call_s": max_call_s, "device": device, "time_budget_s": time_budget_s,
             "keep_freed_memory": keep_freed_memory,
             "memory_limit_bytes": memory_limit_bytes or int(0.85 * machine_memory_bytes())}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # the child's torch starts with this many threads
+    return _run_child(args, timeout_s)
+
+
+def measure_interleaved(model_path, system_paths, dtype: str = "float32", threads: int = 2, cycles: int = 3,
+                        memory_limit_bytes: int | None = None, device: str = "cpu", timeout_s: float | None = None,
+                        keep_freed_memory: bool = True) -> dict:
+    """Time several systems with one model in one child process, in turn: a warm-up cycle (one call per
+    system), then ``cycles`` cycles of one call per system, smallest to largest and back on alternate cycles.
+
+    For a cost-against-size slope. Separate processes per size run minutes apart, and on a shared machine
+    contention slows calls down for minutes at a time, so each size may meet a different machine; here every
+    size meets the same phases. Returns every call's time per system (``calls_ms``), its fastest call and its
+    median; peak memory is not per system here (measure each size on its own with `measure` for that)."""
+    args = {"model": str(model_path), "systems": [str(p) for p in system_paths], "dtype": dtype, "threads": threads,
+            "cycles": cycles, "device": device, "keep_freed_memory": keep_freed_memory, "mode": "interleaved",
+            "memory_limit_bytes": memory_limit_bytes or int(0.85 * machine_memory_bytes())}
+    return _run_child(args, timeout_s)
+
+
+def _run_child(args: dict, timeout_s: float | None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args["threads"]))  # the child's torch starts with this many threads
     try:
         proc = subprocess.run([sys.executable, "-m", "ffspace.bench.speed", json.dumps(args)], capture_output=True,
                               text=True, env=env, timeout=timeout_s)
@@ -81,6 +103,58 @@ def measure(model_path, system_path, dtype: str = "float32", threads: int = 2, r
             "memory_limit_bytes": args["memory_limit_bytes"]}
 
 
+def _load(args: dict):
+    """The potential in the asked dtype and device, and whether freed memory is kept (done first, before the
+    allocations it should govern)."""
+    import torch
+
+    from ..potential import Potential
+    from ..runtime import keep_freed_memory
+
+    kept = keep_freed_memory() if args.get("keep_freed_memory", True) else False
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args["dtype"]]
+    return Potential.load(args["model"], dtype=dtype, device=args["device"]), dtype, kept
+
+
+def _read_system(path: str) -> Structure:
+    data = np.load(path)
+    return Structure(numbers=data["numbers"], positions=data["positions"], cell=data["cell"], pbc=data["pbc"])
+
+
+def _cap_address_space(args: dict, pot) -> int:
+    """Cap what the calls may add, so that resident total ≈ memory_limit; returns the resident baseline (bytes).
+    The cap is on address space, so it is the current virtual size plus that allowance (libraries reserve far
+    more address space than they use). Not on CUDA (its driver reserves huge address ranges) nor where /proc
+    does not tell the virtual size."""
+    import resource
+
+    import torch
+
+    # Start the thread pool before the cap (creating threads later could fail under it for other reasons).
+    torch.ones(256, 256) @ torch.ones(256, 256)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    virtual = _virtual_size()
+    if virtual and pot.device.type != "cuda":
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = virtual + max(0, args["memory_limit_bytes"] - baseline)
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    return baseline
+
+
+def _failure(exc: Exception, n: int, n_edges: int, args: dict, baseline: int) -> dict:
+    """The row of a call that raised: out of memory (with the bytes asked for, when torch says), or an error."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ValueError):  # e.g. a molecules-only model given a periodic cell
+        return {"status": "not applicable", "n_atoms": n, "detail": text[:300]}
+    asked = re.search(r"allocate (\d+) bytes", text)
+    if is_out_of_memory(text) or isinstance(exc, MemoryError):
+        return {"status": "out of memory", "n_atoms": n, "n_edges": n_edges,
+                "requested_bytes": int(asked.group(1)) if asked else None,
+                "memory_limit_bytes": args["memory_limit_bytes"], "baseline_memory_mb": baseline / 2**20,
+                "detail": text.splitlines()[0][:300]}
+    return {"status": "error", "n_atoms": n, "detail": text.splitlines()[0][:300]}
+
+
 def _worker(args: dict) -> dict:
     import resource
 
@@ -88,15 +162,10 @@ def _worker(args: dict) -> dict:
 
     from ..errors import DataError
     from ..graph.batch import collate, graph_of
-    from ..potential import Potential
-    from ..runtime import keep_freed_memory
 
-    kept = keep_freed_memory() if args.get("keep_freed_memory", True) else False
-    data = np.load(args["system"])
-    structure = Structure(numbers=data["numbers"], positions=data["positions"], cell=data["cell"], pbc=data["pbc"])
+    pot, dtype, kept = _load(args)
+    structure = _read_system(args["system"])
     n = structure.n_atoms
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args["dtype"]]
-    pot = Potential.load(args["model"], dtype=dtype, device=args["device"])
     try:
         pot.check_elements([structure])
     except DataError as exc:
@@ -108,17 +177,7 @@ def _worker(args: dict) -> dict:
         graph = graph_of(structure, pot.cutoff)
         nl_times.append(time.perf_counter() - t0)
     batch = collate([graph], dtype=dtype, device=pot.device, labels=False)
-    # Start the thread pool before the cap (creating threads later could fail under it for other reasons).
-    torch.ones(256, 256) @ torch.ones(256, 256)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    # Cap what the calls may add: resident total ≈ memory_limit. The cap is on address space, so it is
-    # the current virtual size plus that allowance (libraries reserve far more address space than they use).
-    # Not on CUDA (its driver reserves huge address ranges) nor where /proc does not tell the virtual size.
-    virtual = _virtual_size()
-    if virtual and pot.device.type != "cuda":
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        soft = virtual + max(0, args["memory_limit_bytes"] - baseline)
-        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    baseline = _cap_address_space(args, pot)
     times = []
     try:
         for k in range(args["repeats"] + 1):  # the first call is the warm-up
@@ -133,17 +192,8 @@ def _worker(args: dict) -> dict:
             # 24 000-atom box would otherwise take tens of minutes per model and dtype).
             if k >= 1 and sum(times[1:]) > args["time_budget_s"]:
                 break
-    except (RuntimeError, MemoryError) as exc:
-        text = str(exc) or type(exc).__name__
-        asked = re.search(r"allocate (\d+) bytes", text)
-        if is_out_of_memory(text) or isinstance(exc, MemoryError):
-            return {"status": "out of memory", "n_atoms": n, "n_edges": int(len(graph.i)),
-                    "requested_bytes": int(asked.group(1)) if asked else None,
-                    "memory_limit_bytes": args["memory_limit_bytes"], "baseline_memory_mb": baseline / 2**20,
-                    "detail": text.splitlines()[0][:300]}
-        return {"status": "error", "n_atoms": n, "detail": text.splitlines()[0][:300]}
-    except ValueError as exc:  # e.g. a molecules-only model given a periodic cell
-        return {"status": "not applicable", "n_atoms": n, "detail": str(exc)[:300]}
+    except (RuntimeError, MemoryError, ValueError) as exc:
+        return _failure(exc, n, int(len(graph.i)), args, baseline)
     timed = times[1:] or times  # only the warm-up call when it alone took longer than max_call_s: flagged
     median = statistics.median(timed)
     memory = {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -154,6 +204,49 @@ def _worker(args: dict) -> dict:
             "us_per_atom_step": median * 1e6 / n, "neighbor_list_ms": statistics.median(nl_times) * 1e3,
             "calls": len(timed), "warm": len(times) > 1, **memory, "dtype": args["dtype"], "threads": torch.get_num_threads(),
             "device": args["device"], "freed_memory_kept": kept}
+
+
+def _interleaved_worker(args: dict) -> dict:
+    import resource
+
+    import torch
+
+    from ..graph.batch import collate, graph_of
+
+    pot, dtype, kept = _load(args)
+    structures = [_read_system(p) for p in args["systems"]]
+    pot.check_elements(structures)  # the caller passes only systems this model has already been timed on
+    order = sorted(range(len(structures)), key=lambda i: structures[i].n_atoms)
+    graphs = [graph_of(s, pot.cutoff) for s in structures]
+    batches = [collate([g], dtype=dtype, device=pot.device, labels=False) for g in graphs]
+    baseline = _cap_address_space(args, pot)
+    sync = torch.cuda.synchronize if pot.device.type == "cuda" else (lambda: None)
+    calls = [[] for _ in structures]
+    failed = {}
+    for cycle in range(args["cycles"] + 1):  # cycle 0 warms every size up and is not kept
+        for i in (order if cycle % 2 == 0 else order[::-1]):  # alternate: a drift within a cycle evens out
+            if i in failed:
+                continue
+            try:
+                sync()
+                t0 = time.perf_counter()
+                pot.compute(batches[i], forces=True)
+                sync()
+            except (RuntimeError, MemoryError, ValueError) as exc:
+                failed[i] = _failure(exc, structures[i].n_atoms, int(len(graphs[i].i)), args, baseline)
+                continue
+            if cycle:
+                calls[i].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for i, s in enumerate(structures):
+        if i in failed:
+            rows.append(failed[i])
+            continue
+        rows.append({"status": "ok", "n_atoms": s.n_atoms, "n_edges": int(len(graphs[i].i)), "calls_ms": calls[i],
+                     "fastest_ms": min(calls[i]), "median_ms": statistics.median(calls[i])})
+    return {"status": "ok", "systems": rows, "cycles": args["cycles"], "dtype": args["dtype"],
+            "threads": torch.get_num_threads(), "device": args["device"], "freed_memory_kept": kept,
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _virtual_size() -> int:
@@ -177,5 +270,6 @@ def fit_exponent(sizes, costs, min_atoms: int = 0) -> float | None:
 
 
 if __name__ == "__main__":
-    result = _worker(json.loads(sys.argv[1]))
+    _args = json.loads(sys.argv[1])
+    result = (_interleaved_worker if _args.get("mode") == "interleaved" else _worker)(_args)
     print(json.dumps(result))
