@@ -61,14 +61,15 @@ class SpeedConfig(BaseModel):
     max_call_s: float = Field(300.0, gt=0, description="a model whose call takes longer skips the larger sizes")
     time_budget_s: float = Field(30.0, gt=0, description="timed calls per size stop once they add up to this "
                                  "(at least one after the warm-up): large boxes take seconds per call")
-    rounds: int = Field(1, ge=1, description="timing passes on the molecules and on OpenMM's water, one after "
-                        "another over every model; each figure is the fastest pass's median. On a shared machine a "
-                        "slow phase lasts minutes, longer than one size's calls, and only ever slows calls down. "
-                        "The MD run length is decided by the first pass")
-    water_cycles: int = Field(3, ge=0, description="water costs: after one process per size (peak memory, which "
-                              "sizes fit), one process per model and dtype times every size that fitted in turn, "
-                              "this many cycles after a warm-up cycle; each cost is the size's fastest call and the "
-                              "exponents are fitted on those (sizes timed minutes apart can meet different machine "
+    rounds: int = Field(1, ge=1, description="timing passes, one after another over every model (molecules first, "
+                        "then water); each molecule cost is the fastest pass's median, each water cost the fastest "
+                        "call of all passes (water_cycles). On a shared machine a slow phase lasts minutes, longer "
+                        "than one size's calls, and only ever slows calls down. The MD run length is decided by the "
+                        "first pass")
+    water_cycles: int = Field(2, ge=0, description="water: after one process per size (peak memory, which sizes "
+                              "fit), each timing pass runs one process per model and dtype that times every fitted "
+                              "size in turn, this many cycles after a warm-up cycle; each cost is the size's fastest "
+                              "call and the exponents are fitted on those (sizes in one process meet the same machine "
                               "phases). 0: each cost is the per-size process's median")
     keep_freed_memory: bool = Field(True, description="timing processes keep freed memory for reuse, as the ffspace "
                                     "command does (ffspace.runtime.keep_freed_memory: large systems run about 2x "

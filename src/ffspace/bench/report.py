@@ -55,16 +55,18 @@ def _passes_note(rows) -> str:
                "then page-faults its working memory again)." if kept else ""))
 
 
-def _interleaved_note(rows) -> str:
-    """Says how the water costs were timed when they come from interleaved cycles (nothing otherwise)."""
-    n = max((len(r.get("interleaved_calls_ms", ())) for r in rows), default=0)
-    if not n:
+def _interleaved_note(water: dict) -> str:
+    """Says how the water costs were timed when they come from interleaved passes (nothing otherwise)."""
+    how = water.get("interleaved")
+    if not how:
         return ""
-    return (f" Each cost is the fastest of {n} calls made in one process per model and dtype that cycled through "
-            f"every size in turn ({n} cycles after a warm-up cycle, smallest to largest and back), so that every "
-            "size met the same machine (on a shared machine contention slows calls down for minutes at a time); "
-            "peak memory comes from a process per size. The spread of the exponent over the cycles, each fitted "
-            "alone, is given with the linear-scaling check.")
+    passes, cycles = how["passes"], how["cycles"]
+    return (f" Each cost is the fastest of {passes * cycles} calls: {passes} timing pass(es), an entire pass over "
+            f"every model apart, each a process per model and dtype that cycled through every size in turn "
+            f"({cycles} cycle(s) after a warm-up cycle, smallest to largest and back), so that the sizes of one "
+            "model met the same machine (on a shared machine contention slows calls down for minutes at a time, "
+            "never speeds them up); peak memory comes from a process per size. The spread of the exponent over the "
+            "cycles, each fitted alone, is given with the linear-scaling check.")
 
 
 def best_model(ds: dict, ours_only: bool = True) -> str | None:
@@ -270,7 +272,7 @@ def _water_markdown(water: dict, molecule: dict | None = None) -> list[str]:
              f"Base cell: {water['cell']}; models trained on {water['trained_on']}. Milliseconds per energy + forces "
              "call (warm, graph built once); the exponent is the least-squares slope of log(cost) against "
              "log(atoms) on water, over all sizes and over sizes ≥ 3000 atoms."
-             + _interleaved_note(r for m in models.values() for d in m.values() for r in d["rows"])
+             + _interleaved_note(water)
              + _passes_note(r for m in models.values() for d in m.values() for r in d["rows"])
              + (f" The first column is the {water['trained_on']} molecule ({', '.join(map(str, mol_atoms))} atoms, "
                 "not periodic) from the accuracy table." if mol_atoms else ""), "",

@@ -357,14 +357,14 @@ def _water_sizes(cfg: BenchConfig, folder: Path, package: Path, name: str, dtype
     return rows
 
 
-def _water_interleaved(cfg: BenchConfig, folder: Path, package: Path, name: str, dtype: str, sizes: dict,
-                       rows: list[dict]) -> None:
-    """Re-time the boxes that fitted, in turn in one process (`speed.measure_interleaved`); each such row's cost
-    becomes its fastest call (the per-size process's median stays as ``single_process_ms_per_step``). Left as
-    they are when the interleaved process fails."""
+def _water_interleaved(cfg: BenchConfig, folder: Path, name: str, dtype: str, sizes: dict, rows: list[dict],
+                       round_: int) -> dict | None:
+    """Timing pass ``round_`` of the boxes that fitted, all in one process, in turn (`speed.measure_interleaved`);
+    None where fewer than two fitted or the process failed."""
     ok = [r for r in rows if r["status"] == "ok"]
     if len(ok) < 2:
-        return
+        return None
+    package = folder / "train" / "model.safetensors"
     paths = {atoms: path for atoms, path in sizes.values()}
     systems_ = [paths[r["n_atoms"]] for r in ok]
     key = {"weights": _file_hash(package), "systems": [_file_hash(p) for p in systems_], "dtype": dtype,
@@ -372,25 +372,49 @@ def _water_interleaved(cfg: BenchConfig, folder: Path, package: Path, name: str,
            "memory_limit": _memory_limit(cfg), "keep_freed_memory": cfg.speed.keep_freed_memory}
     # Each size's per-process median, with generous room for slow phases, for every cycle and the warm-up.
     timeout = 4 * (cfg.speed.water_cycles + 1) * sum(r["ms_per_step"] for r in ok) / 1e3 + 600.0
-    result = _cached(folder / f"speed_water_interleaved_{dtype}.json", key,
+    result = _cached(*_in_pass(folder / f"speed_water_interleaved_{dtype}.json", key, round_),
                      lambda: speed.measure_interleaved(package, systems_, dtype, cfg.threads, cfg.speed.water_cycles,
                                                        _memory_limit(cfg), cfg.device, timeout_s=timeout,
                                                        keep_freed_memory=cfg.speed.keep_freed_memory),
                      keep=lambda r: r["status"] == "ok")
     if result["status"] != "ok":
-        print(f"[bench] {name} {dtype} water, interleaved timing: {result['status']}: {result.get('detail')}; "
-              "the costs stay the per-size processes' medians", file=sys.stderr)
-        return
-    for row, timed in zip(ok, result["systems"]):
-        if timed["status"] != "ok":  # e.g. out of memory with every size held at once: keep the per-size figure
-            row["interleaved"] = timed
-            continue
-        row.update(single_process_ms_per_step=row["ms_per_step"], ms_per_step=timed["fastest_ms"],
-                   us_per_atom_step=timed["fastest_ms"] * 1e3 / row["n_atoms"],
-                   interleaved_calls_ms=timed["calls_ms"], interleaved_median_ms=timed["median_ms"])
-    print(f"[bench] {name} {dtype} water, {cfg.speed.water_cycles} interleaved cycles: "
-          + ", ".join(f"{r['n_atoms']} atoms {r['ms_per_step']:.1f}" for r in ok) + " ms/step (fastest call)",
-          file=sys.stderr)
+        print(f"[bench] {name} {dtype} water, interleaved pass {round_ + 1}: {result['status']}: "
+              f"{result.get('detail')}", file=sys.stderr)
+        return None
+    print(f"[bench] {name} {dtype} water, interleaved pass {round_ + 1}/{cfg.speed.rounds}, fastest of "
+          f"{cfg.speed.water_cycles} calls: " + ", ".join(f"{t['n_atoms']} atoms {t['fastest_ms']:.1f}" if t["status"] == "ok"
+                                                           else f"{t['n_atoms']} atoms {t['status']}"
+                                                           for t in result["systems"]) + " ms", file=sys.stderr)
+    return result
+
+
+def _water_costs(rows: list[dict], timed: list[dict]) -> dict:
+    """One model and dtype's water table entry. With interleaved passes (``timed``), each fitted size's cost is
+    its fastest call over every pass and cycle (the per-size process's median stays as
+    ``single_process_ms_per_step``); the exponents are fitted on those costs, and once more on each cycle alone
+    (``exponent_3000_plus_per_cycle``: how far the machine's phases could move the slope)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    per_cycle = []
+    for result in timed:
+        systems_ = result["systems"]
+        for i, row in enumerate(ok):
+            if systems_[i]["status"] != "ok":  # e.g. out of memory with every size held at once
+                row.setdefault("interleaved_failures", []).append(systems_[i])
+                continue
+            row.setdefault("interleaved_calls_ms", []).extend(systems_[i]["calls_ms"])
+        if all(t["status"] == "ok" for t in systems_):
+            per_cycle += [[t["calls_ms"][c] for t in systems_] for c in range(result["cycles"])]
+    for row in ok:
+        if row.get("interleaved_calls_ms"):
+            fastest = min(row["interleaved_calls_ms"])
+            row.update(single_process_ms_per_step=row["ms_per_step"], ms_per_step=fastest,
+                       us_per_atom_step=fastest * 1e3 / row["n_atoms"])
+    atoms = [r["n_atoms"] for r in ok]
+    entry = {"rows": rows, "exponent": speed.fit_exponent(atoms, [r["ms_per_step"] for r in ok]),
+             "exponent_3000_plus": speed.fit_exponent(atoms, [r["ms_per_step"] for r in ok], 3000)}
+    if per_cycle:
+        entry["exponent_3000_plus_per_cycle"] = [speed.fit_exponent(atoms, c, 3000) for c in per_cycle]
+    return entry
 
 
 def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
@@ -403,26 +427,24 @@ def _water_scaling(cfg: BenchConfig, out: Path) -> dict:
         box = systems.replicate(base, n)
         sizes[n] = (box.n_atoms, speed.save_system(box, out / "systems" / f"water_{box.n_atoms}.npz"))
     models = [m for m in cfg.models if (out / ds.name / m.name / "train" / "model.safetensors").exists()]
+    rows = {(m.name, dtype): _water_sizes(cfg, out / ds.name / m.name, out / ds.name / m.name / "train" /
+                                          "model.safetensors", m.name, dtype, sizes)
+            for m in models for dtype in cfg.speed.dtypes}  # a model whose training failed is reported with its dataset
+    timed = {}  # (model, dtype) -> one interleaved result per pass; the passes run an entire round apart
+    for r in range(cfg.speed.rounds if cfg.speed.water_cycles else 0):
+        for m in models:
+            for dtype in cfg.speed.dtypes:
+                got = _water_interleaved(cfg, out / ds.name / m.name, m.name, dtype, sizes, rows[(m.name, dtype)], r)
+                if got:
+                    timed.setdefault((m.name, dtype), []).append(got)
     table = {}
-    for m in models:  # a model whose training failed is reported with the dataset
-        package = out / ds.name / m.name / "train" / "model.safetensors"
+    for m in models:
         per_dtype = {}
         for dtype in cfg.speed.dtypes:
-            rows = _water_sizes(cfg, out / ds.name / m.name, package, m.name, dtype, sizes)
-            if cfg.speed.water_cycles:
-                _water_interleaved(cfg, out / ds.name / m.name, package, m.name, dtype, sizes, rows)
-            ok = [r for r in rows if r["status"] == "ok"]
-            per_dtype[dtype] = {"rows": rows, "exponent": speed.fit_exponent([r["n_atoms"] for r in ok],
-                                                                             [r["ms_per_step"] for r in ok]),
-                                "exponent_3000_plus": speed.fit_exponent([r["n_atoms"] for r in ok],
-                                                                         [r["ms_per_step"] for r in ok], 3000)}
-            cycles = [[r["interleaved_calls_ms"][c] for r in ok] for c in range(cfg.speed.water_cycles)
-                      if ok and all(len(r.get("interleaved_calls_ms", ())) > c for r in ok)]
-            if cycles:  # the same slope from each cycle alone: how much the fitted exponent could move
-                per_dtype[dtype]["exponent_3000_plus_per_cycle"] = [
-                    speed.fit_exponent([r["n_atoms"] for r in ok], c, 3000) for c in cycles]
+            per_dtype[dtype] = _water_costs(rows[(m.name, dtype)], timed.get((m.name, dtype), []))
         table[m.name] = per_dtype
     result = {"cell": origin, "trained_on": ds.name, "models": table,
+              "interleaved": {"passes": cfg.speed.rounds, "cycles": cfg.speed.water_cycles} if timed else None,
               "families": {m.name: m.model["family"] for m in cfg.models if m.name in table}}
     if openmm_reference.available():
         rows = []
