@@ -62,15 +62,15 @@ class SpeedConfig(BaseModel):
     time_budget_s: float = Field(30.0, gt=0, description="timed calls per size stop once they add up to this "
                                  "(at least one after the warm-up): large boxes take seconds per call")
     rounds: int = Field(1, ge=1, description="timing passes, one after another over every model (molecules first, "
-                        "then water); each molecule cost is the fastest pass's median, each water cost the fastest "
-                        "call of all passes (water_cycles). On a shared machine a slow phase lasts minutes, longer "
+                        "then water); each molecule cost is the fastest pass's median, each water cost the geometric mean "
+                        "of the calls of all passes (water_cycles). On a shared machine a slow phase lasts minutes, longer "
                         "than one size's calls, and only ever slows calls down. The MD run length is decided by the "
                         "first pass")
     water_cycles: int = Field(2, ge=0, description="water: after one process per size (peak memory, which sizes "
                               "fit), each timing pass runs one process per model and dtype that times every fitted "
-                              "size in turn, this many cycles after a warm-up cycle; each cost is the size's fastest "
-                              "call and the exponents are fitted on those (sizes in one process meet the same machine "
-                              "phases). 0: each cost is the per-size process's median")
+                              "size in turn, this many cycles after a warm-up cycle; each cost is the geometric mean "
+                              "of the size's calls over all passes, and the exponents are fitted on those (sizes in "
+                              "one process meet the same machine phases). 0: each cost is the per-size process's median")
     keep_freed_memory: bool = Field(True, description="timing processes keep freed memory for reuse, as the ffspace "
                                     "command does (ffspace.runtime.keep_freed_memory: large systems run about 2x "
                                     "faster on glibc); false times the C library's default")

@@ -61,12 +61,13 @@ def _interleaved_note(water: dict) -> str:
     if not how:
         return ""
     passes, cycles = how["passes"], how["cycles"]
-    return (f" Each cost is the fastest of {passes * cycles} calls: {passes} timing pass(es), an entire pass over "
-            f"every model apart, each a process per model and dtype that cycled through every size in turn "
+    return (f" Each cost is the geometric mean of {passes * cycles} calls: {passes} timing pass(es), an entire pass "
+            f"over every model apart, each a process per model and dtype that cycled through every size in turn "
             f"({cycles} cycle(s) after a warm-up cycle, smallest to largest and back), so that the sizes of one "
-            "model met the same machine (on a shared machine contention slows calls down for minutes at a time, "
-            "never speeds them up); peak memory comes from a process per size. The spread of the exponent over the "
-            "cycles, each fitted alone, is given with the linear-scaling check.")
+            "model met the same machine (on a shared machine contention slows calls down for minutes at a time); "
+            "the exponent is fitted on these means, which is the least-squares slope through every call, and its "
+            "95 % bootstrap interval over the calls is given with the linear-scaling check. Every call, the "
+            "fastest, and the median of a process per size (which gives peak memory) are in report.json.")
 
 
 def best_model(ds: dict, ours_only: bool = True) -> str | None:
@@ -350,9 +351,9 @@ def _exponent_check(water: dict, limit: float = 1.1, min_atoms: int = 3000) -> l
             ok = False
         else:
             ok = x <= limit
-            spread = [c for c in d.get("exponent_3000_plus_per_cycle", ()) if c is not None]
+            ci = d.get("exponent_3000_plus_ci95")
             text = (f"{mname}: {x:.2f} over {len(big)} sizes, {big[0]['n_atoms']}–{big[-1]['n_atoms']} atoms"
-                    + (f"; cycle by cycle {min(spread):.2f}–{max(spread):.2f}" if len(spread) > 1 else "")
+                    + (f", 95 % interval over the calls {ci[0]:.2f}–{ci[1]:.2f}" if ci else "")
                     + f" ({'ok' if ok else 'ABOVE'})")
         if peers.is_peer(families.get(mname, "")):
             theirs.append(text)

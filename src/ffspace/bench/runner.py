@@ -390,9 +390,11 @@ def _water_interleaved(cfg: BenchConfig, folder: Path, name: str, dtype: str, si
 
 def _water_costs(rows: list[dict], timed: list[dict]) -> dict:
     """One model and dtype's water table entry. With interleaved passes (``timed``), each fitted size's cost is
-    its fastest call over every pass and cycle (the per-size process's median stays as
-    ``single_process_ms_per_step``); the exponents are fitted on those costs, and once more on each cycle alone
-    (``exponent_3000_plus_per_cycle``: how far the machine's phases could move the slope)."""
+    the geometric mean of its calls over every pass and cycle (the fastest call and the per-size process's
+    median are kept beside it), and the exponents are fitted on those costs: the least-squares slope through
+    every call's log-time, which uses every call instead of one per size. ``exponent_3000_plus_ci95``: a
+    bootstrap interval over the calls of each size; ``exponent_3000_plus_per_cycle``: the slope of each cycle
+    alone."""
     ok = [r for r in rows if r["status"] == "ok"]
     per_cycle = []
     for result in timed:
@@ -405,15 +407,19 @@ def _water_costs(rows: list[dict], timed: list[dict]) -> dict:
         if all(t["status"] == "ok" for t in systems_):
             per_cycle += [[t["calls_ms"][c] for t in systems_] for c in range(result["cycles"])]
     for row in ok:
-        if row.get("interleaved_calls_ms"):
-            fastest = min(row["interleaved_calls_ms"])
-            row.update(single_process_ms_per_step=row["ms_per_step"], ms_per_step=fastest,
-                       us_per_atom_step=fastest * 1e3 / row["n_atoms"])
+        calls = row.get("interleaved_calls_ms")
+        if calls:
+            typical = speed.geometric_mean(calls)
+            row.update(single_process_ms_per_step=row["ms_per_step"], ms_per_step=typical, fastest_ms=min(calls),
+                       us_per_atom_step=typical * 1e3 / row["n_atoms"])
     atoms = [r["n_atoms"] for r in ok]
     entry = {"rows": rows, "exponent": speed.fit_exponent(atoms, [r["ms_per_step"] for r in ok]),
              "exponent_3000_plus": speed.fit_exponent(atoms, [r["ms_per_step"] for r in ok], 3000)}
     if per_cycle:
         entry["exponent_3000_plus_per_cycle"] = [speed.fit_exponent(atoms, c, 3000) for c in per_cycle]
+    if ok and all(r.get("interleaved_calls_ms") for r in ok):
+        entry["exponent_3000_plus_ci95"] = speed.exponent_interval(atoms, [r["interleaved_calls_ms"] for r in ok],
+                                                                   3000)
     return entry
 
 

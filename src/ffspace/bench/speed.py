@@ -269,6 +269,24 @@ def fit_exponent(sizes, costs, min_atoms: int = 0) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def geometric_mean(values) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def exponent_interval(sizes, calls, min_atoms: int = 0, level: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> list[float] | None:
+    """Bootstrap interval of `fit_exponent` on per-size geometric means: each resample draws every size's calls
+    with replacement. None with fewer than two sizes ≥ ``min_atoms``. Deterministic (fixed ``seed``)."""
+    pts = [(n, np.asarray(c, dtype=float)) for n, c in zip(sizes, calls) if n >= min_atoms and len(c)]
+    if len(pts) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    x = np.log([n for n, _ in pts])
+    slopes = [np.polyfit(x, [np.log(rng.choice(c, len(c))).mean() for _, c in pts], 1)[0] for _ in range(resamples)]
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(slopes, tail)), float(np.percentile(slopes, 100 - tail))]
+
+
 if __name__ == "__main__":
     _args = json.loads(sys.argv[1])
     result = (_interleaved_worker if _args.get("mode") == "interleaved" else _worker)(_args)
