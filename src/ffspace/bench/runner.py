@@ -381,10 +381,10 @@ def _water_interleaved(cfg: BenchConfig, folder: Path, name: str, dtype: str, si
         print(f"[bench] {name} {dtype} water, interleaved pass {round_ + 1}: {result['status']}: "
               f"{result.get('detail')}", file=sys.stderr)
         return None
-    print(f"[bench] {name} {dtype} water, interleaved pass {round_ + 1}/{cfg.speed.rounds}, fastest of "
-          f"{cfg.speed.water_cycles} calls: " + ", ".join(f"{t['n_atoms']} atoms {t['fastest_ms']:.1f}" if t["status"] == "ok"
-                                                           else f"{t['n_atoms']} atoms {t['status']}"
-                                                           for t in result["systems"]) + " ms", file=sys.stderr)
+    print(f"[bench] {name} {dtype} water, interleaved pass {round_ + 1}/{cfg.speed.rounds}, geometric mean of "
+          f"{cfg.speed.water_cycles} calls: " + ", ".join(
+              f"{t['n_atoms']} atoms " + (f"{speed.geometric_mean(t['calls_ms']):.1f} ms" if t["status"] == "ok"
+                                          else t["status"]) for t in result["systems"]), file=sys.stderr)
     return result
 
 

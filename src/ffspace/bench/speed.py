@@ -77,8 +77,8 @@ def measure_interleaved(model_path, system_paths, dtype: str = "float32", thread
 
     For a cost-against-size slope. Separate processes per size run minutes apart, and on a shared machine
     contention slows calls down for minutes at a time, so each size may meet a different machine; here every
-    size meets the same phases. Returns every call's time per system (``calls_ms``), its fastest call and its
-    median; peak memory is not per system here (measure each size on its own with `measure` for that)."""
+    size meets the same phases. Returns every call's time per system (``calls_ms``) and its fastest call; peak
+    memory is not per system here (measure each size on its own with `measure` for that)."""
     args = {"model": str(model_path), "systems": [str(p) for p in system_paths], "dtype": dtype, "threads": threads,
             "cycles": cycles, "device": device, "keep_freed_memory": keep_freed_memory, "mode": "interleaved",
             "memory_limit_bytes": memory_limit_bytes or int(0.85 * machine_memory_bytes())}
@@ -243,7 +243,7 @@ def _interleaved_worker(args: dict) -> dict:
             rows.append(failed[i])
             continue
         rows.append({"status": "ok", "n_atoms": s.n_atoms, "n_edges": int(len(graphs[i].i)), "calls_ms": calls[i],
-                     "fastest_ms": min(calls[i]), "median_ms": statistics.median(calls[i])})
+                     "fastest_ms": min(calls[i])})
     return {"status": "ok", "systems": rows, "cycles": args["cycles"], "dtype": args["dtype"],
             "threads": torch.get_num_threads(), "device": args["device"], "freed_memory_kept": kept,
             "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
