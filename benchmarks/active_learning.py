@@ -133,7 +133,8 @@ def main(argv=None):
             paths = train_committee(train, val_k, cfg.model, cfg.train_config(), out / name / f"point_{k:02d}",
                                     members=cfg.committee.members, subsample=cfg.committee.subsample,
                                     seed=cfg.seed + k,
-                                    warm_start=previous if (previous and cfg.committee.warm_start) else None)
+                                    warm_start=previous if (previous and cfg.committee.warm_start) else None,
+                                    workers=cfg.committee.workers)
             previous = paths
             row = curve[k]
             row[f"{name}_mae_meV_A"] = _mae(paths, test)

@@ -1,7 +1,14 @@
 """Committees, their calibration and the MD uncertainty monitor (issue 6, first increment)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +79,66 @@ def test_a_finished_committee_is_not_trained_again(committee_dir, splits):
     cfg = TrainConfig(epochs=20, batch_size=16, lr=5e-3, schedule="cosine", progress=False)
     again = train_committee(splits[0], splits[1], MODEL, cfg, run, members=3, subsample=0.7, seed=0)
     assert again == paths and [p.stat().st_mtime_ns for p in again] == stamps
+
+
+def test_members_trained_side_by_side_equal_members_trained_in_turn(splits, tmp_path):
+    """workers=2 runs the three members two processes at a time, one thread each; each member still sees its
+    own seed, subsample and settings, so the committee is the one trained in turn on one thread, to the bit.
+    (Another thread count changes float32 summation order, which 20 epochs amplify to ~0.1 eV/Å.)"""
+    cfg = TrainConfig(epochs=20, batch_size=16, lr=5e-3, schedule="cosine", progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        turn = train_committee(splits[0], splits[1], MODEL, cfg, tmp_path / "turn", members=3, subsample=0.7,
+                               seed=0)
+        torch.set_num_threads(2)  # the side-by-side members get 2 // workers = 1 thread each
+        side = train_committee(splits[0], splits[1], MODEL, cfg, tmp_path / "side", members=3, subsample=0.7,
+                               seed=0, workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert all((p.parent / "done").exists() for p in side)
+    test = list(splits[2][:5])
+    a = Committee.load(turn, dtype=torch.float64).predict(test)
+    b = Committee.load(side, dtype=torch.float64).predict(test)
+    np.testing.assert_array_equal(b["forces"], a["forces"])
+    assert a["force_deviation"].min() > 0
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        train_committee(splits[0], splits[1], MODEL, cfg, tmp_path / "bad", members=3, workers=0)
+
+
+def test_killed_side_by_side_committee_leaves_no_member_running_and_resumes(tmp_path):
+    """SIGKILL of the process that trains members side by side: the member processes die with it (nothing
+    writes a checkpoint afterwards), and a rerun finishes the committee from the checkpoints."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from ffspace.active import train_committee
+        from ffspace.data.readers import read_dataset
+        from ffspace.train import TrainConfig
+        train, val, _ = read_dataset({str(Path(__file__).parent.parent / "src/ffspace/datasets/ethanol_gfn2xtb.extxyz")!r}).split([-1, 20, 40], seed=3)
+        cfg = TrainConfig(epochs=int(sys.argv[1]), batch_size=16, lr=5e-3, schedule="cosine", progress=False)
+        train_committee(train, val, {MODEL!r}, cfg, {str(tmp_path / "run")!r}, members=2, subsample=0.7, seed=0,
+                        workers=2)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, str(script), "40"], env=env, stderr=subprocess.DEVNULL)
+    checkpoints = [tmp_path / "run" / f"member_{k}" / "checkpoint.pt" for k in range(2)]
+    deadline = time.time() + 120
+    while not all(c.exists() for c in checkpoints):
+        assert proc.poll() is None and time.time() < deadline, "the members never wrote a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # a member still running would write its next epoch's checkpoint (~0.2 s an epoch) now
+    stamps = [c.stat().st_mtime_ns for c in checkpoints]
+    time.sleep(3.0)
+    assert [c.stat().st_mtime_ns for c in checkpoints] == stamps, "a member kept training after its parent died"
+    assert not any((c.parent / "done").exists() for c in checkpoints)
+    # Resume with the same settings: every member finishes from its checkpoint.
+    done = subprocess.run([sys.executable, str(script), "40"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all((c.parent / "done").exists() and (c.parent / "model.safetensors").exists() for c in checkpoints)
 
 
 def test_calibration_measures_rank_correlation_and_scale(tmp_path):

@@ -124,7 +124,8 @@ def run_active(cfg: ActiveConfig) -> dict:
     # The final committee learns the last round's labels too (retrained when the labels changed).
     final_paths = train_committee(train_set, val_set, cfg.model, train_cfg, out / "final" / "committee",
                                   members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed,
-                                  warm_start=previous if cfg.committee.warm_start else None)
+                                  warm_start=previous if cfg.committee.warm_start else None,
+                                  workers=cfg.committee.workers)
     _write_frames(out / "labels.extxyz", list(train_set) + list(val_set))
     result = {"rounds": summaries, "stop_reason": stop_reason, "labels": len(train_set) + len(val_set),
               "train_labels": len(train_set), "val_labels": len(val_set),
@@ -137,7 +138,8 @@ def run_active(cfg: ActiveConfig) -> dict:
 def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store, previous, n_labels):
     paths = train_committee(train_set, val_set, cfg.model, train_cfg, folder / "committee",
                             members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
-                            warm_start=previous if (previous and cfg.committee.warm_start) else None)
+                            warm_start=previous if (previous and cfg.committee.warm_start) else None,
+                            workers=cfg.committee.workers)
     committee = Committee.load(paths)
     temperatures = cfg.explore.temperatures[:k + 1] if cfg.explore.ramp else cfg.explore.temperatures
     explored_path = folder / "explored.json"
