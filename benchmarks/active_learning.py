@@ -26,8 +26,11 @@ Every step resumes after a kill: labels are in crash-safe stores, committees in 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +70,25 @@ def main(argv=None):
                    help="random-sampling pools: 'explored' (xTB MD at the temperatures the loop explored) and/or "
                         "temperatures in K (xTB MD at that temperature only); prefixed 'nm:' ('nm:explored', "
                         "'nm:300'): normal-mode sampling at those temperatures instead of MD")
+    p.add_argument("--follow", action="store_true",
+                   help="train only the baselines, point by point as the loop (the same command without --follow, "
+                        "running in another process) finishes its rounds: the baselines then use the cores the "
+                        "loop's MD leaves idle. The loop's process reads them back when it gets there")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     active_dir = out / args.active_dir
     cfg = load_active_config(args.config, [f"out={active_dir}", f"progress={sys.stderr.isatty()}", *args.set])
 
+    starts = start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed))
+    if args.follow:
+        with _baseline_lock(out):
+            _follow(args, cfg, active_dir, starts)
+        return
+
     # 1. The independent test set: MD with its own seed from the loop's start structures. The conformer comes
     #    from the loop's seed: with the test's seed RDKit may embed another conformer, which neither the loop
     #    nor its start frames ever saw, while pools sampled from it would be handed the test's conformer.
-    starts = start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed))
     test_job = LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed, progress=True,
                            samplers=[SamplerConfig(kind="md", n_frames=args.n_test, temperature=args.test_temperature,
                                                    interval=20)],
@@ -97,50 +109,19 @@ def main(argv=None):
     explored = sorted({t for r in rounds for t in r["temperatures_K"]})
     labeler, store = cfg.labeler.build(), LabelStore(active_dir / "store")
     initial = initial_labels(cfg, starts, labeler, store)  # the loop's start labels, read back (shared)
-    train0, val = initial.split([-1, cfg.n_val], seed=cfg.seed)
     curve = [{"labels": n, "active_mae_meV_A": _mae(sorted(Path(d).glob("member_*/model.safetensors")), test)}
              for n, d in points]
     baselines = {}
-    for spec in args.baselines:
-        kind, temps, tag = _baseline_pool(spec, explored)
-        needed = points[-1][0] - len(initial)
-
-        def make_pool_job(per_t):  # the pool's MD, per_t frames per temperature and start structure
-            return LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
-                               samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
-                                         for t in temps])
-        pool_dir = out / f"random_pool{tag}"
-        per_t = _kept_pool(pool_dir, make_pool_job, starts, len(temps), needed, args.pool_per_temperature) \
-            or max(args.pool_per_temperature, -(-3 * needed // len(temps)))
-        pool_job = make_pool_job(per_t)
-        pool = sampled_frames(pool_job, pool_dir, starts)
-        # The pool's own reference cost: MD steps, or one finite-difference Hessian (6 calls per atom) per sampler.
-        calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval if kind == "md" else 6 * pool[0].n_atoms
-                    for sc in pool_job.samplers)
-        name = f"random{tag}"
-        baselines[name] = {"pool": "xTB MD" if kind == "md" else "normal modes (xTB Hessian)",
-                           "pool_temperatures_K": temps, "pool_frames": len(pool), "pool_xtb_force_calls": calls}
-        order = np.random.default_rng(args.seed + 2).permutation(len(pool))
-        random_store, previous = LabelStore(out / f"random_store{tag}"), None
-        for k, (n_labels, _) in enumerate(points):
-            n_extra = n_labels - len(initial)
-            if n_extra > len(pool):
-                sys.exit(f"the random pool has {len(pool)} frames, {n_extra} needed: raise --pool-per-temperature")
-            extra = label_structures([pool[i] for i in order[:n_extra]], labeler, random_store, progress=False) \
-                if n_extra else []
-            extra_train, extra_val = split_new_labels(extra, len(initial), cfg.val_every) if n_extra else ([], [])
-            train, val_k = train0 + extra_train, val + extra_val  # the loop's train / validation rule
-            paths = train_committee(train, val_k, cfg.model, cfg.train_config(), out / name / f"point_{k:02d}",
-                                    members=cfg.committee.members, subsample=cfg.committee.subsample,
-                                    seed=cfg.seed + k,
-                                    warm_start=previous if (previous and cfg.committee.warm_start) else None,
-                                    workers=cfg.committee.workers)
-            previous = paths
-            row = curve[k]
-            row[f"{name}_mae_meV_A"] = _mae(paths, test)
-            row[f"{name}_over_active"] = row[f"{name}_mae_meV_A"] / row["active_mae_meV_A"]
-            print(f"{n_labels} labels: active {row['active_mae_meV_A']:.1f}, {name} {row[f'{name}_mae_meV_A']:.1f} "
-                  "meV/Å", file=sys.stderr)
+    with _baseline_lock(out):  # a --follow process may be training them now: wait for it, then read them back
+        for spec in args.baselines:
+            baseline = _Baseline(spec, explored, cfg, args, starts, initial, labeler, points[-1][0] - len(initial))
+            baselines[baseline.name] = baseline.info
+            for k, (n_labels, _) in enumerate(points):
+                row = curve[k]
+                row[f"{baseline.name}_mae_meV_A"] = _mae(baseline.train_point(k, n_labels), test)
+                row[f"{baseline.name}_over_active"] = row[f"{baseline.name}_mae_meV_A"] / row["active_mae_meV_A"]
+                print(f"{n_labels} labels: active {row['active_mae_meV_A']:.1f}, {baseline.name} "
+                      f"{row[f'{baseline.name}_mae_meV_A']:.1f} meV/Å", file=sys.stderr)
 
     # 4. Calibration of the final active committee on the test set.
     final_paths = sorted((active_dir / "final" / "committee").glob("member_*/model.safetensors"))
@@ -169,6 +150,105 @@ def main(argv=None):
     print(f"\nCalibration of the final active committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
           f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
+
+
+class _Baseline:
+    """One random-sampling baseline: its pool (made once, in one fixed random order) and its committees, one
+    per point of the active curve, trained exactly like the loop's (same family, members, subsamples,
+    epochs, seeds, warm start from the previous point, train / validation rule)."""
+
+    def __init__(self, spec, explored, cfg, args, starts, initial, labeler, needed: int):
+        kind, temps, tag = _baseline_pool(spec, explored)
+        out = args.out
+
+        def make_pool_job(per_t):  # the pool's MD, per_t frames per temperature and start structure
+            return LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=args.seed + 1, progress=False,
+                               samplers=[SamplerConfig(kind=kind, n_frames=per_t, temperature=t, interval=20)
+                                         for t in temps])
+        pool_dir = out / f"random_pool{tag}"
+        per_t = _kept_pool(pool_dir, make_pool_job, starts, len(temps), needed, args.pool_per_temperature) \
+            or max(args.pool_per_temperature, -(-3 * needed // len(temps)))
+        pool_job = make_pool_job(per_t)
+        self.pool = sampled_frames(pool_job, pool_dir, starts)
+        # The pool's own reference cost: MD steps, or one finite-difference Hessian (6 calls per atom) per sampler.
+        calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval if kind == "md" else 6 * self.pool[0].n_atoms
+                    for sc in pool_job.samplers)
+        self.name = f"random{tag}"
+        self.info = {"pool": "xTB MD" if kind == "md" else "normal modes (xTB Hessian)", "pool_temperatures_K": temps,
+                     "pool_frames": len(self.pool), "pool_xtb_force_calls": calls}
+        self.order = np.random.default_rng(args.seed + 2).permutation(len(self.pool))
+        self.store = LabelStore(out / f"random_store{tag}")
+        self.cfg, self.out, self.labeler = cfg, out, labeler
+        self.initial = initial
+        self.train0, self.val = initial.split([-1, cfg.n_val], seed=cfg.seed)
+        self.previous = None
+
+    def train_point(self, k: int, n_labels: int) -> list[Path]:
+        """Point k (points are trained in order: each starts from the previous one's committee)."""
+        cfg, n_extra = self.cfg, n_labels - len(self.initial)
+        if n_extra > len(self.pool):
+            sys.exit(f"the random pool has {len(self.pool)} frames, {n_extra} needed: raise --pool-per-temperature")
+        extra = label_structures([self.pool[i] for i in self.order[:n_extra]], self.labeler, self.store,
+                                 progress=False) if n_extra else []
+        extra_train, extra_val = split_new_labels(extra, len(self.initial), cfg.val_every) if n_extra else ([], [])
+        train, val_k = self.train0 + extra_train, self.val + extra_val  # the loop's train / validation rule
+        paths = train_committee(train, val_k, cfg.model, cfg.train_config(), self.out / self.name / f"point_{k:02d}",
+                                members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
+                                warm_start=self.previous if (self.previous and cfg.committee.warm_start) else None,
+                                workers=cfg.committee.workers)
+        self.previous = paths
+        return paths
+
+
+@contextlib.contextmanager
+def _baseline_lock(out: Path):
+    """One process at a time trains baselines in ``out`` (a --follow process and the loop's own run)."""
+    with open(out / "baselines.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[benchmark] another process trains the baselines in {out}: waiting for it to finish",
+                  file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _follow(args, cfg, active_dir: Path, starts, poll_s: float = 20.0) -> None:
+    """Baselines in step with a loop running in another process: point k is trained once round k (which
+    fixes how many labels it had) has finished. The pools are sized for the loop's label budget and the
+    temperatures of its config, as the loop's run will size them if the loop spends its budget."""
+    while not (active_dir / "round_00" / "summary.json").exists():  # the start labels are the loop's
+        print(f"[follow] waiting for round 0 in {active_dir}", file=sys.stderr)
+        time.sleep(poll_s)
+    labeler = cfg.labeler.build()
+    initial = initial_labels(cfg, starts, labeler, LabelStore(active_dir / "store"))
+    explored = sorted(cfg.explore.temperatures)
+    baselines = [_Baseline(spec, explored, cfg, args, starts, initial, labeler, cfg.max_labels - len(initial))
+                 for spec in args.baselines]
+    trained = 0
+    while True:
+        summaries = []
+        while (active_dir / f"round_{len(summaries):02d}" / "summary.json").exists():
+            summaries.append(json.loads((active_dir / f"round_{len(summaries):02d}" / "summary.json").read_text()))
+        points = [r["labels_total"] - r["labeled"] for r in summaries]
+        result = active_dir / "rounds.json"
+        finished = result.exists() and len(json.loads(result.read_text())["rounds"]) == len(summaries)
+        if finished:
+            points.append(json.loads(result.read_text())["labels"])
+        for k in range(trained, len(points)):
+            for b in baselines:
+                b.train_point(k, points[k])
+            print(f"[follow] point {k} ({points[k]} labels) trained for {', '.join(b.name for b in baselines)}",
+                  file=sys.stderr)
+        trained = len(points)
+        if finished:
+            print("[follow] the loop has finished and every baseline point is trained; its run reads them back",
+                  file=sys.stderr)
+            return
+        time.sleep(poll_s)
 
 
 def _kept_pool(folder: Path, make_pool_job, starts, n_temperatures: int, needed: int, minimum: int) -> int | None:
