@@ -141,6 +141,27 @@ def test_killed_side_by_side_committee_leaves_no_member_running_and_resumes(tmp_
     assert all((c.parent / "done").exists() and (c.parent / "model.safetensors").exists() for c in checkpoints)
 
 
+def test_exploration_runs_every_temperature_in_one_batch_with_its_own_bath(committee_dir, splits):
+    """Two temperatures × 3 seeds in one batch: every trajectory is recorded under its own name and
+    temperature, in the order of one temperature at a time, and the hot copies move more."""
+    from ffspace.active.explore import explore
+
+    _, paths = committee_dir
+    committee = Committee.load(paths)
+    start = splits[0][0]
+    records = explore(committee, [start], [100.0, 1500.0], seeds=3, steps=200, record_every=20, upper=50.0, seed=4)
+    names = {r["trajectory"] for r in records}
+    assert names == {f"start0_{t}K_{c}" for t in ("100", "1500") for c in range(3)}
+    assert [r["temperature_K"] for r in records] == sorted(r["temperature_K"] for r in records)
+    for name in names:
+        steps = [r["step"] for r in records if r["trajectory"] == name]
+        assert steps == sorted(steps) and steps[0] == 20
+    def spread(t):  # RMS displacement from the start geometry, Å
+        return np.mean([np.sqrt(((r["positions"] - start.positions) ** 2).mean()) for r in records
+                        if r["temperature_K"] == t and r["step"] >= 100])
+    assert spread(1500.0) > 1.5 * spread(100.0), (spread(100.0), spread(1500.0))
+
+
 def test_calibration_measures_rank_correlation_and_scale(tmp_path):
     """A fake committee whose errors are its deviations times noise: the figures must say so."""
     rng = np.random.default_rng(0)

@@ -128,3 +128,54 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
                     forces_key="ffspace_forces")
     assert len(a) == len(b) == 49
     np.testing.assert_array_equal(a[-1].positions, b[-1].positions)
+
+
+def _harmonic(k=5.0):
+    """Every atom tied to the origin by a spring (eV/Å²): forces without a model."""
+    def forces(positions):
+        return 0.5 * k * float((positions ** 2).sum()), -k * positions
+    return forces
+
+
+def test_langevin_per_atom_temperatures_give_each_group_its_own_bath():
+    """One state, two groups of molecules at 300 K and 900 K (the exploration batch of active learning):
+    each group equilibrates to its own temperature; an array of one temperature is the scalar thermostat."""
+    from types import SimpleNamespace
+
+    from ffspace import units
+    from ffspace.md.integrators import Langevin, MDState
+
+    n_mol, atoms = 8, 4
+    groups = np.repeat(np.arange(n_mol), atoms)
+    target = np.where(groups < n_mol // 2, 300.0, 900.0)
+    rng = np.random.default_rng(0)
+
+    def state():
+        s = SimpleNamespace(numbers=np.full(n_mol * atoms, 6), positions=rng.normal(size=(n_mol * atoms, 3)) * 0.1,
+                            cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info={})
+        st = MDState(s)
+        st.energy, st.forces = _harmonic()(st.positions)
+        return st
+
+    st, force = state(), _harmonic()
+    thermostat = Langevin(1.0, target, friction=0.05, seed=1, groups=groups)
+    kinetic = []
+    for step in range(6000):
+        thermostat.step(st, force)
+        if step >= 1000:
+            ke = 0.5 * st.masses[:, None] * st.velocities ** 2 * units.MV2_TO_EV
+            kinetic.append(np.bincount(groups, weights=ke.sum(1), minlength=n_mol))
+    dof = 3 * atoms - 3  # each molecule's centre of mass is held still
+    t_mol = 2 * np.mean(kinetic, axis=0) / (dof * units.kB)
+    assert abs(t_mol[: n_mol // 2].mean() - 300.0) < 20.0, t_mol
+    assert abs(t_mol[n_mol // 2:].mean() - 900.0) < 60.0, t_mol
+
+    a = state()
+    b = MDState(SimpleNamespace(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc, info={}))
+    b.energy, b.forces = a.energy, a.forces.copy()
+    scalar = Langevin(0.5, 600.0, seed=3, groups=groups)
+    per_atom = Langevin(0.5, np.full(n_mol * atoms, 600.0), seed=3, groups=groups)
+    for _ in range(50):
+        scalar.step(a, force)
+        per_atom.step(b, force)
+    np.testing.assert_array_equal(a.positions, b.positions)

@@ -1,8 +1,9 @@
 """Exploration: Langevin MD driven by a committee, recording every frame's uncertainty.
 
-All trajectories of one start structure and temperature run as one batch (`MoleculeCopies`), so the
-committee is evaluated once per step for all of them. A trajectory stops when its largest atomic force
-deviation passes ``upper`` (the model no longer knows where it is: what follows would be its invention),
+All trajectories of one start structure run as one batch (`MoleculeCopies`), every temperature's seeds
+together, each copy in its own heat bath, so the committee is evaluated once per step for all of them. A
+trajectory stops when its largest atomic force deviation passes ``upper`` (the model no longer knows where
+it is: what follows would be its invention),
 when two atoms come closer than ``min_distance_factor`` × the sum of their covalent radii (a collapse the
 committee may agree on: undertrained members share the same missing repulsion), or when its energy or forces
 are not finite; the others go on.
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.structure import Structure
 from ..md.copies import MoleculeCopies
-from ..md.integrators import Langevin
+from ..md.integrators import Langevin, maxwell_boltzmann
 
 
 def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, steps: int = 2000,
@@ -24,43 +25,56 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
     """Records ``{"trajectory", "start", "temperature_K", "copy", "step", "deviation_eV_A", "positions",
     "stopped"}`` every ``record_every`` steps for each live trajectory; ``stopped`` names why a trajectory ended
     at that frame ("uncertain", "collapsed" or "non-finite"), else None."""
-    from ase.data import covalent_radii
+    from ase.data import atomic_masses, covalent_radii
 
     if not hasattr(committee, "last_max_deviation"):
         raise TypeError("exploration needs a committee (ffspace.active.Committee): a single model has no uncertainty")
-    records = []
+    records, order = [], []
     for s_idx, start in enumerate(starts):
         radii = covalent_radii[start.numbers]
         closest = min_distance_factor * (radii[:, None] + radii[None, :])
         np.fill_diagonal(closest, 0.0)
+        # Every temperature's trajectories run as one batch, each copy with its own bath: one committee call
+        # per step for all of them (a small molecule's batch is overhead-bound: 16 copies cost about what
+        # 8 cost one temperature at a time). Copy c runs at temperature c // seeds.
+        masses = atomic_masses[start.numbers]
+        velocities = []
         for t_idx, temperature in enumerate(temperatures):
-            streams = np.random.SeedSequence([seed, s_idx, t_idx]).spawn(2)
-            copies = MoleculeCopies.thermal(committee, start, seeds, temperature, np.random.default_rng(streams[0]))
-            integrator = Langevin(timestep_fs, temperature, friction, seed=streams[1], groups=copies.groups())
-            bar = tqdm(range(1, steps + 1), desc=f"explore {temperature:g} K × {seeds}", disable=not progress,
-                       leave=False)
-            for step in bar:
-                integrator.step(copies.state, copies)
-                dev = copies.deviations
-                pos = copies.positions()
-                broken = ~np.isfinite(copies.energies) | ~np.isfinite(dev) | ~np.isfinite(pos).all((1, 2))
-                gaps = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
-                collapsed = ~broken & (gaps < closest).any((1, 2))
-                lost = ~broken & ~collapsed & (dev > upper)
-                ended = broken | collapsed | lost
-                if step % record_every == 0 or ended.any():
-                    for k, c in enumerate(copies.ids):
-                        if step % record_every and not ended[k]:
-                            continue
-                        why = ("non-finite" if broken[k] else "collapsed" if collapsed[k] else
-                               "uncertain" if lost[k] else None)
-                        records.append({"trajectory": f"start{s_idx}_{temperature:g}K_{c}", "start": s_idx,
-                                        "temperature_K": float(temperature), "copy": c, "step": step,
-                                        "deviation_eV_A": float(dev[k]) if np.isfinite(dev[k]) else None,
-                                        "positions": pos[k].copy(), "stopped": why})
-                if ended.all():
-                    break
-                if ended.any():
-                    copies = copies.survivors(~ended, integrator)
-            bar.close()
-    return records
+            rng = np.random.default_rng(np.random.SeedSequence([seed, s_idx, t_idx]).spawn(2)[0])
+            velocities += [maxwell_boltzmann(masses, temperature, rng) for _ in range(seeds)]
+        n = len(velocities)
+        copy_temperature = np.repeat(np.asarray(temperatures, dtype=float), seeds)
+        copies = MoleculeCopies(committee, start, np.repeat(start.positions[None], n, 0), np.stack(velocities))
+        integrator = Langevin(timestep_fs, np.repeat(copy_temperature, start.n_atoms), friction,
+                              seed=np.random.SeedSequence([seed, s_idx, len(temperatures), 1]), groups=copies.groups())
+        label = "/".join(f"{t:g}" for t in temperatures)
+        bar = tqdm(range(1, steps + 1), desc=f"explore {label} K × {seeds}", disable=not progress, leave=False)
+        for step in bar:
+            integrator.step(copies.state, copies)
+            dev = copies.deviations
+            pos = copies.positions()
+            broken = ~np.isfinite(copies.energies) | ~np.isfinite(dev) | ~np.isfinite(pos).all((1, 2))
+            gaps = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
+            collapsed = ~broken & (gaps < closest).any((1, 2))
+            lost = ~broken & ~collapsed & (dev > upper)
+            ended = broken | collapsed | lost
+            if step % record_every == 0 or ended.any():
+                for k, c in enumerate(copies.ids):
+                    if step % record_every and not ended[k]:
+                        continue
+                    why = ("non-finite" if broken[k] else "collapsed" if collapsed[k] else
+                           "uncertain" if lost[k] else None)
+                    t_idx, local = divmod(c, seeds)
+                    temperature = copy_temperature[c]
+                    records.append({"trajectory": f"start{s_idx}_{temperature:g}K_{local}", "start": s_idx,
+                                    "temperature_K": float(temperature), "copy": local, "step": step,
+                                    "deviation_eV_A": float(dev[k]) if np.isfinite(dev[k]) else None,
+                                    "positions": pos[k].copy(), "stopped": why})
+                    order.append((s_idx, t_idx, step, local))
+            if ended.all():
+                break
+            if ended.any():
+                copies = copies.survivors(~ended, integrator)
+        bar.close()
+    # Trajectory by trajectory group (start, temperature), then by step: the order of one temperature at a time.
+    return [records[i] for i in sorted(range(len(records)), key=order.__getitem__)]

@@ -52,11 +52,14 @@ class MoleculeCopies:
 
     def survivors(self, keep: np.ndarray, integrator=None) -> "MoleculeCopies":
         """The copies where ``keep`` (n,) is true, as a new batch with their positions, velocities and ``ids``;
-        a thermostat passed as ``integrator`` gets the new batch's ``groups()``."""
+        a thermostat passed as ``integrator`` gets the new batch's ``groups()`` (and keeps the per-atom
+        temperatures of the kept copies, if it has them)."""
         kept = MoleculeCopies(self.potential, self.template, self.positions()[keep], self.velocities()[keep])
         kept.ids = [c for c, ok in zip(self.ids, keep) if ok]
         if integrator is not None:
             integrator.groups = kept.groups()
+            if np.ndim(integrator.temperature):
+                integrator.temperature = integrator.temperature.reshape(self.n, self.atoms)[keep].reshape(-1)
         return kept
 
     def __call__(self, positions):

@@ -75,10 +75,13 @@ class Langevin:
     ``friction`` is in 1/fs (0.01 /fs = 100 fs relaxation time).
     """
 
-    def __init__(self, timestep_fs: float, temperature: float, friction: float = 0.01, seed=0, groups=None):
-        """``groups`` (N,) ints: independent molecules in one state (e.g. seeds run as a batch); each keeps
-        its own centre of mass still. ``seed`` may be an int or a `numpy.random.SeedSequence`."""
-        self.dt, self.temperature, self.friction = float(timestep_fs), float(temperature), float(friction)
+    def __init__(self, timestep_fs: float, temperature, friction: float = 0.01, seed=0, groups=None):
+        """``temperature``: K, one for the whole state or one per atom, (N,), so that molecules run as one
+        batch can each have their own bath. ``groups`` (N,) ints: independent molecules in one state (e.g.
+        seeds run as a batch); each keeps its own centre of mass still. ``seed`` may be an int or a
+        `numpy.random.SeedSequence`."""
+        self.dt, self.friction = float(timestep_fs), float(friction)
+        self.temperature = float(temperature) if np.ndim(temperature) == 0 else np.asarray(temperature, float)
         self.rng = np.random.default_rng(seed)
         self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
 
