@@ -99,8 +99,8 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
 
     ``workers`` > 1 trains that many members at once, each in its own process with an equal share of this
     process's CPU threads (at least one). Small molecules leave a second thread nearly idle inside one
-    model's step (a 21-atom batch is too small to split), so members side by side finish about twice as
-    fast on two cores. Each member is the one trained in turn with the same thread count, to the bit.
+    model's step (a 21-atom batch is too small to split), so members side by side keep every core busy.
+    Each member is the one trained in turn with the same thread count, to the bit.
     """
     from ..train import build_model_for_data
 

@@ -19,8 +19,8 @@ class CommitteeConfig(BaseModel):
     subsample: float = Field(0.8, gt=0, le=1, description="fraction of the labels each member trains on")
     warm_start: bool = Field(True, description="round k's members start from round k−1's")
     workers: int = Field(1, ge=1, description="members trained at once, each in its own process with an equal "
-                                              "share of the CPU threads (same results, about 2x faster on 2 "
-                                              "cores for small molecules with workers = members)")
+                                              "share of the CPU threads (the same members; for small molecules, "
+                                              "whose steps cannot use a second thread, it keeps every core busy)")
 
 
 class ExploreConfig(BaseModel):

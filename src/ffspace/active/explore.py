@@ -35,8 +35,8 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
         closest = min_distance_factor * (radii[:, None] + radii[None, :])
         np.fill_diagonal(closest, 0.0)
         # Every temperature's trajectories run as one batch, each copy with its own bath: one committee call
-        # per step for all of them (a small molecule's batch is overhead-bound: 16 copies cost about what
-        # 8 cost one temperature at a time). Copy c runs at temperature c // seeds.
+        # per step for all of them, which a second thread can speed up (a 4-copy batch is too small to
+        # split; benchmarks/committee_md_cost.py). Copy c runs at temperature c // seeds.
         masses = atomic_masses[start.numbers]
         velocities = []
         for t_idx, temperature in enumerate(temperatures):

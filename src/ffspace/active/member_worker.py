@@ -28,25 +28,17 @@ def train_in_processes(jobs, workers: int, poll_s: float = 0.2) -> None:
     """Train ``jobs`` — ``(run folder, model, train set, validation set, TrainConfig)`` each — in at most
     ``workers`` processes at a time, each with ``max(1, threads // workers)`` CPU threads of this process's
     ``threads``. Returns when all have finished; the first failure stops the others and is raised here."""
-    from ..data.writers import write_arrays
-    from ..potential.package import save_package
-    from ..train.distributed import _raise_worker_error
+    from ..train.distributed import _raise_worker_error, worker_env, write_worker_inputs
 
-    threads = str(max(1, torch.get_num_threads() // workers))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
-                                         [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env = worker_env(workers)
     with tempfile.TemporaryDirectory(prefix="ffspace_members_") as tmp:
         inputs = []
         for k, (run_dir, model, train_set, val_set, config) in enumerate(jobs):
             folder = Path(tmp) / str(k)
             folder.mkdir()
-            save_package(folder / "model.safetensors", model)
-            write_arrays(folder / "train.npz", train_set)
-            write_arrays(folder / "val.npz", val_set)
-            (folder / "spec.json").write_text(json.dumps(
-                {"config": config.model_dump(), "run_dir": str(Path(run_dir).resolve()), "parent": os.getpid()},
-                default=str))
+            write_worker_inputs(folder, model, train_set, val_set,
+                                {"config": config.model_dump(), "run_dir": str(Path(run_dir).resolve()),
+                                 "parent": os.getpid()})
             inputs.append(folder)
         waiting, running = list(range(len(inputs))), {}
         try:
@@ -85,15 +77,14 @@ def run(folder: Path) -> None:
     from ..data.readers import read_arrays
     from ..potential.package import load_package
     from ..train.config import TrainConfig
-    from ..train.trainer import Trainer
+    from .committee import _train_member
 
     spec = json.loads((folder / "spec.json").read_text())
     _die_with_parent(spec["parent"])
     config = TrainConfig(**spec["config"])
     model, _ = load_package(folder / "model.safetensors", dtype=getattr(torch, config.dtype))
-    Trainer(model, read_arrays(folder / "train.npz"), read_arrays(folder / "val.npz"), config,
-            run_dir=spec["run_dir"]).fit()
-    (Path(spec["run_dir"]) / "done").write_text("trained\n")
+    _train_member(Path(spec["run_dir"]), model, read_arrays(folder / "train.npz"), read_arrays(folder / "val.npz"),
+                  config)
 
 
 def main(argv=None):

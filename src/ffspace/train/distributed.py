@@ -105,16 +105,31 @@ def leave():
 
 # -- the files a worker rebuilds its trainer from ----------------------------------------------------------
 
-def _write_inputs(trainer, folder: Path):
+def write_worker_inputs(folder: Path, model, train_set, val_set, spec: dict) -> None:
+    """What a worker process rebuilds its training from: the model as a package, the data as exact arrays,
+    ``spec`` (settings, run folder) as JSON."""
     from ..data.writers import write_arrays
     from ..potential.package import save_package
 
-    save_package(folder / "model.safetensors", trainer.model)
-    write_arrays(folder / "train.npz", trainer.train_set)
-    write_arrays(folder / "val.npz", trainer.val_set)
-    spec = {"config": trainer.config.model_dump(), "run_dir": str(Path(trainer.run_dir).resolve()),
-            "extra_config": trainer.extra_config}
+    save_package(folder / "model.safetensors", model)
+    write_arrays(folder / "train.npz", train_set)
+    write_arrays(folder / "val.npz", val_set)
     (folder / "spec.json").write_text(json.dumps(spec, default=str))
+
+
+def worker_env(workers: int) -> dict:
+    """The environment of a worker process: an equal share of this process's threads (at least one), and
+    the package this process runs from first on the path, so the workers import the same ffspace."""
+    threads = str(max(1, torch.get_num_threads() // workers))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
+                                          [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+
+
+def _write_inputs(trainer, folder: Path):
+    write_worker_inputs(folder, trainer.model, trainer.train_set, trainer.val_set,
+                        {"config": trainer.config.model_dump(), "run_dir": str(Path(trainer.run_dir).resolve()),
+                         "extra_config": trainer.extra_config})
 
 
 def _raise_worker_error(folder: Path, worker: int, code: int):
@@ -139,11 +154,7 @@ def spawn(trainer, workers: int):
     with tempfile.TemporaryDirectory(prefix="ffspace_workers_") as tmp:  # local: a file store needs file locks
         folder = Path(tmp)
         _write_inputs(trainer, folder)
-        threads = str(max(1, torch.get_num_threads() // workers))
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               # The package this process runs from, first: the workers import the same ffspace.
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
-                                             [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        env = worker_env(workers)
         # The workers share one host: gloo talks over loopback (the host name may resolve to an interface
         # that is down or firewalled).
         loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
