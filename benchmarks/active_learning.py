@@ -41,7 +41,7 @@ from ffspace.active.loop import initial_labels, run_active, split_new_labels
 from ffspace.evaluate import error_metrics
 from ffspace.evaluate.plots import pyplot, save_figure
 from ffspace.reference.config import LabelConfig, SamplerConfig
-from ffspace.data.readers import read_extxyz
+from ffspace.data.readers import read_dataset, read_extxyz
 from ffspace.reference.job import run_label_job, sampled_frames, samples_path, start_structures
 from ffspace.reference.runner import label_structures
 from ffspace.reference.store import LabelStore
@@ -74,6 +74,10 @@ def main(argv=None):
                    help="train only the baselines, point by point as the loop (the same command without --follow, "
                         "running in another process) finishes its rounds: the baselines then use the cores the "
                         "loop's MD leaves idle. The loop's process reads them back when it gets there")
+    p.add_argument("--so-far", action="store_true",
+                   help="train nothing: print the curve of what is on disk (every finished round's committee and every "
+                        "trained baseline point, on the test set) and the calibration of the last round's committee; "
+                        "for a run that is paused or still going")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,9 @@ def main(argv=None):
     if args.follow:
         with _baseline_lock(out):
             _follow(args, cfg, active_dir, starts)
+        return
+    if args.so_far:
+        _so_far(out, active_dir, args.baselines, cfg.committee.members)
         return
 
     # 1. The independent test set: MD with its own seed from the loop's start structures. The conformer comes
@@ -150,6 +157,35 @@ def main(argv=None):
     print(f"\nCalibration of the final active committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
           f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
+
+
+def _so_far(out: Path, active_dir: Path, specs, members: int) -> None:
+    """The curve of a paused or running benchmark, from the committees on disk (nothing is trained)."""
+    test = read_dataset(out / "test.extxyz")
+    names = [f"random{_baseline_pool(spec, [])[2]}" for spec in specs]
+    print(f"Force MAE on {len(test)} test frames (meV/Å), committees on disk in {out}")
+    print("| labels | active learning | " + " | ".join(f"{n} | {n} / active" for n in names) + " |")
+    print("|---|---|" + "---|---|" * len(names))
+    k = 0
+    while (active_dir / f"round_{k:02d}" / "summary.json").exists():
+        summary = json.loads((active_dir / f"round_{k:02d}" / "summary.json").read_text())
+        active = _mae(sorted((active_dir / f"round_{k:02d}" / "committee").glob("member_*/model.safetensors")), test)
+        cells = []
+        for n in names:
+            point = out / n / f"point_{k:02d}"
+            if len(list(point.glob("member_*/done"))) == members:
+                mae = _mae(sorted(point.glob("member_*/model.safetensors")), test)
+                cells.append(f"{mae:.1f} | {mae / active:.2f}")
+            else:
+                cells.append("— | —")
+        print(f"| {summary['labels_total'] - summary['labeled']} | {active:.1f} | " + " | ".join(cells) + " |")
+        k += 1
+    if k:
+        last = sorted((active_dir / f"round_{k - 1:02d}" / "committee").glob("member_*/model.safetensors"))
+        cal = calibration(Committee.load(last), test)
+        per_structure = "—" if cal["spearman_structures"] is None else f"{cal['spearman_structures']:.2f}"
+        print(f"\nCalibration of round {k - 1}'s committee on the test set: Spearman {cal['spearman_atoms']:.2f} "
+              f"(atoms), {per_structure} (structures); error / deviation scale {cal['scale_factor']:.2f}")
 
 
 class _Baseline:
