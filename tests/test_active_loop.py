@@ -156,3 +156,20 @@ def test_loop_killed_during_labeling_and_training_resumes_without_loss_or_repeat
         picked = json.loads((out / f"round_{r['round']:02d}" / "picked.json").read_text())
         assert len(picked) == r["labeled"] and all(p["reason"] for p in picked)  # what and why
     assert len(list((out / "final" / "committee").glob("member_*/model.safetensors"))) == 2
+
+    # 4. The labels each round trained on can be read back (what benchmarks/al_selection_round.py replays).
+    from ffspace.active.loop import labels_before_round
+    from ffspace.errors import DataError
+    from ffspace.reference.config import LabelConfig
+    from ffspace.reference.job import start_structures
+
+    cfg = load_active_config(SMALL, [f"out={out}"])
+    starts = start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed))
+    labeler = cfg.labeler.build()
+    for r in result["rounds"]:
+        train, val = labels_before_round(cfg, r["round"], starts, labeler)
+        assert len(train) == r["train_labels"] and len(train) + len(val) == r["labels_total"] - r["labeled"]
+    train, val = labels_before_round(cfg, len(result["rounds"]), starts, labeler)
+    assert len(train) + len(val) == result["labels"]
+    with pytest.raises(DataError, match="has not finished"):
+        labels_before_round(cfg, len(result["rounds"]) + 1, starts, labeler)

@@ -70,6 +70,21 @@ def split_new_labels(new: Dataset, n_before: int, val_every: int) -> tuple[Datas
             Dataset([s for s, v in zip(new, to_val) if v], name=new.name))
 
 
+def labels_before_round(cfg: ActiveConfig, k: int, starts, labeler) -> tuple[Dataset, Dataset]:
+    """(train, validation): the labels round ``k`` of the finished rounds in ``cfg.out`` trained on, read back
+    from the run's store: the start labels and every earlier round's picks, split by the loop's rules."""
+    out, store = Path(cfg.out), LabelStore(Path(cfg.out) / "store")
+    train, val = initial_labels(cfg, starts, labeler, store).split([-1, cfg.n_val], seed=cfg.seed)
+    for j in range(k):
+        folder = out / f"round_{j:02d}"
+        if not (folder / "summary.json").exists():
+            raise DataError(f"round {j} has not finished, so the labels before round {k} are not known", file=str(folder))
+        new_train, new_val = split_new_labels(_labeled_picks(folder, labeler, store), len(train) + len(val),
+                                              cfg.val_every)
+        train, val = train + new_train, val + new_val
+    return train, val
+
+
 def _check_config(out: Path, cfg: ActiveConfig) -> None:
     """Record the config; say which sections changed since the run in ``out`` started (finished rounds keep
     the settings they ran with)."""
