@@ -18,7 +18,8 @@ Rules (all on the round's explored frames, at most --per-trajectory per trajecto
   none      no new frame: the same training on the labels before round k alone (what the epochs alone give).
 
 Prints, per rule: the picks' temperatures and the round's committee error on the picks (how hard they were; for
-the random rules, seed 0's draw), and the test force MAE of each trained model (meV/Å). Labels go to --out's store, models to --out.
+the random rules, seed 0's draw), and the test force MAE of each trained model (meV/Å). Labels go to --out's
+store, models to --out.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main(argv=None):
     _print_ranking(committee, test)
 
     store = LabelStore(args.out / "store")
-    pool = list(read_extxyz(next(args.pool.glob("samples-*.extxyz")), required=())) if args.pool else []
+    pool = _read_pool(args.pool) if args.pool else []
     print(f"\nRound {k} of {run}: {len(train) + len(val)} labels before it, {len(records)} explored frames; "
           f"each rule adds {args.n}; test: {len(test)} frames of {args.test}")
     print("| rule | picks' temperatures (K) | committee error on the picks (meV/Å) | "
@@ -107,8 +108,17 @@ def main(argv=None):
                                     members=1, subsample=1.0, seed=seed, warm_start=[paths[0]])[0]
             pred = predict(Potential(load_package(model)[0]), list(test))
             maes.append(error_metrics(pred, test)["forces_mae_meV_A"])
-        print(f"| {rule} | {temps} | {'—' if picks_mae is None else f'{picks_mae:.1f}'} | " + " | ".join(f"{m:.1f}" for m in maes)
+        hardness = "—" if picks_mae is None else f"{picks_mae:.1f}"
+        print(f"| {rule} | {temps} | {hardness} | " + " | ".join(f"{m:.1f}" for m in maes)
               + f" | {np.mean(maes):.1f} |", flush=True)
+
+
+def _read_pool(folder: Path):
+    files = sorted(folder.glob("samples-*.extxyz"))
+    if len(files) != 1:
+        raise SystemExit(f"--pool {folder}: expected one samples-*.extxyz (the benchmark's random pool), "
+                         f"found {len(files)}")
+    return list(read_extxyz(files[0], required=()))
 
 
 def _pick(rule, records, starts, pool, args, cfg, seed, labeled):

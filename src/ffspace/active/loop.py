@@ -78,7 +78,8 @@ def labels_before_round(cfg: ActiveConfig, k: int, starts, labeler) -> tuple[Dat
     for j in range(k):
         folder = out / f"round_{j:02d}"
         if not (folder / "summary.json").exists():
-            raise DataError(f"round {j} has not finished, so the labels before round {k} are not known", file=str(folder))
+            raise DataError(f"round {j} has not finished, so the labels before round {k} are not known",
+                            file=str(folder))
         new_train, new_val = split_new_labels(_labeled_picks(folder, labeler, store), len(train) + len(val),
                                               cfg.val_every)
         train, val = train + new_train, val + new_val
