@@ -16,6 +16,8 @@
    single temperatures such as 300 (MD at the start frames' temperature); "nm:explored" and "nm:300" draw
    from normal-mode sampling instead, the sampler that made the start frames (the cheap conventional data set
    of ANI-1: no MD at all). Only the choice of frames differs.
+   --draws N repeats every baseline with N independent random orders of its pool: one draw's luck moves a
+   curve by several per cent, and the table adds the mean over draws.
 4. Force MAE of each committee's mean on the test set, the ratio random / active at every point, and the
    calibration of the final active committee on the test set (Spearman rank correlation of its force
    deviation with the actual error). Table to stdout, JSON and plots to --out.
@@ -37,7 +39,7 @@ import numpy as np
 
 from ffspace.active import Committee, calibration, calibration_plot, train_committee
 from ffspace.active.config import load_active_config
-from ffspace.active.loop import initial_labels, run_active, split_new_labels
+from ffspace.active.loop import initial_labels, run_active, split_new_labels, split_start_labels
 from ffspace.evaluate import error_metrics
 from ffspace.evaluate.plots import pyplot, save_figure
 from ffspace.reference.config import LabelConfig, SamplerConfig
@@ -70,6 +72,10 @@ def main(argv=None):
                    help="random-sampling pools: 'explored' (xTB MD at the temperatures the loop explored) and/or "
                         "temperatures in K (xTB MD at that temperature only); prefixed 'nm:' ('nm:explored', "
                         "'nm:300'): normal-mode sampling at those temperatures instead of MD")
+    p.add_argument("--draws", type=int, default=1,
+                   help="independent random orders of each pool, each its own curve (draw d > 0 in folders "
+                        "'<baseline>_draw<d>'): how much of a ratio is the luck of one draw. The table adds the mean "
+                        "over draws and its ratio")
     p.add_argument("--follow", action="store_true",
                    help="train only the baselines, point by point as the loop (the same command without --follow, "
                         "running in another process) finishes its rounds: the baselines then use the cores the "
@@ -90,7 +96,7 @@ def main(argv=None):
             _follow(args, cfg, active_dir, starts)
         return
     if args.so_far:
-        _so_far(out, active_dir, args.baselines, cfg.committee.members)
+        _so_far(out, active_dir, args.baselines, cfg.committee.members, args.draws)
         return
 
     # 1. The independent test set: MD with its own seed from the loop's start structures. The conformer comes
@@ -120,8 +126,9 @@ def main(argv=None):
              for n, d in points]
     baselines = {}
     with _baseline_lock(out):  # a --follow process may be training them now: wait for it, then read them back
-        for spec in args.baselines:
-            baseline = _Baseline(spec, explored, cfg, args, starts, initial, labeler, points[-1][0] - len(initial))
+        for spec, draw in [(spec, d) for spec in args.baselines for d in range(args.draws)]:
+            baseline = _Baseline(spec, explored, cfg, args, starts, initial, labeler, points[-1][0] - len(initial),
+                                 draw)
             baselines[baseline.name] = baseline.info
             for k, (n_labels, _) in enumerate(points):
                 row = curve[k]
@@ -129,6 +136,13 @@ def main(argv=None):
                 row[f"{baseline.name}_over_active"] = row[f"{baseline.name}_mae_meV_A"] / row["active_mae_meV_A"]
                 print(f"{n_labels} labels: active {row['active_mae_meV_A']:.1f}, {baseline.name} "
                       f"{row[f'{baseline.name}_mae_meV_A']:.1f} meV/Å", file=sys.stderr)
+
+    pools = _pools_of(list(baselines), args.draws)
+    for row in curve:  # the mean over draws: the expected curve of random sampling, less one draw's luck
+        for pool, names in pools.items():
+            if len(names) > 1:
+                row[f"{pool}_mean_mae_meV_A"] = float(np.mean([row[f"{n}_mae_meV_A"] for n in names]))
+                row[f"{pool}_mean_over_active"] = row[f"{pool}_mean_mae_meV_A"] / row["active_mae_meV_A"]
 
     # 4. Calibration of the final active committee on the test set.
     final_paths = sorted((active_dir / "final" / "committee").glob("member_*/model.safetensors"))
@@ -143,7 +157,7 @@ def main(argv=None):
     _plot(curve, {k: b["pool"] for k, b in baselines.items()}, out / "learning_curve.png", args.test_temperature)
 
     print(f"\nForce MAE on {len(test)} test frames at {args.test_temperature:g} K (GFN2-xTB MD, independent seed)")
-    names = list(baselines)
+    names = list(baselines) + [f"{pool}_mean" for pool, draws in pools.items() if len(draws) > 1]
     print("| labels | active learning (meV/Å) | " + " | ".join(f"{n} (meV/Å) | {n} / active" for n in names) + " |")
     print("|---|---|" + "---|---|" * len(names))
     for r in curve:
@@ -159,10 +173,10 @@ def main(argv=None):
     print(f"stop: {active['stop_reason']}; results: {out / 'results.json'}")
 
 
-def _so_far(out: Path, active_dir: Path, specs, members: int) -> None:
+def _so_far(out: Path, active_dir: Path, specs, members: int, draws: int = 1) -> None:
     """The curve of a paused or running benchmark, from the committees on disk (nothing is trained)."""
     test = read_dataset(out / "test.extxyz")
-    names = [f"random{_baseline_pool(spec, [])[2]}" for spec in specs]
+    names = [_baseline_name(_baseline_pool(spec, [])[2], d) for spec in specs for d in range(draws)]
     print(f"Force MAE on {len(test)} test frames (meV/Å), committees on disk in {out}")
     print("| labels | active learning | " + " | ".join(f"{n} | {n} / active" for n in names) + " |")
     print("|---|---|" + "---|---|" * len(names))
@@ -193,7 +207,7 @@ class _Baseline:
     per point of the active curve, trained exactly like the loop's (same family, members, subsamples,
     epochs, seeds, warm start from the previous point, train / validation rule)."""
 
-    def __init__(self, spec, explored, cfg, args, starts, initial, labeler, needed: int):
+    def __init__(self, spec, explored, cfg, args, starts, initial, labeler, needed: int, draw: int = 0):
         kind, temps, tag = _baseline_pool(spec, explored)
         out = args.out
 
@@ -209,14 +223,16 @@ class _Baseline:
         # The pool's own reference cost: MD steps, or one finite-difference Hessian (6 calls per atom) per sampler.
         calls = sum(sc.equilibration_steps + sc.n_frames * sc.interval if kind == "md" else 6 * self.pool[0].n_atoms
                     for sc in pool_job.samplers)
-        self.name = f"random{tag}"
+        self.name = _baseline_name(tag, draw)
         self.info = {"pool": "xTB MD" if kind == "md" else "normal modes (xTB Hessian)", "pool_temperatures_K": temps,
                      "pool_frames": len(self.pool), "pool_xtb_force_calls": calls}
-        self.order = np.random.default_rng(args.seed + 2).permutation(len(self.pool))
+        # Draw 0 keeps the order of the benchmark's first version, so its committees are read back.
+        order_seed = args.seed + 2 if draw == 0 else [args.seed + 2, draw]
+        self.order = np.random.default_rng(order_seed).permutation(len(self.pool))
         self.store = LabelStore(out / f"random_store{tag}")
         self.cfg, self.out, self.labeler = cfg, out, labeler
         self.initial = initial
-        self.train0, self.val = initial.split([-1, cfg.n_val], seed=cfg.seed)
+        self.train0, self.val = split_start_labels(initial, cfg)
         self.previous = None
 
     def train_point(self, k: int, n_labels: int) -> list[Path]:
@@ -262,8 +278,8 @@ def _follow(args, cfg, active_dir: Path, starts, poll_s: float = 20.0) -> None:
     labeler = cfg.labeler.build()
     initial = initial_labels(cfg, starts, labeler, LabelStore(active_dir / "store"))
     explored = sorted(cfg.explore.temperatures)
-    baselines = [_Baseline(spec, explored, cfg, args, starts, initial, labeler, cfg.max_labels - len(initial))
-                 for spec in args.baselines]
+    baselines = [_Baseline(spec, explored, cfg, args, starts, initial, labeler, cfg.max_labels - len(initial), d)
+                 for spec in args.baselines for d in range(args.draws)]
     trained = 0
     while True:
         summaries = []
@@ -317,6 +333,16 @@ def _baseline_pool(spec: str, explored: list[float]) -> tuple[str, list[float], 
         sys.exit(f"--baselines {spec!r}: expected 'explored' or a temperature in K after the optional 'nm:'")
     tag = ("_nm" if kind else "") + ("" if rest == "explored" else f"_{temps[0]:g}K")
     return ("normal_modes" if kind else "md"), temps, tag
+
+
+def _baseline_name(tag: str, draw: int) -> str:
+    """Folder and column name of one draw of a baseline: "random<tag>", then "random<tag>_draw<d>"."""
+    return f"random{tag}" + (f"_draw{draw}" if draw else "")
+
+
+def _pools_of(names: list[str], draws: int) -> dict[str, list[str]]:
+    """Baseline names grouped by pool: {"random_300K": ["random_300K", "random_300K_draw1", ...]}."""
+    return {n: [n] + [f"{n}_draw{d}" for d in range(1, draws)] for n in names if "_draw" not in n}
 
 
 def _plot(curve, pools: dict, path: Path, temperature: float) -> None:

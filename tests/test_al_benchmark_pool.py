@@ -42,3 +42,13 @@ def test_kept_pool_needs_twice_the_draw_and_the_same_settings(tmp_path):
     assert kept(50) == 80
     assert kept(50, minimum=70) == 80
     assert kept(90) is None  # 160 frames < 2 x 90: a new pool is made
+
+
+def test_draws_are_named_and_grouped_by_pool():
+    # Draw 0 keeps the original folder name, so a benchmark rerun with --draws reads its committees back.
+    from active_learning import _baseline_name, _pools_of
+    names = [_baseline_name(tag, d) for tag in ("", "_300K") for d in range(3)]
+    assert names == ["random", "random_draw1", "random_draw2", "random_300K", "random_300K_draw1",
+                     "random_300K_draw2"]
+    assert _pools_of(names, 3) == {"random": names[:3], "random_300K": names[3:]}
+    assert _pools_of(["random"], 1) == {"random": ["random"]}

@@ -61,6 +61,12 @@ def initial_labels(cfg: ActiveConfig, starts, labeler, store: LabelStore) -> Dat
     return label_structures(sampled_frames(job, cfg.out, starts), labeler, store, progress=cfg.progress)
 
 
+def split_start_labels(initial: Dataset, cfg: ActiveConfig) -> tuple[Dataset, Dataset]:
+    """The start labels → (train, validation): ``cfg.n_val`` frames for validation, chosen by ``cfg.seed``. One
+    rule for the loop, its read-back and the benchmark's baselines, so all three start from the same split."""
+    return initial.split([-1, cfg.n_val], seed=cfg.seed)
+
+
 def split_new_labels(new: Dataset, n_before: int, val_every: int) -> tuple[Dataset, Dataset]:
     """New labels → (train, validation): every ``val_every``-th label of the run goes to validation, so
     validation follows the explored data instead of staying with the start frames. Deterministic in the
@@ -74,7 +80,7 @@ def labels_before_round(cfg: ActiveConfig, k: int, starts, labeler) -> tuple[Dat
     """(train, validation): the labels round ``k`` of the finished rounds in ``cfg.out`` trained on, read back
     from the run's store: the start labels and every earlier round's picks, split by the loop's rules."""
     out, store = Path(cfg.out), LabelStore(Path(cfg.out) / "store")
-    train, val = initial_labels(cfg, starts, labeler, store).split([-1, cfg.n_val], seed=cfg.seed)
+    train, val = split_start_labels(initial_labels(cfg, starts, labeler, store), cfg)
     for j in range(k):
         folder = out / f"round_{j:02d}"
         if not (folder / "summary.json").exists():
@@ -110,7 +116,7 @@ def run_active(cfg: ActiveConfig) -> dict:
     if len(initial) <= cfg.n_val:
         raise DataError(f"{len(initial)} initial labels leave none for training after n_val = {cfg.n_val}",
                         file=cfg.initial_dataset or str(out))
-    train_set, val_set = initial.split([-1, cfg.n_val], seed=cfg.seed)
+    train_set, val_set = split_start_labels(initial, cfg)
     train_cfg = cfg.train_config()
     summaries, previous, stop_reason = [], None, f"max_rounds ({cfg.max_rounds}) reached"
     for k in range(cfg.max_rounds):
