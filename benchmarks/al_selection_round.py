@@ -13,6 +13,7 @@ Rules (all on the round's explored frames, at most --per-trajectory per trajecto
   highest   largest atomic force deviation first (the loop's "highest");
   mean      largest mean atomic force deviation first (ranks a structure's mean error better: see the table);
   diverse   deviation × descriptor distance to the nearest labeled frame (the loop's "diverse");
+  weighted  at random with probability ∝ deviation² (the loop's "weighted": where MD goes × the error expected);
   explored  at random among the explored frames (uncertainty ignored, exploration kept);
   pool      at random from a conventional xTB MD pool (--pool: the samples file of the benchmark's random pool);
   none      no new frame: the same training on the labels before round k alone (what the epochs alone give).
@@ -47,7 +48,7 @@ from ffspace.reference.job import start_structures
 from ffspace.reference.runner import label_structures
 from ffspace.reference.store import LabelStore
 
-RULES = ("highest", "mean", "diverse", "explored", "pool", "none")
+RULES = ("highest", "mean", "diverse", "weighted", "explored", "pool", "none")
 
 
 def main(argv=None):
@@ -128,7 +129,8 @@ def _pick(rule, records, starts, pool, args, cfg, seed, labeled):
     if rule == "pool":
         return [pool[i] for i in np.random.default_rng([seed, 1]).choice(len(pool), args.n, replace=False)]
     key = "mean_dev" if rule == "mean" else "max_dev"
-    strategy = {"highest": "highest", "mean": "highest", "diverse": "diverse", "explored": "random"}[rule]
+    strategy = {"highest": "highest", "mean": "highest", "diverse": "diverse", "weighted": "weighted",
+                "explored": "random"}[rule]
     # lower = 0: every explored frame is a candidate (the random rule then ignores uncertainty altogether).
     picked, _ = select([{**r, "deviation_eV_A": r[key]} for r in records], 0.0, np.inf, args.n, args.per_trajectory,
                        cfg.select.min_separation, cfg.explore.record_every, strategy, seed=seed, labeled=labeled)

@@ -60,6 +60,19 @@ def test_random_selection_is_seeded_and_keeps_the_diversity_rules():
     assert all("at random" in p["reason"] for p in first)
 
 
+def test_weighted_selection_draws_in_proportion_to_the_squared_deviation():
+    # 100 single-frame trajectories: 50 at deviation 0.2, 50 at 0.1 eV/Å. Weights 4:1, so over many seeded
+    # draws of one frame the 0.2 group is picked 4/5 of the time (highest would pick it always).
+    records = [_record(f"t{i}", 10, 0.2 if i < 50 else 0.1) for i in range(100)]
+    high = [select(records, lower=0.05, upper=1.0, per_round=1, strategy="weighted", seed=s)[0][0]["deviation_eV_A"]
+            == 0.2 for s in range(2000)]
+    assert abs(np.mean(high) - 0.8) < 0.03
+    first, _ = select(records, lower=0.05, upper=1.0, per_round=10, strategy="weighted", seed=7)
+    again, _ = select(records, lower=0.05, upper=1.0, per_round=10, strategy="weighted", seed=7)
+    assert [p["trajectory"] for p in first] == [p["trajectory"] for p in again]
+    assert len({p["trajectory"] for p in first}) == 10 and all("∝ deviation²" in p["reason"] for p in first)
+
+
 def test_diverse_selection_prefers_uncertain_frames_far_from_the_labels():
     from ffspace.data.structure import Structure
 

@@ -44,9 +44,10 @@ class SelectConfig(BaseModel):
     upper: float = Field(1.0, gt=0, description="eV/Å: above, the model is lost; the trajectory stops there")
     per_round: int = Field(10, ge=1, description="frames labeled per round at most")
     per_trajectory: int = Field(3, ge=1, description="at most this many frames from one trajectory")
-    strategy: Literal["highest", "random", "diverse"] = Field(
+    strategy: Literal["highest", "random", "diverse", "weighted"] = Field(
         "highest", description="order in which candidates are taken: by decreasing deviation, at random "
-                               "(DP-GEN), or by deviation × distance to the labeled and picked frames")
+                               "(DP-GEN), by deviation × distance to the labeled and picked frames, or at "
+                               "random with probability ∝ deviation²")
     min_separation: int = Field(5, ge=1, description="two picks of one trajectory are at least this many "
                                                      "recording intervals apart")
 

@@ -10,6 +10,11 @@ The "diverse" strategy also spreads them over geometry: it takes, one at a time,
 largest deviation × distance to the nearest frame already labeled or picked (distance between inverse-distance
 descriptors), a greedy batch rule in the spirit of farthest-point sampling weighted by uncertainty — several
 frames of one uncertain region are worth about one label.
+
+The "weighted" strategy draws candidates at random with probability ∝ deviation²: the explored frames stand for
+where MD goes, the squared deviation for the error expected there, so the picks follow where the error is
+expected in MD (density × variance) rather than its rare, most distorted tail, which "highest" takes. Measured
+on aspirin (docs/benchmarks.md, one round replayed), it picked no better frames than random ones; "highest" did.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 
-STRATEGIES = ("highest", "random", "diverse")
+STRATEGIES = ("highest", "random", "diverse", "weighted")
 
 
 def select(records: list[dict], lower: float, upper: float, per_round: int, per_trajectory: int = 3,
@@ -30,7 +35,7 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
     takes candidates by decreasing deviation; "random" in a seeded random order (DP-GEN's rule: any frame in
     the trust window is worth labeling, and the most uncertain ones are the most distorted); "diverse" by
     deviation × descriptor distance to the nearest of ``labeled`` (structures already labeled) and the picks
-    so far. For "diverse" each record needs ``numbers`` (its atomic numbers): frames are compared only with
+    so far; "weighted" at random with probability ∝ deviation² (seeded). For "diverse" each record needs ``numbers`` (its atomic numbers): frames are compared only with
     frames of the same atoms in the same order."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -58,6 +63,8 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         order = _FixedOrder(sorted(pool, key=lambda r: -r["deviation_eV_A"]))
     elif strategy == "random":
         order = _FixedOrder([pool[i] for i in np.random.default_rng(seed).permutation(len(pool))])
+    elif strategy == "weighted":
+        order = _FixedOrder(_weighted_order(pool, seed))
     else:
         order = _DiverseOrder(pool, labeled or [])
     picked, per_traj, steps_of = [], Counter(), defaultdict(list)
@@ -74,6 +81,7 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         t = r["trajectory"]
         rank = len(picked) + 1
         how = {"highest": "by decreasing deviation", "random": "at random",
+               "weighted": "at random, with probability ∝ deviation²",
                "diverse": "by deviation × distance to the nearest labeled or picked frame (" + (
                    "none of these atoms yet" if r.get("distance_1_A") is None else f"{r['distance_1_A']:.4f} 1/Å")
                    + ")"}[strategy]
@@ -86,6 +94,16 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
     stats["picked"] = len(picked)
     stats["picked_trajectories"] = len(per_traj)
     return picked, stats
+
+
+def _weighted_order(pool: list[dict], seed: int) -> list[dict]:
+    """``pool`` in the order of a weighted draw without replacement, weight = deviation² (Efraimidis & Spirakis,
+    Inf. Process. Lett. 97, 181 (2006): sort by u^(1/w), u uniform in (0, 1))."""
+    w = np.array([r["deviation_eV_A"] for r in pool], dtype=float) ** 2
+    u = np.random.default_rng(seed).random(len(pool))
+    with np.errstate(divide="ignore"):  # a zero deviation gets key 0: last
+        keys = np.where(w > 0, np.log(u) / np.where(w > 0, w, 1.0), -np.inf)
+    return [pool[i] for i in np.argsort(-keys, kind="stable")]
 
 
 class _FixedOrder:
