@@ -16,7 +16,11 @@ Rules (all on the round's explored frames, at most --per-trajectory per trajecto
   weighted  at random with probability ∝ deviation² (the loop's "weighted": where MD goes × the error expected);
   explored  at random among the explored frames (uncertainty ignored, exploration kept);
   pool      at random from a conventional xTB MD pool (--pool: the samples file of the benchmark's random pool);
-  none      no new frame: the same training on the labels before round k alone (what the epochs alone give).
+  none      no new frame: the same training on the labels before round k alone (what the epochs alone give);
+  oracle    largest actual atomic force error of the round's committee first: every explored frame is labeled to
+            know it. No loop can do this (it would label everything); it is what a perfect uncertainty would pick,
+            the ceiling of every rule that ranks the explored frames;
+  oracle_mean  the same by the actual mean atomic force error.
 
 Prints, per rule: the picks' temperatures and the round's committee error on the picks (how hard they were; for
 the random rules, seed 0's draw), and the test force MAE of each trained model (meV/Å). Labels go to --out's
@@ -46,9 +50,9 @@ from ffspace.potential.potential import Potential
 from ffspace.reference.config import LabelConfig
 from ffspace.reference.job import start_structures
 from ffspace.reference.runner import label_structures
-from ffspace.reference.store import LabelStore
+from ffspace.reference.store import LabelStore, structure_key
 
-RULES = ("highest", "mean", "diverse", "weighted", "explored", "pool", "none")
+RULES = ("highest", "mean", "diverse", "weighted", "explored", "pool", "none", "oracle", "oracle_mean")
 
 
 def main(argv=None):
@@ -87,6 +91,8 @@ def main(argv=None):
 
     store = LabelStore(args.out / "store")
     pool = _read_pool(args.pool) if args.pool else []
+    if {"oracle", "oracle_mean"} & set(args.rules):
+        _add_actual_errors(records, frames, committee, labeler, store)
     print(f"\nRound {k} of {run}: {len(train) + len(val)} labels before it, {len(records)} explored frames; "
           f"each rule adds {args.n}; test: {len(test)} frames of {args.test}")
     print("| rule | picks' temperatures (K) | committee error on the picks (meV/Å) | "
@@ -128,17 +134,37 @@ def _pick(rule, records, starts, pool, args, cfg, seed, labeled):
         return []
     if rule == "pool":
         return [pool[i] for i in np.random.default_rng([seed, 1]).choice(len(pool), args.n, replace=False)]
-    key = "mean_dev" if rule == "mean" else "max_dev"
-    strategy = {"highest": "highest", "mean": "highest", "diverse": "diverse", "weighted": "weighted",
-                "explored": "random"}[rule]
-    # lower = 0: every explored frame is a candidate (the random rule then ignores uncertainty altogether).
-    picked, _ = select([{**r, "deviation_eV_A": r[key]} for r in records], 0.0, np.inf, args.n, args.per_trajectory,
+    key = {"mean": "mean_dev", "oracle": "max_err", "oracle_mean": "mean_err"}.get(rule, "max_dev")
+    strategy = {"diverse": "diverse", "weighted": "weighted", "explored": "random"}.get(rule, "highest")
+    # lower = 0: every explored frame is a candidate (the random rule then ignores uncertainty altogether). The
+    # oracles skip the few frames that failed to label (no actual error).
+    candidates = [{**r, "deviation_eV_A": r[key]} for r in records if r.get(key) is not None]
+    picked, _ = select(candidates, 0.0, np.inf, args.n, args.per_trajectory,
                        cfg.select.min_separation, cfg.explore.record_every, strategy, seed=seed, labeled=labeled)
     if len(picked) < args.n:
         raise SystemExit(f"rule {rule} found only {len(picked)} frames: lower --n or raise --per-trajectory")
     return [starts[r["start"]].copy(positions=r["positions"], energy=None, forces=None, stress=None,
                                     info={"temperature_K": r["temperature_K"], "trajectory": r["trajectory"],
                                           "step": r["step"]}) for r in picked]
+
+
+def _add_actual_errors(records, frames, committee, labeler, store):
+    """Label every explored frame and record the committee's actual largest and mean atomic force error on it
+    (``max_err``, ``mean_err``, eV/Å; None where the label failed)."""
+    label_structures(frames, labeler, store, progress=True)
+    method = labeler.provenance()
+    keys = [structure_key(f, method) for f in frames]
+    done = [store.get(k) if k in store else None for k in keys]
+    ok = [s for s in done if s is not None]
+    pred = committee.predict(ok)["forces"]
+    err = np.split(np.linalg.norm(pred - np.concatenate([s.forces for s in ok]), axis=1),
+                   np.cumsum([s.n_atoms for s in ok])[:-1])
+    it = iter(err)
+    for r, s in zip(records, done):
+        e = next(it) if s is not None else None
+        r.update(max_err=None if e is None else float(e.max()), mean_err=None if e is None else float(e.mean()))
+    print(f"{len(ok)} of {len(frames)} explored frames labeled for the oracle rules; the committee's actual error on "
+          f"them: mean atomic {np.mean([e.mean() for e in err]) * 1000:.1f} meV/Å")
 
 
 def _print_ranking(committee, test):
