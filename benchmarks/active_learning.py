@@ -85,6 +85,8 @@ def main(argv=None):
                         "trained baseline point, on the test set) and the calibration of the last round's committee; "
                         "for a run that is paused or still going")
     args = p.parse_args(argv)
+    if args.draws < 1:
+        p.error(f"--draws must be at least 1, got {args.draws}")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     active_dir = out / args.active_dir
