@@ -35,8 +35,8 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
     takes candidates by decreasing deviation; "random" in a seeded random order (DP-GEN's rule: any frame in
     the trust window is worth labeling, and the most uncertain ones are the most distorted); "diverse" by
     deviation × descriptor distance to the nearest of ``labeled`` (structures already labeled) and the picks
-    so far; "weighted" at random with probability ∝ deviation² (seeded). For "diverse" each record needs ``numbers`` (its atomic numbers): frames are compared only with
-    frames of the same atoms in the same order."""
+    so far; "weighted" at random with probability ∝ deviation² (seeded). For "diverse" each record needs
+    ``numbers`` (its atomic numbers): frames are compared only with frames of the same atoms in the same order."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     # A frame where a trajectory ended (lost, collapsed, non-finite) is never labeled: its geometry is the
@@ -101,7 +101,9 @@ def _weighted_order(pool: list[dict], seed: int) -> list[dict]:
     Inf. Process. Lett. 97, 181 (2006): sort by u^(1/w), u uniform in (0, 1))."""
     w = np.array([r["deviation_eV_A"] for r in pool], dtype=float) ** 2
     u = np.random.default_rng(seed).random(len(pool))
-    with np.errstate(divide="ignore"):  # a zero deviation gets key 0: last
+    # log(u^(1/w)) = log(u) / w orders the same and stays finite for tiny weights; u = 0 or a zero deviation
+    # gives -inf: drawn last.
+    with np.errstate(divide="ignore"):
         keys = np.where(w > 0, np.log(u) / np.where(w > 0, w, 1.0), -np.inf)
     return [pool[i] for i in np.argsort(-keys, kind="stable")]
 
