@@ -44,6 +44,10 @@ def test_run_end_to_end_small(tmp_path):
     for name in ("metrics.json", "parity.png", "md_energy_temperature.png", "report.md", "md_thermo.csv"):
         assert (report / name).stat().st_size > 0, name
     metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["md"]["status"] == "completed"
+    # A 9-second model may break a bond within 200 steps: the MD monitor then says so (the quality of MD with a
+    # trained model is tested in test_md.py). Either way the run is reported, not hidden.
+    status = metrics["md"]["status"]
+    assert status in ("completed", "blown_up") and metrics["md"]["steps"] > 0
+    assert (out / "md" / "blowup.json").exists() == (status == "blown_up")
     assert metrics["test"]["forces_mae_meV_A"] > 0
     assert (out / "md" / "trajectory.extxyz").exists()

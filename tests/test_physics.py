@@ -1,69 +1,113 @@
-"""The shared physics suite, run for every model family and a composed Sum, in float64."""
+"""The shared physics suite, run in float64 for every entry of the model registry and for the hybrids
+`build_model_for_data` composes (Δ-learning priors, Coulomb, ZBL, D4). A family registered without a case here
+fails `test_every_registered_family_is_in_the_suite`. Structures carry H, C, N and O (acetamide, ethanol,
+water and ammonia boxes)."""
 
 import pytest
+import torch
 
-from ffspace.models import ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet, GraphMM, LearnedCoulomb, PaiNN, SchNet, Sum
+from ffspace.models import (MODEL_REGISTRY, ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet, GraphMM,
+                            LearnedCoulomb, PaiNN, SchNet, Sum)
 from ffspace.testing import physics
 
-ELEMENTS = [1, 6, 8]
+ELEMENTS = physics.ELEMENTS
+REFERENCE = {1: -13.6, 6: -1029.0, 7: -1484.0, 8: -2041.0}
 
 
-def make(name):
-    # Small widths keep the suite fast; the symmetry and calculus do not depend on size.
-    if name == "painn":
-        return PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2)
-    if name == "schnet":
-        return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
-    if name == "ani":
-        return DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2, hidden=(16,))
-    if name == "mace":
-        pytest.importorskip("e3nn")
-        from ffspace.models.mace import MACE
+def _mace(**kw):
+    pytest.importorskip("e3nn")
+    from ffspace.models.mace import MACE
 
-        return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=2, correlation=3)
-    if name == "mace_vectors":
-        pytest.importorskip("e3nn")
-        from ffspace.models.mace import MACE
-
-        return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=3, correlation=3, hidden_lmax=1)
-    if name == "mace_torch":  # the peer, when the optional mace-torch is installed
-        pytest.importorskip("mace", reason="mace-torch (optional peer) is not installed")
-        from ffspace.models.mace_torch import MACETorch
-
-        return randomized_readouts(MACETorch(ELEMENTS, cutoff=4.0, channels=8, lmax=2, hidden_lmax=1))
-    if name == "torchani":  # the ANI peer, when the optional torchani is installed
-        pytest.importorskip("torchani", reason="torchani (optional peer) is not installed")
-        from ffspace.models.torchani_peer import TorchANI
-
-        return TorchANI(ELEMENTS, cutoff=4.0, angular_cutoff=3.0)
-    if name == "d4":
-        pytest.importorskip("dftd4")
-        return D4Dispersion(method="pbe")
-    if name == "mm":
-        return ClassicalMM(ELEMENTS, cutoff=4.0)
-    if name == "graph_mm":
-        return randomized_graph_mm(GraphMM(ELEMENTS, features=16, layers=2))
-    if name == "coulomb":
-        model = LearnedCoulomb(ELEMENTS, cutoff=3.5, features=16, layers=1)
-        model.charge_net.energy_scale.fill_(1.0)  # sizeable charges, so the checks test real electrostatics
-        return model
-    if name == "zbl":
-        # A wider switch than the default, so the prior acts on the (uncompressed) test structures.
-        return ZBL(cutoff=2.5, covalent_scale=1.6)
-    if name == "sum":
-        return Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}),
-                    PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2), ZBL(cutoff=2.0, covalent_scale=1.3)])
-    raise ValueError(name)
+    return MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, correlation=3, **kw)
 
 
-FAMILIES = ["mm", "graph_mm", "painn", "schnet", "ani", "mace", "mace_vectors", "mace_torch", "torchani", "coulomb", "d4", "zbl",
-            "sum"]
+def _mace_torch():
+    pytest.importorskip("mace", reason="mace-torch (optional peer) is not installed")
+    from ffspace.models.mace_torch import MACETorch
+
+    return randomized_readouts(MACETorch(ELEMENTS, cutoff=4.0, channels=8, lmax=2, hidden_lmax=1))
+
+
+def _torchani():
+    pytest.importorskip("torchani", reason="torchani (optional peer) is not installed")
+    from ffspace.models.torchani_peer import TorchANI
+
+    return TorchANI(ELEMENTS, cutoff=4.0, angular_cutoff=3.0)
+
+
+def _d4():
+    pytest.importorskip("dftd4")
+    return D4Dispersion(ELEMENTS, method="pbe")
+
+
+def _coulomb():
+    model = LearnedCoulomb(ELEMENTS, cutoff=3.5, features=16, layers=1)
+    model.charge_net.energy_scale.fill_(1.0)  # sizeable charges, so the checks test real electrostatics
+    return model
+
+
+def _painn():
+    return PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2)
+
+
+def _schnet():
+    return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
+
+
+def _frozen_prior(tmp_path_factory):
+    """Δ-learning with a trained package as a frozen prior, as `model.prior=path` builds it: the package
+    written and read back, its weights frozen, a learned term on top."""
+    from ffspace.potential import save_package
+    from ffspace.train.setup import _load_fixed_prior
+
+    path = save_package(tmp_path_factory.mktemp("prior") / "prior.safetensors",
+                        Sum([AtomicReference(REFERENCE), ClassicalMM(ELEMENTS, cutoff=4.0)]))
+    return Sum([AtomicReference({z: 0.1 * z for z in ELEMENTS}), _load_fixed_prior(path), _schnet()])
+
+
+# Every registry family (by its registered name) and every hybrid, each a small random-weight instance: the
+# symmetry and calculus checked do not depend on size or training.
+CASES = {
+    "painn": _painn,
+    "schnet": _schnet,
+    "ani": lambda: DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2,
+                                 hidden=(16,)),
+    "mace": lambda: _mace(layers=2),
+    "mace_vectors": lambda: _mace(layers=3, hidden_lmax=1),
+    "mace_torch": _mace_torch,
+    "torchani": _torchani,
+    "mm": lambda: ClassicalMM(ELEMENTS, cutoff=4.0),
+    "graph_mm": lambda: randomized_graph_mm(GraphMM(ELEMENTS, features=16, layers=2)),
+    "coulomb": _coulomb,
+    "d4": _d4,
+    # A wider switch than the default, so the prior acts on the (uncompressed) test structures.
+    "zbl": lambda: ZBL(cutoff=2.5, covalent_scale=1.6),
+    # Per-element constants have no geometry to test alone; they are tested in the composition they always
+    # appear in (`build_model_for_data`: reference energies + a learned term).
+    "reference": lambda: Sum([AtomicReference(REFERENCE), _schnet()]),
+    "sum": lambda: Sum([AtomicReference(REFERENCE), _painn(), ZBL(cutoff=2.0, covalent_scale=1.3)]),
+    # Hybrids, as model.prior / model.zbl / model.coulomb / model.dispersion compose them.
+    "hybrid_mm_prior": lambda: Sum([AtomicReference(REFERENCE), ClassicalMM(ELEMENTS, cutoff=4.0), _painn()]),
+    "hybrid_frozen_prior": _frozen_prior,
+    "hybrid_zbl": lambda: Sum([AtomicReference(REFERENCE), _schnet(), ZBL(cutoff=3.0, covalent_scale=1.6)]),
+    "hybrid_coulomb": lambda: Sum([AtomicReference(REFERENCE), _painn(), _coulomb()]),
+    "hybrid_d4": lambda: Sum([AtomicReference(REFERENCE), _schnet(), _d4()]),
+}
+NEEDS_TMP = {"hybrid_frozen_prior"}
+
+
+def make(name, tmp_path_factory=None):
+    return CASES[name](tmp_path_factory) if name in NEEDS_TMP else CASES[name]()
+
+
+def test_every_registered_family_is_in_the_suite():
+    """A family that registers itself (ffspace.models.base.register) must bring a physics-suite case."""
+    missing = sorted(set(MODEL_REGISTRY) - set(CASES))
+    assert not missing, f"registered model families without a physics-suite case in tests/test_physics.py: {missing}"
 
 
 def randomized_readouts(model, seed: int = 0):
     """mace-torch starts its readouts near zero: O(1) weights make the energy sizeable, so the checks bite."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -74,8 +118,6 @@ def randomized_readouts(model, seed: int = 0):
 
 def randomized_graph_mm(model, seed: int = 0, scale: float = 0.3):
     """Give the zero-initialised readouts random weights, so every MM term (torsions, charges...) is exercised."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for head in (model.bond_head, model.angle_head, model.torsion_head, model.atom_head):
@@ -84,22 +126,27 @@ def randomized_graph_mm(model, seed: int = 0, scale: float = 0.3):
     return model
 
 
-MOLECULES_ONLY = (D4Dispersion, GraphMM)
+def _molecules_only(model) -> str | None:
+    """Why a model (or a composition holding one) refuses periodic cells, by design; None if it does not."""
+    terms = list(model.terms) if isinstance(model, Sum) else [model]
+    for t in terms:
+        if isinstance(t, D4Dispersion):
+            return "the D4 prior refuses periodic cells (dftd4's truncated lattice sums), by design"
+        if isinstance(t, GraphMM):
+            return "graph-learned MM is a molecular force field (all-pairs nonbonded, no cutoff), by design"
+    return None
 
 
 def _skip_if_molecules_only(model):
-    if isinstance(model, D4Dispersion):
-        pytest.skip("the D4 prior refuses periodic cells (dftd4's truncated lattice sums), by design")
-    if isinstance(model, GraphMM):
-        pytest.skip("graph-learned MM is a molecular force field (all-pairs nonbonded, no cutoff), by design")
+    reason = _molecules_only(model)
+    if reason:
+        pytest.skip(reason)
 
 
-@pytest.fixture(params=FAMILIES)
-def model(request):
-    import torch
-
+@pytest.fixture(params=sorted(CASES))
+def model(request, tmp_path_factory):
     torch.manual_seed(0)
-    return make(request.param)
+    return make(request.param, tmp_path_factory)
 
 
 def test_finite_difference_forces_molecule(model):
@@ -132,7 +179,7 @@ def test_additivity(model):
 
 
 def test_batching_and_no_cross_talk(model):
-    physics.check_batching(model, periodic=not isinstance(model, MOLECULES_ONLY))
+    physics.check_batching(model, periodic=_molecules_only(model) is None)
 
 
 def test_smooth_cutoff(model):

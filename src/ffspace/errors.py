@@ -25,6 +25,11 @@ class DataError(FFSpaceError, ValueError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+def validation_problems(exc, prefix: str = "") -> str:
+    """A pydantic ``ValidationError`` as ``field.path: message; ...`` (``prefix`` names the enclosing section)."""
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
 class ModelPackageError(FFSpaceError):
     """A model package that cannot be read: corrupt, truncated or from an unknown version."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ase.units as _ase
 
+from .errors import ConfigError
+
 # --- energy -------------------------------------------------------------------------------
 eV = 1.0
 meV = 1e-3
@@ -53,7 +55,7 @@ def energy_factor(unit: str) -> float:
     try:
         return ENERGY_TO_EV[unit]
     except KeyError:
-        raise ValueError(f"unknown energy unit {unit!r}; known: {sorted(ENERGY_TO_EV)}") from None
+        raise ConfigError(f"unknown energy unit {unit!r}; known: {sorted(ENERGY_TO_EV)}") from None
 
 
 def length_factor(unit: str) -> float:
@@ -61,7 +63,7 @@ def length_factor(unit: str) -> float:
     try:
         return LENGTH_TO_A[unit]
     except KeyError:
-        raise ValueError(f"unknown length unit {unit!r}; known: {sorted(LENGTH_TO_A)}") from None
+        raise ConfigError(f"unknown length unit {unit!r}; known: {sorted(LENGTH_TO_A)}") from None
 
 
 def ev_to_kcal_per_mol(x):

@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from .config import RunConfig, resolve_data_path
-from .errors import ConfigError
 from .data import Dataset, read_dataset
+from .errors import ConfigError
 from .evaluate import error_metrics, format_metrics, predict
 from .evaluate.metrics import metrics_table
 from .evaluate.plots import md_plot, parity_plot
-from .md import BlowUpMonitor, run_md
-from .potential import Potential
+from .md import run_md
+from .outputs import atomic_write, claim_folder, write_json
+from .potential import Potential, torch_device
 from .potential.package import versions
 from .train import Trainer, build_model_for_data
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
 
 def _read(spec: str, cfg: RunConfig) -> Dataset:
     d = cfg.data
     return read_dataset(resolve_data_path(spec), format=d.format, energy_key=d.energy_key, forces_key=d.forces_key,
-                        stress_key=d.stress_key, energy_unit=d.energy_unit)
+                        stress_key=d.stress_key, energy_unit=d.energy_unit, unit_check=d.unit_check)
 
 
 def set_size(x: float, n: int) -> int:
@@ -56,27 +54,69 @@ def model_path(cfg: RunConfig) -> Path:
     return Path(cfg.model_path) if cfg.model_path else Path(cfg.out) / "train" / "model.safetensors"
 
 
-def train(cfg: RunConfig) -> dict:
+def run_identity(cfg: RunConfig) -> str:
+    """What makes a run the same run: its data, model and the training settings that shape the trajectory (and
+    the package it evaluates, when one is named). Owns ``out`` and the folders under it (`ffspace.outputs`)."""
+    train = {k: v for k, v in cfg.train.model_dump().items() if k not in Trainer.FREE_SETTINGS}
+    ident = {"data": cfg.data.model_dump(exclude={"unit_check"}), "model": cfg.model.model_dump(), "train": train}
+    if cfg.model_path:
+        path = Path(cfg.model_path)
+        ident["model_path"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def claim_out(cfg: RunConfig) -> Path:
+    """``out`` as this run's folder (`ffspace.outputs.claim_folder`); every command claims it before writing."""
+    return claim_folder(cfg.out, run_identity(cfg), what="output folder (out)", overwrite=cfg.overwrite)
+
+
+def _trainer(cfg: RunConfig) -> Trainer:
+    """The training step, ready to fit: data read and checked, model built (nothing written so far), then ``out``
+    and its ``train`` folder claimed."""
     train_set, val_set, _ = load_splits(cfg)
-    print(f"data: {len(train_set)} train / {len(val_set)} validation structures from {cfg.data.train}",
-          file=sys.stderr)
     model = build_model_for_data(cfg.model.model_dump(), train_set, seed=cfg.train.seed)
-    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir=Path(cfg.out) / "train",
-                      extra_config={"data_config": cfg.data.model_dump(), "model_section": cfg.model.model_dump()})
+    claim_out(cfg)
+    return Trainer(model, train_set, val_set, cfg.train, run_dir=Path(cfg.out) / "train", overwrite=cfg.overwrite,
+                   extra_config={"data_config": cfg.data.model_dump(), "model_section": cfg.model.model_dump()})
+
+
+def train(cfg: RunConfig, trainer: Trainer | None = None) -> dict:
+    trainer = trainer or _trainer(cfg)
+    print(f"data: {len(trainer.train_set)} train / {len(trainer.val_set)} validation structures from "
+          f"{cfg.data.train}", file=sys.stderr)
     return trainer.fit()
 
 
+def _eval_device(cfg: RunConfig):
+    return torch_device(cfg.eval.device or cfg.train.device)
+
+
+def _md_device(cfg: RunConfig):
+    return torch_device(cfg.md.device or cfg.train.device)
+
+
+def _md_start(cfg: RunConfig):
+    if cfg.md.start:
+        return read_dataset(cfg.md.start, required=())[0]  # a start structure needs no labels
+    return load_splits(cfg)[2][0]
+
+
 def evaluate(cfg: RunConfig, out_dir: Path | None = None) -> dict:
+    """Test-set metrics and a parity plot, in ``out_dir`` (a folder the caller owns; default ``<out>/eval``,
+    claimed for this run here)."""
     _, _, test = load_splits(cfg)
-    pot = Potential.load(model_path(cfg), dtype=DTYPES[cfg.train.dtype], device=cfg.train.device)
+    device = _eval_device(cfg)
+    if out_dir is None:
+        out_dir = claim_folder(claim_out(cfg) / "eval", run_identity(cfg), what="evaluation folder",
+                               overwrite=cfg.overwrite)
+    pot = Potential.load(model_path(cfg), dtype=cfg.eval.dtype or cfg.train.dtype, device=device)
     t0 = time.perf_counter()
-    pred = predict(pot, test)
+    pred = predict(pot, test, batch_size=cfg.eval.batch_size)
     seconds = time.perf_counter() - t0
     metrics = error_metrics(pred, test)
     metrics["predict_s_per_structure"] = seconds / len(test)
-    out_dir = Path(out_dir or Path(cfg.out) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out_dir / "metrics.json", metrics, fsync=False)
     parity_plot(pred, test, out_dir / "parity.png", title=f"test set ({len(test)} structures)")
     print(f"test ({len(test)} structures): {format_metrics(metrics)}", file=sys.stderr)
     return metrics
@@ -84,37 +124,38 @@ def evaluate(cfg: RunConfig, out_dir: Path | None = None) -> dict:
 
 def md(cfg: RunConfig, out_dir: Path | None = None):
     c = cfg.md
-    if c.start:
-        start = read_dataset(c.start, required=())[0]  # a start structure needs no labels
-    else:
-        start = load_splits(cfg)[2][0]
-    pot = Potential.load(model_path(cfg), dtype=DTYPES[c.dtype], device=cfg.train.device)
-    out_dir = Path(out_dir or Path(cfg.out) / "md")
-    result = run_md(pot, start, steps=c.steps, timestep_fs=c.timestep_fs, ensemble=c.ensemble,
-                    temperature=c.temperature, friction=c.friction, seed=c.seed, out_dir=out_dir,
-                    traj_interval=c.traj_interval, monitor=BlowUpMonitor(c.max_force, c.min_distance),
-                    progress=sys.stderr.isatty())
+    start = _md_start(cfg)
+    pot = Potential.load(model_path(cfg), dtype=c.dtype, device=_md_device(cfg))
+    out_dir = Path(out_dir or claim_out(cfg) / "md")
+    result = run_md(pot, start, out_dir=out_dir, progress=True, owner=run_identity(cfg), overwrite=cfg.overwrite,
+                    **c.run_settings())
     md_plot(result.thermo, out_dir / "md_energy_temperature.png",
             title=f"{c.ensemble.upper()} {c.temperature:g} K, {c.timestep_fs} fs, {result.steps} steps ({result.status})")
     summary = {"status": result.status, "steps": result.steps, "time_ps": result.steps * c.timestep_fs / 1000,
                "mean_temperature_K": float(np.mean(result.thermo["temperature_K"])),
                "report": result.report}
-    if c.ensemble == "nve":
+    if c.ensemble == "nve" and len(result.thermo["time_fs"]) > 1:
         summary["energy_drift_eV_per_atom_per_ps"] = result.energy_drift()
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "summary.json", summary, fsync=False)
     print(f"MD: {result.status} after {result.steps} steps ({summary['time_ps']:.2f} ps), "
           f"mean T {summary['mean_temperature_K']:.0f} K", file=sys.stderr)
     return result, summary
 
 
 def run(cfg: RunConfig) -> Path:
-    """Train, evaluate, run MD and write a report folder (metrics, parity plot, MD plot, report.md)."""
+    """Train, evaluate, run MD and write a report folder (metrics, parity plot, MD plot, report.md).
+
+    Everything that can be refused is checked before anything is written: the data, the model settings, the
+    devices, the MD start structure and the output folder's ownership."""
+    _eval_device(cfg), _md_device(cfg)
+    if cfg.md.start:
+        _md_start(cfg)
+    trainer = _trainer(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+    atomic_write(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False), fsync=False)
+    write_json(out / "versions.json", versions(), fsync=False)
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = train(cfg, trainer)
     t_train = time.perf_counter() - t0
     report = out / "report"
     report.mkdir(exist_ok=True)
@@ -126,8 +167,8 @@ def run(cfg: RunConfig) -> Path:
     shutil.copy(out / "md" / "thermo.csv", report / "md_thermo.csv")
     all_metrics = {"test": metrics, "training": summary, "md": md_summary, "train_time_s": t_train,
                    "total_time_s": time.perf_counter() - t0}
-    (report / "metrics.json").write_text(json.dumps(all_metrics, indent=2, default=str))
-    (report / "report.md").write_text(_report_md(cfg, all_metrics))
+    write_json(report / "metrics.json", all_metrics, fsync=False)
+    atomic_write(report / "report.md", _report_md(cfg, all_metrics), fsync=False)
     print(f"report: {report}", file=sys.stderr)
     return report
 

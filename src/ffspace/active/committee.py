@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.digest import update_with_structures
+from ..outputs import claim_folder, read_owner
 from ..potential import Potential
 from ..potential.potential import predict_arrays
 from ..potential.package import load_package
@@ -119,17 +120,16 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
         subset = train_set[np.sort(rng.choice(len(train_set), n, replace=False)).tolist()]
         key = _fingerprint(subset, val_set, model_config, train_config, seed * 1000 + k,
                            warm_start[k] if warm_start is not None else None)
-        done, stamp = folder / "done", folder / "fingerprint"
-        if folder.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        done = folder / "done"
+        if folder.exists() and (read_owner(folder) or {}).get("key") != key:
             print(f"[committee] member {k}: data, settings or start weights differ from what {folder} was trained "
                   "on; training it again from scratch", file=sys.stderr)
             shutil.rmtree(folder)
         if done.exists() and package.exists():
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(key + "\n")
+        claim_folder(folder, key, what="committee member folder")
         if warm_start is not None:
-            model, _ = load_package(warm_start[k], dtype=getattr(torch, train_config.dtype))
+            model, _ = load_package(warm_start[k], dtype=train_config.dtype)
         else:
             model = build_model_for_data(model_config, subset, seed=seed * 1000 + k)
         cfg = train_config.model_copy(update={"seed": seed * 1000 + k})
@@ -149,7 +149,8 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
 def _train_member(folder: Path, model, subset, val_set, cfg) -> None:
     from ..train import Trainer
 
-    Trainer(model, subset, val_set, cfg, run_dir=folder).fit()
+    # The committee claimed the folder under its member key (`train_committee`); the trainer writes there as that.
+    Trainer(model, subset, val_set, cfg, run_dir=folder, owner=read_owner(folder)["key"]).fit()
     (folder / "done").write_text("trained\n")
 
 

@@ -13,7 +13,7 @@ from ..train import TrainConfig
 
 
 class CommitteeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     members: int = Field(4, ge=2, description="models per committee")
     subsample: float = Field(0.8, gt=0, le=1, description="fraction of the labels each member trains on")
@@ -24,7 +24,7 @@ class CommitteeConfig(BaseModel):
 
 
 class ExploreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperatures: list[float] = Field([300.0, 600.0, 900.0], description="K")
     ramp: bool = Field(True, description="round k explores the first k+1 temperatures (cool first, then hotter)")
@@ -38,7 +38,7 @@ class ExploreConfig(BaseModel):
 
 
 class SelectConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     lower: float = Field(0.1, gt=0, description="eV/Å: a frame whose largest force deviation is below is 'known'")
     upper: float = Field(1.0, gt=0, description="eV/Å: above, the model is lost; the trajectory stops there")
@@ -61,7 +61,7 @@ class SelectConfig(BaseModel):
 class ActiveConfig(BaseModel):
     """Every setting of the label–train–explore loop, with defaults for a small molecule on a CPU."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     out: str = Field("runs/active", description="run folder; rerunning resumes from what is there")
     input: InputConfig

@@ -12,11 +12,11 @@ are not finite; the others go on.
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.structure import Structure
 from ..md.copies import MoleculeCopies
 from ..md.integrators import Langevin, maxwell_boltzmann
+from ..progress import progress as progress_bar
 
 
 def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, steps: int = 2000,
@@ -48,7 +48,7 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
         integrator = Langevin(timestep_fs, np.repeat(copy_temperature, start.n_atoms), friction,
                               seed=np.random.SeedSequence([seed, s_idx, len(temperatures), 1]), groups=copies.groups())
         label = "/".join(f"{t:g}" for t in temperatures)
-        bar = tqdm(range(1, steps + 1), desc=f"explore {label} K × {seeds}", disable=not progress, leave=False)
+        bar = progress_bar(range(1, steps + 1), desc=f"explore {label} K × {seeds}", enabled=progress)
         for step in bar:
             integrator.step(copies.state, copies)
             dev = copies.deviations

@@ -25,6 +25,7 @@ from ..data.readers import read_dataset, read_extxyz
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..errors import DataError
+from ..outputs import atomic_path, write_json
 from ..reference.config import LabelConfig
 from ..reference.job import sampled_frames, start_structures
 from ..reference.runner import label_structures
@@ -37,15 +38,12 @@ from .selection import select
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
+    write_json(path, value, fsync=False)
 
 
 def _write_frames(path: Path, frames: list[Structure]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write_extxyz(tmp, frames)
-    tmp.replace(path)
+    with atomic_path(path, fsync=False) as tmp:
+        write_extxyz(tmp, frames)
 
 
 def _log(msg: str) -> None:

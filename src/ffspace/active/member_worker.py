@@ -21,8 +21,6 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
-
 
 def train_in_processes(jobs, workers: int, poll_s: float = 0.2) -> None:
     """Train ``jobs`` — ``(run folder, model, train set, validation set, TrainConfig)`` each — in at most
@@ -82,7 +80,7 @@ def run(folder: Path) -> None:
     spec = json.loads((folder / "spec.json").read_text())
     _die_with_parent(spec["parent"])
     config = TrainConfig(**spec["config"])
-    model, _ = load_package(folder / "model.safetensors", dtype=getattr(torch, config.dtype))
+    model, _ = load_package(folder / "model.safetensors", dtype=config.dtype)
     _train_member(Path(spec["run_dir"]), model, read_arrays(folder / "train.npz"), read_arrays(folder / "val.npz"),
                   config)
 

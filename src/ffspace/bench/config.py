@@ -13,7 +13,7 @@ from ..config import load_yaml_config
 class BenchDataset(BaseModel):
     """One dataset: training file, test file (or a seeded split) and extra test sets for extrapolation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     train: str = Field(..., description="file/folder, or builtin:<name> for shipped data")
@@ -32,7 +32,7 @@ class BenchDataset(BaseModel):
 class BenchModel(BaseModel):
     """A model entry: a name for the report, the ``model`` section and per-model training overrides."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     model: dict[str, Any] = Field(..., description="as the `model` section of a run config: family + settings")
@@ -49,7 +49,7 @@ class BenchModel(BaseModel):
 class SpeedConfig(BaseModel):
     """Warm energy + forces cost on the dataset's molecule and on replicated periodic water boxes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     water_replicas: list[int] = Field([1, 2, 3, 4, 5], description="n×n×n copies of the 192-atom water cell: "
@@ -81,7 +81,7 @@ class SpeedConfig(BaseModel):
 class StabilityConfig(BaseModel):
     """Langevin MD of several seeds per temperature from the first test structure, plus an NVE drift run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     temperatures: list[float] = Field([300.0, 600.0, 1200.0], description="K")
@@ -97,7 +97,7 @@ class StabilityConfig(BaseModel):
 
 
 class BenchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "bench"
     out: str = Field("runs/bench", description="output folder (the run resumes from what is there)")

@@ -23,6 +23,7 @@ from ..config import resolve_data_path, validation_problems
 from ..data import Dataset, read_dataset
 from ..errors import ConfigError
 from ..models import peers
+from ..outputs import write_json
 from ..evaluate import error_metrics, predict
 from ..evaluate.metrics import per_element_force_errors
 from ..potential import Potential
@@ -249,10 +250,7 @@ def _cached(path: Path, key: dict, compute, keep=lambda value: True) -> dict:
         print(f"[bench] {path} was made with other settings: redoing it", file=sys.stderr)
     value = compute()
     if keep(value):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": digest, "inputs": key, "value": value}, indent=2, default=str))
-        tmp.replace(path)
+        write_json(path, {"key": digest, "inputs": key, "value": value}, fsync=False)
     return value
 
 
@@ -278,7 +276,7 @@ def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dic
     trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
                       extra_config={"bench_model": m.model_dump()})
     summary = trainer.fit()
-    pot = Potential.load(run_dir / "train" / "model.safetensors", dtype=_torch_dtype(tc.dtype), device=cfg.device)
+    pot = Potential.load(run_dir / "train" / "model.safetensors", dtype=tc.dtype, device=cfg.device)
     t0 = time.perf_counter()
     pred = predict(pot, test)
     result = {"test": error_metrics(pred, test), "per_element": per_element_force_errors(pred, test),
@@ -298,7 +296,7 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
     """Survival at each temperature (one cached file each) and the NVE drift, from the first test structure."""
     c = cfg.stability
     package = run_dir / "train" / "model.safetensors"
-    pot = Potential.load(package, dtype=_torch_dtype(c.dtype), device=cfg.device)
+    pot = Potential.load(package, dtype=c.dtype, device=cfg.device)
     row = (molecule_speed or {}).get("float32")
     if not row or row.get("status") != "ok":
         row = _measure(cfg, run_dir / "speed_molecule_float32.json", weights, package,
@@ -322,12 +320,6 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         result["nve"] = _cached(run_dir / "stability_nve.json", key, lambda: stability.nve_drift(
             pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance))
     return result
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def _memory_limit(cfg: BenchConfig) -> int:

@@ -106,13 +106,11 @@ def _run_child(args: dict, timeout_s: float | None) -> dict:
 def _load(args: dict):
     """The potential in the asked dtype and device, and whether freed memory is kept (done first, before the
     allocations it should govern)."""
-    import torch
-
-    from ..potential import Potential
+    from ..potential import Potential, torch_dtype
     from ..runtime import keep_freed_memory
 
     kept = keep_freed_memory() if args.get("keep_freed_memory", True) else False
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args["dtype"]]
+    dtype = torch_dtype(args["dtype"])
     return Potential.load(args["model"], dtype=dtype, device=args["device"]), dtype, kept
 
 

@@ -13,21 +13,19 @@ make (a proton transfer) counts as a failure too: the criterion measures staying
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import units
+from ..data.bonds import covalent_bonds as bonds_of
 from ..data.structure import Structure
 from ..md.copies import MoleculeCopies
 from ..md.integrators import Langevin, VelocityVerlet
+from ..progress import progress as progress_bar
 
 
-def covalent_bonds(structure: Structure, scale: float = 1.2) -> np.ndarray:
-    """(B, 2) atom pairs closer than ``scale`` × the sum of their covalent radii (the MM topology's rule)."""
-    from ..graph.batch import batch_structures
-    from ..models.topology import find_bonds
-
-    batch = batch_structures([structure], cutoff=3.5, labels=False)  # longer than any bond at scale ≤ 1.5
-    return find_bonds(batch, scale).numpy()
+def covalent_bonds(structure: Structure) -> np.ndarray:
+    """(B, 2) atom pairs bonded at the start (`ffspace.data.bonds`: closer than 1.2 × the covalent radii's sum)."""
+    i, j, _ = bonds_of(structure.numbers, structure.positions)
+    return np.stack([i, j], 1)
 
 
 def _failed(copies: MoleculeCopies, bonds: np.ndarray, lengths: np.ndarray, tolerance: float) -> np.ndarray:
@@ -67,7 +65,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     failure, why = [None] * seeds, [None] * seeds
     steps = int(round(time_ps * units.ps / timestep_fs))
     integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
-    bar = tqdm(range(steps), desc=f"{temperature:g} K × {seeds} seeds", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc=f"{temperature:g} K × {seeds} seeds", enabled=progress)
     for step in bar:
         integrator.step(copies.state, copies)
         bad = _failed(copies, bonds, d0, bond_tolerance)

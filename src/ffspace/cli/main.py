@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,11 +34,20 @@ def _config(args: list[str] | None, default_file: Path | None = DEFAULT_RUN):
 
 
 def _guard(fn):
+    """Run a command: an ffspace error (bad input, config or file) or a file-system error ends it with one line
+    on stderr and exit status 2, an interrupt with status 130; neither prints a traceback."""
     try:
         return fn()
     except FFSpaceError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # a full disk, a folder that became read-only mid-run...
+        where = f" {exc.filename}" if exc.filename else ""
+        typer.secho(f"error: cannot access{where}: {exc.strerror or exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.RED, err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -95,17 +103,14 @@ def label(config: Path = typer.Argument(..., help="label config YAML (input, sam
     """
 
     def go():
-        import yaml
         from pydantic import ValidationError
 
-        from ..config import apply_override, parse_value
+        from ..config import apply_override, parse_value, read_yaml_mapping
         from ..errors import ConfigError
         from ..reference.config import LabelConfig
         from ..reference.job import run_label_job
 
-        if not config.is_file():
-            raise ConfigError(f"config file {config} not found")
-        tree = yaml.safe_load(config.read_text()) or {}
+        tree = read_yaml_mapping(config, "label config")
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key=value")
@@ -204,8 +209,32 @@ def active(config: Path = typer.Argument(..., help="active-learning config YAML 
     _guard(go)
 
 
-def main():  # pragma: no cover
+@app.command()
+def info():
+    """What this ffspace runs with: versions, CPU threads, devices, and the process settings the command applies."""
+    import torch
+
+    from .. import runtime
+    from ..models import MODEL_REGISTRY, peers
+    from ..potential.package import versions
+
+    for name, version in versions().items():
+        typer.echo(f"{name:<22}{version}")
+    typer.echo(f"{'cpu threads':<22}{torch.get_num_threads()} (set OMP_NUM_THREADS to change)")
+    cuda = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "not available"
+    typer.echo(f"{'cuda':<22}{cuda}")
+    typer.echo(f"{'keep freed memory':<22}{'on' if runtime.freed_memory_kept() else 'off'} (glibc malloc setting, "
+               "faster on large systems)")
+    families = sorted(set(MODEL_REGISTRY) - {"sum", "reference"})
+    typer.echo(f"{'model families':<22}{', '.join(families)}")
+    missing = [f for f in peers.PEERS if not peers.installed(f)]
+    if missing:
+        typer.echo(f"{'peers not installed':<22}{', '.join(missing)}")
+
+
+def main():
+    """The ``ffspace`` command (console script and ``python -m ffspace.cli``): process settings, then the app."""
     from ..runtime import keep_freed_memory
 
     keep_freed_memory()  # large systems run about 2x faster on glibc (ffspace/runtime.py says why)
-    sys.exit(app())
+    app(prog_name="ffspace")

@@ -13,18 +13,20 @@ from .structure import Structure
 class Dataset(Sequence):
     """A list of `Structure` with a name (usually the file it came from)."""
 
-    def __init__(self, structures: Iterable[Structure], name: str = "dataset"):
+    def __init__(self, structures: Iterable[Structure], name: str = "dataset", label_fields: dict | None = None):
         self.structures = list(structures)
         self.name = name
+        # The file's names of the energy and forces labels (for messages about them); empty: "energy", "forces".
+        self.label_fields = dict(label_fields or {})
 
     def __len__(self) -> int:
         return len(self.structures)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Dataset(self.structures[index], self.name)
+            return Dataset(self.structures[index], self.name, self.label_fields)
         if isinstance(index, (list, np.ndarray)):
-            return Dataset([self.structures[int(k)] for k in index], self.name)
+            return Dataset([self.structures[int(k)] for k in index], self.name, self.label_fields)
         return self.structures[index]
 
     def __add__(self, other: "Dataset") -> "Dataset":

@@ -97,7 +97,7 @@ def read_extxyz(path, energy_key: str | None = "REF_energy", forces_key: str | N
                                      cell=np.array(atoms.cell) * l_f, pbc=atoms.pbc, energy=energy,
                                      forces=forces, stress=stress, info=dict(atoms.info),
                                      source=str(path), frame=k))
-    return Dataset(structures, name=str(path))
+    return Dataset(structures, name=str(path), label_fields={"energy": energy_key, "forces": forces_key})
 
 
 _NPZ_LAYOUTS = {
@@ -157,7 +157,7 @@ def read_md17_npz(path, energy_unit: str = "kcal/mol", labels: str = "new") -> D
              "forces": layout["forces"]}
     structures = [_structure(names, numbers=numbers, positions=coords[k], energy=energies[k] * f,
                              forces=forces[k] * f, source=str(path), frame=k) for k in range(n)]
-    return Dataset(structures, name=str(path))
+    return Dataset(structures, name=str(path), label_fields={"energy": layout["energy"], "forces": layout["forces"]})
 
 
 def read_deepmd(path) -> Dataset:
@@ -177,8 +177,7 @@ def read_deepmd(path) -> Dataset:
         out = Dataset([], name=str(path))
         for sysdir in systems:
             out = out + read_deepmd(sysdir)
-        out.name = str(path)
-        return out
+        return Dataset(out.structures, name=str(path), label_fields={"energy": "energy.npy", "forces": "force.npy"})
     types = np.loadtxt(path / "type.raw", dtype=np.int64, ndmin=1)
     type_map_file = path / "type_map.raw"
     if not type_map_file.exists():
@@ -247,7 +246,7 @@ def read_deepmd(path) -> Dataset:
                                          stress=stress, source=str(setdir), frame=k))
     if not structures:
         raise DataError("no set.* folders with frames", file=str(path))
-    return Dataset(structures, name=str(path))
+    return Dataset(structures, name=str(path), label_fields={"energy": "energy.npy", "forces": "force.npy"})
 
 
 def read_ase_db(path, energy_key: str = "energy", forces_key: str = "forces", stress_key: str | None = None,
@@ -282,7 +281,7 @@ def read_ase_db(path, energy_key: str = "energy", forces_key: str = "forces", st
             forces=None if labels["forces"] is None else np.asarray(labels["forces"], float).reshape(-1, 3) * f,
             stress=None if labels["stress"] is None else np.asarray(labels["stress"], float) * f,
             source=str(path), frame=k))
-    return Dataset(structures, name=str(path))
+    return Dataset(structures, name=str(path), label_fields={"energy": energy_key, "forces": forces_key})
 
 
 FORMATS = {"extxyz": read_extxyz, "md17": read_md17_npz, "deepmd": read_deepmd, "ase-db": read_ase_db}
@@ -324,6 +323,7 @@ def read_dataset(path, format: str | None = None, **options) -> Dataset:
     import inspect
 
     path = os.fspath(path)
+    unit_check = options.pop("unit_check", None) or "error"
     fmt = format or guess_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; known: {sorted(FORMATS)}", file=path)
@@ -334,4 +334,11 @@ def read_dataset(path, format: str | None = None, **options) -> Dataset:
     if unusable:
         raise DataError(f"option(s) {unusable} do not apply to the {fmt} format (it takes {sorted(accepted)})",
                         file=path)
-    return reader(path, **options).require_nonempty()
+    dataset = reader(path, **options).require_nonempty()
+    if unit_check != "off":
+        from .label_check import check_labels
+
+        defaults = {k: p.default for k, p in inspect.signature(reader).parameters.items()}
+        unit = options.get("energy_unit", defaults.get("energy_unit", "eV"))
+        check_labels(dataset, energy_unit=unit, mode=unit_check)
+    return dataset

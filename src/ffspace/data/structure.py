@@ -84,6 +84,11 @@ class Structure:
                 raise self._error(f"stress has shape {self.stress.shape}, expected (3, 3) or Voigt (6,)", "stress")
             if not np.isfinite(self.stress).all():
                 raise self._error("non-finite stress", "stress")
+        if "charge" in self.info:
+            charge = self.info["charge"]
+            if isinstance(charge, bool) or not isinstance(charge, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(charge):
+                raise self._error(f"total charge {charge!r} is not a finite number (elementary charges)", "charge")
         self._check_overlaps(min_distance)
 
     def _check_overlaps(self, min_distance: float) -> None:
@@ -133,9 +138,17 @@ class Structure:
 
     @classmethod
     def from_ase(cls, atoms, *, energy=None, forces=None, stress=None, info=None, source=None, frame=None):
+        """A `Structure` of an ASE ``Atoms``. ``info`` defaults to a copy of ``atoms.info``; the total charge is
+        ``atoms.info["charge"]`` or, when that is absent, the sum of the atoms' initial charges (ASE's two
+        conventions), so charge-aware models see a charged molecule as charged."""
+        info = dict(atoms.info if info is None else info)
+        if "charge" not in info:
+            charge = total_charge(atoms)
+            if charge:
+                info["charge"] = charge
         return cls(numbers=atoms.numbers, positions=atoms.positions, cell=np.array(atoms.cell),
                    pbc=atoms.pbc, energy=energy, forces=forces, stress=stress,
-                   info=dict(info or {}), source=source, frame=frame)
+                   info=info, source=source, frame=frame)
 
     def copy(self, **changes) -> "Structure":
         values = dict(numbers=self.numbers.copy(), positions=self.positions.copy(), cell=self.cell.copy(),
@@ -145,6 +158,15 @@ class Structure:
                       info=dict(self.info), source=self.source, frame=self.frame)
         values.update(changes)
         return Structure(**values)
+
+
+def total_charge(atoms) -> float:
+    """An ASE ``Atoms``' total charge: ``info["charge"]``, else the sum of its initial charges (0 when neither)."""
+    if "charge" in atoms.info:
+        return atoms.info["charge"]
+    if atoms.has("initial_charges"):
+        return float(np.round(atoms.get_initial_charges().sum(), 9))
+    return 0.0
 
 
 def voigt_to_matrix(s: np.ndarray) -> np.ndarray:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from ..data.structure import Structure, matrix_to_voigt
+from ..data.structure import Structure, matrix_to_voigt, total_charge
 from ..potential import Potential
 
 
@@ -24,8 +23,16 @@ class FFSpaceCalculator(Calculator):
         if potential is None:
             if model_path is None:
                 raise ValueError("give model_path or potential")
-            potential = Potential.load(model_path, dtype=getattr(torch, dtype), device=device)
+            potential = Potential.load(model_path, dtype=dtype, device=device)
         self.potential = potential
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus the total charge (``atoms.info["charge"]`` or the initial charges' sum), which ASE's
+        own comparison does not look at: a charge-aware model must recompute when only the charge changed."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and total_charge(atoms) != total_charge(self.atoms) and "charge" not in changes:
+            changes.append("charge")
+        return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ..outputs import atomic_path
 
 
 def fingerprint(structure, potential, settings: dict) -> str:
@@ -29,14 +30,10 @@ def save(path: Path, key: str, state, integrator, verlet) -> None:
     rng_state = json.dumps(integrator.rng.bit_generator.state) if hasattr(integrator, "rng") else ""
     i, j, shifts = verlet.pairs
     ref_pos, ref_cell = verlet._ref
-    tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, key=key, positions=state.positions, velocities=state.velocities, forces=state.forces,
+    with atomic_path(path) as tmp:
+        np.savez(tmp, key=key, positions=state.positions, velocities=state.velocities, forces=state.forces,
                  energy=state.energy, step=state.step, time_fs=state.time_fs, rng=rng_state, pair_i=i, pair_j=j,
                  pair_shifts=shifts, verlet_positions=ref_pos, verlet_cell=ref_cell, verlet_builds=verlet.n_builds)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def load(path: Path, key: str, state, integrator, verlet) -> bool:

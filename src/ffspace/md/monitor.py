@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.bonds import bond_lengths, covalent_bonds
 from ..errors import MDBlowUpError, MDUncertaintyStop
 
 
 class BlowUpMonitor:
     """Checks every step: finite energy and forces, |F| below ``max_force`` (eV/Å), no pair closer
-    than ``min_distance`` (Å), and no atom farther than ``max_displacement`` (Å) from where it started
-    (for isolated molecules: a fragment flying off)."""
+    than ``min_distance`` (Å), no covalent bond of the start structure stretched or compressed by more than
+    ``bond_tolerance`` (Å; the bench's stability rule: a molecule that flew apart or a broken bond is not a
+    completed run; None switches it off, e.g. for reactive MD), and no atom farther than ``max_displacement``
+    (Å) from where it started."""
 
-    def __init__(self, max_force: float = 50.0, min_distance: float = 0.5, max_displacement: float | None = None):
+    def __init__(self, max_force: float = 50.0, min_distance: float = 0.5, max_displacement: float | None = None,
+                 bond_tolerance: float | None = 0.5):
         self.max_force, self.min_distance, self.max_displacement = max_force, min_distance, max_displacement
+        self.bond_tolerance = bond_tolerance
         self.start = None
+        self.bonds = self.bond_start = None
 
     def check(self, state, pairs=None) -> None:
         def fail(reason, atoms, **extra):
@@ -27,6 +33,10 @@ class BlowUpMonitor:
 
         if self.start is None:
             self.start = state.positions.copy()
+            if self.bond_tolerance is not None:
+                cell = state.cell if state.pbc.any() else None
+                self.bonds = covalent_bonds(state.numbers, state.positions, cell, state.pbc)
+                self.bond_start = bond_lengths(state.positions, self.bonds, cell)
         if state.energy is None or not np.isfinite(state.energy):
             fail(f"non-finite potential energy ({state.energy})", [])
         finite = np.isfinite(state.forces).all(axis=1) & np.isfinite(state.positions).all(axis=1)
@@ -45,6 +55,17 @@ class BlowUpMonitor:
             if d[k] < self.min_distance:
                 fail(f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart (< {self.min_distance} Å)",
                      [i[k], j[k]], distance_A=float(d[k]))
+        if self.bonds is not None and len(self.bonds[0]):
+            d = bond_lengths(state.positions, self.bonds, state.cell if state.pbc.any() else None)
+            change = np.abs(d - self.bond_start)
+            b = int(np.argmax(change))
+            if change[b] > self.bond_tolerance:
+                i, j = int(self.bonds[0][b]), int(self.bonds[1][b])
+                kind = "stretched" if d[b] > self.bond_start[b] else "compressed"
+                fail(f"bond {i}-{j} {kind} from {self.bond_start[b]:.2f} to {d[b]:.2f} Å (more than "
+                     f"{self.bond_tolerance} Å: the molecule is flying apart or reacting; set bond_tolerance=None "
+                     "(md.bond_tolerance=null) for reactive MD)", [i, j], start_length_A=float(self.bond_start[b]),
+                     length_A=float(d[b]))
         if self.max_displacement is not None:
             disp = np.linalg.norm(state.positions - self.start, axis=1)
             if disp.max() > self.max_displacement:

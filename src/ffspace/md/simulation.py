@@ -1,25 +1,23 @@
-"""The MD loop: forces from a `Potential` through a Verlet list, reporters, and the blow-up monitor."""
+"""The MD loop: forces from a `Potential` through a Verlet list, the integrator, and the blow-up monitor
+(files and resume: `ffspace.md.output`)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.structure import Structure
-from ..data.writers import write_extxyz
-from ..errors import MDBlowUpError, MDUncertaintyStop
+from ..errors import ConfigError, MDBlowUpError, MDUncertaintyStop
 from ..graph.batch import collate, graph_of
 from ..graph.neighbors import VerletList
+from ..progress import progress as progress_bar
 from . import checkpoint
+from .config import check_run_settings
 from .integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
 from .monitor import BlowUpMonitor
+from .output import MDOutput, thermo_columns
 
 
 class PotentialForces:
@@ -66,58 +64,56 @@ class MDResult:
 def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5, ensemble: str = "nve",
            temperature: float = 300.0, friction: float = 0.01, seed: int = 0, init_temperature: float | None = None,
            out_dir=None, traj_interval: int = 10, thermo_interval: int = 1, skin: float = 1.0,
-           monitor: BlowUpMonitor | None = None, progress: bool = False, checkpoint_interval: int = 500) -> MDResult:
-    """Run MD from ``structure``. Writes ``trajectory.extxyz``, ``thermo.csv`` (and ``blowup.json`` if it
-    blows up) to ``out_dir`` when given. Velocities start from Maxwell–Boltzmann at ``init_temperature``
-    (default: ``temperature``). With ``out_dir``, the state is checkpointed every ``checkpoint_interval``
-    steps and a rerun with the same settings resumes from the last checkpoint."""
+           monitor: BlowUpMonitor | None = None, progress: bool = False, checkpoint_interval: int = 500,
+           max_force: float = 50.0, min_distance: float = 0.5, bond_tolerance: float | None = 0.5,
+           owner: str | None = None, overwrite: bool = False) -> MDResult:
+    """Run MD from ``structure``; the settings are checked as `MDRunSettings` (a `ConfigError` names a bad one).
+
+    Velocities start from Maxwell–Boltzmann at ``init_temperature`` (default: ``temperature``). The run stops
+    as ``blown_up`` when it leaves physical territory: non-finite values, a force above ``max_force`` (eV/Å), two
+    atoms closer than ``min_distance`` (Å), a covalent bond of the start changed by more than ``bond_tolerance``
+    (Å; None for reactive MD); a ``monitor`` given replaces these limits with its own. With ``out_dir``, writes
+    ``trajectory.extxyz``, ``thermo.csv`` (and ``blowup.json`` when it blew up), checkpoints every
+    ``checkpoint_interval`` steps, and a rerun with the same settings resumes from the last checkpoint. The folder
+    must be new or this run's: ``owner`` names the run (default: the model's weights and the start structure),
+    ``overwrite`` replaces another run's MD there.
+    """
+    check_run_settings(steps=steps, timestep_fs=timestep_fs, ensemble=ensemble, temperature=temperature,
+                       init_temperature=init_temperature, friction=friction, seed=seed, traj_interval=traj_interval,
+                       thermo_interval=thermo_interval, checkpoint_interval=checkpoint_interval, skin=skin,
+                       max_force=max_force, min_distance=min_distance, bond_tolerance=bond_tolerance)
+    if not isinstance(structure, Structure):
+        raise ConfigError(f"run_md needs an ffspace Structure as the start, got {type(structure).__name__} "
+                          "(Structure.from_ase converts an ASE Atoms)")
+    potential.check_elements([structure])
     rng = np.random.default_rng(seed)
     state = MDState(structure)
-    t0 = temperature if init_temperature is None else init_temperature
-    state.velocities = maxwell_boltzmann(state.masses, t0, rng)
-    if ensemble == "nve":
-        integrator = VelocityVerlet(timestep_fs)
-    elif ensemble == "nvt":
-        integrator = Langevin(timestep_fs, temperature, friction, seed=seed + 1)
-    else:
-        raise ValueError(f"ensemble must be 'nve' or 'nvt', not {ensemble!r}")
-    potential.check_elements([structure])
+    state.velocities = maxwell_boltzmann(state.masses, temperature if init_temperature is None else init_temperature,
+                                         rng)
+    integrator = VelocityVerlet(timestep_fs) if ensemble == "nve" else \
+        Langevin(timestep_fs, temperature, friction, seed=seed + 1)
     forces = PotentialForces(potential, state, skin)
-    monitor = monitor or BlowUpMonitor()
-    out_dir = Path(out_dir) if out_dir is not None else None
-    traj_path = thermo_file = writer = ckpt_path = None
-    rows = []
-    resumed = False
+    monitor = monitor or BlowUpMonitor(max_force, min_distance, bond_tolerance=bond_tolerance)
+    output, rows = None, []
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        traj_path, ckpt_path = out_dir / "trajectory.extxyz", out_dir / "md_checkpoint.npz"
-        key = checkpoint.fingerprint(structure, potential, dict(
-            timestep_fs=timestep_fs, ensemble=ensemble, temperature=temperature, friction=friction, seed=seed,
-            init_temperature=init_temperature, traj_interval=traj_interval, thermo_interval=thermo_interval,
-            skin=skin, dtype=str(potential.dtype)))
-        resumed = checkpoint_interval > 0 and checkpoint.load(ckpt_path, key, state, integrator, forces.verlet)
-        if resumed:
-            forces.pairs = forces.verlet.pairs
-            rows = _truncate_outputs(out_dir, state.step)
-            print(f"resuming MD in {out_dir} from step {state.step}", file=sys.stderr)
-        else:
-            traj_path.unlink(missing_ok=True)
-        thermo_file = open(out_dir / "thermo.csv", "a" if resumed else "w", newline="")
-        writer = csv.writer(thermo_file)
-        if not resumed:
-            writer.writerow(THERMO_COLUMNS)
+        settings = dict(timestep_fs=timestep_fs, ensemble=ensemble, temperature=temperature, friction=friction,
+                        seed=seed, init_temperature=init_temperature, traj_interval=traj_interval,
+                        thermo_interval=thermo_interval, skin=skin, dtype=str(potential.dtype))
+        output = MDOutput(out_dir, checkpoint.fingerprint(structure, potential, settings),
+                          owner or checkpoint.fingerprint(structure, potential, {}), traj_interval, checkpoint_interval,
+                          overwrite)
+        kept = output.resume(state, integrator, forces.verlet)
+        if kept is not None:
+            forces.pairs, rows = forces.verlet.pairs, kept
+        output.open(resumed=kept is not None)
+    resumed = bool(rows)
 
     def record():
         ekin = state.kinetic_energy()
         row = [state.step, state.time_fs, state.energy, ekin, state.energy + ekin, state.temperature()]
         rows.append(row)
-        if writer:
-            writer.writerow([f"{x:.10g}" for x in row])
-        if traj_path is not None and state.step % traj_interval == 0:
-            frame = Structure(numbers=state.numbers, positions=state.positions, cell=state.cell, pbc=state.pbc,
-                              energy=state.energy, forces=state.forces, info={"step": state.step,
-                                                                              "time_fs": state.time_fs})
-            write_extxyz(traj_path, [frame], energy_key="ffspace_energy", forces_key="ffspace_forces", append=True)
+        if output:
+            output.record(state, row)
 
     status, report = "completed", None
     try:
@@ -125,8 +121,7 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
             state.energy, state.forces = forces(state.positions)
             monitor.check(state, forces.pairs)
             record()
-        bar = tqdm(total=steps, initial=state.step, desc=f"MD {ensemble}", disable=not progress, file=sys.stderr,
-                   leave=False)
+        bar = progress_bar(total=steps, initial=state.step, desc=f"MD {ensemble}", unit="step", enabled=progress)
         while state.step < steps:
             integrator.step(state, forces)
             state.step += 1
@@ -134,59 +129,21 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
             monitor.check(state, forces.pairs)
             if state.step % thermo_interval == 0:
                 record()
-            if ckpt_path is not None and checkpoint_interval > 0 and state.step % checkpoint_interval == 0:
-                thermo_file.flush()
-                os.fsync(thermo_file.fileno())
-                checkpoint.save(ckpt_path, key, state, integrator, forces.verlet)
+            if output:
+                output.step_done(state, integrator, forces.verlet)
             bar.update(1)
         bar.close()
     except MDBlowUpError as exc:
         uncertain = isinstance(exc, MDUncertaintyStop)
         status, report = ("uncertain" if uncertain else "blown_up"), exc.report
         print(f"\n{exc}", file=sys.stderr)
-        if out_dir is not None:
-            (out_dir / ("uncertain.json" if uncertain else "blowup.json")).write_text(json.dumps(report, indent=2))
+        if output:
+            output.stopped(report, uncertain)
     finally:
-        if thermo_file:
-            thermo_file.close()
-    cols = np.array(rows, dtype=float).reshape(-1, 6)
-    thermo = {name: cols[:, k] for k, name in enumerate(THERMO_COLUMNS)}
+        if output:
+            output.close()
+    thermo = thermo_columns(rows)
     thermo["n_atoms"] = state.n_atoms
     final = Structure(numbers=state.numbers, positions=state.positions, cell=state.cell, pbc=state.pbc) \
         if status == "completed" else None
     return MDResult(status=status, steps=state.step, thermo=thermo, report=report, final=final)
-
-
-THERMO_COLUMNS = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
-
-
-def _truncate_outputs(out_dir: Path, step: int) -> list:
-    """Drop what a killed run wrote after its last checkpoint; return the thermo rows kept."""
-    thermo = out_dir / "thermo.csv"
-    rows = []
-    if thermo.exists():
-        with open(thermo, newline="") as f:
-            reader = csv.reader(f)
-            next(reader, None)
-            for r in reader:
-                if len(r) == 6 and int(float(r[0])) <= step:
-                    rows.append([float(x) for x in r])
-    with open(thermo, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(THERMO_COLUMNS)
-        for r in rows:
-            w.writerow([f"{x:.10g}" for x in r])
-    traj = out_dir / "trajectory.extxyz"
-    if traj.exists():
-        import ase.io
-
-        frames = []
-        try:
-            for a in ase.io.iread(traj, format="extxyz"):
-                if int(a.info.get("step", -1)) > step:
-                    break
-                frames.append(a)
-        except Exception:  # noqa: BLE001 - a frame torn by the kill ends the readable part
-            pass
-        ase.io.write(traj, frames, format="extxyz")
-    return rows

@@ -47,6 +47,34 @@ class FFModel(nn.Module):
         raise NotImplementedError
 
 
+# The ranges of the settings families share, checked by `build_model` for every family: ``layers=0`` would
+# train a model whose forces are all zero, ``features=0`` fail deep inside torch.
+POSITIVE_INTS = {"features", "layers", "channels", "n_rbf", "n_radial", "n_angular_shifts", "radial_hidden",
+                 "correlation", "max_degree"}
+NON_NEGATIVE_INTS = {"lmax", "hidden_lmax"}
+POSITIVE_FLOATS = {"cutoff", "angular_cutoff", "radial_eta", "angular_eta", "avg_neighbors", "bond_scale",
+                   "switch_width", "energy_scale", "covalent_scale"}
+
+
+def check_settings(family: str, config: dict) -> None:
+    """A `ConfigError` naming the first setting of ``config`` outside its range."""
+    import math
+
+    for key, value in config.items():
+        where = f"model family {family!r}: {key}={value!r}"
+        if key in POSITIVE_INTS | NON_NEGATIVE_INTS:
+            low = 1 if key in POSITIVE_INTS else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{where} must be a whole number ≥ {low}")
+        elif key in POSITIVE_FLOATS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ConfigError(f"{where} must be a finite number > 0")
+        elif key == "hidden" and (not isinstance(value, (list, tuple)) or not value
+                                  or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value)):
+            raise ConfigError(f"{where} must be a list of layer widths ≥ 1")
+
+
 def build_model(config: dict) -> FFModel:
     """Rebuild a model from ``{"family": name, **kwargs}`` (what `get_config` returns)."""
     config = dict(config)
@@ -60,6 +88,7 @@ def build_model(config: dict) -> FFModel:
     if unknown:
         raise ConfigError(f"model family {family!r} has no setting(s) {unknown}; it takes {sorted(accepted)} "
                           f"(a base config written for another family may carry them: override or drop them)")
+    check_settings(family, config)
     try:
         return MODEL_REGISTRY[family](**config)
     except TypeError as exc:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import units
+from ..errors import ConfigError
 from .base import FFModel, register
 
 
@@ -49,6 +50,16 @@ class D4Dispersion(FFModel):
 
     def __init__(self, elements=(), method: str = "pbe"):
         super().__init__()
+        try:  # an unknown functional is a settings error now, not a failure in the first force call
+            from dftd4.interface import DampingParam
+
+            DampingParam(method=str(method))
+        except ImportError:
+            raise ConfigError("the D4 dispersion prior needs the dftd4 package: pip install 'ffspace[dispersion]'") \
+                from None
+        except RuntimeError as exc:
+            raise ConfigError(f"dispersion={method!r}: dftd4 has no damping parameters for it ({exc}); give the "
+                              "functional of your reference data, e.g. pbe, b3lyp, wb97x") from None
         self.config = dict(elements=sorted(int(z) for z in elements), method=str(method))
         self._init_elements(elements)
         self.method = str(method)

@@ -24,6 +24,19 @@ def conserve_charge(raw: torch.Tensor, graph_index: torch.Tensor, n_atoms: torch
     return raw - (excess / n_atoms.to(raw.dtype))[graph_index]
 
 
+def conserve_charge_per_molecule(raw: torch.Tensor, graph_index: torch.Tensor, n_atoms: torch.Tensor,
+                                 total: torch.Tensor, molecule: torch.Tensor) -> torch.Tensor:
+    """`conserve_charge` for each molecule (``molecule``: (N,) connected-component index) instead of each structure:
+    a molecule of a structure of total charge Q holds Q × its share of the structure's atoms, so the molecules of a
+    neutral structure are each neutral. Charges then do not depend on what else is in the structure, and far-apart
+    molecules add up (the physics suite's additivity check)."""
+    n_mol = int(molecule.max()) + 1 if molecule.numel() else 0
+    mol_atoms = torch.bincount(molecule, minlength=n_mol)
+    mol_graph = torch.zeros(n_mol, dtype=torch.long, device=raw.device).scatter_(0, molecule, graph_index)
+    mol_total = total[mol_graph] * mol_atoms.to(raw.dtype) / n_atoms[mol_graph].to(raw.dtype)
+    return conserve_charge(raw, molecule, mol_atoms, mol_total)
+
+
 def coulomb_energies(batch, charges: torch.Tensor, accuracy: float = 1e-6, real_cutoff: float | None = None):
     """Per-atom electrostatic energies (eV) of point charges: direct sum in molecules, Ewald in periodic cells."""
     out = charges.new_zeros(charges.shape[0])

@@ -26,9 +26,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import mm_terms
+from ..data.bonds import bond_reach
 from .base import FFModel, register, scatter_sum
-from .electrostatics import conserve_charge
-from .topology import BREAK_SCALE, MolecularTopology, find_bonds, same_tensor as _same, topology_from_bonds
+from .electrostatics import conserve_charge_per_molecule
+from .topology import (BREAK_SCALE, MolecularTopology, find_bonds, molecule_index, same_tensor as _same,
+                       topology_from_bonds)
 
 MAX_DEGREE = 6
 TETRAHEDRAL = math.radians(109.47)
@@ -79,8 +81,8 @@ class _AssignmentCache:
             return False  # a new bond formed
         with torch.no_grad():
             r = torch.linalg.norm(batch.positions[held[:, 1]] - batch.positions[held[:, 0]], dim=-1)
-            radii = model.covalent.to(r.dtype)[batch.numbers]
-            return bool((r < BREAK_SCALE * (radii[held[:, 0]] + radii[held[:, 1]])).all())
+            reach = bond_reach(batch.numbers[held[:, 0]], batch.numbers[held[:, 1]], BREAK_SCALE).to(r.dtype)
+            return bool((r < reach).all())
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, zero_last: bool = True) -> nn.Sequential:
@@ -184,7 +186,8 @@ class GraphMM(FFModel):
         out = self.atom_head(h)
         p["improper_k"] = _positive(out[topo.improper_centre, 0], IMPROPER_K) / 6.0  # shared by six orderings
         total = batch.total_charge.to(dtype) if batch.total_charge is not None else h.new_zeros(batch.n_graphs)
-        p["charge"] = conserve_charge(CHARGE * out[:, 1], batch.graph_index, batch.n_atoms, total)
+        p["charge"] = conserve_charge_per_molecule(CHARGE * out[:, 1], batch.graph_index, batch.n_atoms, total,
+                                                   molecule_index(topo.bonds, h.shape[0]))
         p["sigma"] = self.sigma0.to(dtype)[batch.numbers] * torch.exp(0.2 * torch.tanh(out[:, 2]))
         p["sqrt_epsilon"] = _positive(out[:, 3], math.sqrt(LJ_EPS))
         p["atom_energy"] = ATOM_ENERGY * out[:, 4]  # a constant per topology (group-additivity term)

@@ -19,10 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import units
+from ..data.bonds import bond_reach
 from .base import FFModel, register, scatter_sum
-from .electrostatics import conserve_charge
+from .electrostatics import conserve_charge_per_molecule
 from .radial import smoothstep_switch
-from .topology import BREAK_SCALE, MAX_NEIGHBOURS, neighbour_table, same_tensor
+from .topology import BREAK_SCALE, MAX_NEIGHBOURS, molecule_index, neighbour_table, same_tensor
 
 
 
@@ -81,7 +82,6 @@ class ClassicalMM(FFModel):
         radius = torch.tensor(covalent_radii, dtype=torch.float64)[z].repeat_interleave(max_degree + 1)
         vdw = torch.tensor(vdw_radii, dtype=torch.float64)[z]
         vdw = torch.where(torch.isfinite(vdw), vdw, 1.8 * torch.ones_like(vdw)).repeat_interleave(max_degree + 1)
-        self.register_buffer("covalent", torch.tensor(covalent_radii, dtype=torch.float64), persistent=False)
         # Starting values chosen to be physical, so fitting starts from a sane force field.
         r0 = (radius[:, None] + radius[None, :]).reshape(-1)
         self.bond_r0 = nn.Parameter(r0.clone().float())
@@ -107,7 +107,7 @@ class ClassicalMM(FFModel):
         that way. Training sees each frame's own perception, so a fit never depends on the batch order."""
         i, j = batch.edge_index
         n = batch.numbers.shape[0]
-        reach = (self.covalent[batch.numbers[i]] + self.covalent[batch.numbers[j]]).to(r.dtype)
+        reach = bond_reach(batch.numbers[i], batch.numbers[j], 1.0).to(r.dtype)
         bonded = r.detach() < self.bond_scale * reach
         if not self.training:
             bonded = self._with_held_bonds(batch, i * n + j, r.detach(), reach, bonded)
@@ -210,14 +210,15 @@ class ClassicalMM(FFModel):
         r_safe = torch.where(keep, r, torch.ones_like(r))
         x6 = (sigma / r_safe) ** 6
         lj = 4 * eps * (x6**2 - x6) * scale_lj
-        q = self.charges(batch, t)
+        q = self.charges(batch, t, i[is12 & (i < j)], j[is12 & (i < j)])
         coul = units.COULOMB_EV_A * q[i] * q[j] / r_safe * scale_q
         pair = torch.where(keep, (lj + coul) * switch, torch.zeros_like(r))
         energy = energy + scatter_sum(0.5 * pair, i, n)
         return energy
 
-    def charges(self, batch, types) -> torch.Tensor:
-        total = batch.total_charge if batch.total_charge is not None else None
+    def charges(self, batch, types, bond_i, bond_j) -> torch.Tensor:
+        """Type charges made to sum to the structure's total charge, molecule by molecule (bonds i–j)."""
         raw = self.charge[types]
-        total = total.to(raw.dtype) if total is not None else raw.new_zeros(batch.n_graphs)
-        return conserve_charge(raw, batch.graph_index, batch.n_atoms, total)
+        total = batch.total_charge.to(raw.dtype) if batch.total_charge is not None else raw.new_zeros(batch.n_graphs)
+        molecule = molecule_index(torch.stack([bond_i, bond_j], 1), raw.shape[0])
+        return conserve_charge_per_molecule(raw, batch.graph_index, batch.n_atoms, total, molecule)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from itertools import permutations
 
 import torch
-from ase.data import covalent_radii
+
+from ..data.bonds import bond_reach
 
 MAX_NEIGHBOURS = 6
 # The six orderings of an improper centre's three neighbours: summing over all of them makes the
@@ -52,8 +53,7 @@ def find_bonds(batch, bond_scale: float = 1.2) -> torch.Tensor:
     i, j = batch.edge_index
     with torch.no_grad():
         r = torch.linalg.norm(batch.edge_vectors(), dim=-1)
-        radii = torch.as_tensor(covalent_radii, dtype=r.dtype, device=r.device)[batch.numbers]
-        is_bond = (r < bond_scale * (radii[i] + radii[j])) & (i < j)
+        is_bond = (r < bond_reach(batch.numbers[i], batch.numbers[j], bond_scale).to(r.dtype)) & (i < j)
     if bool((batch.shifts[is_bond] != 0).any()) if batch.shifts.shape[0] else False:
         raise ValueError("a bond crosses a periodic boundary: molecular topologies need whole molecules")
     return torch.stack([i[is_bond], j[is_bond]], 1)
@@ -139,6 +139,20 @@ def _unique_pairs(pairs: torch.Tensor, n: int) -> torch.Tensor:
     lo, hi = torch.minimum(pairs[:, 0], pairs[:, 1]), torch.maximum(pairs[:, 0], pairs[:, 1])
     key = torch.unique(lo * n + hi)
     return torch.stack([key // n, key % n], 1)
+
+
+def molecule_index(bonds: torch.Tensor, n: int) -> torch.Tensor:
+    """(N,) the molecule (connected component of the bond graph) each of ``n`` atoms belongs to, numbered 0…M−1,
+    from undirected ``bonds`` (B, 2): label propagation with pointer jumping, a few passes for molecules."""
+    src = torch.cat([bonds[:, 0], bonds[:, 1]])
+    dst = torch.cat([bonds[:, 1], bonds[:, 0]])
+    label = torch.arange(n, device=bonds.device)
+    while True:
+        new = label.scatter_reduce(0, src, label[dst], reduce="amin")
+        new = new[new]
+        if torch.equal(new, label):
+            return torch.unique(label, return_inverse=True)[1]
+        label = new
 
 
 def same_tensor(a, b) -> bool:

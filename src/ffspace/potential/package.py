@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ModelPackageError
 from ..models.base import build_model
+from ..outputs import atomic_write
 
 FORMAT = "ffspace-model"
 FORMAT_VERSION = 1
@@ -41,10 +42,9 @@ def _reference_energies(config: dict) -> dict:
 
 def save_package(path, model, extra: dict | None = None) -> Path:
     """Write ``model`` to ``path`` (``.safetensors``) atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = model.get_config()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config,
             "elements": list(model.elements), "cutoff": float(model.cutoff),
@@ -54,10 +54,8 @@ def save_package(path, model, extra: dict | None = None) -> Path:
             "frozen": [name for name, p in model.named_parameters() if not p.requires_grad],
             "extra": extra or {}}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"ffspace": json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    # Serialised here and written by `atomic_write`: safetensors' own writer would make the file 0600.
+    return atomic_write(path, save(tensors, metadata={"ffspace": json.dumps(meta)}))
 
 
 def read_metadata(path) -> dict:
@@ -90,23 +88,31 @@ def read_metadata(path) -> dict:
     return meta
 
 
-def load_package(path, dtype: torch.dtype | None = None):
-    """Return ``(model, metadata)``; raises `ModelPackageError` on any corruption. With ``dtype``, the model is
-    built in that dtype before the weights go in (float64 weights then arrive exactly). Parameters saved as
-    frozen come back frozen."""
+def load_package(path, dtype: torch.dtype | str | None = None):
+    """Return ``(model, metadata)``; raises `ModelPackageError` on any corruption. The model is built in ``dtype``
+    (default: the dtype its weights were saved in) before the weights go in, so they arrive exactly: a float64
+    package is never rounded through float32. Parameters saved as frozen come back frozen."""
     from safetensors.torch import load_file
 
+    from .potential import torch_dtype
+
     meta = read_metadata(path)
-    try:
-        model = build_model(meta["model"])
-    except Exception as exc:
-        raise ModelPackageError(f"model package {path}: cannot rebuild the model from its config: {exc}") from None
-    if dtype is not None:
-        model = model.to(dtype)
     try:
         tensors = load_file(str(path))
     except Exception as exc:
         raise ModelPackageError(f"model package {path}: cannot read the weights (corrupt or truncated): {exc}") from None
+    try:
+        model = build_model(meta["model"])
+    except Exception as exc:
+        raise ModelPackageError(f"model package {path}: cannot rebuild the model from its config: {exc}") from None
+    if dtype is None:
+        # The widest float dtype among the saved parameters (buffers such as reference-energy tables are
+        # float64 in every package).
+        params = {name for name, _ in model.named_parameters()}
+        saved = {t.dtype for name, t in tensors.items() if name in params and t.is_floating_point()}
+        dtype = torch.float64 if torch.float64 in saved else None
+    if dtype is not None:
+        model = model.to(torch_dtype(dtype))
     try:
         model.load_state_dict(tensors, strict=True)
     except Exception as exc:

@@ -8,8 +8,39 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..graph.batch import Batch, collate, graph_of
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """``"float32"``/``"float64"`` (or the torch dtype itself) as a torch dtype: the one map of dtype names."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def torch_device(device) -> torch.device:
+    """A torch device that exists on this machine; a clear `ConfigError` otherwise (e.g. cuda without a GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a device torch knows ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available here (this torch "
+                              f"{torch.__version__} {'has no CUDA support' if torch.version.cuda is None else 'finds no GPU'}); "
+                              "use device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r}: Apple MPS is not available here; use device=cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: ffspace runs on cpu, cuda or mps")
+    return dev
 
 
 class Potential:
@@ -19,8 +50,9 @@ class Potential:
     is cast there. Stress follows ASE: σ = (1/V) ∂E/∂ε, cell vectors as rows.
     """
 
-    def __init__(self, model, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        self.dtype, self.device = dtype, torch.device(device)
+    def __init__(self, model, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
+        dtype = torch_dtype(dtype)
+        self.dtype, self.device = dtype, torch_device(device)
         # nn.Module.to works in place: convert a copy when needed, so a model held elsewhere (or by
         # another Potential in another dtype) is never changed under its owner's feet.
         params = list(model.parameters())
@@ -116,11 +148,12 @@ class Potential:
         return out
 
     @classmethod
-    def load(cls, path, dtype: torch.dtype = torch.float32, device="cpu") -> "Potential":
-        """Load a model package (safetensors + JSON; no code is executed)."""
+    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu") -> "Potential":
+        """Load a model package (safetensors + JSON; no code is executed). The weights go straight into a model
+        of ``dtype``: a float64 package loaded as float64 is exact."""
         from .package import load_package
 
-        model, _ = load_package(path)
+        model, _ = load_package(path, dtype=torch_dtype(dtype))
         return cls(model, dtype=dtype, device=device)
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class InputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     smiles: list[str] | str | None = Field(None, description="one or more SMILES (RDKit conformers)")
     file: str | None = Field(None, description="structure file (xyz, extxyz, pdb, sdf): every frame is a start")
@@ -24,7 +24,7 @@ class InputConfig(BaseModel):
 
 
 class SamplerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["md", "normal_modes", "rattle", "torsion_scan", "dimers", "none"] = "md"
     n_frames: int = Field(100, ge=1, description="frames per start structure")
@@ -39,7 +39,7 @@ class SamplerConfig(BaseModel):
 
 
 class LabelerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Literal["xtb", "dft"] = "xtb"
     charge: int = 0
@@ -70,7 +70,7 @@ class LabelerConfig(BaseModel):
 
 
 class LabelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     input: InputConfig
     samplers: list[SamplerConfig] = [SamplerConfig()]

@@ -12,6 +12,7 @@ import numpy as np
 from ..data.readers import read_dataset, read_extxyz
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
+from ..outputs import atomic_path
 from .config import LabelConfig
 from .inputs import from_smiles, read_structures
 from .runner import label_structures
@@ -91,10 +92,8 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
     path = samples_path(cfg, folder, starts)
     if not path.exists():
         frames = sample(cfg, start_structures(cfg) if starts is None else starts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        write_extxyz(tmp, frames)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write_extxyz(tmp, frames)
     return list(read_extxyz(path, required=()))
 
 

@@ -7,14 +7,13 @@ only the calculations in flight, and a rerun labels only what is missing.
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 
-from tqdm.auto import tqdm
 
 from ..data.dataset import Dataset
 from ..errors import DataError
+from ..progress import progress as progress_bar
 from .base import LabelFailure
 from .store import LabelStore, structure_key
 
@@ -68,8 +67,7 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
             continue
         seen.add(key)
         todo.append((key, s))
-    bar = tqdm(total=len(todo), desc=f"labeling ({method['method']})", unit="frame", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), desc=f"labeling ({method['method']})", unit="frame", enabled=progress)
 
     def record(key, result):
         if result[0] == "ok":

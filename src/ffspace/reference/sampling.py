@@ -20,7 +20,7 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
         from ase.md.velocitydistribution import thermalize_momenta
     except ImportError:
         from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     rng = np.random.default_rng(seed)
     atoms = structure.to_ase()
@@ -32,7 +32,7 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
                    rng=rng, fixcm=False)
     dyn.run(equilibration_steps)
     frames = []
-    for k in tqdm(range(n_frames), desc=f"MD sampling {temperature:g} K", disable=not progress):
+    for k in progress_bar(range(n_frames), desc=f"MD sampling {temperature:g} K", enabled=progress):
         dyn.run(interval)
         frames.append(Structure.from_ase(atoms, info={  # Structure copies the arrays
             "sampler": "md", "sampler_temperature_K": temperature, "sampler_step": equilibration_steps
@@ -89,13 +89,14 @@ def normal_mode_sample(structure: Structure, labeler, n_frames: int, temperature
 
 
 def _bond_graph(structure: Structure) -> list[set[int]]:
-    """Covalent bonds from ASE's natural cutoffs (covalent radii × 1.0 + 0.3 Å skin)."""
-    from ase.neighborlist import NeighborList, natural_cutoffs
+    """Each atom's covalently bonded neighbours (`ffspace.data.bonds`' rule)."""
+    from ..data.bonds import covalent_bonds
 
-    atoms = structure.to_ase()
-    nl = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=True, skin=0.3)
-    nl.update(atoms)
-    return [set(int(j) for j in nl.get_neighbors(i)[0]) for i in range(len(atoms))]
+    graph = [set() for _ in range(structure.n_atoms)]
+    for i, j in zip(*covalent_bonds(structure.numbers, structure.positions)[:2]):
+        graph[int(i)].add(int(j))
+        graph[int(j)].add(int(i))
+    return graph
 
 
 def rotatable_dihedrals(structure: Structure) -> list[tuple[int, int, int, int]]:

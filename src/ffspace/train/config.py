@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class TrainConfig(BaseModel):
     """Every knob of the `Trainer`, with defaults that work for small molecules on a CPU."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(200, ge=1, description="maximum number of epochs")
     batch_size: int = Field(8, ge=1)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..data.stats import reference_energies, statistics
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.base import MODEL_REGISTRY, build_model
 from ..models.composite import AtomicReference, Sum
 from ..models.dispersion import D4Dispersion
@@ -43,6 +43,9 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     ref = reference_energies(targets, elements)
     forces = [s.forces for s in targets if s.forces is not None]
     scale = float(np.sqrt((np.concatenate(forces) ** 2).mean())) if forces else 1.0
+    if scale == 0:
+        raise DataError("every force label is zero: a model cannot learn a surface from them (a wrong key or a "
+                        "placeholder value?)", file=dataset.name, field="forces")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         terms = [AtomicReference(ref)]

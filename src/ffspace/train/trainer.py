@@ -1,5 +1,11 @@
 """`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch, exact resume,
-data-parallel workers (torch.distributed)."""
+data-parallel workers (torch.distributed).
+
+What "exact" means, measured (train/determinism.py): on CPU, a run with a fixed number of epochs is bit-identical
+to a rerun, and a killed run resumed from its checkpoint is bit-identical to an uninterrupted one, for the same
+data, settings, torch build, machine and thread count. A wall-clock budget (``max_time_min``) is not
+reproducible: the epoch it stops at, and with a cosine schedule every learning rate after warmup, follow the
+clock. CUDA runs are not made deterministic."""
 
 from __future__ import annotations
 
@@ -8,7 +14,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -17,29 +22,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from ..data.digest import update_with_structures
+from ..data.label_check import refuse_constant_labels
 from ..errors import ConfigError
 from ..evaluate.metrics import error_metrics, format_metrics, predict
 from ..graph.batch import collate, graph_of
 from ..potential import Potential
+from ..outputs import atomic_path, atomic_write, claim_folder, write_json
 from ..potential.package import save_package, versions
+from ..progress import progress as progress_bar
 from . import distributed
 from .config import TrainConfig
+from .determinism import deterministic_training
 from .loss import Loss
 from .schedule import EMA, LRSchedule
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
 def _atomic_torch_save(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -48,24 +49,26 @@ class Trainer:
     Everything a run produces lands in ``run_dir``: config.yaml (resolved), versions.json,
     metrics.jsonl|csv, checkpoint.pt (every epoch) and model.safetensors (best EMA weights).
     Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint (epochs,
-    time budget and early-stop patience may change between the two; anything else is refused).
+    time budget and early-stop patience may change between the two; anything else is refused). A ``run_dir``
+    holding another run's files is refused before anything is written, unless ``overwrite`` (which starts
+    afresh there); ``owner`` lets a caller that manages the folder (a committee) claim it under its own key.
     After `fit`, ``trainer.model`` holds the best EMA weights, the same as model.safetensors.
     With ``train.workers`` > 1, `fit` runs the epochs in that many data-parallel processes (see `distributed`).
     """
 
     def __init__(self, model, train_set, val_set, config: TrainConfig | dict | None = None, run_dir="run",
-                 extra_config: dict | None = None):
+                 extra_config: dict | None = None, overwrite: bool = False, owner: str | None = None):
         self.config = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         need = dict(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
         train_set.require_labels(**need)
         val_set.require_labels(**need)
+        refuse_constant_labels(train_set, **need)
         if self.config.stress_weight > 0 and not any(s.stress is not None for s in train_set):
             # A stress weight with no stress labels would be a silent zero loss term.
             raise ConfigError("train.stress_weight > 0 but no training structure has a stress label "
                               "(set data.stress_key to the key your file uses)")
-        self.potential = Potential(model, dtype=DTYPES[self.config.dtype], device=self.config.device)
+        self.potential = Potential(model, dtype=self.config.dtype, device=self.config.device)
         self.model = self.potential.model
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
@@ -90,15 +93,18 @@ class Trainer:
                          **(extra_config or {})}
         self.fingerprint = self._fingerprint(model, train_set, val_set)
         self.epoch, self.best_val, self.bad_epochs, self.elapsed, self.history = 0, math.inf, 0, 0.0, []
+        self._claim(overwrite, owner or self.fingerprint)
 
-    # Settings that do not change the training trajectory: a run may resume with other values.
-    _FREE_SETTINGS = {"epochs", "max_time_min", "early_stop_patience", "progress", "eval_batch_size", "log_format",
+    # Settings a run may resume with other values of. Most do not touch the trajectory; ``epochs`` and
+    # ``max_time_min`` set when it stops, and with a cosine schedule also the length of the cosine, so a cosine
+    # run resumed with another value follows a different (still valid) schedule from where it resumes.
+    FREE_SETTINGS = {"epochs", "max_time_min", "early_stop_patience", "progress", "eval_batch_size", "log_format",
                       "device", "workers"}
 
     def _fingerprint(self, model, train_set, val_set) -> str:
         """Hash of what determines the trajectory: model config, trajectory settings and the data's content."""
         h = hashlib.sha256()
-        settings = {k: v for k, v in self.config.model_dump().items() if k not in self._FREE_SETTINGS}
+        settings = {k: v for k, v in self.config.model_dump().items() if k not in self.FREE_SETTINGS}
         h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
         update_with_structures(h, train_set, val_set)
         return h.hexdigest()
@@ -108,9 +114,50 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
+    # Every file a training run writes into its folder.
+    OUTPUTS = ("checkpoint.pt", "model.safetensors", "metrics.jsonl", "metrics.csv", "summary.json", "config.yaml",
+               "versions.json")
+
+    def _claim(self, overwrite: bool, owner: str) -> None:
+        """Make ``run_dir`` this run's before anything is written (`ffspace.outputs.claim_folder`, as ``owner``:
+        the training fingerprint, or the key of a caller that manages the folder, such as a committee): a folder
+        of another configuration, or holding files no run of this configuration wrote, is refused; with
+        ``overwrite`` its training outputs are removed and training starts afresh."""
+        if self.checkpoint_path.exists() and not overwrite:
+            theirs = self._read_checkpoint()["fingerprint"]
+            if theirs != self.fingerprint:
+                raise ConfigError(f"{self.run_dir} holds a checkpoint of a different configuration; use another "
+                                  f"run directory, or set overwrite=true to start afresh there (its model, "
+                                  f"checkpoint and metrics are then replaced)")
+        claim_folder(self.run_dir, owner, what="training run folder", overwrite=overwrite,
+                     ours=lambda folder: self.checkpoint_path.exists())  # a matching checkpoint: checked above
+        if overwrite and distributed.rank() == 0:
+            for name in self.OUTPUTS:
+                (self.run_dir / name).unlink(missing_ok=True)
+
+    def _read_checkpoint(self) -> dict:
+        """The checkpoint's contents (tensors and plain values only; anything else is refused unread)."""
+        import pickle
+
+        path = self.checkpoint_path
+        try:
+            state = torch.load(path, map_location=self.potential.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise ConfigError(f"training checkpoint {path} holds objects other than tensors and plain values; "
+                              "ffspace does not load it (loading could run code). Delete it to start training over, "
+                              "or use another run directory") from None
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
+            raise ConfigError(f"training checkpoint {path} cannot be read ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); it is corrupt or truncated. Delete it "
+                              "to start training over from epoch 0") from None
+        if not isinstance(state, dict) or "fingerprint" not in state:
+            raise ConfigError(f"training checkpoint {path} is not an ffspace training checkpoint; delete it to start "
+                              "training over, or use another run directory")
+        return state
+
     def _write_run_files(self):
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
-        (self.run_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+        atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(self.resolved, sort_keys=False), fsync=False)
+        write_json(self.run_dir / "versions.json", versions(), fsync=False)
 
     def _write_metrics(self):
         if self.config.log_format == "jsonl":
@@ -123,9 +170,7 @@ class Trainer:
                 w.writeheader()
                 w.writerows(self.history)
             text, path = buf.getvalue(), self.run_dir / "metrics.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text, fsync=False)
 
     def save_checkpoint(self):
         state = {"fingerprint": self.fingerprint, "epoch": self.epoch, "best_val": self.best_val,
@@ -138,7 +183,7 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.exists():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.potential.device, weights_only=True)
+        state = self._read_checkpoint()
         if state["fingerprint"] != self.fingerprint:
             raise ConfigError(f"{self.run_dir} holds a checkpoint of a different configuration; use another "
                               f"run directory (or delete {self.checkpoint_path}) to start afresh")
@@ -267,8 +312,9 @@ class Trainer:
         batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
         self.model.train()
         totals, count = {}, 0
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress or distributed.rank() > 0, file=sys.stderr, dynamic_ncols=True)
+        # Off a terminal the bar is silent: the epoch's summary line below is the log.
+        bar = progress_bar(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                           enabled=cfg.progress and distributed.rank() == 0, log_every_s=None)
         last_val = {}
         if self.history:  # live validation MAE of the last epoch next to the running loss
             prev = self.history[-1]
@@ -298,7 +344,12 @@ class Trainer:
         return json.loads((self.run_dir / "summary.json").read_text())
 
     def fit_loop(self) -> dict:
-        """The epochs of `fit`, in this process (one data-parallel worker when inside a process group)."""
+        """The epochs of `fit`, in this process (one data-parallel worker when inside a process group), with
+        torch's deterministic algorithms on while they run on CPU (`deterministic_training`)."""
+        with deterministic_training(self.potential.device):
+            return self._epochs()
+
+    def _epochs(self) -> dict:
         cfg = self.config
         lead = distributed.rank() == 0  # the worker that validates and writes
         resumed = self.load_checkpoint()
@@ -353,5 +404,5 @@ class Trainer:
         summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
                    "model": str(self.run_dir / "model.safetensors")}
         if lead:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(self.run_dir / "summary.json", summary, fsync=False)
         return summary

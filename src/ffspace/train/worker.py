@@ -13,7 +13,6 @@ from pathlib import Path
 
 
 def run(folder: Path, worker: int, workers: int):
-    import torch
 
     from ..data.readers import read_arrays
     from ..potential.package import load_package
@@ -26,7 +25,7 @@ def run(folder: Path, worker: int, workers: int):
     device = distributed.device_for(config.device, worker)
     distributed.join(folder, worker, workers, device)  # first: a CUDA worker then builds on its own GPU
     try:
-        model, _ = load_package(folder / "model.safetensors", dtype=getattr(torch, config.dtype))
+        model, _ = load_package(folder / "model.safetensors", dtype=config.dtype)
         trainer = Trainer(model, read_arrays(folder / "train.npz"), read_arrays(folder / "val.npz"),
                           config.model_copy(update={"device": device}), run_dir=spec["run_dir"],
                           extra_config=spec["extra_config"])
