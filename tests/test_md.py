@@ -105,8 +105,8 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cmd(out):
-        return [sys.executable, "-m", "ffspace.cli", "md", f"model_path={trained_package}", "md.steps=2400",
-                "md.ensemble=nvt", "md.traj_interval=50", f"out={out}"]
+        return [sys.executable, "-m", "ffspace.cli", "md", f"model_path={trained_package}", "md.steps=1000",
+                "md.ensemble=nvt", "md.traj_interval=50", "md.checkpoint_interval=200", f"out={out}"]
 
     subprocess.run(cmd(tmp_path / "ref"), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(cmd(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,7 +118,7 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     thermo = tmp_path / "run" / "md" / "thermo.csv"
-    assert ckpt.exists() and len(thermo.read_text().splitlines()) < 2402, "the run was not killed mid-way"
+    assert ckpt.exists() and len(thermo.read_text().splitlines()) < 1002, "the run was not killed mid-way"
     rerun = subprocess.run(cmd(tmp_path / "run"), check=True, env=env, capture_output=True, text=True)
     assert "resuming MD" in rerun.stderr
     assert thermo.read_text() == (tmp_path / "ref" / "md" / "thermo.csv").read_text()
@@ -126,7 +126,7 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
                     forces_key="ffspace_forces")
     b = read_extxyz(tmp_path / "run" / "md" / "trajectory.extxyz", energy_key="ffspace_energy",
                     forces_key="ffspace_forces")
-    assert len(a) == len(b) == 49
+    assert len(a) == len(b) == 21
     np.testing.assert_array_equal(a[-1].positions, b[-1].positions)
 
 

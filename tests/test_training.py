@@ -65,7 +65,7 @@ def test_checkpoint_from_other_config_is_refused(tmp_path, ethanol_data):
 
 
 TRAIN_ARGS = ["model.features=32", "model.layers=2", "model.cutoff=4.0", "train.epochs=8", "train.batch_size=4",
-              "train.progress=false", "train.max_time_min=null", "data.n_val=20"]
+              "train.progress=false", "train.max_time_min=null", "data.n_val=20", "data.n_test=200"]
 
 
 def _train_cmd(out):

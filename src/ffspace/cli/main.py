@@ -29,7 +29,9 @@ def _config(args: list[str] | None, default_file: Path | None = DEFAULT_RUN):
     args = list(args or [])
     files = [a for a in args if "=" not in a]
     if len(files) > 1:
-        raise typer.BadParameter(f"at most one config file, got {files}")
+        from ..errors import ConfigError
+
+        raise ConfigError(f"at most one config file, got {files} (overrides look like key=value)")
     return load_config(files[0] if files else default_file, [a for a in args if "=" in a])
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from ..data.stats import reference_energies, statistics
-from ..errors import ConfigError, DataError
+from ..data.label_check import refuse_constant_labels
+from ..errors import ConfigError
 from ..models.base import MODEL_REGISTRY, build_model
 from ..models.composite import AtomicReference, Sum
 from ..models.dispersion import D4Dispersion
@@ -36,6 +37,7 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
         raise ConfigError(f"model.family must be a learned family, one of "
                           f"{sorted(set(MODEL_REGISTRY) - {'sum', 'reference', 'zbl'})}; got {family!r}")
     dataset.require_labels(energy=True, forces=False)
+    refuse_constant_labels(dataset)  # scale and reference energies from constant labels would be meaningless
     elements = dataset.elements
     _fill_avg_neighbors(family, cfg, dataset)
     fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm") else None
@@ -43,9 +45,6 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     ref = reference_energies(targets, elements)
     forces = [s.forces for s in targets if s.forces is not None]
     scale = float(np.sqrt((np.concatenate(forces) ** 2).mean())) if forces else 1.0
-    if scale == 0:
-        raise DataError("every force label is zero: a model cannot learn a surface from them (a wrong key or a "
-                        "placeholder value?)", file=dataset.name, field="forces")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         terms = [AtomicReference(ref)]
