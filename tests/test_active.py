@@ -85,7 +85,7 @@ def test_members_trained_side_by_side_equal_members_trained_in_turn(splits, tmp_
     """workers=2 runs the three members two processes at a time, one thread each; each member still sees its
     own seed, subsample and settings, so the committee is the one trained in turn on one thread, to the bit.
     (Another thread count changes float32 summation order, which 20 epochs amplify to ~0.1 eV/Å.)"""
-    cfg = TrainConfig(epochs=20, batch_size=16, lr=5e-3, schedule="cosine", progress=False)
+    cfg = TrainConfig(epochs=6, batch_size=16, lr=5e-3, schedule="cosine", progress=False)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -121,7 +121,7 @@ def test_killed_side_by_side_committee_leaves_no_member_running_and_resumes(tmp_
                         workers=2)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, str(script), "40"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(script), "20"], env=env, stderr=subprocess.DEVNULL)
     checkpoints = [tmp_path / "run" / f"member_{k}" / "checkpoint.pt" for k in range(2)]
     deadline = time.time() + 120
     while not all(c.exists() for c in checkpoints):
@@ -135,7 +135,7 @@ def test_killed_side_by_side_committee_leaves_no_member_running_and_resumes(tmp_
     assert [c.stat().st_mtime_ns for c in checkpoints] == stamps, "a member kept training after its parent died"
     assert not any((c.parent / "done").exists() for c in checkpoints)
     # Resume with the same settings: every member finishes from its checkpoint.
-    done = subprocess.run([sys.executable, str(script), "40"], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), "20"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all((c.parent / "done").exists() and (c.parent / "model.safetensors").exists() for c in checkpoints)

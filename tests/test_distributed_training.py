@@ -50,16 +50,17 @@ def test_a_worker_error_reaches_the_caller_with_its_type(tmp_path, ethanol_data)
 
 
 def test_worker_errors_of_unknown_type_name_the_worker(tmp_path):
-    from ffspace.train.distributed import _raise_worker_error
+    from ffspace.workers import raise_worker_error
 
-    (tmp_path / "error_1.json").write_text(json.dumps({"type": "ConfigError", "message": "bad setting"}))
+    error = tmp_path / "error_1.json"
+    error.write_text(json.dumps({"type": "ConfigError", "message": "bad setting"}))
     with pytest.raises(ConfigError, match="bad setting"):
-        _raise_worker_error(tmp_path, 1, 1)
-    (tmp_path / "error_1.json").write_text(json.dumps({"type": "OSError", "message": "disk full"}))
-    with pytest.raises(RuntimeError, match="worker 1 failed: OSError: disk full"):
-        _raise_worker_error(tmp_path, 1, 1)
-    with pytest.raises(RuntimeError, match="worker 0 exited with code -9"):
-        _raise_worker_error(tmp_path, 0, -9)
+        raise_worker_error(error, "training worker 1", 1)
+    error.write_text(json.dumps({"type": "OSError", "message": "disk full"}))
+    with pytest.raises(RuntimeError, match="training worker 1 failed: OSError: disk full"):
+        raise_worker_error(error, "training worker 1", 1)
+    with pytest.raises(RuntimeError, match="training worker 0 exited with code -9"):
+        raise_worker_error(tmp_path / "error_0.json", "training worker 0", -9)
 
 
 def test_datasets_reach_the_workers_exactly(tmp_path, ethanol_data):

@@ -8,10 +8,9 @@ weights and the optimizer then stay identical on every worker without being sent
 the metrics, checkpoints and the model, and broadcasts the validation loss and the epoch time, so every worker
 takes the same schedule and stopping decisions. Gloo serves CPU workers, NCCL CUDA ones (one device each).
 
-The workers are separate Python processes (``python -m ffspace.train.worker``) that rebuild the trainer from
-files nothing executes on loading: the model as a package (safetensors + JSON), the data as exact arrays
-(`data.writers.write_arrays`, no pickles), the settings as JSON. Their thread count and gloo's network
-interface go into their environment, so the caller's process is left as it was. The model's family must be
+The workers are separate Python processes (``python -m ffspace.train.worker``, started through
+`ffspace.workers`) that rebuild the trainer from files nothing executes on loading; their thread count and
+gloo's network interface go into their environment, so the caller's process is left as it was. The model's family must be
 registered (a package must be able to rebuild it). Worker start-up (a few seconds) is not counted in the time
 budget. Only the process group a worker joins here is used: a caller's own torch.distributed group is never touched.
 """
@@ -19,27 +18,20 @@ budget. Only the process group a worker joins here is used: a caller's own torch
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, DataError, FFSpaceError, ModelPackageError
+from ..errors import ConfigError
+from ..workers import run_workers, worker_env, write_inputs
 
 # Set by `join`, in the worker processes only: a process group someone else made is not ours to use.
 _IN_WORKER = False
 # Only worker 0 validates while the others wait in a broadcast: allow long validations.
 _TIMEOUT = datetime.timedelta(hours=6)
-# Exceptions a worker reports that the caller gets back with their own type.
-_ERRORS = {cls.__name__: cls for cls in (ConfigError, DataError, ModelPackageError, FFSpaceError, FloatingPointError,
-                                         ValueError, TypeError, KeyError, MemoryError)}
 
 
 def active() -> bool:
@@ -103,76 +95,25 @@ def leave():
     dist.destroy_process_group()
 
 
-# -- the files a worker rebuilds its trainer from ----------------------------------------------------------
-
-def write_worker_inputs(folder: Path, model, train_set, val_set, spec: dict) -> None:
-    """What a worker process rebuilds its training from: the model as a package, the data as exact arrays,
-    ``spec`` (settings, run folder) as JSON."""
-    from ..data.writers import write_arrays
-    from ..potential.package import save_package
-
-    save_package(folder / "model.safetensors", model)
-    write_arrays(folder / "train.npz", train_set)
-    write_arrays(folder / "val.npz", val_set)
-    (folder / "spec.json").write_text(json.dumps(spec, default=str))
-
-
-def worker_env(workers: int) -> dict:
-    """The environment of a worker process: an equal share of this process's threads (at least one), and
-    the package this process runs from first on the path, so the workers import the same ffspace."""
-    threads = str(max(1, torch.get_num_threads() // workers))
-    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
-                                          [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-
-
-def _write_inputs(trainer, folder: Path):
-    write_worker_inputs(folder, trainer.model, trainer.train_set, trainer.val_set,
-                        {"config": trainer.config.model_dump(), "run_dir": str(Path(trainer.run_dir).resolve()),
-                         "extra_config": trainer.extra_config})
-
-
-def _raise_worker_error(folder: Path, worker: int, code: int):
-    path = folder / f"error_{worker}.json"
-    if path.exists():
-        err = json.loads(path.read_text())
-        cls = _ERRORS.get(err["type"])
-        if cls is not None:
-            raise cls(err["message"]) from None
-        raise RuntimeError(f"training worker {worker} failed: {err['type']}: {err['message']}")
-    raise RuntimeError(f"training worker {worker} exited with code {code} (its traceback is above)")
-
-
 def spawn(trainer, workers: int):
-    """Run the trainer's epochs in ``workers`` processes; returns when all have finished. The first worker
-    that fails stops the others, and its exception is raised here (with its own type for the library's and
-    the common built-in errors)."""
+    """Run the trainer's epochs in ``workers`` processes (`ffspace.workers`); returns when all have finished.
+    The first worker that fails stops the others, and its exception is raised here (with its own type for the
+    library's and the common built-in errors)."""
     device = str(trainer.potential.device)
     if device.startswith("cuda") and workers > torch.cuda.device_count():
         raise ConfigError(f"train.workers={workers} on CUDA needs one GPU per worker; this machine has "
                           f"{torch.cuda.device_count()}")
     with tempfile.TemporaryDirectory(prefix="ffspace_workers_") as tmp:  # local: a file store needs file locks
         folder = Path(tmp)
-        _write_inputs(trainer, folder)
+        write_inputs(folder, trainer.model, trainer.train_set, trainer.val_set,
+                     {"config": trainer.config.model_dump(), "run_dir": str(Path(trainer.run_dir).resolve()),
+                      "extra_config": trainer.extra_config})
         env = worker_env(workers)
         # The workers share one host: gloo talks over loopback (the host name may resolve to an interface
         # that is down or firewalled).
         loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
         if loopback:
             env.setdefault("GLOO_SOCKET_IFNAME", loopback[0])
-        procs = [subprocess.Popen([sys.executable, "-m", "ffspace.train.worker", str(folder), str(r), str(workers)],
-                                  env=env) for r in range(workers)]
-        try:
-            while any(p.poll() is None for p in procs):
-                failed = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
-                if failed:
-                    break
-                time.sleep(0.2)
-            failed = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
-        finally:
-            for p in procs:  # a failed worker leaves the others waiting in a collective; a caller's
-                if p.poll() is None:  # interrupt must not leave them running either
-                    p.kill()
-                p.wait()
-        if failed:
-            _raise_worker_error(folder, failed[0], procs[failed[0]].returncode)
+        # All at once: every worker waits in the process group for the others.
+        run_workers([(["ffspace.train.worker", str(folder), str(r), str(workers)], folder / f"error_{r}.json")
+                     for r in range(workers)], parallel=workers, env=env, what="training worker")
