@@ -81,6 +81,7 @@ def test_a_finished_committee_is_not_trained_again(committee_dir, splits):
     assert again == paths and [p.stat().st_mtime_ns for p in again] == stamps
 
 
+@pytest.mark.slow
 def test_members_trained_side_by_side_equal_members_trained_in_turn(splits, tmp_path):
     """workers=2 runs the three members two processes at a time, one thread each; each member still sees its
     own seed, subsample and settings, so the committee is the one trained in turn on one thread, to the bit.
@@ -106,6 +107,7 @@ def test_members_trained_side_by_side_equal_members_trained_in_turn(splits, tmp_
         train_committee(splits[0], splits[1], MODEL, cfg, tmp_path / "bad", members=3, workers=0)
 
 
+@pytest.mark.slow
 def test_killed_side_by_side_committee_leaves_no_member_running_and_resumes(tmp_path):
     """SIGKILL of the process that trains members side by side: the member processes die with it (nothing
     writes a checkpoint afterwards), and a rerun finishes the committee from the checkpoints."""

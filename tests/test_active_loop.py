@@ -126,6 +126,7 @@ def _stamps(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_loop_killed_during_labeling_and_training_resumes_without_loss_or_repeats(tmp_path):
     pytest.importorskip("tblite")
     pytest.importorskip("rdkit")

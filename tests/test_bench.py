@@ -25,6 +25,7 @@ def small_run(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_small_bench_reports_every_figure(small_run):
     out, results = small_run
     ds = results["datasets"]["ethanol"]
@@ -82,6 +83,7 @@ def test_small_bench_reports_every_figure(small_run):
         assert (out / plot).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_repeating_finished_steps(small_run):
     out, results = small_run
     forgotten = out / "ethanol" / "schnet" / "speed_water_1536_float32.json"
@@ -101,6 +103,7 @@ def test_rerun_resumes_without_repeating_finished_steps(small_run):
     assert changed == sorted(["stability_300K.json", "stability_1200K.json", "stability_nve.json"] * n_models), changed
 
 
+@pytest.mark.slow
 def test_a_second_timing_pass_keeps_the_fastest(small_run):
     """speed.rounds=2: a second pass over the molecule timings (and OpenMM's water), in files of its own; each
     figure is the faster pass; the water costs come from both passes' interleaved cycles."""

@@ -33,6 +33,7 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     assert "nope.xyz" in result.output and "not found" in result.output
 
 
+@pytest.mark.slow
 def test_run_end_to_end_small(tmp_path):
     """`ffspace run` with a short budget writes the whole report folder."""
     out = tmp_path / "run"

@@ -28,6 +28,22 @@ def test_console_script_is_main_which_applies_the_process_settings(monkeypatch):
     assert exit_.value.code == 0 and called == [True]
 
 
+def test_python_m_ffspace_cli_applies_the_process_settings():
+    """``python -m ffspace.cli`` (the module form of the command) goes through `main` as well."""
+    code = ("import runpy, sys\n"
+            "from ffspace import runtime\n"
+            "called = []\n"
+            "runtime.keep_freed_memory = lambda: called.append(1) or True\n"
+            "sys.argv = ['ffspace', '--help']\n"
+            "try:\n"
+            "    runpy.run_module('ffspace.cli', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exc:\n"
+            "    assert exc.code in (0, None), exc.code\n"
+            "print('keep_freed_memory called', len(called), 'time(s)')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "called 1 time(s)" in out, out
+
+
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 @pytest.mark.parametrize("how", ["module", "script"])
 def test_the_command_reports_freed_memory_kept(how):

@@ -79,6 +79,7 @@ def test_shipped_dataset_is_what_the_labeler_gives(ethanol_data):
         np.testing.assert_allclose(again.forces, s.forces, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dft_reproduces_rmd17_level_of_theory():
     """PBE/def2-SVP on 3 rMD17 ethanol frames: forces within 5 meV/Å, relative energies within 2 meV."""
     pytest.importorskip("pyscf")

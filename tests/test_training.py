@@ -72,6 +72,7 @@ def _train_cmd(out):
     return [sys.executable, "-m", "ffspace.cli", "train", *TRAIN_ARGS, f"out={out}"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "uninterrupted"
