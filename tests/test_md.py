@@ -48,6 +48,43 @@ def test_periodic_md_with_verlet_list_matches_fresh_neighbor_lists():
     np.testing.assert_allclose(a.thermo["etot_eV"], b.thermo["etot_eV"], rtol=0, atol=1e-9)
 
 
+def test_md_batches_equal_the_graph_a_fresh_neighbour_search_gives():
+    """The MD loop's batches (`StructureBatcher` on Verlet pairs cut to the cutoff) are the `Batch` that
+    ``collate([graph_of(...)])`` gives, field by field, and so are the energy and forces (periodic, charged)."""
+    from dataclasses import fields
+
+    from ffspace.graph.batch import collate, graph_of
+    from ffspace.md import MDState, PotentialForces
+
+    torch.manual_seed(0)
+    pot = Potential(PaiNN([1, 7, 8], cutoff=3.5, features=16, layers=2), dtype=torch.float64)
+    box = periodic_box(3, nitrogen=True)
+    box.info["charge"] = 1.0
+    state = MDState(box)
+    forces = PotentialForces(pot, state, skin=1.0)
+    rng = np.random.default_rng(0)
+    for step in range(3):  # the first call builds the Verlet list, the others reuse it at moved positions
+        positions = box.positions + (0.1 * step) * rng.normal(size=box.positions.shape)
+        energy, f = forces(positions)
+        i, j, shifts = forces.pairs
+        moved = box.copy(positions=positions)
+        fresh = collate([graph_of(moved, pot.cutoff)], dtype=pot.dtype, labels=False)
+        ours = forces.batcher(positions, *(a[forces.distances < pot.cutoff] for a in (i, j, shifts)))
+        for field in fields(fresh):
+            a, b = getattr(fresh, field.name), getattr(ours, field.name)
+            if field.name in ("edge_index", "shifts"):  # the same edges (i, j, vector), maybe in another order
+                key = lambda batch: sorted(zip(*batch.edge_index.tolist(),
+                                               *np.round(batch.edge_vectors().numpy(), 9).T.tolist()))
+                assert key(fresh) == key(ours)
+            elif a is None:
+                assert b is None, field.name
+            else:
+                assert a.dtype == b.dtype and torch.equal(a, b), field.name
+        expected = pot.compute(fresh)
+        assert abs(energy - float(expected["energy"][0])) < 1e-9
+        np.testing.assert_allclose(f, expected["forces"].numpy(), rtol=0, atol=1e-9)
+
+
 def test_blow_up_is_stopped_with_a_report(tmp_path):
     """Two atoms pushed together by a huge velocity: the monitor stops the run and names them."""
     torch.manual_seed(0)

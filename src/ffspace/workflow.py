@@ -125,7 +125,7 @@ def evaluate(cfg: RunConfig, out_dir: Path | None = None) -> dict:
 def md(cfg: RunConfig, out_dir: Path | None = None):
     c = cfg.md
     start = _md_start(cfg)
-    pot = Potential.load(model_path(cfg), dtype=c.dtype, device=_md_device(cfg))
+    pot = Potential.load(model_path(cfg), dtype=c.dtype, device=_md_device(cfg), fast=c.fast)
     out_dir = Path(out_dir or claim_out(cfg) / "md")
     result = run_md(pot, start, out_dir=out_dir, progress=True, owner=run_identity(cfg), overwrite=cfg.overwrite,
                     **c.run_settings())

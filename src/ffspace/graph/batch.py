@@ -131,6 +131,29 @@ def collate(graphs: list[GraphData], dtype=torch.float64, device=None, labels: b
     return batch
 
 
+class StructureBatcher:
+    """Batches of one structure whose atoms, cell and charge stay fixed while its positions and neighbour pairs
+    change (an MD run): the fixed tensors are made once, and each call makes only the positions, edges and
+    shifts. The result is the `Batch` that ``collate([graph_of(structure, cutoff, pairs)])`` gives, for a
+    fraction of its cost (building it anew was ~5 % of a 21-atom MD step)."""
+
+    def __init__(self, numbers, cell, pbc, charge: float = 0.0, dtype=torch.float64, device=None):
+        n = len(numbers)
+        self.dtype, self.device = dtype, device
+        self._fixed = dict(numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device),
+                           cell=torch.tensor(np.asarray(cell)[None], dtype=dtype, device=device),
+                           pbc=torch.as_tensor(np.asarray(pbc)[None], device=device),
+                           graph_index=torch.zeros(n, dtype=torch.long, device=device),
+                           n_atoms=torch.tensor([n], dtype=torch.long, device=device),
+                           total_charge=torch.tensor([float(charge)], dtype=dtype, device=device))
+
+    def __call__(self, positions: np.ndarray, i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> Batch:
+        # torch.tensor copies: the caller's arrays (an integrator's state) change in place after the call.
+        return Batch(positions=torch.tensor(positions, dtype=self.dtype, device=self.device),
+                     edge_index=torch.tensor(np.stack([i, j]), dtype=torch.long, device=self.device),
+                     shifts=torch.tensor(shifts, dtype=self.dtype, device=self.device), **self._fixed)
+
+
 def batch_structures(structures, cutoff: float, dtype=torch.float64, device=None, labels: bool = True) -> Batch:
     """Neighbor search + collation in one call (convenient; trainers pre-compute graphs instead)."""
     return collate([graph_of(s, cutoff) for s in structures], dtype=dtype, device=device, labels=labels)

@@ -41,10 +41,10 @@ class VerletList:
         if self._ref is None:
             return True
         ref_pos, ref_cell = self._ref
-        if positions.shape != ref_pos.shape or not np.allclose(cell, ref_cell):
-            return True
-        max_disp = np.sqrt(((positions - ref_pos) ** 2).sum(axis=1).max())
-        return bool(2.0 * max_disp > self.skin)
+        if positions.shape != ref_pos.shape or not (np.array_equal(cell, ref_cell) or np.allclose(cell, ref_cell)):
+            return True  # (array_equal first: the cell of NVE/NVT MD never changes, and allclose is slow)
+        disp = positions - ref_pos
+        return bool(4.0 * np.einsum("ij,ij->i", disp, disp).max() > self.skin ** 2)
 
     def update(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
         """Return ``(i, j, shifts)`` valid for ``positions`` within ``cutoff`` (may hold extra pairs up to cutoff+skin)."""

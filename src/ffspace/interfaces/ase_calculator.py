@@ -18,12 +18,13 @@ class FFSpaceCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model_path=None, potential: Potential | None = None, dtype: str = "float64",
-                 device: str = "cpu", **kwargs):
+                 device: str = "cpu", fast: bool = False, **kwargs):
+        """``fast``: energy and forces through a compiled graph (see `Potential`; stress is always eager)."""
         super().__init__(**kwargs)
         if potential is None:
             if model_path is None:
                 raise ValueError("give model_path or potential")
-            potential = Potential.load(model_path, dtype=dtype, device=device)
+            potential = Potential.load(model_path, dtype=dtype, device=device, fast=fast)
         self.potential = potential
 
     def check_state(self, atoms, tol=1e-15):

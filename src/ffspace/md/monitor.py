@@ -22,7 +22,9 @@ class BlowUpMonitor:
         self.start = None
         self.bonds = self.bond_start = None
 
-    def check(self, state, pairs=None) -> None:
+    def check(self, state, pairs=None, distances=None) -> None:
+        """Raise `MDBlowUpError` when ``state`` left physics. ``pairs`` (i, j, shifts): the neighbour pairs to
+        check for atoms too close; ``distances``: their lengths (Å) when the caller has them already."""
         def fail(reason, atoms, **extra):
             report = {"step": state.step, "time_fs": state.time_fs, "reason": reason,
                       "atoms": [int(a) for a in atoms],
@@ -39,18 +41,20 @@ class BlowUpMonitor:
                 self.bond_start = bond_lengths(state.positions, self.bonds, cell)
         if state.energy is None or not np.isfinite(state.energy):
             fail(f"non-finite potential energy ({state.energy})", [])
-        finite = np.isfinite(state.forces).all(axis=1) & np.isfinite(state.positions).all(axis=1)
-        if not finite.all():
+        if not (np.isfinite(state.forces).all() and np.isfinite(state.positions).all()):
+            finite = np.isfinite(state.forces).all(axis=1) & np.isfinite(state.positions).all(axis=1)
             fail("non-finite forces or positions", np.where(~finite)[0][:10])
-        fmag = np.linalg.norm(state.forces, axis=1)
+        fmag = np.sqrt(np.einsum("ij,ij->i", state.forces, state.forces))
         if fmag.max() > self.max_force:
             worst = np.argsort(-fmag)[:3]
             fail(f"force {fmag.max():.1f} eV/Å above the limit {self.max_force} eV/Å", worst,
                  max_force_eV_A=float(fmag.max()))
         if pairs is not None and len(pairs[0]):
             i, j, shifts = pairs
-            vec = state.positions[j] - state.positions[i] + shifts @ state.cell
-            d = np.sqrt((vec**2).sum(axis=1))
+            d = distances
+            if d is None:
+                vec = state.positions[j] - state.positions[i] + shifts @ state.cell
+                d = np.sqrt((vec**2).sum(axis=1))
             k = int(np.argmin(d))
             if d[k] < self.min_distance:
                 fail(f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart (< {self.min_distance} Å)",
@@ -91,12 +95,12 @@ class UncertaintyMonitor(BlowUpMonitor):
         self.flagged: list[tuple[int, float]] = []  # (step, largest force deviation in eV/Å)
         self.deviations: list[float] = []  # every checked step's largest deviation
 
-    def check(self, state, pairs=None) -> None:
+    def check(self, state, pairs=None, distances=None) -> None:
         # Uncertainty first: when the committee is lost and the geometry breaks at the same step, the
         # extrapolation is the cause worth reporting.
         dev = self.potential.last_max_deviation
         if dev is None:
-            super().check(state, pairs)
+            super().check(state, pairs, distances)
             return
         self.deviations.append(dev)
         if self.flag is not None and dev > self.flag:
@@ -107,4 +111,4 @@ class UncertaintyMonitor(BlowUpMonitor):
             raise MDUncertaintyStop(f"MD stopped at step {state.step} (t = {state.time_fs:.1f} fs): committee force "
                                     f"deviation {dev:.3f} eV/Å above the stop threshold {self.stop} eV/Å: the "
                                     "model is extrapolating", report)
-        super().check(state, pairs)
+        super().check(state, pairs, distances)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.structure import Structure
 from ..errors import ConfigError, MDBlowUpError, MDUncertaintyStop
-from ..graph.batch import collate, graph_of
+from ..graph.batch import StructureBatcher
 from ..graph.neighbors import VerletList
 from ..progress import progress as progress_bar
 from . import checkpoint
@@ -21,12 +21,16 @@ from .output import MDOutput, thermo_columns
 
 
 class PotentialForces:
-    """positions → (energy, forces) for one structure, reusing a Verlet neighbor list across steps."""
+    """positions → (energy, forces) for one structure, reusing a Verlet neighbor list across steps. After each
+    call, ``pairs`` holds the Verlet pairs (i, j, shifts) and ``distances`` their lengths (Å) at the positions of
+    the call, for the blow-up monitor."""
 
     def __init__(self, potential, state: MDState, skin: float = 1.0):
         self.potential, self.state = potential, state
         self.verlet = VerletList(potential.cutoff, skin)
-        self.pairs = None
+        self.batcher = StructureBatcher(state.numbers, state.cell, state.pbc, state.info.get("charge", 0.0),
+                                        dtype=potential.dtype, device=potential.device)
+        self.pairs = self.distances = None
 
     def __call__(self, positions):
         s = self.state
@@ -35,13 +39,16 @@ class PotentialForces:
             raise MDBlowUpError(f"MD stopped at step {s.step + 1}: non-finite positions for atoms {bad[:10].tolist()}",
                                 {"step": s.step + 1, "time_fs": s.time_fs, "reason": "non-finite positions",
                                  "atoms": bad[:10].tolist()})
-        self.pairs = self.verlet.update(positions, s.cell, s.pbc)
-        frame = Structure.__new__(Structure)  # skip validation: positions are checked by the monitor
-        frame.numbers, frame.positions, frame.cell, frame.pbc = s.numbers, positions, s.cell, s.pbc
-        frame.energy = frame.forces = frame.stress = None
-        frame.info = s.info  # e.g. the total charge
-        graph = graph_of(frame, self.potential.cutoff, pairs=self.pairs)
-        batch = collate([graph], dtype=self.potential.dtype, device=self.potential.device, labels=False)
+        self.pairs = i, j, shifts = self.verlet.update(positions, s.cell, s.pbc)
+        vec = positions[j] - positions[i]
+        if s.pbc.any():
+            vec += shifts @ s.cell
+        d2 = np.einsum("ij,ij->i", vec, vec)
+        self.distances = np.sqrt(d2)
+        # A Verlet list carries pairs up to cutoff + skin: the model gets those within its cutoff, the graph
+        # `graph_of` would give.
+        keep = d2 < self.potential.cutoff ** 2
+        batch = self.batcher(positions, i[keep], j[keep], shifts[keep])
         out = self.potential.compute(batch, forces=True)
         return float(out["energy"][0]), out["forces"].double().cpu().numpy()
 
@@ -119,14 +126,14 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
     try:
         if not resumed:
             state.energy, state.forces = forces(state.positions)
-            monitor.check(state, forces.pairs)
+            monitor.check(state, forces.pairs, forces.distances)
             record()
         bar = progress_bar(total=steps, initial=state.step, desc=f"MD {ensemble}", unit="step", enabled=progress)
         while state.step < steps:
             integrator.step(state, forces)
             state.step += 1
             state.time_fs += timestep_fs
-            monitor.check(state, forces.pairs)
+            monitor.check(state, forces.pairs, forces.distances)
             if state.step % thermo_interval == 0:
                 record()
             if output:

@@ -23,6 +23,9 @@ def within_cutoff(i: torch.Tensor, j: torch.Tensor, vec: torch.Tensor, cutoff: f
     """The edges shorter than ``cutoff``. A term of a `Sum` receives the graph of the longest-ranged term (a Δ-model's
     MM prior at 6 Å around a 5 Å network): the edges beyond its own cutoff contribute exactly zero, but would
     still cost it time and memory."""
+    if torch.compiler.is_compiling():
+        # A compiled graph (ffspace.potential.fast) cannot branch on data; the extra edges add exact zeros.
+        return i, j, vec
     keep = (vec.detach() ** 2).sum(-1) < cutoff * cutoff
     if bool(keep.all()):
         return i, j, vec

@@ -50,7 +50,10 @@ class Potential:
     is cast there. Stress follows ASE: σ = (1/V) ∂E/∂ε, cell vectors as rows.
     """
 
-    def __init__(self, model, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
+    def __init__(self, model, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
+                 fast: bool = False):
+        """``fast``: energy and forces through a compiled graph (`ffspace.potential.fast`: checked against the
+        eager result on first use, eager with a warning where it cannot be used)."""
         dtype = torch_dtype(dtype)
         self.dtype, self.device = dtype, torch_device(device)
         # nn.Module.to works in place: convert a copy when needed, so a model held elsewhere (or by
@@ -61,6 +64,11 @@ class Potential:
         self.model = model.to(device=self.device, dtype=dtype)
         self.cutoff = float(model.cutoff)
         self.elements = list(model.elements)
+        self.fast = None
+        if fast:
+            from .fast import FastForces
+
+            self.fast = FastForces(self)
 
     def check_elements(self, structures) -> None:
         """Raise a `DataError` naming the structure and element the model was not trained on."""
@@ -77,16 +85,22 @@ class Potential:
                                 f"{[chemical_symbols[z] for z in self.elements]})",
                                 file=s.source, frame=s.frame, field="numbers")
 
-    def compute(self, batch: Batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
+    def compute(self, batch: Batch, forces: bool = True, stress: bool = False, training: bool = False,
+                fast: bool = True) -> dict:
         """Return ``energy`` (G,), ``energies`` (N,) and, when asked, ``forces`` (N, 3) and ``stress`` (G, 3, 3).
 
         ``training=True`` keeps the graph of the force computation so a loss on forces can be
         back-propagated (double backward). It also sets the model's train/eval mode, so models may cache
         what does not depend on positions between evaluation calls (graph-learned MM caches its parameters).
+        Energy and forces go through the fast path when the potential has one (and ``fast``).
         """
         if self.model.training != training:
             self.model.train(training)
         batch = batch.to(device=self.device, dtype=self.dtype)
+        if fast and self.fast is not None and forces and not stress and not training:
+            out = self.fast.compute(batch)
+            if out is not None:
+                return out
         positions = batch.positions.detach().requires_grad_(forces or stress)
         cell = batch.cell
         inputs = [positions]
@@ -148,13 +162,13 @@ class Potential:
         return out
 
     @classmethod
-    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu") -> "Potential":
+    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu", fast: bool = False) -> "Potential":
         """Load a model package (safetensors + JSON; no code is executed). The weights go straight into a model
-        of ``dtype``: a float64 package loaded as float64 is exact."""
+        of ``dtype``: a float64 package loaded as float64 is exact. ``fast``: see `Potential`."""
         from .package import load_package
 
         model, _ = load_package(path, dtype=torch_dtype(dtype))
-        return cls(model, dtype=dtype, device=device)
+        return cls(model, dtype=dtype, device=device, fast=fast)
 
 
 def predict_arrays(evaluator, graphs_or_structures, keys, batch_size: int = 32, **compute_options) -> dict:
