@@ -86,5 +86,6 @@ class FastForces:
 
     def _give_up(self, why: str) -> None:
         self.state = "off"
-        name = type(self.potential.model).__name__
+        model = self.potential.model
+        name = " + ".join(type(m).__name__ for m in getattr(model, "terms", [model]))  # a Sum's terms by name
         warnings.warn(FastPathWarning(f"fast path off for this {name} model: {why}; it runs eagerly"), stacklevel=3)
