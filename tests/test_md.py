@@ -30,11 +30,12 @@ def test_nve_conserves_energy_with_trained_model(trained_package, ethanol_data, 
 
 def test_langevin_reaches_target_temperature(trained_package, ethanol_data):
     pot = Potential.load(trained_package, dtype=torch.float64)
-    result = run_md(pot, ethanol_data[0], steps=3000, timestep_fs=0.5, ensemble="nvt", temperature=500.0,
+    result = run_md(pot, ethanol_data[0], steps=2000, timestep_fs=0.5, ensemble="nvt", temperature=500.0,
                     init_temperature=50.0, friction=0.05, seed=3)
     assert result.status == "completed"
     late = result.thermo["temperature_K"][1000:]
-    # 9 atoms fluctuate strongly; the mean over 1 ps must still sit near the target.
+    # 9 atoms fluctuate strongly (σ_T ≈ 0.29 T; ~25 independent samples in 0.5 ps at a 20 fs relaxation time,
+    # so the mean's σ ≈ 30 K); the mean over the last 0.5 ps must still sit near the target.
     assert 400 < late.mean() < 600, late.mean()
 
 
