@@ -63,16 +63,19 @@ def test_a_compiled_graph_that_disagrees_is_never_used(ethanol_data):
     assert torch.equal(out["forces"], eager.compute(batch)["forces"])
 
 
-def test_an_agreeing_graph_is_used_and_stress_and_training_stay_eager(ethanol_data):
-    calls = []
-
-    def counting(fn):
+def _counting(calls: list):
+    """A stand-in compiler: the eager function itself, counting its calls in ``calls``."""
+    def compiler(fn):
         def compiled(batch):
             calls.append(1)
             return fn(batch)
         return compiled
+    return compiler
 
-    pot = _potential_with(counting)
+
+def test_an_agreeing_graph_is_used_and_stress_and_training_stay_eager(ethanol_data):
+    calls = []
+    pot = _potential_with(_counting(calls))
     batch = pot.batch(list(ethanol_data[:2]))
     eager = Potential(_schnet(), dtype=torch.float64).compute(batch)
     out = pot.compute(batch)
@@ -92,14 +95,7 @@ def test_md_runs_through_the_fast_path(ethanol_data):
     from ffspace.md import run_md
 
     calls = []
-
-    def counting(fn):
-        def compiled(batch):
-            calls.append(1)
-            return fn(batch)
-        return compiled
-
-    pot = _potential_with(counting)
+    pot = _potential_with(_counting(calls))
     a = run_md(pot, ethanol_data[0], steps=20, ensemble="nve", seed=0)
     b = run_md(Potential(_schnet(), dtype=torch.float64), ethanol_data[0], steps=20, ensemble="nve", seed=0)
     assert len(calls) == 21  # the start and every step
