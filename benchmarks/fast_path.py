@@ -1,6 +1,7 @@
 """The fast inference path (`Potential(..., fast=True)`, ffspace/potential/fast.py) against the eager one, per family.
 
     python benchmarks/fast_path.py [--families mm schnet painn mace ...] [--dtype float32] [--threads 2]
+    python benchmarks/fast_path.py --profile schnet     # where a compiled call's time goes (cProfile, 200 calls)
 
 Untrained models of the bench_aspirin.yaml sizes (cost does not depend on the weights) on rMD17 aspirin (21 atoms):
 the first call's time (compiling and the check against eager), the median energy + forces call of each path
@@ -46,6 +47,21 @@ def _interleaved_ms(potentials, batch, calls: int) -> list[float]:
     return [1e3 * statistics.median(t) for t in times]
 
 
+def _profile(pot, structure, calls: int = 200) -> None:
+    import cProfile
+    import pstats
+
+    batch = pot.batch([structure])
+    pot.compute(batch)  # compile and check
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        pot.compute(batch)
+    profile.disable()
+    print(f"fast path: {pot.fast.state}; {calls} calls")
+    pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+
+
 def main(argv=None):
     from ffspace.data import read_dataset
     from ffspace.potential import Potential
@@ -58,10 +74,15 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--profile", choices=list(MODELS), help="profile 200 compiled calls of this family instead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     frames = read_dataset(args.data / "rmd17" / "rmd17_aspirin_train_01.npz")[:200]
     test = list(frames[::10])
+    if args.profile:
+        _profile(Potential(build_model_for_data(MODELS[args.profile], frames, seed=0), dtype=args.dtype, fast=True),
+                 frames[0])
+        return
     print(f"rMD17 aspirin (21 atoms), {args.dtype}, {args.threads} threads; one molecule per call\n")
     print("| model | first fast call (s) | eager (ms/call) | fast (ms/call) | speed-up | max \\|ΔE\\| (eV) | "
           "max \\|ΔF\\| (eV/Å) | fast path |")

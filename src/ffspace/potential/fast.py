@@ -1,9 +1,10 @@
 """The fast inference path: energy and forces of a model in one `torch.compile`d graph (issue 29, first part).
 
-A small molecule's call spends most of its time in per-operation overhead, not arithmetic (PaiNN on aspirin:
-~9 ms eager). Compiling the model's energy *and* the backward pass that gives the forces (``torch.autograd.grad``
-traced inside the graph) into one graph with dynamic shapes (the edge count changes every MD step, so nothing
-is recompiled for it) halves that for SchNet and PaiNN on 2 CPU cores (docs/benchmarks.md). The compiled code is
+The model's energy *and* the backward pass that gives the forces (``torch.autograd.grad`` traced inside the
+graph) are compiled into one graph with dynamic shapes (the edge count changes every MD step, so nothing is
+recompiled for it), removing the per-operation overhead of eager PyTorch. On 2 CPU cores and aspirin that gains
+1.0-1.4x for PaiNN and MACE and nothing for SchNet and ANI (`benchmarks/fast_path.py`, docs/benchmarks.md): at
+these model widths the compiled call is mostly matrix arithmetic, so the path is off by default. The compiled code is
 built on this machine by inductor at first use (seconds to a minute; cached on disk by torch); a package stays
 safetensors + JSON and nothing compiled is ever loaded from it.
 
@@ -20,6 +21,7 @@ import warnings
 import torch
 
 from ..models.chunking import MAX_EDGES
+from .potential import structure_totals
 
 TOLERANCE = {torch.float32: (1e-3, 1e-4), torch.float64: (1e-8, 1e-8)}  # (energy eV, forces eV/Å)
 
@@ -63,9 +65,7 @@ class FastForces:
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly, and say so once
             self._give_up(f"it could not be compiled ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             return None
-        energy = torch.zeros(batch.n_atoms.shape[0], dtype=torch.float64, device=energies.device)
-        energy = energy.index_add(0, batch.graph_index, energies.to(torch.float64))  # as Potential.compute
-        out = {"energy": energy, "energies": energies, "forces": forces.detach()}
+        out = {"energy": structure_totals(energies, batch), "energies": energies, "forces": forces.detach()}
         if self.state == "new":
             problem = self._disagreement(batch, out)
             if problem:

@@ -43,6 +43,13 @@ def torch_device(device) -> torch.device:
     return dev
 
 
+def structure_totals(energies: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Each structure's total energy (G,) from per-atom ``energies``, in float64 even for a float32 model: at
+    |E| ~ 10⁴ eV one float32 step is ~1 meV, the size of the errors we want to measure."""
+    energy = torch.zeros(batch.n_atoms.shape[0], dtype=torch.float64, device=energies.device)
+    return energy.index_add(0, batch.graph_index, energies.to(torch.float64))
+
+
 class Potential:
     """Wraps a model (per-atom energies) into energies, forces, stress and per-atom energies.
 
@@ -113,10 +120,7 @@ class Potential:
             inputs.append(strain)
         model_batch = replace(batch, positions=positions, cell=cell)
         energies = self.model(model_batch)
-        # Totals in float64 even for a float32 model: at |E| ~ 10⁴ eV one float32 step is ~1 meV,
-        # the size of the errors we want to measure.
-        energy = torch.zeros(batch.n_graphs, dtype=torch.float64, device=self.device)
-        energy = energy.index_add(0, batch.graph_index, energies.to(torch.float64))
+        energy = structure_totals(energies, batch)
         out = {"energy": energy, "energies": energies}
         if forces or stress:
             if energy.requires_grad:
