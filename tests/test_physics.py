@@ -35,6 +35,16 @@ def _torchani():
     return TorchANI(ELEMENTS, cutoff=4.0, angular_cutoff=3.0)
 
 
+def _ace():
+    pytest.importorskip("e3nn")
+    from ffspace.models.ace import LinearACE
+
+    model = LinearACE(ELEMENTS, cutoff=4.0, n_rbf=3, lmax=2, degree=4, cutoff_3=3.0, n_rbf_3=2, lmax_3=2, degree_3=4)
+    with torch.no_grad():  # fitted weights are zero until the least-squares fit: random ones make the checks bite
+        model.weights.copy_(torch.randn(model.weights.shape, generator=torch.Generator().manual_seed(0)))
+    return model
+
+
 def _d4():
     pytest.importorskip("dftd4")
     return D4Dispersion(ELEMENTS, method="pbe")
@@ -74,6 +84,7 @@ CASES = {
                                  hidden=(16,)),
     "mace": lambda: _mace(layers=2),
     "mace_vectors": lambda: _mace(layers=3, hidden_lmax=1),
+    "ace": _ace,
     "mace_torch": _mace_torch,
     "torchani": _torchani,
     "mm": lambda: ClassicalMM(ELEMENTS, cutoff=4.0),

@@ -12,7 +12,8 @@ from .painn import PaiNN
 from .schnet import SchNet
 from .zbl import ZBL
 
-try:  # e3nn is an optional dependency: the MACE-style family registers only when it is installed
+try:  # e3nn is an optional dependency: the MACE-style and linear ACE families register only when it is installed
+    from .ace import LinearACE  # noqa: F401
     from .mace import MACE  # noqa: F401
 except ImportError:  # pragma: no cover
     pass

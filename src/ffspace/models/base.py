@@ -50,10 +50,10 @@ class FFModel(nn.Module):
 # The ranges of the settings families share, checked by `build_model` for every family: ``layers=0`` would
 # train a model whose forces are all zero, ``features=0`` fail deep inside torch.
 POSITIVE_INTS = {"features", "layers", "channels", "n_rbf", "n_radial", "n_angular_shifts", "radial_hidden",
-                 "correlation", "max_degree"}
-NON_NEGATIVE_INTS = {"lmax", "hidden_lmax"}
+                 "correlation", "max_degree", "n_rbf_3"}
+NON_NEGATIVE_INTS = {"lmax", "hidden_lmax", "lmax_3", "degree", "degree_3"}
 POSITIVE_FLOATS = {"cutoff", "angular_cutoff", "radial_eta", "angular_eta", "avg_neighbors", "bond_scale",
-                   "switch_width", "energy_scale", "covalent_scale"}
+                   "switch_width", "energy_scale", "covalent_scale", "cutoff_3"}
 
 
 def check_settings(family: str, config: dict) -> None:

@@ -332,7 +332,12 @@ class Trainer:
         return {f"train_{k}": v / max(count, 1) for k, v in totals.items()}
 
     def fit(self) -> dict:
-        """Train until max epochs, early stop or the time budget; returns the best validation metrics."""
+        """Train until max epochs, early stop or the time budget; returns the best validation metrics. A model
+        that is linear in its weights (linear ACE) is fitted by least squares instead (`least_squares`)."""
+        from .least_squares import fit_least_squares, linear_term
+
+        if linear_term(self.model) is not None:
+            return fit_least_squares(self)
         workers = self.config.workers
         if workers == 1 or distributed.active():
             return self.fit_loop()

@@ -1,0 +1,224 @@
+"""Linear ACE: body-ordered symmetric polynomials of the neighbour density, linear in their weights
+(Drautz, PRB 2019; Kovács et al., JCTC 2021). Fitted by regularised linear least squares (`ffspace.train.least_squares`),
+not by gradient descent.
+
+The atomic basis is MACE's "A" basis with fixed radial functions, one channel k = (neighbour element, n):
+
+    A_i,k,lm = (1/n̄) Σ_{j of element e} R_n(r_ij) Y_lm(r̂_ij)          R_n = sin((n+1)π r/rc)/r · fcut(r)
+
+and the invariants of atom i are its products, coupled to scalars with e3nn's Clebsch–Gordan coefficients:
+
+    ν = 1 (2-body):  A_k,00
+    ν = 2 (3-body):  Σ_m A_k1,lm A_k2,lm                        k1 ≤ k2, n1 + n2 + 2l ≤ degree
+    ν = 3 (4-body):  Σ C^{l1l2l3}_{m1m2m3} A'_k1,l1m1 A'_k2,l2m2 A'_k3,l3m3     n1 + n2 + n3 + l1 + l2 + l3 ≤ degree_3
+
+(A' is the same basis on the first ``n_rbf_3`` radial functions, inside ``cutoff_3``, by default the cutoff: on
+rMD17 aspirin a 3.8 Å four-body cutoff fitted worse than 5 Å, 49.0 against 47.0 meV/Å with 300 training frames). Products are kept once per unordered set of
+(k, l) (the others repeat them) and only for even l1 + l2 + l3 (true scalars). The energy of atom i is
+
+    E_i = scale · Σ_f w_{z_i, f} B_i,f        (with a constant B_i,0 = 1: a per-element offset)
+
+so energy and forces are linear in the weights ``w`` (elements × features), which is what makes a least-squares fit
+possible: forces are −Σ_i w · ∂B_i/∂r, and the fit builds ∂B/∂r by forward-mode differentiation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import FFModel, register
+from .chunking import local_edges
+
+
+def _couplings(lmax: int):
+    """The (l1 ≤ l2 ≤ l3) triples with a true-scalar coupling (triangle rule, even sum)."""
+    return [(l1, l2, l3) for l1 in range(lmax + 1) for l2 in range(l1, lmax + 1) for l3 in range(l2, lmax + 1)
+            if l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0]
+
+
+@register("ace")
+class LinearACE(FFModel):
+    linear = True  # trained by `ffspace.train.least_squares`, not SGD
+
+    def __init__(self, elements, cutoff: float = 5.0, n_rbf: int = 8, lmax: int = 3, degree: int = 10,
+                 correlation: int = 3, cutoff_3: float | None = None, n_rbf_3: int = 4, lmax_3: int = 2, degree_3: int = 6,
+                 avg_neighbors: float = 10.0, energy_scale: float = 1.0):
+        super().__init__()
+        from e3nn import o3
+
+        if not 1 <= correlation <= 3:
+            raise ValueError(f"correlation must be 1, 2 or 3 (body order 2 to 4), got {correlation}")
+        if not 0 <= lmax <= 4 or not 0 <= lmax_3 <= 3:
+            raise ValueError(f"lmax must be 0..4 and lmax_3 0..3, got {lmax} and {lmax_3}")
+        cutoff_3 = float(cutoff if cutoff_3 is None else cutoff_3)
+        if cutoff_3 > cutoff:
+            raise ValueError(f"cutoff_3 ({cutoff_3} Å) must not exceed cutoff ({cutoff} Å)")
+        self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff), n_rbf=n_rbf, lmax=lmax,
+                           degree=degree, correlation=correlation, cutoff_3=float(cutoff_3), n_rbf_3=n_rbf_3,
+                           lmax_3=lmax_3, degree_3=degree_3, avg_neighbors=float(avg_neighbors),
+                           energy_scale=float(energy_scale))
+        self._init_elements(elements)
+        self.cutoff, self.cutoff_3 = float(cutoff), float(cutoff_3)
+        self.correlation, self.avg_neighbors = int(correlation), float(avg_neighbors)
+        n_el = len(self.elements)
+        self.n_rbf, self.n_rbf_3 = int(n_rbf), int(n_rbf_3)
+        self.lmax = int(lmax) if correlation >= 2 else 0
+        self.lmax_3 = int(lmax_3) if correlation >= 3 else 0
+        # A' is a slice of A when both share the cutoff (then A carries the larger lmax)
+        self.lmax_a = max(self.lmax, self.lmax_3) if float(cutoff_3) == float(cutoff) else self.lmax
+        self.spherical_harmonics = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(max(self.lmax, self.lmax_3)),
+                                                         normalize=True, normalization="component")
+        k2, k3 = n_el * self.n_rbf, n_el * self.n_rbf_3
+        self.k2, self.k3 = k2, k3
+        n_of = [k % self.n_rbf for k in range(k2)]
+        # ν = 2: (k1 ≤ k2, l) within the degree, as index buffers per l
+        self.pairs = []
+        for l in range(self.lmax + 1 if correlation >= 2 else 0):
+            idx = [(a, b) for a in range(k2) for b in range(a, k2) if n_of[a] + n_of[b] + 2 * l <= degree]
+            t = torch.tensor(idx, dtype=torch.long).reshape(-1, 2).T.contiguous()
+            self.register_buffer(f"pairs_{l}", t, persistent=False)
+            self.pairs.append(t.shape[1])
+        # ν = 3: per coupling p = (l1, l2, l3), the channel triples kept (sorted where the l's repeat). All couplings
+        # share one sparse Clebsch–Gordan table: its nonzero entries C^p_{m1 m2 m3} as (m1, m2) pairs and a
+        # (nonzeros, slots) matrix onto the slots (p, m3), m3 in l3's block, so one matrix product couples every
+        # A'_l1 ⊗ A'_l2 (a dense (D3², P·D3) coupling cost 4x the arithmetic, mostly on zeros).
+        n3_of = [k % self.n_rbf_3 for k in range(k3)]
+        self.couplings = _couplings(self.lmax_3) if correlation >= 3 else []
+        entries, slot_m, slot_p, triples = [], [], [], []
+        for p, (l1, l2, l3) in enumerate(self.couplings):
+            w3j = o3.wigner_3j(l1, l2, l3).to(torch.float64)
+            for m3 in range(2 * l3 + 1):
+                for m1, m2 in zip(*torch.nonzero(w3j[:, :, m3].abs() > 1e-12, as_tuple=True)):
+                    entries.append((l1 * l1 + int(m1), l2 * l2 + int(m2), len(slot_m), float(w3j[m1, m2, m3])))
+                slot_m.append(l3 * l3 + m3)
+                slot_p.append(p)
+            triples += [(p, a, b, c) for a in range(k3) for b in range(k3) for c in range(k3)
+                        if not (l1 == l2 and b < a) and not (l2 == l3 and c < b)
+                        and n3_of[a] + n3_of[b] + n3_of[c] + l1 + l2 + l3 <= degree_3]
+        coupling = torch.zeros(len(entries), len(slot_m), dtype=torch.float64)
+        for k, (_, _, slot, value) in enumerate(entries):
+            coupling[k, slot] = value
+        self.register_buffer("cg_m1", torch.tensor([e[0] for e in entries], dtype=torch.long), persistent=False)
+        self.register_buffer("cg_m2", torch.tensor([e[1] for e in entries], dtype=torch.long), persistent=False)
+        self.register_buffer("cg", coupling, persistent=False)
+        self.register_buffer("slot_m", torch.tensor(slot_m, dtype=torch.long), persistent=False)
+        self.register_buffer("slot_p", torch.tensor(slot_p, dtype=torch.long), persistent=False)
+        self.register_buffer("triples", torch.tensor(triples, dtype=torch.long).reshape(-1, 4).T.contiguous(),
+                             persistent=False)
+        # which slots belong to each coupling: sums a triple's slot products over m3
+        self.register_buffer("slot_of_p", (torch.tensor(slot_p)[:, None] == torch.arange(len(self.couplings)))
+                             .to(torch.float64), persistent=False)
+        self.n_triples = len(triples)
+        self.n_features = 1 + k2 + sum(self.pairs) + self.n_triples
+        self.register_buffer("freqs", (torch.arange(1, self.n_rbf + 1, dtype=torch.float64) * math.pi / cutoff),
+                             persistent=False)
+        self.register_buffer("freqs_3", (torch.arange(1, self.n_rbf_3 + 1, dtype=torch.float64) * math.pi
+                                         / cutoff_3), persistent=False)
+        self.register_buffer("channels_3", torch.tensor([e * self.n_rbf + m for e in range(n_el)
+                                                         for m in range(self.n_rbf_3)]), persistent=False)
+        self.weights = nn.Parameter(torch.zeros(n_el, self.n_features))
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+
+    def _density(self, i, j, r, sh, n: int, species, cutoff: float, freqs, lmax: int) -> torch.Tensor:
+        """(n, elements·n_rbf, (lmax+1)²) atomic basis A: Σ_j R_n(r_ij) Y_lm(r̂_ij), one channel per neighbour
+        element and radial function."""
+        inside = r < cutoff
+        fcut = torch.where(inside, 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0), torch.zeros_like(r))
+        safe_r = torch.where(inside, r, torch.full_like(r, cutoff))
+        radial = torch.sin(freqs.to(r.dtype) * safe_r[:, None]) / safe_r[:, None] * fcut[:, None]  # (E, n_rbf)
+        d = (lmax + 1) ** 2
+        x = radial[:, :, None] * sh[:, None, :d]  # (E, n_rbf, D)
+        n_el = len(self.elements)
+        a = x.new_zeros((n * n_el, freqs.shape[0], d)).index_add(0, i * n_el + species[j], x)
+        return a.reshape(n, n_el * freqs.shape[0], d) / self.avg_neighbors
+
+    def _bases(self, batch):
+        """The atomic bases A (N, K, (lmax+1)²) and A' (N, K3, (lmax_3+1)², or None) and the atoms' species."""
+        n = batch.numbers.shape[0]
+        i, j, vec, _ = local_edges(self, batch)
+        r = torch.linalg.norm(vec, dim=-1)
+        sh = self.spherical_harmonics(vec)
+        species = self.species(batch.numbers)
+        a = self._density(i, j, r, sh, n, species, self.cutoff, self.freqs, self.lmax_a)
+        a3 = None
+        if self.couplings:
+            if self.cutoff_3 == self.cutoff and self.n_rbf_3 <= self.n_rbf:  # A' is a subset of A's channels
+                a3 = a[:, self.channels_3, :(self.lmax_3 + 1) ** 2]
+            else:
+                a3 = self._density(i, j, r, sh, n, species, self.cutoff_3, self.freqs_3, self.lmax_3)
+        return a, a3, species
+
+    def _triple_products(self, a3):
+        """U_n,a,b,(p,m3) = Σ C^p_{m1 m2 m3} A'_a,m1 A'_b,m2 for every coupling p and m3 of its l3: (N, K3, K3, slots),
+        and the third factor A'_c,m3 at each slot: (N, K3, slots)."""
+        n, k3, _ = a3.shape
+        g1, g2 = a3[:, :, self.cg_m1], a3[:, :, self.cg_m2]  # (N, K3, nonzeros)
+        outer = (g1[:, :, None, :] * g2[:, None, :, :]).reshape(n * k3 * k3, -1)
+        return (outer @ self.cg.to(a3.dtype)).reshape(n, k3, k3, -1), a3[:, :, self.slot_m]
+
+    def features(self, batch) -> torch.Tensor:
+        """(N, n_features) basis B of every atom (the first column is the constant 1)."""
+        a, a3, _ = self._bases(batch)
+        out = [torch.ones_like(a[:, :1, 0]), a[:, :, 0]]
+        for l, count in enumerate(self.pairs):
+            if count:
+                al = a[:, :, l * l:(l + 1) ** 2]
+                pairs = getattr(self, f"pairs_{l}")
+                out.append((al[:, pairs[0]] * al[:, pairs[1]]).sum(-1))
+        if self.n_triples:
+            p, ka, kb, kc = self.triples
+            u, x3 = self._triple_products(a3)
+            by_coupling = (u[:, ka, kb] * x3[:, kc]) @ self.slot_of_p.to(a3.dtype)  # (N, T, P)
+            out.append(by_coupling.gather(2, p.expand(a3.shape[0], -1)[..., None])[..., 0])
+        return torch.cat(out, 1)
+
+    def contracted(self) -> dict:
+        """The weights as the polynomial's coefficient tensors per element S: w0 (S,), w1 (S, K), w2 (S, K, K, D)
+        (the ν = 2 weight of each pair at each m of its l) and w3 (S, K3·K3·P, K3) (zero where a product is not in
+        the basis). E_i = w0 + w1·A_0 + Σ_abm A_am w2_abm A_bm + Σ U·(w3 A') then costs a few matrix products
+        whatever the number of features. Cached until the weights change."""
+        w = self.weights
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        cache = getattr(self, "_contracted_cache", None)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        w = w.detach() * self.energy_scale.to(w.dtype)
+        n_el, k2, k3 = w.shape[0], self.k2, self.k3
+        out = {"w0": w[:, 0], "w1": w[:, 1:1 + k2], "w2": None, "w3": None}
+        col = 1 + k2
+        if self.pairs:
+            w2 = w.new_zeros(n_el, k2, k2, (self.lmax + 1) ** 2)
+            for l, count in enumerate(self.pairs):
+                pairs = getattr(self, f"pairs_{l}")
+                w2[:, pairs[0], pairs[1], l * l:(l + 1) ** 2] = w[:, col:col + count, None]
+                col += count
+            out["w2"] = w2
+        if self.n_triples:
+            p, ka, kb, kc = self.triples
+            w3 = w.new_zeros(n_el, k3, k3, len(self.couplings), k3)
+            w3[:, ka, kb, p, kc] = w[:, col:col + self.n_triples]
+            # expanded to the slots (p, m3): (slots, S·K3, K3·K3)
+            out["w3"] = w3[:, :, :, self.slot_p].permute(3, 0, 4, 1, 2).reshape(len(self.slot_p), n_el * k3, k3 * k3)
+        self._contracted_cache = (key, out)
+        return out
+
+    def forward(self, batch) -> torch.Tensor:
+        a, a3, species = self._bases(batch)
+        c = self.contracted()
+        rows = torch.arange(species.shape[0], device=species.device)
+        energy = c["w0"][species] + (c["w1"][species] * a[:, :, 0]).sum(-1)
+        if c["w2"] is not None:
+            a2 = a[:, :, :c["w2"].shape[-1]]
+            y = torch.einsum("nam,zabm->nzbm", a2, c["w2"])[rows, species]  # (N, K, D): each atom's own element
+            energy = energy + (y * a2).sum((1, 2))
+        if c["w3"] is not None:
+            u, x3 = self._triple_products(a3)  # (N, K3, K3, slots), (N, K3, slots)
+            n, k3 = a3.shape[0], a3.shape[1]
+            # per slot: (S·K3, K3·K3) weights times U → (slots, N, S·K3), then each atom's own element
+            y = torch.bmm(u.reshape(n, k3 * k3, -1).permute(2, 0, 1), c["w3"].transpose(1, 2))
+            y = y.reshape(-1, n, c["w1"].shape[0], k3)[:, rows, species]  # (slots, N, K3)
+            energy = energy + (y * x3.permute(2, 0, 1)).sum((0, 2))
+        return energy

@@ -1,0 +1,191 @@
+"""Regularised linear least squares for the families that are linear in their weights (linear ACE).
+
+The objective is the `Trainer`'s loss, exactly: w_E · mean over structures of (ΔE/N)² + w_F · mean over force
+components of ΔF², plus a ridge penalty λ Σ_f G_ff w_f² relative to each column's own size (G = AᵀA), so that λ is
+dimensionless. The fixed terms of the model (reference energies, ZBL, a frozen Δ prior, dispersion) are the
+model's predictions with the linear weights at zero; the linear term fits what they leave.
+
+Each training structure adds one energy row and 3N force rows to the normal equations AᵀA w = Aᵀy; the force
+rows, −∂(Σ_i B_i)/∂r, come from forward-mode differentiation of the features (one tangent per coordinate).
+The fit tries every λ of ``train.ridge`` on the accumulated equations and keeps the one whose validation loss
+(the trainer's) is lowest. The equations are checkpointed every minute: a killed fit resumes from its last
+checkpoint and loses at most a minute of work.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..graph.batch import collate
+from ..outputs import write_json
+from ..potential import Potential
+from ..potential.package import save_package
+from ..progress import progress as progress_bar
+
+CHECKPOINT_EVERY_S = 60.0
+
+
+def linear_term(model):
+    """The model's term that is fitted by least squares (a family with ``linear = True``), or None. A model with
+    such a term must have no other trainable parameter: those would need gradient descent."""
+    terms = list(model.terms) if hasattr(model, "terms") else [model]
+    linear = [t for t in terms if getattr(t, "linear", False)]
+    if not linear:
+        return None
+    if len(linear) > 1:
+        raise ConfigError("a model may hold one linear (least-squares) term, it holds "
+                          f"{[t.family for t in linear]}")
+    others = [t.family for t in terms if t is not linear[0] and any(p.requires_grad for p in t.parameters())]
+    if others:
+        raise ConfigError(f"model family {linear[0].family!r} is fitted by linear least squares, but the model also "
+                          f"has trainable term(s) {others} (prior: mm or coulomb need gradient descent); use a frozen "
+                          "package as the prior (model.prior: path/to/model.safetensors) instead")
+    return linear[0]
+
+
+def _design(term, graph, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One structure's energy row (F·elements,) and force rows (3N, F·elements) of the linear term."""
+    batch = collate([graph], dtype=dtype, labels=False)
+    species = term.species(batch.numbers)
+    onehot = torch.nn.functional.one_hot(species, len(term.elements)).to(dtype)  # (N, elements)
+    scale = float(term.energy_scale)
+
+    def summed(positions):
+        b = term.features(batch.__class__(**{**batch.__dict__, "positions": positions}))
+        return (onehot.T @ b).reshape(-1) * scale
+
+    positions = batch.positions
+    row = summed(positions)
+    jac = torch.func.jacfwd(summed)(positions)  # (F·elements, N, 3)
+    return row, -jac.reshape(row.shape[0], -1).T
+
+
+def _residual_labels(trainer, potential) -> tuple[list[float], list[np.ndarray]]:
+    """Energies and forces the linear term must fit: the labels minus the fixed terms' predictions."""
+    pred = potential.predict(trainer.train_graphs, batch_size=trainer.config.eval_batch_size)
+    cuts = np.cumsum([s.n_atoms for s in trainer.train_set])[:-1]
+    energies = [s.energy - e for s, e in zip(trainer.train_set, pred["energy"])]
+    forces = [s.forces - f for s, f in zip(trainer.train_set, np.split(pred["forces"], cuts))]
+    return energies, forces
+
+
+def fit_least_squares(trainer) -> dict:
+    """Fit ``trainer``'s linear term (see the module docstring); writes what `Trainer.fit` writes and returns the
+    same summary."""
+    cfg = trainer.config
+    term = linear_term(trainer.model)
+    trainer.ema = None  # one solution per ridge strength: no weight averaging
+    dtype = torch.float64  # normal equations square the condition number: float32 would lose the fit
+    f64 = Potential(trainer.model, dtype=dtype)  # a float64 copy; its linear weights are zero for now
+    lin64 = linear_term(f64.model)
+    with torch.no_grad():
+        lin64.weights.zero_()
+    trainer._write_run_files()
+    t_start = time.perf_counter()
+    state = _load_equations(trainer)
+    n_cols = lin64.weights.numel()
+    if state is None:
+        state = {"done": 0, "gram": torch.zeros(n_cols, n_cols, dtype=dtype), "rhs": torch.zeros(n_cols, dtype=dtype),
+                 "elapsed": 0.0}
+    elif state["done"]:
+        print(f"resuming {trainer.run_dir}: {state['done']}/{len(trainer.train_set)} structures already in the "
+              "normal equations", file=sys.stderr)
+    energies, forces = _residual_labels(trainer, f64)
+    n_frames = len(trainer.train_set)
+    n_components = 3 * sum(s.n_atoms for s in trainer.train_set)
+    w_e = math.sqrt(cfg.energy_weight / n_frames)
+    w_f = math.sqrt(cfg.forces_weight / n_components)
+    bar = progress_bar(total=n_frames, initial=state["done"], desc="least squares: design rows",
+                       enabled=cfg.progress, unit="structure")
+    last_save = time.perf_counter()
+    for k in range(state["done"], n_frames):
+        row, force_rows = _design(lin64, trainer.train_graphs[k], dtype)
+        n_atoms = trainer.train_set[k].n_atoms
+        rows = [row[None] * (w_e / n_atoms)] if w_e else []
+        targets = [torch.tensor([energies[k] / n_atoms * w_e], dtype=dtype)] if w_e else []
+        if w_f:
+            rows.append(force_rows * w_f)
+            targets.append(torch.as_tensor(forces[k], dtype=dtype).reshape(-1) * w_f)
+        a, y = torch.cat(rows), torch.cat(targets)
+        state["gram"].addmm_(a.T, a)
+        state["rhs"].addmv_(a.T, y)
+        state["done"] = k + 1
+        bar.update(1)
+        if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+            _save_equations(trainer, state, t_start)
+            last_save = time.perf_counter()
+    bar.close()
+    _save_equations(trainer, state, t_start)
+    return _select_ridge(trainer, term, state, t_start)
+
+
+def _select_ridge(trainer, term, state, t_start) -> dict:
+    """Solve for each λ of ``train.ridge``; keep (and package) the weights with the lowest validation loss."""
+    cfg = trainer.config
+    gram, rhs = state["gram"], state["rhs"]
+    scale = gram.diagonal().clone()
+    scale[scale <= 0] = 1.0  # a feature no training atom has (an element pair never seen): its weight stays 0
+    history, best = [], None
+    for lam in sorted(cfg.ridge):
+        weights = _solve(gram + torch.diag(lam * scale), rhs)
+        with torch.no_grad():
+            term.weights.copy_(weights.reshape(term.weights.shape).to(term.weights))
+        val = trainer.validate()
+        row = {"ridge": lam, **{f"val_{k}": v for k, v in val.items() if k != "n_structures"},
+               "time_s": round(state["elapsed"] + time.perf_counter() - t_start, 2)}
+        history.append(row)
+        if cfg.progress:
+            print(f"ridge {lam:.0e}  val loss {val['loss']:.4g}  F MAE {val.get('forces_mae_meV_A', float('nan')):.2f} "
+                  f"meV/Å  E MAE {val.get('energy_mae_meV', float('nan')):.2f} meV", file=sys.stderr)
+        if not math.isfinite(val["loss"]):
+            continue
+        if best is None or val["loss"] < best[0]["val_loss"]:
+            best = (row, weights)
+    if best is None:
+        raise FloatingPointError("the least-squares fit gave non-finite predictions for every ridge strength; "
+                                 f"tried {sorted(cfg.ridge)} (raise train.ridge)")
+    row, weights = best
+    with torch.no_grad():
+        term.weights.copy_(weights.reshape(term.weights.shape).to(term.weights))
+    val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+    save_package(trainer.run_dir / "model.safetensors", trainer.model,
+                 extra={"ridge": row["ridge"], "val": val, "run_config": trainer.resolved})
+    trainer.history = history
+    trainer._write_metrics()
+    elapsed = state["elapsed"] + time.perf_counter() - t_start
+    summary = {"stop_reason": "least squares", "epochs": 0, "time_s": elapsed, "best": row,
+               "model": str(trainer.run_dir / "model.safetensors")}
+    write_json(trainer.run_dir / "summary.json", summary, fsync=False)
+    return summary
+
+
+def _solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Cholesky when the regularised matrix is positive definite (it should be), else a least-squares solve."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+    return torch.linalg.lstsq(matrix, rhs[:, None]).solution[:, 0]
+
+
+def _save_equations(trainer, state, t_start) -> None:
+    from .trainer import _atomic_torch_save
+
+    saved = dict(state, elapsed=state["elapsed"] + time.perf_counter() - t_start, fingerprint=trainer.fingerprint,
+                 kind="least_squares")
+    _atomic_torch_save(saved, trainer.checkpoint_path)
+
+
+def _load_equations(trainer) -> dict | None:
+    if not trainer.checkpoint_path.exists():
+        return None
+    state = trainer._read_checkpoint()  # refuses foreign or unreadable files with a clear error
+    if state["fingerprint"] != trainer.fingerprint or state.get("kind") != "least_squares":
+        raise ConfigError(f"{trainer.run_dir} holds a checkpoint of a different configuration; use another run "
+                          f"directory (or delete {trainer.checkpoint_path}) to start afresh")
+    return {k: state[k] for k in ("done", "gram", "rhs", "elapsed")}

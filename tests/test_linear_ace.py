@@ -1,0 +1,114 @@
+"""Linear ACE and its least-squares fit (ffspace.models.ace, ffspace.train.least_squares)."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("e3nn")
+
+from ffspace.errors import ConfigError  # noqa: E402
+from ffspace.graph.batch import batch_structures  # noqa: E402
+from ffspace.models import AtomicReference, Sum  # noqa: E402
+from ffspace.models.ace import LinearACE  # noqa: E402
+from ffspace.potential import Potential  # noqa: E402
+from ffspace.train import Trainer, TrainConfig, build_model_for_data  # noqa: E402
+
+SMALL = dict(cutoff=4.0, n_rbf=4, lmax=2, degree=5, n_rbf_3=2, lmax_3=2, degree_3=4)
+
+
+def _random_weights(model, seed=0, std=0.05):
+    with torch.no_grad():
+        model.weights.copy_(std * torch.randn(model.weights.shape, generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+def test_contracted_energy_equals_features_times_weights(ethanol_data):
+    """The inference form (weights contracted into per-element coefficient tensors) is the same polynomial as the
+    basis the fit uses, also with a separate four-body cutoff."""
+    for kw in (SMALL, {**SMALL, "cutoff_3": 3.0, "n_rbf_3": 3}):
+        model = _random_weights(LinearACE([1, 6, 8], **kw).double())
+        batch = batch_structures(list(ethanol_data)[:3], 4.0)
+        by_features = (model.features(batch) * model.weights[model.species(batch.numbers)]).sum(-1)
+        assert torch.allclose(model(batch), by_features, atol=1e-12, rtol=0)
+        with torch.no_grad():  # the cached coefficients follow the weights
+            model.weights.mul_(2.0)
+        assert torch.allclose(model(batch), 2 * by_features, atol=1e-12, rtol=0)
+
+
+def _teacher_labels(structures):
+    """Structures relabelled by a random-weight linear ACE of the SMALL basis: a target the fit can meet exactly."""
+    teacher = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}),
+                   _random_weights(LinearACE([1, 6, 8], **SMALL), seed=1)])
+    pred = Potential(teacher, dtype=torch.float64)(structures)
+    return [s.copy(energy=e, forces=f) for s, e, f in zip(structures, pred["energy"], pred["forces"])]
+
+
+def test_least_squares_recovers_a_model_of_its_own_basis(tmp_path, ethanol_data):
+    """Labels made by a model of the basis are fitted to round-off: design rows, row weights, the fixed reference
+    energies and the ridge selection all have to be right for that."""
+    from ffspace.data import Dataset
+
+    data = Dataset(_teacher_labels(list(ethanol_data)[:60]), name="teacher")
+    train, val, test = data.split([-1, 10, 10], seed=0)
+    model = build_model_for_data({"family": "ace", **SMALL}, train)
+    summary = Trainer(model, train, val, TrainConfig(progress=False, dtype="float64"), run_dir=tmp_path).fit()
+    assert summary["stop_reason"] == "least squares" and summary["best"]["ridge"] > 0
+    pot = Potential.load(tmp_path / "model.safetensors", dtype="float64")
+    pred = pot(list(test))
+    err_f = np.abs(np.concatenate(pred["forces"]) - np.concatenate([s.forces for s in test])).max()
+    err_e = np.abs(np.array(pred["energy"]) - np.array([s.energy for s in test])).max()
+    assert err_f < 1e-4 and err_e < 1e-4, (err_f, err_e)
+    assert (tmp_path / "metrics.jsonl").read_text().count("ridge") == len(TrainConfig().ridge)
+
+
+def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypatch):
+    """The normal equations are checkpointed as they grow: a fit killed after some structures resumes from the
+    checkpoint and ends with the weights of an uninterrupted fit."""
+    from ffspace.train import least_squares
+
+    train, val, _ = ethanol_data.split([-1, 10, 80], seed=0)
+    train = train[:30]
+    cfg = TrainConfig(progress=False)
+
+    def fit(run):
+        return Trainer(build_model_for_data({"family": "ace", **SMALL}, train), train, val, cfg, run_dir=run).fit()
+
+    fit(tmp_path / "whole")
+    real_design, calls = least_squares._design, []
+
+    def dying_design(*args):
+        calls.append(1)
+        if len(calls) == 13:
+            raise KeyboardInterrupt  # killed while the 13th structure's rows are computed
+        return real_design(*args)
+
+    monkeypatch.setattr(least_squares, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every structure
+    monkeypatch.setattr(least_squares, "_design", dying_design)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "resumed")
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert state["done"] == 12
+    monkeypatch.setattr(least_squares, "_design", real_design)
+    fit(tmp_path / "resumed")
+    from safetensors.torch import load_file
+
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    for key in whole:
+        assert torch.allclose(whole[key], resumed[key], rtol=1e-9, atol=1e-12), key
+
+
+def test_trainable_terms_beside_a_linear_one_are_refused(tmp_path, ethanol_data):
+    train, val, _ = ethanol_data.split([-1, 10, 10], seed=0)
+    model = build_model_for_data({"family": "ace", **SMALL, "prior": "mm"}, train)
+    with pytest.raises(ConfigError, match="linear least squares.*mm"):
+        Trainer(model, train, val, TrainConfig(progress=False), run_dir=tmp_path).fit()
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="cutoff_3"):
+        LinearACE([1, 6], cutoff=4.0, cutoff_3=5.0)
+    with pytest.raises(ValueError, match="correlation"):
+        LinearACE([1, 6], correlation=4)
+    with pytest.raises(Exception, match="ridge"):
+        TrainConfig(ridge=[0.0])
