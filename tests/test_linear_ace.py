@@ -83,6 +83,7 @@ def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypa
         return real_design(*args)
 
     monkeypatch.setattr(least_squares, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every structure
+    monkeypatch.setattr(least_squares, "ROWS_PER_PRODUCT", 1)
     monkeypatch.setattr(least_squares, "_design", dying_design)
     with pytest.raises(KeyboardInterrupt):
         fit(tmp_path / "resumed")
@@ -112,3 +113,28 @@ def test_bad_settings_are_refused():
         LinearACE([1, 6], correlation=4)
     with pytest.raises(Exception, match="ridge"):
         TrainConfig(ridge=[0.0])
+
+
+def test_hand_derived_forces_equal_autograd(ethanol_data):
+    """The fast path's forces for linear ACE (ffspace.potential.analytic, no autograd) are the autograd forces of
+    the same energy, to float64 round-off, with a shared and with a separate four-body cutoff; FastForces uses
+    them and passes its first-call check."""
+    from ffspace.potential import analytic
+
+    structures = list(ethanol_data)[:3]
+    for kw in (SMALL, {**SMALL, "cutoff_3": 3.0, "n_rbf_3": 3, "lmax_3": 3}):
+        model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}),
+                     _random_weights(LinearACE([1, 6, 8], **kw), seed=2)])
+        assert analytic.supports(model)
+        pot = Potential(model, dtype=torch.float64)
+        batch = pot.batch(structures)
+        ref = pot.compute(batch)
+        with torch.no_grad():
+            energies, forces = analytic.energies_forces(pot.model, batch)
+        assert torch.allclose(energies, ref["energies"], atol=1e-10, rtol=0)
+        assert torch.allclose(forces, ref["forces"], atol=1e-10, rtol=0)
+        fast = Potential(model, dtype=torch.float32, fast=True)
+        out = fast.compute(fast.batch(structures))
+        assert fast.fast.analytic and fast.fast.state == "checked"
+        assert torch.allclose(out["forces"].double(), ref["forces"], atol=1e-4)
+    assert not analytic.supports(Sum([AtomicReference({1: 0.0}), LinearACE([1, 6], **SMALL), LinearACE([1], **SMALL)]))

@@ -33,6 +33,50 @@ from .base import FFModel, register
 from .chunking import local_edges
 
 
+def _monomials(u: torch.Tensor, count: int) -> torch.Tensor:
+    """(E, count) products of the unit vectors' components: 1, u_a, u_a u_b, u_a u_b u_c, ... (with repeats)."""
+    parts, last = [torch.ones_like(u[:, :1])], torch.ones_like(u[:, :1])
+    while sum(p.shape[1] for p in parts) < count:
+        last = (last[:, :, None] * u[:, None, :]).reshape(u.shape[0], 3 * last.shape[1])  # E may be 0
+        parts.append(last)
+    return torch.cat(parts, 1)
+
+
+def _monomial_harmonics(lmax: int) -> torch.Tensor:
+    """e3nn's real spherical harmonics to ``lmax`` (component normalisation) as a matrix on `_monomials`: on unit
+    vectors Y_lm is a polynomial of degree l in the components, so one matrix product gives them all. e3nn's
+    module runs ~40 elementwise operations (and their derivatives) for lmax = 3: 0.8 ms of a 3-4 ms aspirin call."""
+    from e3nn import o3
+
+    count = sum(3**d for d in range(lmax + 1))
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(4 * count, 3, generator=gen, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    target = o3.spherical_harmonics(list(range(lmax + 1)), u, normalize=True, normalization="component")
+    matrix = torch.linalg.pinv(_monomials(u, count), rtol=1e-10) @ target  # rank-deficient: repeats, u·u = 1
+    check = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    check = check / check.norm(dim=1, keepdim=True)
+    error = (_monomials(check, count) @ matrix - o3.spherical_harmonics(list(range(lmax + 1)), check, normalize=True,
+                                                                      normalization="component")).abs().max()
+    assert error < 1e-10, f"monomial harmonics differ from e3nn's by {float(error):.2g}"
+    return matrix
+
+
+def _monomial_derivatives(count: int) -> torch.Tensor:
+    """(3, count, count) D_k with ∂(monomial s)/∂u_k = Σ_q D_k[q, s] · monomial q (`_monomials`' order: degree d
+    holds the 3^d ordered tuples, the last factor fastest)."""
+    index, degree, offset = {(): 0}, 1, 1
+    while offset < count:
+        for flat in range(3 ** degree):
+            index[tuple((flat // 3 ** (degree - 1 - t)) % 3 for t in range(degree))] = offset + flat
+        offset, degree = offset + 3 ** degree, degree + 1
+    d = torch.zeros(3, count, count, dtype=torch.float64)
+    for factors, s in index.items():
+        for t, k in enumerate(factors):
+            d[k, index[factors[:t] + factors[t + 1:]], s] += 1.0
+    return d
+
+
 def _couplings(lmax: int):
     """The (l1 ≤ l2 ≤ l3) triples with a true-scalar coupling (triangle rule, even sum)."""
     return [(l1, l2, l3) for l1 in range(lmax + 1) for l2 in range(l1, lmax + 1) for l3 in range(l2, lmax + 1)
@@ -69,8 +113,11 @@ class LinearACE(FFModel):
         self.lmax_3 = int(lmax_3) if correlation >= 3 else 0
         # A' is a slice of A when both share the cutoff (then A carries the larger lmax)
         self.lmax_a = max(self.lmax, self.lmax_3) if float(cutoff_3) == float(cutoff) else self.lmax
-        self.spherical_harmonics = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(max(self.lmax, self.lmax_3)),
-                                                         normalize=True, normalization="component")
+        harmonics = _monomial_harmonics(max(self.lmax_a, self.lmax_3))
+        self.register_buffer("harmonics", harmonics, persistent=False)
+        # ∂Y/∂u_k on the same monomials (for the hand-derived forces of ffspace.potential.analytic)
+        self.register_buffer("harmonics_grad", _monomial_derivatives(harmonics.shape[0]) @ harmonics,
+                             persistent=False)
         k2, k3 = n_el * self.n_rbf, n_el * self.n_rbf_3
         self.k2, self.k3 = k2, k3
         n_of = [k % self.n_rbf for k in range(k2)]
@@ -108,9 +155,31 @@ class LinearACE(FFModel):
         self.register_buffer("slot_p", torch.tensor(slot_p, dtype=torch.long), persistent=False)
         self.register_buffer("triples", torch.tensor(triples, dtype=torch.long).reshape(-1, 4).T.contiguous(),
                              persistent=False)
-        # which slots belong to each coupling: sums a triple's slot products over m3
-        self.register_buffer("slot_of_p", (torch.tensor(slot_p)[:, None] == torch.arange(len(self.couplings)))
-                             .to(torch.float64), persistent=False)
+        # The kept triples as flat indices into U (N, K3·K3·slots) and A'-by-slot (N, K3·slots), one per m3 of
+        # their l3 (padded to 2·lmax_3 + 1 with a zero mask): the sparse form of potential.analytic.
+        n_slots, width = len(slot_m), 2 * self.lmax_3 + 1
+        first_slot = [slot_p.index(p) if p in slot_p else 0 for p in range(len(self.couplings))]
+        u_index = torch.zeros(len(triples), width, dtype=torch.long)
+        x_index = torch.zeros(len(triples), width, dtype=torch.long)
+        mask = torch.zeros(len(triples), width, dtype=torch.float64)
+        for t, (p, a, b, c) in enumerate(triples):
+            for q in range(2 * self.couplings[p][2] + 1):
+                u_index[t, q] = (a * k3 + b) * n_slots + first_slot[p] + q
+                x_index[t, q] = c * n_slots + first_slot[p] + q
+                mask[t, q] = 1.0
+        self.register_buffer("triple_u_index", u_index, persistent=False)
+        self.register_buffer("triple_x_index", x_index, persistent=False)
+        self.register_buffer("triple_mask", mask, persistent=False)
+        self.register_buffer("cg_slot", torch.tensor([e[2] for e in entries], dtype=torch.long), persistent=False)
+        self.register_buffer("cg_value", torch.tensor([e[3] for e in entries], dtype=torch.float64),
+                             persistent=False)
+        d3 = (self.lmax_3 + 1) ** 2
+        for name, index in (("slot_onehot", slot_m), ("m1_onehot", [e[0] for e in entries]),
+                            ("m2_onehot", [e[1] for e in entries])):  # scatters as products (potential.analytic)
+            self.register_buffer(name, torch.nn.functional.one_hot(torch.tensor(index, dtype=torch.long), d3)
+                                 .to(torch.float64).reshape(len(index), d3), persistent=False)
+        for p, (l1, l2, l3) in enumerate(self.couplings):  # per coupling, for `features`
+            self.register_buffer(f"cg_{p}", o3.wigner_3j(l1, l2, l3).to(torch.float64), persistent=False)
         self.n_triples = len(triples)
         self.n_features = 1 + k2 + sum(self.pairs) + self.n_triples
         self.register_buffer("freqs", (torch.arange(1, self.n_rbf + 1, dtype=torch.float64) * math.pi / cutoff),
@@ -140,7 +209,7 @@ class LinearACE(FFModel):
         n = batch.numbers.shape[0]
         i, j, vec, _ = local_edges(self, batch)
         r = torch.linalg.norm(vec, dim=-1)
-        sh = self.spherical_harmonics(vec)
+        sh = _monomials(vec / r[:, None], self.harmonics.shape[0]) @ self.harmonics.to(vec.dtype)
         species = self.species(batch.numbers)
         a = self._density(i, j, r, sh, n, species, self.cutoff, self.freqs, self.lmax_a)
         a3 = None
@@ -160,19 +229,25 @@ class LinearACE(FFModel):
         return (outer @ self.cg.to(a3.dtype)).reshape(n, k3, k3, -1), a3[:, :, self.slot_m]
 
     def features(self, batch) -> torch.Tensor:
-        """(N, n_features) basis B of every atom (the first column is the constant 1)."""
+        """(N, n_features) basis B of every atom (the first column is the constant 1). Used by the fit, under
+        forward-mode differentiation with one tangent per coordinate, so it forms the full products of each
+        coupling, (N, K, K) and (N, K3, K3, K3), and gathers the kept ones: gathering per feature first made the
+        tangent tensors ~10x larger (0.7 s per aspirin frame instead of ~0.1 s)."""
         a, a3, _ = self._bases(batch)
         out = [torch.ones_like(a[:, :1, 0]), a[:, :, 0]]
         for l, count in enumerate(self.pairs):
             if count:
                 al = a[:, :, l * l:(l + 1) ** 2]
                 pairs = getattr(self, f"pairs_{l}")
-                out.append((al[:, pairs[0]] * al[:, pairs[1]]).sum(-1))
+                out.append(torch.einsum("nam,nbm->nab", al, al)[:, pairs[0], pairs[1]])
         if self.n_triples:
-            p, ka, kb, kc = self.triples
-            u, x3 = self._triple_products(a3)
-            by_coupling = (u[:, ka, kb] * x3[:, kc]) @ self.slot_of_p.to(a3.dtype)  # (N, T, P)
-            out.append(by_coupling.gather(2, p.expand(a3.shape[0], -1)[..., None])[..., 0])
+            p_of, ka, kb, kc = self.triples
+            for p, (l1, l2, l3) in enumerate(self.couplings):
+                cg = getattr(self, f"cg_{p}").to(a3.dtype)
+                x1, x2, x3 = (a3[:, :, l * l:(l + 1) ** 2] for l in (l1, l2, l3))
+                full = torch.einsum("nam,nbq,mqs,ncs->nabc", x1, x2, cg, x3)  # (N, K3, K3, K3)
+                keep = p_of == p
+                out.append(full[:, ka[keep], kb[keep], kc[keep]])
         return torch.cat(out, 1)
 
     def contracted(self) -> dict:
@@ -187,7 +262,7 @@ class LinearACE(FFModel):
             return cache[1]
         w = w.detach() * self.energy_scale.to(w.dtype)
         n_el, k2, k3 = w.shape[0], self.k2, self.k3
-        out = {"w0": w[:, 0], "w1": w[:, 1:1 + k2], "w2": None, "w3": None}
+        out = {"w0": w[:, 0], "w1": w[:, 1:1 + k2], "w2": None, "w2_sym": None, "w3": None, "w3t": None}
         col = 1 + k2
         if self.pairs:
             w2 = w.new_zeros(n_el, k2, k2, (self.lmax + 1) ** 2)
@@ -196,10 +271,12 @@ class LinearACE(FFModel):
                 w2[:, pairs[0], pairs[1], l * l:(l + 1) ** 2] = w[:, col:col + count, None]
                 col += count
             out["w2"] = w2
+            out["w2_sym"] = w2 + w2.transpose(1, 2)
         if self.n_triples:
             p, ka, kb, kc = self.triples
             w3 = w.new_zeros(n_el, k3, k3, len(self.couplings), k3)
             w3[:, ka, kb, p, kc] = w[:, col:col + self.n_triples]
+            out["w3t"] = w[:, col:col + self.n_triples]  # (S, T), the triples' own weights
             # expanded to the slots (p, m3): (slots, S·K3, K3·K3)
             out["w3"] = w3[:, :, :, self.slot_p].permute(3, 0, 4, 1, 2).reshape(len(self.slot_p), n_el * k3, k3 * k3)
         self._contracted_cache = (key, out)

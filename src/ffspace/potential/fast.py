@@ -1,4 +1,5 @@
-"""The fast inference path: energy and forces of a model in one `torch.compile`d graph (issue 29, first part).
+"""The fast inference path: energy and forces of a model in one `torch.compile`d graph (issue 29, first part), or,
+for linear ACE, hand-derived forces without autograd (`ffspace.potential.analytic`).
 
 The model's energy *and* the backward pass that gives the forces (``torch.autograd.grad`` traced inside the
 graph) are compiled into one graph with dynamic shapes (the edge count changes every MD step, so nothing is
@@ -30,6 +31,11 @@ class FastPathWarning(UserWarning):
     """The fast path of a model could not be used: it runs eagerly (same numbers, slower)."""
 
 
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
 def _energies_forces(model, batch):
     energies = model(batch)
     # The sum over all atoms has the gradient of the sum of the structures' totals. (The float64 totals are
@@ -43,17 +49,24 @@ class FastForces:
     batch (or, after a failure, this model) must go the eager way."""
 
     def __init__(self, potential, compiler=None):
+        from . import analytic
+
         self.potential = potential
         self.state = "new"  # new → checked (compiled result agreed) or off (eager from now on)
         self._compiler = compiler or (lambda fn: torch.compile(fn, dynamic=True))
         self._compiled = None
+        # Linear ACE has hand-derived forces (no autograd, nothing to compile): the same first-call check applies.
+        self.analytic = analytic.supports(potential.model)
+        if self.analytic:
+            model = potential.model
+            self._compiled = lambda b: _no_grad(analytic.energies_forces, model, b)
 
     def compute(self, batch) -> dict | None:
         from dataclasses import replace
 
         if self.state == "off" or batch.edge_index.shape[1] > MAX_EDGES:
             return None
-        positions = batch.positions.detach().requires_grad_(True)
+        positions = batch.positions.detach().requires_grad_(not self.analytic)
         batch = replace(batch, positions=positions)
         try:
             if self._compiled is None:

@@ -29,6 +29,7 @@ from ..potential.package import save_package
 from ..progress import progress as progress_bar
 
 CHECKPOINT_EVERY_S = 60.0
+ROWS_PER_PRODUCT = 1024
 
 
 def linear_term(model):
@@ -87,6 +88,10 @@ def fit_least_squares(trainer) -> dict:
     with torch.no_grad():
         lin64.weights.zero_()
     trainer._write_run_files()
+    if cfg.progress:
+        print(f"{term.family}: {term.weights.numel()} weights fitted by linear least squares on "
+              f"{len(trainer.train_set)} structures (the SGD settings epochs, lr, batch_size and schedule do not "
+              f"apply; train.ridge: {sorted(cfg.ridge)})", file=sys.stderr)
     t_start = time.perf_counter()
     state = _load_equations(trainer)
     n_cols = lin64.weights.numel()
@@ -104,22 +109,32 @@ def fit_least_squares(trainer) -> dict:
     bar = progress_bar(total=n_frames, initial=state["done"], desc="least squares: design rows",
                        enabled=cfg.progress, unit="structure")
     last_save = time.perf_counter()
+    pending_rows, pending_targets = [], []
+
+    def flush():  # AᵀA from ~1000 rows at a time: larger matrix products run closer to the CPU's peak
+        if pending_rows:
+            a, y = torch.cat(pending_rows), torch.cat(pending_targets)
+            state["gram"].addmm_(a.T, a)
+            state["rhs"].addmv_(a.T, y)
+            pending_rows.clear()
+            pending_targets.clear()
+
     for k in range(state["done"], n_frames):
         row, force_rows = _design(lin64, trainer.train_graphs[k], dtype)
         n_atoms = trainer.train_set[k].n_atoms
-        rows = [row[None] * (w_e / n_atoms)] if w_e else []
-        targets = [torch.tensor([energies[k] / n_atoms * w_e], dtype=dtype)] if w_e else []
+        if w_e:
+            pending_rows.append(row[None] * (w_e / n_atoms))
+            pending_targets.append(torch.tensor([energies[k] / n_atoms * w_e], dtype=dtype))
         if w_f:
-            rows.append(force_rows * w_f)
-            targets.append(torch.as_tensor(forces[k], dtype=dtype).reshape(-1) * w_f)
-        a, y = torch.cat(rows), torch.cat(targets)
-        state["gram"].addmm_(a.T, a)
-        state["rhs"].addmv_(a.T, y)
-        state["done"] = k + 1
+            pending_rows.append(force_rows * w_f)
+            pending_targets.append(torch.as_tensor(forces[k], dtype=dtype).reshape(-1) * w_f)
         bar.update(1)
-        if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
-            _save_equations(trainer, state, t_start)
-            last_save = time.perf_counter()
+        if sum(r.shape[0] for r in pending_rows) >= ROWS_PER_PRODUCT or k + 1 == n_frames:
+            flush()
+            state["done"] = k + 1
+            if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+                _save_equations(trainer, state, t_start)
+                last_save = time.perf_counter()
     bar.close()
     _save_equations(trainer, state, t_start)
     return _select_ridge(trainer, term, state, t_start)
