@@ -30,6 +30,7 @@ MODELS = {
     "painn": {"family": "painn", "features": 128, "layers": 3, "cutoff": 5.0},
     "mace": {"family": "mace", "channels": 48, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3,
              "cutoff": 5.0},
+    "ace": {"family": "ace", "cutoff": 5.0},  # hand-derived forces (potential/analytic.py), nothing compiled
 }
 
 
@@ -45,6 +46,16 @@ def _interleaved_ms(potentials, batch, calls: int) -> list[float]:
             pot.compute(batch)
             times[k].append(time.perf_counter() - t0)
     return [1e3 * statistics.median(t) for t in times]
+
+
+def _random_linear_weights(model) -> None:
+    """A linear family starts with zero weights (the least-squares fit sets them): random ones, so that the
+    comparison of forces means something (the cost does not depend on the values)."""
+    gen = torch.Generator().manual_seed(0)
+    for term in getattr(model, "terms", [model]):
+        if getattr(term, "linear", False):
+            with torch.no_grad():
+                term.weights.copy_(0.01 * torch.randn(term.weights.shape, generator=gen))
 
 
 def _profile(pot, structure, calls: int = 200) -> None:
@@ -89,7 +100,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     for name in args.families:
         model = build_model_for_data(MODELS[name], frames, seed=0)
-        eager = Potential(model, dtype=args.dtype)
+        _random_linear_weights(model)
+        eager = Potential(model, dtype=args.dtype, fast=False)
         fast = Potential(model, dtype=args.dtype, fast=True)
         batch = eager.batch([frames[0]])
         with warnings.catch_warnings(record=True) as caught:

@@ -1,6 +1,6 @@
 """Where an MD step's time goes, for one small molecule (issue 29, "The MD step without overhead").
 
-    python benchmarks/md_step_split.py [--steps 400] [--threads 2] [--data ../shared/data]
+    python benchmarks/md_step_split.py [--steps 400] [--threads 2] [--data ../shared/data] [--families ace mace ...]
 
 Runs ``run_md`` (Langevin 300 K, 0.5 fs, float32, thermo every step, trajectory every 10 steps and checkpoints
 every 500 into a temporary folder: the `ffspace md` defaults) on the first rMD17 aspirin frame (21 atoms) with
@@ -30,6 +30,7 @@ MODELS = {
     "painn": {"family": "painn", "features": 128, "layers": 3, "cutoff": 5.0},
     "mace": {"family": "mace", "channels": 48, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3,
              "cutoff": 5.0},
+    "ace": {"family": "ace", "cutoff": 5.0},  # linear ACE: the fast path (hand-derived forces) by default
 }
 PARTS = ["model call", "neighbour list", "graph and batch", "forces to numpy", "monitor", "writing"]
 
@@ -95,6 +96,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--families", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     frames = read_dataset(args.data / "rmd17" / "rmd17_aspirin_train_01.npz")[:50]
@@ -103,7 +105,8 @@ def main(argv=None):
           "µs per step (% of the step)\n")
     print("| model | step | " + " | ".join(PARTS) + " | integrator and rest |")
     print("|---|---|" + "---|" * (len(PARTS) + 1))
-    for name, config in MODELS.items():
+    for name in args.families:
+        config = MODELS[name]
         pot = Potential(build_model_for_data(config, frames, seed=0), dtype="float32")
         split(pot, start, 20)  # warm-up
         c = split(pot, start, args.steps)
