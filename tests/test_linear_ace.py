@@ -13,7 +13,7 @@ from ffspace.models.ace import LinearACE  # noqa: E402
 from ffspace.potential import Potential  # noqa: E402
 from ffspace.train import Trainer, TrainConfig, build_model_for_data  # noqa: E402
 
-SMALL = dict(cutoff=4.0, n_rbf=4, lmax=2, degree=5, n_rbf_3=2, lmax_3=2, degree_3=4)
+SMALL = dict(cutoff=4.0, n_rbf=3, lmax=2, degree=4, n_rbf_3=2, lmax_3=2, degree_3=3)  # 210 features per element
 
 
 def _random_weights(model, seed=0, std=0.05):
@@ -43,14 +43,16 @@ def _teacher_labels(structures):
     return [s.copy(energy=e, forces=f) for s, e, f in zip(structures, pred["energy"], pred["forces"])]
 
 
-def test_least_squares_recovers_a_model_of_its_own_basis(tmp_path, ethanol_data):
+@pytest.mark.parametrize("force_atoms", [None, 4])
+def test_least_squares_recovers_a_model_of_its_own_basis(tmp_path, ethanol_data, force_atoms):
     """Labels made by a model of the basis are fitted to round-off: design rows, row weights, the fixed reference
-    energies and the ridge selection all have to be right for that."""
+    energies and the ridge selection all have to be right for that (also from the forces of 4 of the 9 atoms of
+    each structure, ``fit_force_atoms``, which must pick the rows and labels of the same atoms)."""
     from ffspace.data import Dataset
 
-    data = Dataset(_teacher_labels(list(ethanol_data)[:60]), name="teacher")
+    data = Dataset(_teacher_labels(list(ethanol_data)[:100]), name="teacher")  # 80 train: more rows than weights
     train, val, test = data.split([-1, 10, 10], seed=0)
-    model = build_model_for_data({"family": "ace", **SMALL}, train)
+    model = build_model_for_data({"family": "ace", **SMALL, "fit_force_atoms": force_atoms}, train)
     summary = Trainer(model, train, val, TrainConfig(progress=False, dtype="float64"), run_dir=tmp_path).fit()
     assert summary["stop_reason"] == "least squares" and summary["best"]["ridge"] > 0
     pot = Potential.load(tmp_path / "model.safetensors", dtype="float64")
@@ -58,7 +60,7 @@ def test_least_squares_recovers_a_model_of_its_own_basis(tmp_path, ethanol_data)
     err_f = np.abs(np.concatenate(pred["forces"]) - np.concatenate([s.forces for s in test])).max()
     err_e = np.abs(np.array(pred["energy"]) - np.array([s.energy for s in test])).max()
     assert err_f < 1e-4 and err_e < 1e-4, (err_f, err_e)
-    assert (tmp_path / "metrics.jsonl").read_text().count("ridge") == len(TrainConfig().ridge)
+    assert (tmp_path / "metrics.jsonl").read_text().count("ridge") == len(LinearACE([1]).config["ridge"])
 
 
 def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypatch):
@@ -111,8 +113,10 @@ def test_bad_settings_are_refused():
         LinearACE([1, 6], cutoff=4.0, cutoff_3=5.0)
     with pytest.raises(ValueError, match="correlation"):
         LinearACE([1, 6], correlation=4)
-    with pytest.raises(Exception, match="ridge"):
-        TrainConfig(ridge=[0.0])
+    with pytest.raises(ValueError, match="ridge"):
+        LinearACE([1, 6], ridge=[0.0])
+    with pytest.raises(ValueError, match="fit_force_atoms"):
+        LinearACE([1, 6], fit_force_atoms=0)
 
 
 def test_hand_derived_forces_equal_autograd(ethanol_data):

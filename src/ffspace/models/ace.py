@@ -89,7 +89,12 @@ class LinearACE(FFModel):
 
     def __init__(self, elements, cutoff: float = 5.0, n_rbf: int = 8, lmax: int = 3, degree: int = 10,
                  correlation: int = 3, cutoff_3: float | None = None, n_rbf_3: int = 4, lmax_3: int = 2, degree_3: int = 6,
-                 avg_neighbors: float = 10.0, energy_scale: float = 1.0):
+                 avg_neighbors: float = 10.0, energy_scale: float = 1.0,
+                 ridge=(1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5), fit_force_atoms: int | None = None):
+        """``ridge`` and ``fit_force_atoms`` are settings of the least-squares fit (`ffspace.train.least_squares`):
+        the relative ridge strengths tried (the one with the lowest validation loss is kept) and, for large
+        periodic frames whose design rows cost ~N² each, the number of atoms per structure whose forces enter the
+        fit (drawn at random, seeded; None = all)."""
         super().__init__()
         from e3nn import o3
 
@@ -98,12 +103,18 @@ class LinearACE(FFModel):
         if not 0 <= lmax <= 4 or not 0 <= lmax_3 <= 3:
             raise ValueError(f"lmax must be 0..4 and lmax_3 0..3, got {lmax} and {lmax_3}")
         cutoff_3 = float(cutoff if cutoff_3 is None else cutoff_3)
+        ridge = [float(x) for x in ridge]
+        if not ridge or not all(math.isfinite(x) and x > 0 for x in ridge):
+            raise ValueError(f"ridge must be a list of strengths > 0, got {ridge}")
+        if fit_force_atoms is not None and (isinstance(fit_force_atoms, bool) or not isinstance(fit_force_atoms, int)
+                                            or fit_force_atoms < 1):
+            raise ValueError(f"fit_force_atoms must be a whole number ≥ 1 or None, got {fit_force_atoms!r}")
         if cutoff_3 > cutoff:
             raise ValueError(f"cutoff_3 ({cutoff_3} Å) must not exceed cutoff ({cutoff} Å)")
         self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff), n_rbf=n_rbf, lmax=lmax,
                            degree=degree, correlation=correlation, cutoff_3=float(cutoff_3), n_rbf_3=n_rbf_3,
                            lmax_3=lmax_3, degree_3=degree_3, avg_neighbors=float(avg_neighbors),
-                           energy_scale=float(energy_scale))
+                           energy_scale=float(energy_scale), ridge=ridge, fit_force_atoms=fit_force_atoms)
         self._init_elements(elements)
         self.cutoff, self.cutoff_3 = float(cutoff), float(cutoff_3)
         self.correlation, self.avg_neighbors = int(correlation), float(avg_neighbors)

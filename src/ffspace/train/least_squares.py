@@ -7,7 +7,7 @@ model's predictions with the linear weights at zero; the linear term fits what t
 
 Each training structure adds one energy row and 3N force rows to the normal equations AᵀA w = Aᵀy; the force
 rows, −∂(Σ_i B_i)/∂r, come from forward-mode differentiation of the features (one tangent per coordinate).
-The fit tries every λ of ``train.ridge`` on the accumulated equations and keeps the one whose validation loss
+The fit tries every λ of the model's ``ridge`` on the accumulated equations and keeps the one whose validation loss
 (the trainer's) is lowest. The equations are checkpointed every minute: a killed fit resumes from its last
 checkpoint and loses at most a minute of work.
 """
@@ -50,21 +50,31 @@ def linear_term(model):
     return linear[0]
 
 
-def _design(term, graph, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """One structure's energy row (F·elements,) and force rows (3N, F·elements) of the linear term."""
+def _design(term, graph, dtype, atoms=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One structure's energy row (F·elements,) and force rows (3·len(atoms), F·elements) of the linear term: the
+    derivatives with respect to the coordinates of ``atoms`` (default: all), one forward-mode tangent each."""
     batch = collate([graph], dtype=dtype, labels=False)
     species = term.species(batch.numbers)
     onehot = torch.nn.functional.one_hot(species, len(term.elements)).to(dtype)  # (N, elements)
     scale = float(term.energy_scale)
+    positions = batch.positions
+    atoms = torch.arange(positions.shape[0]) if atoms is None else torch.as_tensor(atoms, dtype=torch.long)
 
-    def summed(positions):
-        b = term.features(batch.__class__(**{**batch.__dict__, "positions": positions}))
+    def summed(moved):
+        b = term.features(batch.__class__(**{**batch.__dict__, "positions": positions.index_put((atoms,), moved)}))
         return (onehot.T @ b).reshape(-1) * scale
 
-    positions = batch.positions
-    row = summed(positions)
-    jac = torch.func.jacfwd(summed)(positions)  # (F·elements, N, 3)
+    moved = positions[atoms]
+    row = summed(moved)
+    jac = torch.func.jacfwd(summed)(moved)  # (F·elements, len(atoms), 3)
     return row, -jac.reshape(row.shape[0], -1).T
+
+
+def _force_atoms(structures, per_structure: int | None, seed: int) -> list[np.ndarray]:
+    """The atoms whose forces enter the fit, per structure: all, or ``per_structure`` drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    return [np.arange(s.n_atoms) if per_structure is None or per_structure >= s.n_atoms
+            else np.sort(rng.choice(s.n_atoms, per_structure, replace=False)) for s in structures]
 
 
 def _residual_labels(trainer, potential) -> tuple[list[float], list[np.ndarray]]:
@@ -91,7 +101,7 @@ def fit_least_squares(trainer) -> dict:
     if cfg.progress:
         print(f"{term.family}: {term.weights.numel()} weights fitted by linear least squares on "
               f"{len(trainer.train_set)} structures (the SGD settings epochs, lr, batch_size and schedule do not "
-              f"apply; train.ridge: {sorted(cfg.ridge)})", file=sys.stderr)
+              f"apply; ridge strengths tried: {sorted(term.config['ridge'])})", file=sys.stderr)
     t_start = time.perf_counter()
     state = _load_equations(trainer)
     n_cols = lin64.weights.numel()
@@ -103,7 +113,10 @@ def fit_least_squares(trainer) -> dict:
               "normal equations", file=sys.stderr)
     energies, forces = _residual_labels(trainer, f64)
     n_frames = len(trainer.train_set)
-    n_components = 3 * sum(s.n_atoms for s in trainer.train_set)
+    # With fit_force_atoms, each structure contributes the forces of that many atoms drawn at random (seeded):
+    # a 192-atom water frame costs ~70x a 21-atom molecule per force row set, and its forces are highly redundant.
+    chosen = _force_atoms(trainer.train_set, term.config["fit_force_atoms"], cfg.seed)
+    n_components = 3 * sum(len(c) for c in chosen)
     w_e = math.sqrt(cfg.energy_weight / n_frames)
     w_f = math.sqrt(cfg.forces_weight / n_components)
     bar = progress_bar(total=n_frames, initial=state["done"], desc="least squares: design rows",
@@ -120,14 +133,14 @@ def fit_least_squares(trainer) -> dict:
             pending_targets.clear()
 
     for k in range(state["done"], n_frames):
-        row, force_rows = _design(lin64, trainer.train_graphs[k], dtype)
+        row, force_rows = _design(lin64, trainer.train_graphs[k], dtype, chosen[k])
         n_atoms = trainer.train_set[k].n_atoms
         if w_e:
             pending_rows.append(row[None] * (w_e / n_atoms))
             pending_targets.append(torch.tensor([energies[k] / n_atoms * w_e], dtype=dtype))
         if w_f:
             pending_rows.append(force_rows * w_f)
-            pending_targets.append(torch.as_tensor(forces[k], dtype=dtype).reshape(-1) * w_f)
+            pending_targets.append(torch.as_tensor(forces[k][chosen[k]], dtype=dtype).reshape(-1) * w_f)
         bar.update(1)
         if sum(r.shape[0] for r in pending_rows) >= ROWS_PER_PRODUCT or k + 1 == n_frames:
             flush()
@@ -141,13 +154,14 @@ def fit_least_squares(trainer) -> dict:
 
 
 def _select_ridge(trainer, term, state, t_start) -> dict:
-    """Solve for each λ of ``train.ridge``; keep (and package) the weights with the lowest validation loss."""
+    """Solve for each λ of the model's ``ridge``; keep (and package) the weights with the lowest validation loss."""
     cfg = trainer.config
     gram, rhs = state["gram"], state["rhs"]
     scale = gram.diagonal().clone()
     scale[scale <= 0] = 1.0  # a feature no training atom has (an element pair never seen): its weight stays 0
     history, best = [], None
-    for lam in sorted(cfg.ridge):
+    ridges = sorted(term.config["ridge"])
+    for lam in ridges:
         weights = _solve(gram + torch.diag(lam * scale), rhs)
         with torch.no_grad():
             term.weights.copy_(weights.reshape(term.weights.shape).to(term.weights))
@@ -164,7 +178,7 @@ def _select_ridge(trainer, term, state, t_start) -> dict:
             best = (row, weights)
     if best is None:
         raise FloatingPointError("the least-squares fit gave non-finite predictions for every ridge strength; "
-                                 f"tried {sorted(cfg.ridge)} (raise train.ridge)")
+                                 f"tried {ridges} (raise the model's ridge)")
     row, weights = best
     with torch.no_grad():
         term.weights.copy_(weights.reshape(term.weights.shape).to(term.weights))
