@@ -30,7 +30,7 @@ MODELS = {
     "painn": {"family": "painn", "features": 128, "layers": 3, "cutoff": 5.0},
     "mace": {"family": "mace", "channels": 48, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3,
              "cutoff": 5.0},
-    "ace": {"family": "ace", "cutoff": 5.0},  # linear ACE: the fast path (hand-derived forces) by default
+    "ace": {"family": "ace", "cutoff": 5.0},  # linear ACE (eager, autograd forces, as `ffspace md` runs it)
 }
 PARTS = ["model call", "neighbour list", "graph and batch", "forces to numpy", "monitor", "writing"]
 

@@ -39,10 +39,9 @@ class MDConfig(MDRunSettings):
     dtype: Literal["float32", "float64"] = "float64"
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default: train.device")
     start: str | None = Field(None, description="starting structure file; default: first test structure")
-    fast: bool | None = Field(None, description="the fast inference path (ffspace.potential.fast): null = where it "
-                              "needs no compiler (linear ACE's hand-derived forces), true = also torch.compile other "
-                              "families at the first step, false = never; checked against the eager model on first "
-                              "use, eager with a warning where it cannot be used")
+    fast: bool = Field(False, description="the fast inference path (ffspace.potential.fast: linear ACE's hand-derived "
+                       "forces, torch.compile for the other families at the first step), checked against the eager "
+                       "model on first use, eager with a warning where it cannot be used")
 
     def run_settings(self) -> dict:
         return self.model_dump(include=set(MDRunSettings.model_fields))

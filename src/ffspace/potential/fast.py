@@ -64,8 +64,8 @@ class FastForces:
     def compute(self, batch) -> dict | None:
         from dataclasses import replace
 
-        if self.state == "off" or batch.edge_index.shape[1] > MAX_EDGES:
-            return None
+        if self.state == "off" or (batch.edge_index.shape[1] > MAX_EDGES and not self.analytic):
+            return None  # a compiled graph would hold every edge's activations: chunked eager in bounded memory
         positions = batch.positions.detach().requires_grad_(not self.analytic)
         batch = replace(batch, positions=positions)
         try:

@@ -58,11 +58,11 @@ class Potential:
     """
 
     def __init__(self, model, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
-                 fast: bool | None = None):
-        """``fast``: energy and forces through the fast path (`ffspace.potential.fast`: checked against the eager
-        result on first use, eager with a warning where it cannot be used). None (the default) takes it where it
-        needs no compiler (linear ACE's hand-derived forces, `ffspace.potential.analytic`); True also compiles
-        the other families with torch.compile; False never."""
+                 fast: bool = False):
+        """``fast``: energy and forces through the fast path (`ffspace.potential.fast`: hand-derived forces for
+        linear ACE, `ffspace.potential.analytic`, a torch.compile'd graph for the other families), checked against
+        the eager result on first use, eager with a warning where it cannot be used. Off by default: on 2 CPU cores
+        neither pays for every family and size yet (docs/benchmarks.md)."""
         dtype = torch_dtype(dtype)
         self.dtype, self.device = dtype, torch_device(device)
         # nn.Module.to works in place: convert a copy when needed, so a model held elsewhere (or by
@@ -74,12 +74,10 @@ class Potential:
         self.cutoff = float(model.cutoff)
         self.elements = list(model.elements)
         self.fast = None
-        if fast or fast is None:
-            from . import analytic
+        if fast:
             from .fast import FastForces
 
-            if fast or analytic.supports(self.model):
-                self.fast = FastForces(self)
+            self.fast = FastForces(self)
 
     def check_elements(self, structures) -> None:
         """Raise a `DataError` naming the structure and element the model was not trained on."""
@@ -170,7 +168,7 @@ class Potential:
         return out
 
     @classmethod
-    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu", fast: bool | None = None) -> "Potential":
+    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu", fast: bool = False) -> "Potential":
         """Load a model package (safetensors + JSON; no code is executed). The weights go straight into a model
         of ``dtype``: a float64 package loaded as float64 is exact. ``fast``: see `Potential`."""
         from .package import load_package
