@@ -208,6 +208,12 @@ CLI_CASES = [
     ("cutoff_zero", ["train", "model.cutoff=0", "out={new}"], r"model\.cutoff"),
     ("cutoff_negative", ["train", "model.cutoff=-2", "out={new}"], r"model\.cutoff"),
     ("family_unknown", ["train", "model.family=transformer9000", "out={new}"], r"transformer9000"),
+    # a setting outside a family's own range is a clean error, not a traceback
+    ("mace_correlation_4", ["train", "model.family=mace", "model.correlation=4", "out={new}"],
+     r"model family 'mace'.*correlation must be 1, 2 or 3"),
+    ("ace_cutoff_3_beyond_cutoff", ["train", "model.family=ace", "model.cutoff_3=9", "out={new}"],
+     r"model family 'ace'.*cutoff_3 \(9\.0 Å\) must not exceed"),
+    ("ace_ridge_zero", ["train", "model.family=ace", "model.ridge=[0]", "out={new}"], r"ridge must be"),
     ("dispersion_unknown", ["train", "model.dispersion=notafunctional", "out={new}"], r"notafunctional"),
     ("prior_package_missing", ["train", "model.prior={data}/nope.safetensors", "out={new}"],
      r"nope\.safetensors not found"),

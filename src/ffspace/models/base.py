@@ -91,7 +91,7 @@ def build_model(config: dict) -> FFModel:
     check_settings(family, config)
     try:
         return MODEL_REGISTRY[family](**config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a setting out of the family's own range (e.g. MACE correlation=4)
         raise ConfigError(f"bad settings for model family {family!r}: {exc}") from None
 
 
