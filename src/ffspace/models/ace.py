@@ -1,6 +1,6 @@
 """Linear ACE: body-ordered symmetric polynomials of the neighbour density, linear in their weights
-(Drautz, PRB 2019; Kovács et al., JCTC 2021). Fitted by regularised linear least squares (`ffspace.train.least_squares`),
-not by gradient descent.
+(Drautz, PRB 2019; Kovács et al., JCTC 2021). Fitted by regularised linear least squares
+(`ffspace.train.least_squares`), not by gradient descent.
 
 The atomic basis is MACE's "A" basis with fixed radial functions, one channel k = (neighbour element, n):
 
@@ -10,11 +10,13 @@ and the invariants of atom i are its products, coupled to scalars with e3nn's Cl
 
     ν = 1 (2-body):  A_k,00
     ν = 2 (3-body):  Σ_m A_k1,lm A_k2,lm                        k1 ≤ k2, n1 + n2 + 2l ≤ degree
-    ν = 3 (4-body):  Σ C^{l1l2l3}_{m1m2m3} A'_k1,l1m1 A'_k2,l2m2 A'_k3,l3m3     n1 + n2 + n3 + l1 + l2 + l3 ≤ degree_3
+    ν = 3 (4-body):  Σ C^{l1l2l3}_{m1m2m3} A'_k1,l1m1 A'_k2,l2m2 A'_k3,l3m3
+                     n1 + n2 + n3 + l1 + l2 + l3 ≤ degree_3
 
 (A' is the same basis on the first ``n_rbf_3`` radial functions, inside ``cutoff_3``, by default the cutoff: on
-rMD17 aspirin a 3.8 Å four-body cutoff fitted worse than 5 Å, 49.0 against 47.0 meV/Å with 300 training frames). Products are kept once per unordered set of
-(k, l) (the others repeat them) and only for even l1 + l2 + l3 (true scalars). The energy of atom i is
+rMD17 aspirin a 3.8 Å four-body cutoff fitted worse than 5 Å, 49.0 against 47.0 meV/Å with 300 training frames).
+Products are kept once per unordered set of (k, l) (the others repeat them) and only for even l1 + l2 + l3 (true
+scalars). The energy of atom i is
 
     E_i = scale · Σ_f w_{z_i, f} B_i,f        (with a constant B_i,0 = 1: a per-element offset)
 
@@ -88,7 +90,8 @@ class LinearACE(FFModel):
     linear = True  # trained by `ffspace.train.least_squares`, not SGD
 
     def __init__(self, elements, cutoff: float = 5.0, n_rbf: int = 8, lmax: int = 3, degree: int = 10,
-                 correlation: int = 3, cutoff_3: float | None = None, n_rbf_3: int = 4, lmax_3: int = 2, degree_3: int = 6,
+                 correlation: int = 3, cutoff_3: float | None = None, n_rbf_3: int = 4, lmax_3: int = 2,
+                 degree_3: int = 6,
                  avg_neighbors: float = 10.0, energy_scale: float = 1.0,
                  ridge=(1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5), fit_force_atoms: int | None = None):
         """``ridge`` and ``fit_force_atoms`` are settings of the least-squares fit (`ffspace.train.least_squares`):
