@@ -91,8 +91,15 @@ def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypa
         fit(tmp_path / "resumed")
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert state["done"] == 12
-    monkeypatch.setattr(least_squares, "_design", real_design)
+    calls.clear()
+
+    def counting_design(*args):
+        calls.append(1)
+        return real_design(*args)
+
+    monkeypatch.setattr(least_squares, "_design", counting_design)
     fit(tmp_path / "resumed")
+    assert len(calls) == len(train) - 12  # the resumed fit computes only the structures not yet in the equations
     from safetensors.torch import load_file
 
     whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
@@ -101,11 +108,26 @@ def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypa
         assert torch.allclose(whole[key], resumed[key], rtol=1e-9, atol=1e-12), key
 
 
-def test_trainable_terms_beside_a_linear_one_are_refused(tmp_path, ethanol_data):
+def test_what_least_squares_cannot_fit_is_refused(tmp_path, ethanol_data):
     train, val, _ = ethanol_data.split([-1, 10, 10], seed=0)
     model = build_model_for_data({"family": "ace", **SMALL, "prior": "mm"}, train)
     with pytest.raises(ConfigError, match="linear least squares.*mm"):
-        Trainer(model, train, val, TrainConfig(progress=False), run_dir=tmp_path).fit()
+        Trainer(model, train, val, TrainConfig(progress=False), run_dir=tmp_path / "mm").fit()
+    model = build_model_for_data({"family": "ace", **SMALL}, train)
+    with pytest.raises(ConfigError, match="loss must be mse"):
+        Trainer(model, train, val, TrainConfig(progress=False, loss="huber"), run_dir=tmp_path / "huber").fit()
+
+
+def test_forces_only_fit(tmp_path, ethanol_data):
+    """energy_weight=0 on data without energies: the fit uses the forces alone (the energies' offset is then free)."""
+    from ffspace.data import Dataset
+
+    data = Dataset([s.copy(energy=None) for s in list(ethanol_data)[:40]], name="forces only")
+    train, val = data.split([-1, 8], seed=0)
+    model = build_model_for_data({"family": "ace", **SMALL}, ethanol_data[:40])  # reference energies need energies
+    cfg = TrainConfig(progress=False, energy_weight=0.0)
+    summary = Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+    assert summary["best"]["val_forces_mae_meV_A"] < 100
 
 
 def test_bad_settings_are_refused():
@@ -141,5 +163,18 @@ def test_hand_derived_forces_equal_autograd(ethanol_data):
         out = fast.compute(fast.batch(structures))
         assert fast.fast.analytic and fast.fast.state == "checked"
         assert torch.allclose(out["forces"].double(), ref["forces"], atol=1e-4)
+    # periodic: a small water box, with edges to periodic images
+    from ffspace.testing import physics
+
+    box = physics.periodic_box(2)
+    model = _random_weights(LinearACE(sorted(set(box.numbers.tolist())), **SMALL), seed=3)
+    pot = Potential(model, dtype=torch.float64)
+    batch = pot.batch([box])
+    assert batch.shifts.abs().sum() > 0
+    ref = pot.compute(batch)
+    with torch.no_grad():
+        energies, forces = analytic.energies_forces(pot.model, batch)
+    assert torch.allclose(energies, ref["energies"], atol=1e-10, rtol=0)
+    assert torch.allclose(forces, ref["forces"], atol=1e-10, rtol=0)
     assert not analytic.supports(Sum([AtomicReference({1: 0.0}), LinearACE([1, 6], **SMALL), LinearACE([1], **SMALL)]))
     assert Potential(model).fast is None  # off by default

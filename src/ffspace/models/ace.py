@@ -96,8 +96,8 @@ class LinearACE(FFModel):
                  ridge=(1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5), fit_force_atoms: int | None = None):
         """``ridge`` and ``fit_force_atoms`` are settings of the least-squares fit (`ffspace.train.least_squares`):
         the relative ridge strengths tried (the one with the lowest validation loss is kept) and, for large
-        periodic frames whose design rows cost ~N² each, the number of atoms per structure whose forces enter the
-        fit (drawn at random, seeded; None = all)."""
+        periodic frames, the number of atoms per structure whose forces enter the
+        fit (drawn at random, seeded; None = all: a frame's design rows cost ~N², N force rows of ~N each)."""
         super().__init__()
         from e3nn import o3
 
@@ -266,11 +266,14 @@ class LinearACE(FFModel):
 
     def contracted(self) -> dict:
         """The weights as the polynomial's coefficient tensors per element S: w0 (S,), w1 (S, K), w2 (S, K, K, D)
-        (the ν = 2 weight of each pair at each m of its l) and w3 (S, K3·K3·P, K3) (zero where a product is not in
-        the basis). E_i = w0 + w1·A_0 + Σ_abm A_am w2_abm A_bm + Σ U·(w3 A') then costs a few matrix products
-        whatever the number of features. Cached until the weights change."""
+        (the ν = 2 weight of each pair at each m of its l), w3 (slots, S·K3, K3·K3) (per slot (p, m3); zero where a
+        product is not in the basis) and w3t (S, T), the kept triples' own weights. E_i = w0 + w1·A_0 +
+        Σ_abm A_am w2_abm A_bm + Σ U·(w3 A') then costs a few matrix products: it grows with the channel counts and
+        lmax, not with the number of products kept. Cached until the weights or the energy scale change (in-place
+        writes through ``weights.data`` are not seen: set weights with ``copy_`` under ``torch.no_grad()``). Not
+        differentiable in the weights: linear ACE is fitted by least squares, never by SGD."""
         w = self.weights
-        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        key = (w._version, w.data_ptr(), w.dtype, w.device, float(self.energy_scale))
         cache = getattr(self, "_contracted_cache", None)
         if cache is not None and cache[0] == key:
             return cache[1]

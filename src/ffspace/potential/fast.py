@@ -11,8 +11,10 @@ safetensors + JSON and nothing compiled is ever loaded from it.
 
 Guarantees: the first call compares the compiled result with the eager one on the same batch (float32: energies
 within 1e-3 eV, forces within 1e-4 eV/Å; float64: 1e-8) and uses it only if it agrees; a model that fails to
-compile, or disagrees, runs eagerly from then on, after one `FastPathWarning`. Training, stress and graphs large
-enough to be chunked (`ffspace.models.chunking`) always run eagerly.
+compile, or disagrees, runs eagerly from then on, after one `FastPathWarning`. Training and stress always run eagerly, and
+so do graphs large enough to be chunked (`ffspace.models.chunking`) unless the path is linear ACE's hand-derived
+forces, which hold no activations. The energy tolerance is absolute on each structure's total: a float32 box of
+24 000 atoms differs by ~1e-3 eV between two summation orders and is refused (eager from then on).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class FastForces:
             with torch._dynamo.config.patch(trace_autograd_ops=True):
                 energies, forces = self._compiled(batch)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly, and say so once
-            self._give_up(f"it could not be compiled ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            what = "its hand-derived forces failed" if self.analytic else "it could not be compiled"
+            self._give_up(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             return None
         out = {"energy": structure_totals(energies, batch), "energies": energies, "forces": forces.detach()}
         if self.state == "new":
@@ -93,7 +96,7 @@ class FastForces:
         de = float((out["energy"] - eager["energy"]).abs().max())
         df = float((out["forces"] - eager["forces"]).abs().max()) if out["forces"].numel() else 0.0
         if not (de <= e_tol and df <= f_tol):  # also catches NaN
-            return (f"its compiled energy and forces differ from the eager ones (|ΔE| {de:.3g} eV, |ΔF| {df:.3g} eV/Å; "
+            return (f"its fast-path energy and forces differ from the eager ones (|ΔE| {de:.3g} eV, |ΔF| {df:.3g} eV/Å; "
                     f"allowed {e_tol:g}, {f_tol:g})")
         return None
 

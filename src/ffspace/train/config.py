@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainConfig(BaseModel):
@@ -39,13 +39,3 @@ class TrainConfig(BaseModel):
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
     eval_batch_size: int = Field(32, ge=1)
-    ridge: list[float] = Field([1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5], min_length=1,
-                               description="linear families (least squares) only: the relative ridge strengths "
-                               "tried; the one with the lowest validation loss is kept")
-
-    @field_validator("ridge")
-    @classmethod
-    def _positive_ridge(cls, value):
-        if any(not (v > 0) for v in value):
-            raise ValueError(f"every ridge strength must be > 0, got {value}")
-        return value

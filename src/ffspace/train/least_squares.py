@@ -1,7 +1,7 @@
 """Regularised linear least squares for the families that are linear in their weights (linear ACE).
 
-The objective is the `Trainer`'s loss, exactly: w_E · mean over structures of (ΔE/N)² + w_F · mean over force
-components of ΔF², plus a ridge penalty λ Σ_f G_ff w_f² relative to each column's own size (G = AᵀA), so that λ is
+The objective is the `Trainer`'s mean-squared loss: w_E · mean over structures of (ΔE/N)² + w_F · mean over force
+components of ΔF² (a Huber loss or a stress weight is refused: neither is a linear least-squares problem here), plus a ridge penalty λ Σ_f G_ff w_f² relative to each column's own size (G = AᵀA), so that λ is
 dimensionless. The fixed terms of the model (reference energies, ZBL, a frozen Δ prior, dispersion) are the
 model's predictions with the linear weights at zero; the linear term fits what they leave.
 
@@ -77,12 +77,14 @@ def _force_atoms(structures, per_structure: int | None, seed: int) -> list[np.nd
             else np.sort(rng.choice(s.n_atoms, per_structure, replace=False)) for s in structures]
 
 
-def _residual_labels(trainer, potential) -> tuple[list[float], list[np.ndarray]]:
-    """Energies and forces the linear term must fit: the labels minus the fixed terms' predictions."""
+def _residual_labels(trainer, potential) -> tuple[list, list]:
+    """Energies and forces the linear term must fit: the labels minus the fixed terms' predictions (None where a
+    structure has no such label: the trainer has checked that every label with a weight > 0 exists)."""
     pred = potential.predict(trainer.train_graphs, batch_size=trainer.config.eval_batch_size)
     cuts = np.cumsum([s.n_atoms for s in trainer.train_set])[:-1]
-    energies = [s.energy - e for s, e in zip(trainer.train_set, pred["energy"])]
-    forces = [s.forces - f for s, f in zip(trainer.train_set, np.split(pred["forces"], cuts))]
+    energies = [None if s.energy is None else s.energy - e for s, e in zip(trainer.train_set, pred["energy"])]
+    forces = [None if s.forces is None else s.forces - f
+              for s, f in zip(trainer.train_set, np.split(pred["forces"], cuts))]
     return energies, forces
 
 
@@ -91,9 +93,12 @@ def fit_least_squares(trainer) -> dict:
     same summary."""
     cfg = trainer.config
     term = linear_term(trainer.model)
+    if cfg.loss != "mse" or cfg.stress_weight > 0:
+        raise ConfigError(f"model family {term.family!r} is fitted by linear least squares on energies and forces: "
+                          f"train.loss must be mse (got {cfg.loss}) and train.stress_weight 0 (got {cfg.stress_weight})")
     trainer.ema = None  # one solution per ridge strength: no weight averaging
     dtype = torch.float64  # normal equations square the condition number: float32 would lose the fit
-    f64 = Potential(trainer.model, dtype=dtype)  # a float64 copy; its linear weights are zero for now
+    f64 = Potential(trainer.model, dtype=dtype)  # on the CPU: the fit runs there whatever train.device is  # a float64 copy; its linear weights are zero for now
     lin64 = linear_term(f64.model)
     with torch.no_grad():
         lin64.weights.zero_()
@@ -113,8 +118,8 @@ def fit_least_squares(trainer) -> dict:
               "normal equations", file=sys.stderr)
     energies, forces = _residual_labels(trainer, f64)
     n_frames = len(trainer.train_set)
-    # With fit_force_atoms, each structure contributes the forces of that many atoms drawn at random (seeded):
-    # a 192-atom water frame costs ~70x a 21-atom molecule per force row set, and its forces are highly redundant.
+    # With fit_force_atoms, each structure contributes the forces of that many atoms drawn at random (seeded): each
+    # force row costs ~N, a frame's rows ~N², and a water frame's 576 forces are highly redundant.
     chosen = _force_atoms(trainer.train_set, term.config["fit_force_atoms"], cfg.seed)
     n_components = 3 * sum(len(c) for c in chosen)
     w_e = math.sqrt(cfg.energy_weight / n_frames)
@@ -217,4 +222,10 @@ def _load_equations(trainer) -> dict | None:
     if state["fingerprint"] != trainer.fingerprint or state.get("kind") != "least_squares":
         raise ConfigError(f"{trainer.run_dir} holds a checkpoint of a different configuration; use another run "
                           f"directory (or delete {trainer.checkpoint_path}) to start afresh")
-    return {k: state[k] for k in ("done", "gram", "rhs", "elapsed")}
+    n_cols = linear_term(trainer.model).weights.numel()
+    if tuple(state["gram"].shape) != (n_cols, n_cols):
+        raise ConfigError(f"{trainer.checkpoint_path} holds normal equations for {state['gram'].shape[0]} weights, "
+                          f"the model has {n_cols}; delete it to fit afresh")
+    # the equations are built on the CPU whatever train.device is (the fit runs there; a resume may change device)
+    return {"done": int(state["done"]), "gram": state["gram"].cpu(), "rhs": state["rhs"].cpu(),
+            "elapsed": float(state["elapsed"])}
