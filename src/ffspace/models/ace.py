@@ -44,6 +44,24 @@ def _monomials(u: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
+def bessel_radial(r: torch.Tensor, cutoff: float, freqs: torch.Tensor, derivative: bool = False):
+    """R_n(r) = sin(f_n r)/r · fcut(r) (E, n), zero beyond the cutoff; with ``derivative``, also dR_n/dr (for the
+    hand-derived forces of ffspace.potential.analytic)."""
+    inside = r < cutoff
+    r = torch.where(inside, r, torch.full_like(r, cutoff))[:, None]
+    freqs = freqs.to(r.dtype)
+    sin = torch.sin(freqs * r)
+    arg = math.pi * r / cutoff
+    fcut = 0.5 * (torch.cos(arg) + 1.0)
+    mask = inside[:, None].to(r.dtype)
+    radial = sin / r * fcut * mask
+    if not derivative:
+        return radial
+    dfcut = -0.5 * math.pi / cutoff * torch.sin(arg)
+    dradial = ((freqs * torch.cos(freqs * r) / r - sin / (r * r)) * fcut + sin / r * dfcut) * mask
+    return radial, dradial
+
+
 def _monomial_harmonics(lmax: int) -> torch.Tensor:
     """e3nn's real spherical harmonics to ``lmax`` (component normalisation) as a matrix on `_monomials`: on unit
     vectors Y_lm is a polynomial of degree l in the components, so one matrix product gives them all. e3nn's
@@ -200,23 +218,27 @@ class LinearACE(FFModel):
                              persistent=False)
         self.register_buffer("freqs_3", (torch.arange(1, self.n_rbf_3 + 1, dtype=torch.float64) * math.pi
                                          / cutoff_3), persistent=False)
-        self.register_buffer("channels_3", torch.tensor([e * self.n_rbf + m for e in range(n_el)
-                                                         for m in range(self.n_rbf_3)]), persistent=False)
         self.weights = nn.Parameter(torch.zeros(n_el, self.n_features))
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
 
-    def _density(self, i, j, r, sh, n: int, species, cutoff: float, freqs, lmax: int) -> torch.Tensor:
-        """(n, elements·n_rbf, (lmax+1)²) atomic basis A: Σ_j R_n(r_ij) Y_lm(r̂_ij), one channel per neighbour
-        element and radial function."""
-        inside = r < cutoff
-        fcut = torch.where(inside, 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0), torch.zeros_like(r))
-        safe_r = torch.where(inside, r, torch.full_like(r, cutoff))
-        radial = torch.sin(freqs.to(r.dtype) * safe_r[:, None]) / safe_r[:, None] * fcut[:, None]  # (E, n_rbf)
-        d = (lmax + 1) ** 2
-        x = radial[:, :, None] * sh[:, None, :d]  # (E, n_rbf, D)
+    def _density(self, i, j, species, n: int, radial, sh) -> torch.Tensor:
+        """(n, elements·n_rbf, D) atomic basis A: Σ_j R_n(r_ij) Y_lm(r̂_ij), one channel per neighbour element and
+        radial function, from the edges' radial functions (E, n_rbf) and harmonics (E, D)."""
+        x = radial[:, :, None] * sh[:, None, :]  # (E, n_rbf, D)
         n_el = len(self.elements)
-        a = x.new_zeros((n * n_el, freqs.shape[0], d)).index_add(0, i * n_el + species[j], x)
-        return a.reshape(n, n_el * freqs.shape[0], d) / self.avg_neighbors
+        a = x.new_zeros((n * n_el, radial.shape[1], sh.shape[1])).index_add(0, i * n_el + species[j], x)
+        return a.reshape(n, n_el * radial.shape[1], sh.shape[1]) / self.avg_neighbors
+
+    @property
+    def shares_basis(self) -> bool:
+        """Whether A' is a slice of A (same cutoff, no more radial functions): then it is not built separately."""
+        return self.cutoff_3 == self.cutoff and self.n_rbf_3 <= self.n_rbf
+
+    def four_body_slice(self, a: torch.Tensor) -> torch.Tensor:
+        """A' as a view of A when `shares_basis`: the first n_rbf_3 radial channels of each element, to lmax_3."""
+        n = a.shape[0]
+        d3 = (self.lmax_3 + 1) ** 2
+        return a.reshape(n, len(self.elements), self.n_rbf, -1)[:, :, :self.n_rbf_3, :d3].reshape(n, -1, d3)
 
     def _bases(self, batch):
         """The atomic bases A (N, K, (lmax+1)²) and A' (N, K3, (lmax_3+1)², or None) and the atoms' species."""
@@ -225,13 +247,11 @@ class LinearACE(FFModel):
         r = torch.linalg.norm(vec, dim=-1)
         sh = _monomials(vec / r[:, None], self.harmonics.shape[0]) @ self.harmonics.to(vec.dtype)
         species = self.species(batch.numbers)
-        a = self._density(i, j, r, sh, n, species, self.cutoff, self.freqs, self.lmax_a)
+        a = self._density(i, j, species, n, bessel_radial(r, self.cutoff, self.freqs), sh[:, :(self.lmax_a + 1) ** 2])
         a3 = None
         if self.couplings:
-            if self.cutoff_3 == self.cutoff and self.n_rbf_3 <= self.n_rbf:  # A' is a subset of A's channels
-                a3 = a[:, self.channels_3, :(self.lmax_3 + 1) ** 2]
-            else:
-                a3 = self._density(i, j, r, sh, n, species, self.cutoff_3, self.freqs_3, self.lmax_3)
+            a3 = self.four_body_slice(a) if self.shares_basis else self._density(
+                i, j, species, n, bessel_radial(r, self.cutoff_3, self.freqs_3), sh[:, :(self.lmax_3 + 1) ** 2])
         return a, a3, species
 
     def _triple_products(self, a3):
@@ -273,7 +293,8 @@ class LinearACE(FFModel):
         writes through ``weights.data`` are not seen: set weights with ``copy_`` under ``torch.no_grad()``). Not
         differentiable in the weights: linear ACE is fitted by least squares, never by SGD."""
         w = self.weights
-        key = (w._version, w.data_ptr(), w.dtype, w.device, float(self.energy_scale))
+        scale = self.energy_scale
+        key = (w._version, w.data_ptr(), w.dtype, w.device, scale._version, scale.data_ptr())  # no device sync
         cache = getattr(self, "_contracted_cache", None)
         if cache is not None and cache[0] == key:
             return cache[1]

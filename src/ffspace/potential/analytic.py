@@ -15,11 +15,9 @@ is derived from its weights and buffers, and `FastForces` compares it with autog
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..models.ace import LinearACE, _monomials
+from ..models.ace import LinearACE, _monomials, bessel_radial
 from ..models.chunking import within_cutoff
 from ..models.composite import AtomicReference, Sum
 
@@ -45,29 +43,6 @@ def energies_forces(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return energies, forces
 
 
-def _radial(r, cutoff: float, freqs):
-    """R_n = sin(f_n r)/r · fcut(r) (E, n) and dR_n/dr, zero beyond the cutoff."""
-    inside = r < cutoff
-    r = torch.where(inside, r, torch.full_like(r, cutoff))[:, None]
-    fr = freqs.to(r.dtype) * r
-    sin, cos = torch.sin(fr), torch.cos(fr)
-    arg = math.pi * r / cutoff
-    fcut = 0.5 * (torch.cos(arg) + 1.0)
-    dfcut = -0.5 * math.pi / cutoff * torch.sin(arg)
-    value = sin / r
-    radial = value * fcut
-    derivative = (freqs.to(r.dtype) * cos / r - sin / (r * r)) * fcut + value * dfcut
-    mask = inside[:, None].to(r.dtype)
-    return radial * mask, derivative * mask
-
-
-def _density(ace, i, j, species, n: int, radial, sh):
-    x = radial[:, :, None] * sh[:, None, :]
-    n_el = len(ace.elements)
-    a = x.new_zeros((n * n_el, radial.shape[1], sh.shape[1])).index_add_(0, i * n_el + species[j], x)
-    return a.reshape(n, n_el * radial.shape[1], sh.shape[1]) / ace.avg_neighbors
-
-
 def _edge_gradient(ace, g, i, j, species, radial, dradial, sh, dsh, u, r):
     """∂E/∂r_ij (E, 3) from G = ∂E/∂A (N, K, D) for a basis built from ``radial`` and ``sh``."""
     n_el, n_rbf, d = len(ace.elements), radial.shape[1], sh.shape[1]
@@ -89,8 +64,8 @@ def _ace(ace: LinearACE, batch):
     dsh = torch.einsum("ec,kcd->ekd", mono, ace.harmonics_grad.to(vec.dtype))  # (E, 3, D): ∂Y/∂u
     species = ace.species(batch.numbers)
     da = (ace.lmax_a + 1) ** 2
-    radial, dradial = _radial(r, ace.cutoff, ace.freqs)
-    a = _density(ace, i, j, species, n, radial, sh[:, :da])
+    radial, dradial = bessel_radial(r, ace.cutoff, ace.freqs, derivative=True)
+    a = ace._density(i, j, species, n, radial, sh[:, :da])
     c = ace.contracted()
     rows = torch.arange(n, device=species.device)
     energy = c["w0"][species] + (c["w1"][species] * a[:, :, 0]).sum(-1)
@@ -104,16 +79,16 @@ def _ace(ace: LinearACE, batch):
         g[:, :, :d2] += g2
     forces_from = [(g, radial, dradial, da)]
     if c["w3"] is not None:
-        shared = ace.cutoff_3 == ace.cutoff and ace.n_rbf_3 <= ace.n_rbf
+        shared = ace.shares_basis
         d3 = (ace.lmax_3 + 1) ** 2
-        if shared:  # A' = the first n_rbf_3 radial channels of each element, up to lmax_3
-            a3 = a.reshape(n, len(ace.elements), ace.n_rbf, -1)[:, :, :ace.n_rbf_3, :d3].reshape(n, -1, d3)
+        if shared:
+            a3 = ace.four_body_slice(a)
         else:
-            radial3, dradial3 = _radial(r, ace.cutoff_3, ace.freqs_3)
-            a3 = _density(ace, i, j, species, n, radial3, sh[:, :d3])
+            radial3, dradial3 = bessel_radial(r, ace.cutoff_3, ace.freqs_3, derivative=True)
+            a3 = ace._density(i, j, species, n, radial3, sh[:, :d3])
         energy3, g3 = _triple_gradient(ace, a3, c, rows, species)
         energy = energy + energy3
-        if shared:
+        if shared:  # the adjoint of `four_body_slice`
             g.reshape(n, len(ace.elements), ace.n_rbf, -1)[:, :, :ace.n_rbf_3, :d3] += \
                 g3.reshape(n, len(ace.elements), ace.n_rbf_3, d3)
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def _design(term, graph, dtype, atoms=None) -> tuple[torch.Tensor, torch.Tensor]
     atoms = torch.arange(positions.shape[0]) if atoms is None else torch.as_tensor(atoms, dtype=torch.long)
 
     def summed(moved):
-        b = term.features(batch.__class__(**{**batch.__dict__, "positions": positions.index_put((atoms,), moved)}))
+        b = term.features(replace(batch, positions=positions.index_put((atoms,), moved)))
         return (onehot.T @ b).reshape(-1) * scale
 
     moved = positions[atoms]
