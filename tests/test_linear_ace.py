@@ -105,7 +105,7 @@ def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypa
     whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     for key in whole:
-        assert torch.allclose(whole[key], resumed[key], rtol=1e-9, atol=1e-12), key
+        assert torch.allclose(whole[key], resumed[key], rtol=1e-9, atol=1e-12), (key, float(((whole[key] - resumed[key]).abs() / whole[key].abs().clamp_min(1e-30)).max()))
 
 
 def test_what_least_squares_cannot_fit_is_refused(tmp_path, ethanol_data):
@@ -141,28 +141,53 @@ def test_bad_settings_are_refused():
         LinearACE([1, 6], fit_force_atoms=0)
 
 
+def _kernel_or_skip(ace):
+    from ffspace.kernels.build import KernelUnavailable
+    from ffspace.potential.native import AceKernel
+
+    try:
+        return AceKernel(ace)
+    except KernelUnavailable as exc:
+        pytest.skip(f"no C compiler for the linear ACE kernel here: {exc}")
+
+
+def _agree(pot, batch, kernel):
+    """The torch hand-derived forces and the C kernel's equal autograd's (float64 round-off)."""
+    from ffspace.potential import analytic
+
+    ref = pot.compute(batch, fast=False)
+    with torch.no_grad():
+        for k in (None, kernel):
+            energies, forces = analytic.energies_forces(pot.model, batch, k)
+            assert torch.allclose(energies, ref["energies"], atol=1e-10, rtol=0), "energies" + (" (C)" if k else "")
+            assert torch.allclose(forces, ref["forces"], atol=1e-10, rtol=0), "forces" + (" (C)" if k else "")
+    return ref
+
+
 def test_hand_derived_forces_equal_autograd(ethanol_data):
-    """The fast path's forces for linear ACE (ffspace.potential.analytic, no autograd) are the autograd forces of
-    the same energy, to float64 round-off, with a shared and with a separate four-body cutoff; FastForces uses
-    them and passes its first-call check."""
+    """The fast path's forces for linear ACE (ffspace.potential.analytic in torch, and the C kernel of
+    ffspace.potential.native) are the autograd forces of the same energy, to float64 round-off: shared and separate
+    four-body bases, body orders 2 to 4, a Verlet skin's extra edges, a periodic box; Potential uses the kernel by
+    default and passes its first-call check."""
+    from ffspace.graph.batch import collate, graph_of
     from ffspace.potential import analytic
 
     structures = list(ethanol_data)[:3]
-    for kw in (SMALL, {**SMALL, "cutoff_3": 3.0, "n_rbf_3": 3, "lmax_3": 3}):
+    for kw in (SMALL, {**SMALL, "cutoff_3": 3.0, "n_rbf_3": 3, "lmax_3": 3}, {**SMALL, "correlation": 2},
+               {**SMALL, "correlation": 1}):
         model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}),
                      _random_weights(LinearACE([1, 6, 8], **kw), seed=2)])
         assert analytic.supports(model)
         pot = Potential(model, dtype=torch.float64)
-        batch = pot.batch(structures)
-        ref = pot.compute(batch)
-        with torch.no_grad():
-            energies, forces = analytic.energies_forces(pot.model, batch)
-        assert torch.allclose(energies, ref["energies"], atol=1e-10, rtol=0)
-        assert torch.allclose(forces, ref["forces"], atol=1e-10, rtol=0)
-        fast = Potential(model, dtype=torch.float32, fast=True)
+        kernel = _kernel_or_skip(pot.model.terms[1])
+        ref = _agree(pot, pot.batch(structures), kernel)
+        # a neighbour list with a skin: edges beyond the cutoff add nothing
+        _agree(pot, collate([graph_of(s, pot.cutoff + 1.5) for s in structures], dtype=torch.float64), kernel)
+        fast = Potential(model, dtype=torch.float32)
         out = fast.compute(fast.batch(structures))
-        assert fast.fast.analytic and fast.fast.state == "checked"
+        assert fast.fast.analytic and fast.fast.native and fast.fast.state == "checked"
         assert torch.allclose(out["forces"].double(), ref["forces"], atol=1e-4)
+        assert torch.allclose(out["energy"], ref["energy"], atol=1e-3, rtol=0)
     # periodic: a small water box, with edges to periodic images
     from ffspace.testing import physics
 
@@ -171,10 +196,18 @@ def test_hand_derived_forces_equal_autograd(ethanol_data):
     pot = Potential(model, dtype=torch.float64)
     batch = pot.batch([box])
     assert batch.shifts.abs().sum() > 0
-    ref = pot.compute(batch)
-    with torch.no_grad():
-        energies, forces = analytic.energies_forces(pot.model, batch)
-    assert torch.allclose(energies, ref["energies"], atol=1e-10, rtol=0)
-    assert torch.allclose(forces, ref["forces"], atol=1e-10, rtol=0)
+    _agree(pot, batch, _kernel_or_skip(model))
     assert not analytic.supports(Sum([AtomicReference({1: 0.0}), LinearACE([1, 6], **SMALL), LinearACE([1], **SMALL)]))
-    assert Potential(model).fast is None  # off by default
+    assert Potential(model, fast=False).fast is None
+
+
+def test_kernel_follows_weight_changes(ethanol_data):
+    """The kernel's copy of the weights is refreshed when the model's change (through `contracted`'s cache key)."""
+    model = _random_weights(LinearACE([1, 6, 8], **SMALL), seed=4)
+    pot = Potential(model, dtype=torch.float64)
+    batch = pot.batch(list(ethanol_data)[:2])
+    kernel = _kernel_or_skip(pot.model)
+    first = kernel(batch)[0].sum()
+    with torch.no_grad():
+        pot.model.weights.mul_(2.0)
+    assert torch.allclose(kernel(batch)[0].sum(), 2 * first, rtol=1e-12)

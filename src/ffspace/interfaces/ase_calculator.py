@@ -18,7 +18,7 @@ class FFSpaceCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model_path=None, potential: Potential | None = None, dtype: str = "float64",
-                 device: str = "cpu", fast: bool = False, **kwargs):
+                 device: str = "cpu", fast: bool | str = "auto", **kwargs):
         """``fast``: the fast inference path (see `Potential`; stress is always eager)."""
         super().__init__(**kwargs)
         if potential is None:

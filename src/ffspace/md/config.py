@@ -39,9 +39,11 @@ class MDConfig(MDRunSettings):
     dtype: Literal["float32", "float64"] = "float64"
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default: train.device")
     start: str | None = Field(None, description="starting structure file; default: first test structure")
-    fast: bool = Field(False, description="the fast inference path (ffspace.potential.fast: linear ACE's hand-derived "
-                       "forces, torch.compile for the other families at the first step), checked against the eager "
-                       "model on first use, eager with a warning where it cannot be used")
+    fast: bool | Literal["auto"] = Field(
+        "auto", description="the fast inference path (ffspace.potential.fast), checked against the eager model on "
+        "first use, eager with a warning where it cannot be used: auto = where a family has hand-derived forces "
+        "(linear ACE, in a C kernel built on this machine); true = also torch.compile for the other families at the "
+        "first step; false = eager autograd")
 
     def run_settings(self) -> dict:
         return self.model_dump(include=set(MDRunSettings.model_fields))

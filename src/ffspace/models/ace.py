@@ -26,6 +26,7 @@ possible: forces are −Σ_i w · ∂B_i/∂r, and the fit builds ∂B/∂r by f
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -62,23 +63,67 @@ def bessel_radial(r: torch.Tensor, cutoff: float, freqs: torch.Tensor, derivativ
     return radial, dradial
 
 
-def _monomial_harmonics(lmax: int) -> torch.Tensor:
-    """e3nn's real spherical harmonics to ``lmax`` (component normalisation) as a matrix on `_monomials`: on unit
-    vectors Y_lm is a polynomial of degree l in the components, so one matrix product gives them all. e3nn's
-    module runs ~40 elementwise operations (and their derivatives) for lmax = 3: 0.8 ms of a 3-4 ms aspirin call."""
+@functools.lru_cache(maxsize=None)
+def homogeneous_harmonics(lmax: int):
+    """e3nn's real spherical harmonics (component normalisation) as sparse polynomials: Y_lm is a homogeneous
+    polynomial of degree l in the unit vector's components (unique within that degree), fitted exactly on the degree-l
+    monomials x^a y^b z^c (a + b + c = l). Returns the exponents (M, 3), in order of degree, and the nonzero terms
+    (monomial, lm, coefficient). The model (`_monomial_harmonics`) and the C kernel (ffspace.potential.native) both
+    use these coefficients, so they evaluate the same polynomial: a fitted model whose weights cancel to 1e-4 of
+    their size amplifies any difference in Y (1e-12 from a pseudo-inverse) into 1e-6 eV/Å."""
     from e3nn import o3
 
-    count = sum(3**d for d in range(lmax + 1))
+    exps = [(a, b, deg - a - b) for deg in range(lmax + 1) for a in range(deg, -1, -1) for b in range(deg - a, -1, -1)]
     gen = torch.Generator().manual_seed(0)
-    u = torch.randn(4 * count, 3, generator=gen, dtype=torch.float64)
+    u = torch.randn(64, 3, generator=gen, dtype=torch.float64)
     u = u / u.norm(dim=1, keepdim=True)
-    target = o3.spherical_harmonics(list(range(lmax + 1)), u, normalize=True, normalization="component")
-    matrix = torch.linalg.pinv(_monomials(u, count), rtol=1e-10) @ target  # rank-deficient: repeats, u·u = 1
-    check = torch.randn(64, 3, generator=gen, dtype=torch.float64)
-    check = check / check.norm(dim=1, keepdim=True)
-    error = (_monomials(check, count) @ matrix - o3.spherical_harmonics(list(range(lmax + 1)), check, normalize=True,
-                                                                      normalization="component")).abs().max()
-    assert error < 1e-10, f"monomial harmonics differ from e3nn's by {float(error):.2g}"
+    mono = torch.stack([u[:, 0] ** a * u[:, 1] ** b * u[:, 2] ** c for a, b, c in exps], 1)
+    y = o3.spherical_harmonics(list(range(lmax + 1)), u, normalize=True, normalization="component")
+    terms = []
+    for l in range(lmax + 1):
+        cols = [q for q, e in enumerate(exps) if sum(e) == l]
+        coef = torch.tensor(_solve_normal_equations(mono[:, cols].tolist(), y[:, l * l:(l + 1) ** 2].tolist()),
+                            dtype=torch.float64)  # (monomials, 2l + 1)
+        error = (mono[:, cols] @ coef - y[:, l * l:(l + 1) ** 2]).abs().max()
+        assert error < 1e-11, f"Y_{l} is not fitted by degree-{l} monomials (error {float(error):.2g})"
+        for a, q in enumerate(cols):
+            for m in range(2 * l + 1):
+                if abs(float(coef[a, m])) > 1e-14:
+                    terms.append((q, l * l + m, float(coef[a, m])))
+    return tuple(exps), tuple(terms)
+
+
+def _solve_normal_equations(a: list, b: list) -> list:
+    """min ‖a x − b‖ for small dense lists (rows × n, rows × k) in plain Python floats, by Gaussian elimination on
+    the normal equations: the same bits on every call and machine (a threaded LAPACK solve varies in the last bits,
+    and a least-squares fit with cancelling weights turns 1e-15 into 1e-7 of its solution)."""
+    n, k = len(a[0]), len(b[0])
+    m = [[sum(r[i] * r[j] for r in a) for j in range(n)] + [sum(r[i] * rb[c] for r, rb in zip(a, b)) for c in range(k)]
+         for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(n):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                m[r] = [x - f * y for x, y in zip(m[r], m[col])]
+    return [[m[i][n + c] / m[i][i] for c in range(k)] for i in range(n)]
+
+
+def _monomial_harmonics(lmax: int) -> torch.Tensor:
+    """e3nn's real spherical harmonics to ``lmax`` (component normalisation) as a matrix on `_monomials` (which
+    repeat: x·y and y·x): each unique monomial's coefficient sits on its sorted tuple. e3nn's module runs ~40
+    elementwise operations (and their derivatives) for lmax = 3: 0.8 ms of a 3-4 ms aspirin call."""
+    exps, terms = homogeneous_harmonics(lmax)
+    count = sum(3**d for d in range(lmax + 1))
+    matrix = torch.zeros(count, (lmax + 1) ** 2, dtype=torch.float64)
+    for q, lm, coef in terms:
+        a, b, c = exps[q]
+        degree = a + b + c
+        flat = 0
+        for k in (0,) * a + (1,) * b + (2,) * c:  # the tuple's index among the 3^degree ordered ones
+            flat = 3 * flat + k
+        matrix[sum(3**d for d in range(degree)) + flat, lm] += coef
     return matrix
 
 
@@ -219,7 +264,17 @@ class LinearACE(FFModel):
         self.register_buffer("freqs_3", (torch.arange(1, self.n_rbf_3 + 1, dtype=torch.float64) * math.pi
                                          / cutoff_3), persistent=False)
         self.weights = nn.Parameter(torch.zeros(n_el, self.n_features))
+        # The constant tables, exact (float64, CPU): `_apply` rebuilds the buffers from them, so a model that went
+        # through float32 and back evaluates exact constants again (and agrees with ffspace.potential.native's kernel)
+        self._exact = {name: b.clone() for name, b in self.named_buffers() if b.is_floating_point()}
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        for name, exact in self._exact.items():
+            current = getattr(self, name)
+            self._buffers[name] = exact.to(device=current.device, dtype=current.dtype)
+        return out
 
     def _density(self, i, j, species, n: int, radial, sh) -> torch.Tensor:
         """(n, elements·n_rbf, D) atomic basis A: Σ_j R_n(r_ij) Y_lm(r̂_ij), one channel per neighbour element and

@@ -29,18 +29,19 @@ def supports(model) -> bool:
         all(isinstance(t, (LinearACE, AtomicReference)) for t in terms)
 
 
-def energies_forces(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-atom energies (N,) and forces (N, 3) of a model `supports` accepts, without autograd."""
+def energies_forces(model, batch, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-atom energies (N,) and forces (N, 3) of a model `supports` accepts, without autograd; with ``kernel``
+    (an `ffspace.potential.native.AceKernel` of its linear ACE term, on the CPU) the energies are float64."""
     terms = list(model.terms) if isinstance(model, Sum) else [model]
-    energies, forces = None, None
+    parts, forces = [], None
     for term in terms:
         if isinstance(term, AtomicReference):
-            e, f = term(batch), None
+            parts.append(term(batch))
         else:
-            e, f = _ace(term, batch)
-            forces = f
-        energies = e if energies is None else energies + e
-    return energies, forces
+            e, forces = kernel(batch) if kernel is not None else _ace(term, batch)
+            parts.append(e)
+    dtype = torch.float64 if kernel is not None else parts[0].dtype
+    return sum(p.to(dtype) for p in parts), forces
 
 
 def _edge_gradient(ace, g, i, j, species, radial, dradial, sh, dsh, u, r):

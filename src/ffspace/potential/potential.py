@@ -58,11 +58,12 @@ class Potential:
     """
 
     def __init__(self, model, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
-                 fast: bool = False):
-        """``fast``: energy and forces through the fast path (`ffspace.potential.fast`: hand-derived forces for
-        linear ACE, `ffspace.potential.analytic`, a torch.compile'd graph for the other families), checked against
-        the eager result on first use, eager with a warning where it cannot be used. Off by default: on 2 CPU cores
-        neither pays for every family and size yet (docs/benchmarks.md)."""
+                 fast: bool | str = "auto"):
+        """``fast``: energy and forces through the fast path (`ffspace.potential.fast`), checked against the eager
+        result on first use, eager with a warning where it cannot be used. ``"auto"`` (the default): only where a
+        family has hand-derived forces (linear ACE: in a C kernel built on this machine, `ffspace.potential.native`,
+        ~10x the eager call on aspirin); ``True``: also a torch.compile'd graph for the other families (1.0-1.4x on
+        2 CPU cores, a minute of compiling: docs/benchmarks.md); ``False``: always eager autograd."""
         dtype = torch_dtype(dtype)
         self.dtype, self.device = dtype, torch_device(device)
         # nn.Module.to works in place: convert a copy when needed, so a model held elsewhere (or by
@@ -74,10 +75,12 @@ class Potential:
         self.cutoff = float(model.cutoff)
         self.elements = list(model.elements)
         self.fast = None
+        if fast not in (True, False, "auto"):
+            raise ConfigError(f"fast must be true, false or 'auto', got {fast!r}")
         if fast:
             from .fast import FastForces
 
-            self.fast = FastForces(self)
+            self.fast = FastForces(self, compile=fast is True)
 
     def check_elements(self, structures) -> None:
         """Raise a `DataError` naming the structure and element the model was not trained on."""
@@ -168,7 +171,8 @@ class Potential:
         return out
 
     @classmethod
-    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu", fast: bool = False) -> "Potential":
+    def load(cls, path, dtype: torch.dtype | str = torch.float32, device="cpu",
+             fast: bool | str = "auto") -> "Potential":
         """Load a model package (safetensors + JSON; no code is executed). The weights go straight into a model
         of ``dtype``: a float64 package loaded as float64 is exact. ``fast``: see `Potential`."""
         from .package import load_package
