@@ -5,7 +5,7 @@
 Runs ``run_md`` (Langevin 300 K, 0.5 fs, float32, thermo every step, trajectory every 10 steps and checkpoints
 every 500 into a temporary folder: the `ffspace md` defaults) on the first rMD17 aspirin frame (21 atoms) with
 untrained models of the bench_aspirin sizes (cost does not depend on the weights), and times each part of the
-step by wrapping it: the model call (`Potential.compute`: energy and forces by autograd), the neighbour list
+step by wrapping it: the model call (`Potential.compute`: energy and forces, by autograd or the family's fast path), the neighbour list
 (Verlet list with a 1 Å skin), building the batch (`StructureBatcher`), copying forces back to numpy, the blow-up monitor,
 writing (thermo, trajectory, checkpoints) and the integrator with everything else (the rest of the wall time).
 Prints a markdown table in µs per step and per cent of the step.
@@ -30,7 +30,7 @@ MODELS = {
     "painn": {"family": "painn", "features": 128, "layers": 3, "cutoff": 5.0},
     "mace": {"family": "mace", "channels": 48, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3,
              "cutoff": 5.0},
-    "ace": {"family": "ace", "cutoff": 5.0},  # linear ACE (eager, autograd forces, as `ffspace md` runs it)
+    "ace": {"family": "ace", "cutoff": 5.0},  # linear ACE (its C kernel: the default fast path, as `ffspace md` runs it)
 }
 PARTS = ["model call", "neighbour list", "graph and batch", "forces to numpy", "monitor", "writing"]
 

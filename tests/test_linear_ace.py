@@ -167,14 +167,14 @@ def _agree(pot, batch, kernel):
 def test_hand_derived_forces_equal_autograd(ethanol_data):
     """The fast path's forces for linear ACE (ffspace.potential.analytic in torch, and the C kernel of
     ffspace.potential.native) are the autograd forces of the same energy, to float64 round-off: shared and separate
-    four-body bases, body orders 2 to 4, a Verlet skin's extra edges, a periodic box; Potential uses the kernel by
+    four-body bases (A' with a larger lmax than ν = 2's), body orders 2 to 4, a Verlet skin's extra edges, a periodic box; Potential uses the kernel by
     default and passes its first-call check."""
     from ffspace.graph.batch import collate, graph_of
     from ffspace.potential import analytic
 
     structures = list(ethanol_data)[:3]
-    for kw in (SMALL, {**SMALL, "cutoff_3": 3.0, "n_rbf_3": 3, "lmax_3": 3}, {**SMALL, "correlation": 2},
-               {**SMALL, "correlation": 1}):
+    for kw in (SMALL, {**SMALL, "cutoff_3": 3.0, "n_rbf_3": 3, "lmax_3": 3}, {**SMALL, "lmax": 1},
+               {**SMALL, "correlation": 2}, {**SMALL, "correlation": 1}):
         model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}),
                      _random_weights(LinearACE([1, 6, 8], **kw), seed=2)])
         assert analytic.supports(model)
@@ -211,3 +211,47 @@ def test_kernel_follows_weight_changes(ethanol_data):
     with torch.no_grad():
         pot.model.weights.mul_(2.0)
     assert torch.allclose(kernel(batch)[0].sum(), 2 * first, rtol=1e-12)
+
+
+def test_without_a_c_compiler_the_torch_forces_run(tmp_path, monkeypatch, ethanol_data):
+    """No C compiler: building the kernel raises KernelUnavailable naming the compiler, and a Potential says so in one
+    FastPathWarning and runs linear ACE's hand-derived forces in torch, still equal to autograd."""
+    from ffspace.kernels import build
+    from ffspace.kernels.build import KernelUnavailable
+    from ffspace.potential.fast import FastPathWarning
+    from ffspace.potential.native import AceKernel
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("FFSPACE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "_LOADED", {})
+    model = _random_weights(LinearACE([1, 6, 8], **SMALL), seed=5)
+    with pytest.raises(KernelUnavailable, match="no-such-cc"):
+        AceKernel(model)
+    with pytest.warns(FastPathWarning, match="C kernel is not available"):
+        pot = Potential(model, dtype=torch.float64)
+    assert pot.fast.analytic and not pot.fast.native
+    batch = pot.batch(list(ethanol_data)[:2])
+    out, ref = pot.compute(batch), pot.compute(batch, fast=False)
+    assert pot.fast.state == "checked"
+    assert torch.allclose(out["forces"], ref["forces"], atol=1e-10, rtol=0)
+
+
+def test_the_kernel_is_built_once_and_cached(tmp_path, monkeypatch):
+    """A fresh cache folder gets one shared library named by the source's hash; a second load (another process:
+    the in-process table emptied) reuses it without compiling."""
+    from ffspace.kernels import build
+
+    monkeypatch.setenv("FFSPACE_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "_LOADED", {})
+    try:
+        build.load_kernel("ace")
+    except build.KernelUnavailable as exc:
+        pytest.skip(f"no C compiler here: {exc}")
+    built = sorted((tmp_path / "kernels").glob("ace-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(build, "_LOADED", {})
+    calls, run = [], build.subprocess.run
+    monkeypatch.setattr(build.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
+    build.load_kernel("ace")
+    assert [c for c in calls if "-shared" in c] == [] and built[0].stat().st_mtime_ns == stamp

@@ -45,6 +45,13 @@ def _ace():
     return model
 
 
+def _deep_potential(compressed=False):
+    from ffspace.models.deep_potential import DeepPotential
+
+    return DeepPotential(ELEMENTS, cutoff=4.0, cutoff_smooth=1.0, embedding=(8, 16), axis=4, fitting=(16,),
+                         avg_neighbors=4.0, compressed=compressed)
+
+
 def _d4():
     pytest.importorskip("dftd4")
     return D4Dispersion(ELEMENTS, method="pbe")
@@ -85,6 +92,8 @@ CASES = {
     "mace": lambda: _mace(layers=2),
     "mace_vectors": lambda: _mace(layers=3, hidden_lmax=1),
     "ace": _ace,
+    "deep_potential": _deep_potential,
+    "deep_potential_compressed": lambda: _deep_potential(compressed=True),
     "mace_torch": _mace_torch,
     "torchani": _torchani,
     "mm": lambda: ClassicalMM(ELEMENTS, cutoff=4.0),

@@ -172,6 +172,24 @@ def export_openmm(model: Path = typer.Argument(..., help="graph-learned MM model
 
 
 @app.command()
+def compress(model: Path = typer.Argument(..., help="trained package with a Deep Potential (family deep_potential)"),
+             out: Optional[Path] = typer.Option(None, help="package to write (default: <model>.compressed.safetensors)"),
+             table_step: Optional[float] = typer.Option(None, help="table interval in s = 1/r units (default: the "
+                                                                     "model's table_step, 0.005 Å⁻¹)")):
+    """Compress a Deep Potential package (what `dp compress` does): its embedding nets are then evaluated as
+    piecewise quintic tables, built from the same weights when the package is loaded. `ffspace eval` on both
+    packages compares them on your data."""
+
+    def go():
+        from ..models.deep_potential import compress_package
+
+        target = out or model.with_name(model.name.replace(".safetensors", "") + ".compressed.safetensors")
+        typer.echo(f"wrote {compress_package(model, target, table_step)}")
+
+    _guard(go)
+
+
+@app.command()
 def bench(config: Path = typer.Argument(..., help="bench config YAML (datasets, models, budget_min, speed)"),
           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. budget_min=5 out=runs/b")):
     """Train every model of the config on every dataset under the same wall-clock budget, then measure test

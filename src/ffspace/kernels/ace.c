@@ -36,7 +36,7 @@ typedef struct {
     int32_t n_mono;                /* monomials x^a y^b z^c of the unit vector */
     const int32_t *mono_exp;       /* (n_mono, 3) */
     const double *harm;            /* (n_mono, DY): Y_m = Σ_q harm[q][m] monomial_q */
-    const double *harm_grad;       /* (3, n_mono, DY): ∂Y_m/∂u_k = Σ_q harm_grad[k][q][m] monomial_q */
+    const int32_t *mono_lower;     /* (n_mono, 3): the monomial ∂/∂u_k leaves (exponent of u_k lowered), or -1 */
     const double *w0, *w1;         /* (S,), (S, K) */
     int32_t has_pairs;
     const double *w2sym;           /* (S, K, K, D): the ν = 2 weight of pair (a, b) at m, plus its transpose */
@@ -53,61 +53,46 @@ typedef struct {
     const double *w3;              /* (S, entries) */
 } AceParams;
 
+typedef struct {  /* the graph: r_ij = positions[j] - positions[i] + shifts_ij · cell of i's structure */
+    int64_t n_edges;
+    const int64_t *i, *j;          /* (E,) centre and neighbour */
+    const double *positions;       /* (N, 3) Å */
+    const double *shifts;          /* (E, 3) integer cell shifts, or NULL (no periodic images) */
+    const double *cells;           /* (G, 3, 3) cell vectors as rows */
+    const int64_t *graph;          /* (N,) the structure of each atom */
+} Edges;
+
+/* r_ij of edge e */
+static void edge_vector(const Edges *g, int64_t e, double *v) {
+    const double *pi = g->positions + 3 * g->i[e], *pj = g->positions + 3 * g->j[e];
+    for (int k = 0; k < 3; k++) v[k] = pj[k] - pi[k];
+    if (g->shifts) {
+        const double *sh = g->shifts + 3 * e, *cell = g->cells + 9 * g->graph[g->i[e]];
+        for (int k = 0; k < 3; k++) v[k] += sh[0] * cell[k] + sh[1] * cell[3 + k] + sh[2] * cell[6 + k];
+    }
+}
+
 static int harmonics_count(const AceParams *p) { return p->d > p->d3 ? p->d : p->d3; }
-
-/* R_n(r) = sin((n+1)θ)/r · fcut and dR_n/dr, θ = πr/rc, fcut = (cos θ + 1)/2: one sin and one cos per edge,
- * the rest by the angle-addition recurrences. */
-static void radial(double r, double rc, int n_rbf, double *R, double *dR) {
-    double theta = M_PI * r / rc, s1 = sin(theta), c1 = cos(theta), inv_r = 1.0 / r;
-    double fcut = 0.5 * (c1 + 1.0), dfcut = -0.5 * M_PI / rc * s1, k = M_PI / rc;
-    double s = s1, c = c1, s_prev = 0.0, c_prev = 1.0;
-    for (int n = 0; n < n_rbf; n++) {
-        double f = (n + 1) * k, sr = s * inv_r;
-        R[n] = sr * fcut;
-        dR[n] = (f * c * inv_r - sr * inv_r) * fcut + sr * dfcut;
-        double s_next = 2.0 * c1 * s - s_prev, c_next = 2.0 * c1 * c - c_prev;
-        s_prev = s; c_prev = c; s = s_next; c = c_next;
-    }
-}
-
-static void monomials(const AceParams *p, const double *u, double *mono) {
-    double pw[3][8];
-    for (int k = 0; k < 3; k++) {
-        pw[k][0] = 1.0;
-        for (int e = 1; e <= p->max_degree; e++) pw[k][e] = pw[k][e - 1] * u[k];
-    }
-    for (int q = 0; q < p->n_mono; q++) {
-        const int32_t *e = p->mono_exp + 3 * q;
-        mono[q] = pw[0][e[0]] * pw[1][e[1]] * pw[2][e[2]];
-    }
-}
 
 /* The first monomial of degree d (monomials come in order of degree: 1, 3, 6, 10, ... of them). */
 #define MONO_START(d) ((d) * ((d) + 1) * ((d) + 2) / 6)
 
-/* Y_m = Σ_q harm[q][m] monomial_q: Y_l is homogeneous of degree l, so only that degree's monomials enter. */
-static void harmonics(const AceParams *p, const double *mono, double *Y) {
-    const int DY = p->d > p->d3 ? p->d : p->d3;
-    for (int l = 0; l * l < DY; l++) {
-        const int m0 = l * l, m1 = (l + 1) * (l + 1);
-        for (int m = m0; m < m1; m++) Y[m] = 0.0;
-        for (int q = MONO_START(l); q < MONO_START(l + 1); q++) {
-            const double *h = p->harm + q * DY, x = mono[q];
-            for (int m = m0; m < m1; m++) Y[m] += h[m] * x;
-        }
-    }
-}
-
-/* per edge of an atom: r, u[3], R, dR, R3, dR3, monomials, Y */
-static int edge_stride(const AceParams *p) {
-    return 4 + 2 * p->n_rbf + 2 * p->n_rbf3 + p->n_mono + harmonics_count(p);
+/* An atom's edges in chunks of LANES, each field as (field size, LANES) so that every operation on a chunk is one
+ * SIMD instruction: r, u[3], R, dR, R3, dR3, monomials, Y. */
+enum { F_R = 0, F_U = 1 };
+static int chunk_size(const AceParams *p) {
+    return LANES * (4 + 2 * p->n_rbf + 2 * p->n_rbf3 + p->n_mono + harmonics_count(p));
 }
 
 typedef struct {  /* one thread's buffers */
     double *A, *A3, *G, *G3;       /* one atom: (K, D), (K3, D3) */
     double *Ab, *Gb, *Xb, *GXb;    /* the block: (K, D, LANES), (D3, K3, LANES) */
     double *U, *dU;                /* one slot: (K3·K3, LANES) */
-    double *edge;                  /* (LANES, max_edges, stride) */
+    double *edge;                  /* per atom of the block: its chunks */
+    int64_t *eid;                  /* per atom of the block: its edges within the cutoff (padded to chunks) */
+    int64_t count[LANES];          /* how many */
+    int64_t atom_capacity;         /* chunks per atom */
+    double *YT, *PT, *C;           /* (LANES, DY), (LANES, DY), (n_mono, LANES) scratch */
 } Work;
 
 static void *zalloc(size_t count) {  /* 64-byte aligned doubles */
@@ -118,8 +103,9 @@ static void *zalloc(size_t count) {  /* 64-byte aligned doubles */
 }
 
 static int work_init(Work *w, const AceParams *p, int64_t max_edges) {
-    const size_t K = p->n_el * p->n_rbf, K3 = p->n_el * p->n_rbf3;
+    const size_t K = p->n_el * p->n_rbf, K3 = p->n_el * p->n_rbf3, DY = harmonics_count(p);
     memset(w, 0, sizeof(*w));
+    w->atom_capacity = (max_edges + LANES - 1) / LANES + 1;
     w->A = zalloc(K * p->d);
     w->G = zalloc(K * p->d);
     w->A3 = zalloc(K3 * p->d3);
@@ -130,115 +116,199 @@ static int work_init(Work *w, const AceParams *p, int64_t max_edges) {
     w->GXb = zalloc(K3 * p->d3 * LANES);
     w->U = zalloc(K3 * K3 * LANES);
     w->dU = zalloc(K3 * K3 * LANES);
-    w->edge = zalloc((size_t)edge_stride(p) * (size_t)(max_edges + 1) * LANES);
-    return w->A && w->G && w->A3 && w->G3 && w->Ab && w->Gb && w->Xb && w->GXb && w->U && w->dU && w->edge;
+    w->edge = zalloc((size_t)chunk_size(p) * (size_t)w->atom_capacity * LANES);
+    w->eid = malloc(sizeof(int64_t) * (size_t)w->atom_capacity * LANES * LANES);
+    w->YT = zalloc(LANES * DY);
+    w->PT = zalloc(LANES * DY);
+    w->C = zalloc((size_t)p->n_mono * LANES);
+    return w->A && w->G && w->A3 && w->G3 && w->Ab && w->Gb && w->Xb && w->GXb && w->U && w->dU && w->edge &&
+           w->eid && w->YT && w->PT && w->C;
 }
 
 static void work_free(Work *w) {
     free(w->A); free(w->G); free(w->A3); free(w->G3); free(w->Ab); free(w->Gb); free(w->Xb); free(w->GXb);
-    free(w->U); free(w->dU); free(w->edge);
+    free(w->U); free(w->dU); free(w->edge); free(w->eid); free(w->YT); free(w->PT); free(w->C);
 }
 
-/* Step 1 for one atom: its edges' radial functions and harmonics into `buf`, its bases into w->A (and w->A3). */
-static void atom_bases(const AceParams *p, int64_t i, const int64_t *start, const int64_t *order,
-                       const int64_t *edge_j, const int64_t *species, const double *vec, Work *w, double *buf0) {
-    const int D = p->d, D3 = p->d3, DY = harmonics_count(p), stride = edge_stride(p);
-    const int K = p->n_el * p->n_rbf, K3 = p->n_el * p->n_rbf3;
-    const double rc2 = p->cutoff * p->cutoff;
-    memset(w->A, 0, sizeof(double) * K * D);
-    if (p->separate3) memset(w->A3, 0, sizeof(double) * K3 * D3);
-    for (int64_t q = 0; q < start[i + 1] - start[i]; q++) {
-        int64_t e = order ? order[start[i] + q] : start[i] + q;
-        double *buf = buf0 + q * stride;
-        const double *v = vec + 3 * e;
-        double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-        if (!(r2 < rc2) || r2 == 0.0) {
-            buf[0] = -1.0;  /* beyond the cutoff (a Verlet skin's edges): no contribution */
-            continue;
-        }
-        double r = sqrt(r2), *u = buf + 1, *R = buf + 4, *dR = R + p->n_rbf;
-        double *R3 = dR + p->n_rbf, *dR3 = R3 + p->n_rbf3, *mono = dR3 + p->n_rbf3, *Y = mono + p->n_mono;
-        buf[0] = r;
-        for (int k = 0; k < 3; k++) u[k] = v[k] / r;
-        radial(r, p->cutoff, p->n_rbf, R, dR);
-        monomials(p, u, mono);
-        harmonics(p, mono, Y);
-        const int sj = (int)species[edge_j[e]];
-        double *Aj = w->A + (int64_t)sj * p->n_rbf * D;
-        for (int n = 0; n < p->n_rbf; n++) {
-            const double rn = R[n] * p->inv_avg;
-            for (int m = 0; m < D; m++) Aj[n * D + m] += rn * Y[m];
-        }
-        if (p->separate3) {
-            if (r < p->cutoff3) {
-                radial(r, p->cutoff3, p->n_rbf3, R3, dR3);
-            } else {
-                for (int n = 0; n < p->n_rbf3; n++) R3[n] = dR3[n] = 0.0;
-            }
-            double *A3j = w->A3 + (int64_t)sj * p->n_rbf3 * D3;
-            for (int n = 0; n < p->n_rbf3; n++) {
-                const double rn = R3[n] * p->inv_avg;
-                for (int m = 0; m < D3; m++) A3j[n * D3 + m] += rn * Y[m];
-            }
+/* R_n(r) and dR_n/dr on a chunk (n, LANES), θ = πr/rc: sin and cos per lane, then the recurrences lane-wise. */
+static void radial_chunk(const double *r, double rc, int n_rbf, double *R, double *dR) {
+    double s1[LANES], c1[LANES], s[LANES], c[LANES], sp[LANES], cp[LANES], fcut[LANES], dfcut[LANES], inv[LANES];
+    const double k = M_PI / rc;
+    for (int L = 0; L < LANES; L++) {
+        s1[L] = sin(k * r[L]);
+        c1[L] = cos(k * r[L]);
+    }
+    for (int L = 0; L < LANES; L++) {
+        fcut[L] = 0.5 * (c1[L] + 1.0);
+        dfcut[L] = -0.5 * k * s1[L];
+        inv[L] = 1.0 / r[L];
+        s[L] = s1[L]; c[L] = c1[L]; sp[L] = 0.0; cp[L] = 1.0;
+    }
+    for (int n = 0; n < n_rbf; n++) {
+        const double f = (n + 1) * k;
+        for (int L = 0; L < LANES; L++) {
+            const double sr = s[L] * inv[L];
+            R[n * LANES + L] = sr * fcut[L];
+            dR[n * LANES + L] = (f * c[L] * inv[L] - sr * inv[L]) * fcut[L] + sr * dfcut[L];
+            const double sn = 2.0 * c1[L] * s[L] - sp[L], cn = 2.0 * c1[L] * c[L] - cp[L];
+            sp[L] = s[L]; cp[L] = c[L]; s[L] = sn; c[L] = cn;
         }
     }
 }
 
-/* Step 3 for one atom: ∂E/∂r_ij of its edges into dvec, from G (w->G, w->G3) and the edge data of step 1. */
-static void atom_gradient(const AceParams *p, int64_t i, const int64_t *start, const int64_t *order,
-                          const int64_t *edge_j, const int64_t *species, Work *w, const double *buf0, double *dvec) {
-    const int D = p->d, D3 = p->d3, DY = harmonics_count(p), stride = edge_stride(p);
-    for (int64_t q = 0; q < start[i + 1] - start[i]; q++) {
-        int64_t e = order ? order[start[i] + q] : start[i] + q;
-        const double *buf = buf0 + q * stride;
-        double *out = dvec + 3 * e;
-        if (buf[0] < 0.0) {
-            out[0] = out[1] = out[2] = 0.0;
-            continue;
+/* Step 1 for one atom: its edges within the cutoff in chunks (into `buf`, their ids into `eid`), and its bases into
+ * w->A (and w->A3). Returns the number of edges kept. */
+static int64_t atom_bases(const AceParams *p, int64_t i, const int64_t *start, const int64_t *order,
+                          const int64_t *species, const Edges *edges, Work *w, double *buf0, int64_t *eid) {
+    const int D = p->d, D3 = p->d3, DY = harmonics_count(p), CH = chunk_size(p);
+    const int K = p->n_el * p->n_rbf, K3 = p->n_el * p->n_rbf3, NR = p->n_rbf, NR3 = p->n_rbf3;
+    const double rc2 = p->cutoff * p->cutoff;
+    memset(w->A, 0, sizeof(double) * K * D);
+    if (p->separate3) memset(w->A3, 0, sizeof(double) * K3 * D3);
+    int64_t kept = 0;
+    for (int64_t q = start[i]; q < start[i + 1]; q++) {  /* the edges within the cutoff (a Verlet list has more) */
+        double v[3];
+        edge_vector(edges, order[q], v);
+        const double r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+        if (r2 < rc2 && r2 > 0.0) {
+            double *chunk = buf0 + (kept / LANES) * CH;
+            const int L = kept % LANES;
+            const double r = sqrt(r2);
+            chunk[F_R * LANES + L] = r;
+            for (int k = 0; k < 3; k++) chunk[(F_U + k) * LANES + L] = v[k] / r;
+            eid[kept++] = order[q];
         }
-        const double r = buf[0], *u = buf + 1, *R = buf + 4, *dR = R + p->n_rbf;
-        const double *R3 = dR + p->n_rbf, *dR3 = R3 + p->n_rbf3, *mono = dR3 + p->n_rbf3, *Y = mono + p->n_mono;
-        const int sj = (int)species[edge_j[e]];
-        const double *h = w->G + (int64_t)sj * p->n_rbf * D;
-        double along = 0.0, pv[MAX_Y];  /* pv: Σ_n G R_n per harmonic */
-        for (int m = 0; m < DY; m++) pv[m] = 0.0;
-        for (int n = 0; n < p->n_rbf; n++) {
-            double hy = 0.0;
-#pragma omp simd reduction(+ : hy)
-            for (int m = 0; m < D; m++) {
-                hy += h[n * D + m] * Y[m];
-                pv[m] += h[n * D + m] * R[n];
-            }
-            along += hy * dR[n];
-        }
+    }
+    for (int64_t L = kept; L % LANES; L++) {  /* padding lanes: a harmless unit vector at r = rc, R = 0 */
+        double *chunk = buf0 + (L / LANES) * CH;
+        chunk[F_R * LANES + L % LANES] = p->cutoff;
+        for (int k = 0; k < 3; k++) chunk[(F_U + k) * LANES + L % LANES] = k == 0;
+    }
+    for (int64_t c0 = 0; c0 < kept; c0 += LANES) {
+        double *chunk = buf0 + (c0 / LANES) * CH, *r = chunk, *u = chunk + LANES;
+        double *R = chunk + 4 * LANES, *dR = R + NR * LANES, *R3 = dR + NR * LANES, *dR3 = R3 + NR3 * LANES;
+        double *mono = dR3 + NR3 * LANES, *Y = mono + p->n_mono * LANES;
+        const int lanes = kept - c0 < LANES ? (int)(kept - c0) : LANES;
+        radial_chunk(r, p->cutoff, NR, R, dR);
+        for (int L = lanes; L < LANES; L++)
+            for (int n = 0; n < NR; n++) R[n * LANES + L] = dR[n * LANES + L] = 0.0;
         if (p->separate3) {
-            const double *h3 = w->G3 + (int64_t)sj * p->n_rbf3 * D3;
-            for (int n = 0; n < p->n_rbf3; n++) {
-                double hy = 0.0;
-#pragma omp simd reduction(+ : hy)
-                for (int m = 0; m < D3; m++) {
-                    hy += h3[n * D3 + m] * Y[m];
-                    pv[m] += h3[n * D3 + m] * R3[n];
-                }
-                along += hy * dR3[n];
-            }
+            radial_chunk(r, p->cutoff3, NR3, R3, dR3);
+            for (int L = 0; L < LANES; L++)
+                if (L >= lanes || !(r[L] < p->cutoff3))
+                    for (int n = 0; n < NR3; n++) R3[n * LANES + L] = dR3[n * LANES + L] = 0.0;
         }
-        double g[3];  /* ∇_u Σ_m pv_m Y_m(u) = Σ_q mono_q Σ_m harm_grad[k][q][m] pv_m; ∇Y_l lives on degree l-1 */
+        double pw[3][8][LANES];  /* powers of the components */
         for (int k = 0; k < 3; k++) {
-            double acc = 0.0;
-            for (int l = 1; l <= p->max_degree; l++) {
-                const int m0 = l * l, m1 = (l + 1) * (l + 1) < DY ? (l + 1) * (l + 1) : DY;
-                for (int q2 = MONO_START(l - 1); q2 < MONO_START(l); q2++) {
-                    const double *hg = p->harm_grad + ((int64_t)k * p->n_mono + q2) * DY;
-                    double t = 0.0;
-                    for (int m = m0; m < m1; m++) t += hg[m] * pv[m];
-                    acc += t * mono[q2];
+            for (int L = 0; L < LANES; L++) pw[k][0][L] = 1.0;
+            for (int e = 1; e <= p->max_degree; e++)
+                for (int L = 0; L < LANES; L++) pw[k][e][L] = pw[k][e - 1][L] * u[k * LANES + L];
+        }
+        for (int q = 0; q < p->n_mono; q++) {
+            const int32_t *e = p->mono_exp + 3 * q;
+            for (int L = 0; L < LANES; L++) mono[q * LANES + L] = pw[0][e[0]][L] * pw[1][e[1]][L] * pw[2][e[2]][L];
+        }
+        /* Y_l is homogeneous of degree l: only that degree's monomials enter */
+        for (int l = 0; l * l < DY; l++) {
+            for (int m = l * l; m < (l + 1) * (l + 1); m++) {
+                double acc[LANES] = {0};
+                for (int q = MONO_START(l); q < MONO_START(l + 1); q++) {
+                    const double h = p->harm[q * DY + m];
+                    if (h == 0.0) continue;
+                    for (int L = 0; L < LANES; L++) acc[L] += h * mono[q * LANES + L];
+                }
+                for (int L = 0; L < LANES; L++) Y[m * LANES + L] = acc[L];
+            }
+        }
+        for (int L = 0; L < lanes; L++) {  /* A[element of j][n][m] += R_n Y_m / n̄ */
+            const int sj = (int)species[edges->j[eid[c0 + L]]];
+            double *Aj = w->A + (int64_t)sj * NR * D, *yl = w->YT + L * DY;
+            for (int m = 0; m < DY; m++) yl[m] = Y[m * LANES + L];
+            for (int n = 0; n < NR; n++) {
+                const double rn = R[n * LANES + L] * p->inv_avg;
+                for (int m = 0; m < D; m++) Aj[n * D + m] += rn * yl[m];
+            }
+            if (p->separate3) {
+                double *A3j = w->A3 + (int64_t)sj * NR3 * D3;
+                for (int n = 0; n < NR3; n++) {
+                    const double rn = R3[n * LANES + L] * p->inv_avg;
+                    for (int m = 0; m < D3; m++) A3j[n * D3 + m] += rn * yl[m];
                 }
             }
-            g[k] = acc;
         }
-        const double ug = g[0] * u[0] + g[1] * u[1] + g[2] * u[2];
-        for (int k = 0; k < 3; k++) out[k] = p->inv_avg * (along * u[k] + (g[k] - ug * u[k]) / r);
+    }
+    return kept;
+}
+
+/* Step 3 for one atom: ∂E/∂r_ij of its kept edges into dvec, from G (w->G, w->G3) and the chunks of step 1. */
+static void atom_gradient(const AceParams *p, const int64_t *species, const Edges *edges, Work *w,
+                          const double *buf0, const int64_t *eid, int64_t kept, double *dvec) {
+    const int D = p->d, D3 = p->d3, DY = harmonics_count(p), CH = chunk_size(p), NR = p->n_rbf, NR3 = p->n_rbf3;
+    for (int64_t c0 = 0; c0 < kept; c0 += LANES) {
+        const double *chunk = buf0 + (c0 / LANES) * CH, *r = chunk, *u = chunk + LANES;
+        const double *R = chunk + 4 * LANES, *dR = R + NR * LANES, *R3 = dR + NR * LANES, *dR3 = R3 + NR3 * LANES;
+        const double *mono = dR3 + NR3 * LANES, *Y = mono + p->n_mono * LANES;
+        const int lanes = kept - c0 < LANES ? (int)(kept - c0) : LANES;
+        double along[LANES] = {0};
+        /* per lane: P_m = Σ_n G R_n (into PT) and the radial part Σ_n R'_n Σ_m G Y_m */
+        for (int L = 0; L < LANES; L++) {
+            double *pl = w->PT + L * DY;
+            for (int m = 0; m < DY; m++) pl[m] = 0.0;
+            if (L >= lanes) continue;
+            const int sj = (int)species[edges->j[eid[c0 + L]]];
+            const double *h = w->G + (int64_t)sj * NR * D, *yl = w->YT + L * DY;
+            double *ylw = w->YT + L * DY;
+            for (int m = 0; m < DY; m++) ylw[m] = Y[m * LANES + L];
+            for (int n = 0; n < NR; n++) {
+                double hy = 0.0;
+                const double rn = R[n * LANES + L];
+#pragma omp simd reduction(+ : hy)
+                for (int m = 0; m < D; m++) {
+                    hy += h[n * D + m] * yl[m];
+                    pl[m] += h[n * D + m] * rn;
+                }
+                along[L] += hy * dR[n * LANES + L];
+            }
+            if (p->separate3) {
+                const double *h3 = w->G3 + (int64_t)sj * NR3 * D3;
+                for (int n = 0; n < NR3; n++) {
+                    double hy = 0.0;
+                    const double rn = R3[n * LANES + L];
+#pragma omp simd reduction(+ : hy)
+                    for (int m = 0; m < D3; m++) {
+                        hy += h3[n * D3 + m] * yl[m];
+                        pl[m] += h3[n * D3 + m] * rn;
+                    }
+                    along[L] += hy * dR3[n * LANES + L];
+                }
+            }
+        }
+        /* ∇_u Σ_m P_m Y_m(u) = Σ_q C_q ∇(monomial_q), C_q = Σ_m harm[q][m] P_m */
+        double g[3][LANES] = {{0}};
+        for (int l = 1; l * l < DY; l++) {
+            for (int q = MONO_START(l); q < MONO_START(l + 1); q++) {
+                double cq[LANES] = {0};
+                for (int m = l * l; m < (l + 1) * (l + 1); m++) {
+                    const double h = p->harm[q * DY + m];
+                    if (h == 0.0) continue;
+                    for (int L = 0; L < LANES; L++) cq[L] += h * w->PT[L * DY + m];
+                }
+                const int32_t *e = p->mono_exp + 3 * q, *lower = p->mono_lower + 3 * q;
+                for (int k = 0; k < 3; k++) {
+                    if (!e[k]) continue;
+                    const double *ml = mono + lower[k] * LANES, f = e[k];
+                    for (int L = 0; L < LANES; L++) g[k][L] += f * cq[L] * ml[L];
+                }
+            }
+        }
+        for (int L = 0; L < lanes; L++) {
+            const double ux = u[L], uy = u[LANES + L], uz = u[2 * LANES + L];
+            const double ug = g[0][L] * ux + g[1][L] * uy + g[2][L] * uz, inv_r = 1.0 / r[L];
+            double *out = dvec + 3 * eid[c0 + L];
+            out[0] = p->inv_avg * (along[L] * ux + (g[0][L] - ug * ux) * inv_r);
+            out[1] = p->inv_avg * (along[L] * uy + (g[1][L] - ug * uy) * inv_r);
+            out[2] = p->inv_avg * (along[L] * uz + (g[2][L] - ug * uz) * inv_r);
+        }
     }
 }
 
@@ -339,13 +409,26 @@ static void block_energy(const AceParams *p, int s, Work *w, double *energy) {
     for (int L = 0; L < LANES; L++) energy[L] = e[L];
 }
 
-/* energies (N,) and forces (N, 3); edges (i, j, vec) grouped by i: those of atom a are order[start[a] ..
- * start[a+1]) (order NULL: the identity). dvec (E, 3) is scratch. Returns 0, or 1 when out of memory. */
-int ace_energies_forces(const AceParams *p, int64_t n_atoms, const int64_t *species, const int64_t *start,
-                        const int64_t *order, const int64_t *edge_j, const double *vec, int32_t n_threads,
-                        double *energies, double *forces, double *dvec) {
+/* energies (N,) and forces (N, 3) of the atoms (species: their element index) on the graph `edges`. Returns 0,
+ * or 1 when out of memory. */
+int ace_energies_forces(const AceParams *p, int64_t n_atoms, const int64_t *species, const Edges *edges,
+                        int32_t n_threads, double *energies, double *forces) {
     const int K = p->n_el * p->n_rbf, D = p->d, K3 = p->n_el * p->n_rbf3, D3 = p->d3;
-    const int stride = edge_stride(p);
+    const int chunk = chunk_size(p);
+    const int64_t n_edges = edges->n_edges, *edge_j = edges->j;
+    /* the edges grouped by centre (a counting sort: a neighbour list need not be ordered) */
+    int64_t *start = calloc(n_atoms + 1, sizeof(int64_t)), *order = malloc(sizeof(int64_t) * (n_edges + 1));
+    int64_t *fill = malloc(sizeof(int64_t) * (n_atoms + 1));
+    double *dvec = calloc(3 * (n_edges + 1), sizeof(double));  /* zero for the edges beyond the cutoff */
+    if (!start || !order || !fill || !dvec) {
+        free(start); free(order); free(fill); free(dvec);
+        return 1;
+    }
+    for (int64_t e = 0; e < n_edges; e++) start[edges->i[e] + 1]++;
+    for (int64_t a = 0; a < n_atoms; a++) start[a + 1] += start[a];
+    memcpy(fill, start, sizeof(int64_t) * (n_atoms + 1));
+    for (int64_t e = 0; e < n_edges; e++) order[fill[edges->i[e]]++] = e;
+    free(fill);
     int64_t max_edges = 0;
     for (int64_t a = 0; a < n_atoms; a++)
         if (start[a + 1] - start[a] > max_edges) max_edges = start[a + 1] - start[a];
@@ -353,7 +436,7 @@ int ace_energies_forces(const AceParams *p, int64_t n_atoms, const int64_t *spec
     int64_t *sorted = malloc(sizeof(int64_t) * (n_atoms + 1)), *block_first = malloc(sizeof(int64_t) * (n_atoms + 1));
     int64_t *count = calloc(p->n_el + 1, sizeof(int64_t));
     if (!sorted || !block_first || !count) {
-        free(sorted); free(block_first); free(count);
+        free(sorted); free(block_first); free(count); free(start); free(order); free(dvec);
         return 1;
     }
     for (int64_t a = 0; a < n_atoms; a++) count[species[a] + 1]++;
@@ -379,8 +462,9 @@ int ace_energies_forces(const AceParams *p, int64_t n_atoms, const int64_t *spec
                 const int s = (int)species[sorted[first]];
                 memset(w.Ab, 0, sizeof(double) * K * D * LANES);
                 for (int L = 0; L < lanes; L++) {
-                    double *buf = w.edge + (int64_t)L * stride * (max_edges + 1);
-                    atom_bases(p, sorted[first + L], start, order, edge_j, species, vec, &w, buf);
+                    w.count[L] = atom_bases(p, sorted[first + L], start, order, species, edges, &w,
+                                            w.edge + (int64_t)L * chunk * w.atom_capacity,
+                                            w.eid + (int64_t)L * LANES * w.atom_capacity);
                     for (int q = 0; q < K * D; q++) w.Ab[q * LANES + L] = w.A[q];
                     for (int c = 0; c < K3; c++) {  /* A'ᵀ (D3, K3): its own density or a slice of A */
                         const double *src = p->separate3 ? w.A3 + c * D3
@@ -403,20 +487,23 @@ int ace_energies_forces(const AceParams *p, int64_t n_atoms, const int64_t *spec
                             dst[m] = p->separate3 ? gx : dst[m] + gx;
                         }
                     }
-                    const double *buf = w.edge + (int64_t)L * stride * (max_edges + 1);
-                    atom_gradient(p, i, start, order, edge_j, species, &w, buf, dvec);
+                    atom_gradient(p, species, edges, &w, w.edge + (int64_t)L * chunk * w.atom_capacity,
+                                  w.eid + (int64_t)L * LANES * w.atom_capacity, w.count[L], dvec);
                 }
             }
         }
         work_free(&w);
     }
     free(sorted); free(block_first); free(count);
-    if (failed) return 1;
+    if (failed) {
+        free(start); free(order); free(dvec);
+        return 1;
+    }
     /* F_i = -∂E/∂r_i: each edge's ∂E/∂r_ij pushes i by +dvec and j by -dvec */
     memset(forces, 0, sizeof(double) * 3 * n_atoms);
     for (int64_t i = 0; i < n_atoms; i++) {
         for (int64_t q = start[i]; q < start[i + 1]; q++) {
-            const int64_t e = order ? order[q] : q;
+            const int64_t e = order[q];
             const double *d = dvec + 3 * e;
             double *fi = forces + 3 * i, *fj = forces + 3 * edge_j[e];
             for (int k = 0; k < 3; k++) {
@@ -425,5 +512,6 @@ int ace_energies_forces(const AceParams *p, int64_t n_atoms, const int64_t *spec
             }
         }
     }
+    free(start); free(order); free(dvec);
     return 0;
 }

@@ -95,7 +95,7 @@ def homogeneous_harmonics(lmax: int):
 
 def _solve_normal_equations(a: list, b: list) -> list:
     """min ‖a x − b‖ for small dense lists (rows × n, rows × k) in plain Python floats, by Gaussian elimination on
-    the normal equations: the same bits on every call and machine (a threaded LAPACK solve varies in the last bits,
+    the normal equations: the same bits on every call (a threaded LAPACK solve varies in the last bits,
     and a least-squares fit with cancelling weights turns 1e-15 into 1e-7 of its solution)."""
     n, k = len(a[0]), len(b[0])
     m = [[sum(r[i] * r[j] for r in a) for j in range(n)] + [sum(r[i] * rb[c] for r, rb in zip(a, b)) for c in range(k)]

@@ -1,20 +1,24 @@
 """The fast inference path: energy and forces of a model in one `torch.compile`d graph (issue 29, first part), or,
-for linear ACE, hand-derived forces without autograd (`ffspace.potential.analytic`).
+for linear ACE, hand-derived forces without autograd: in the C kernel of `ffspace.potential.native` on the CPU, in
+torch (`ffspace.potential.analytic`) elsewhere.
 
-The model's energy *and* the backward pass that gives the forces (``torch.autograd.grad`` traced inside the
-graph) are compiled into one graph with dynamic shapes (the edge count changes every MD step, so nothing is
-recompiled for it), removing the per-operation overhead of eager PyTorch. On 2 CPU cores and aspirin that gains
-1.0-1.4x for PaiNN and MACE and nothing for SchNet and ANI (`benchmarks/fast_path.py`, docs/benchmarks.md): at
-these model widths the compiled call is mostly matrix arithmetic, so the path is off by default. The compiled code is
-built on this machine by inductor at first use (seconds to a minute; cached on disk by torch); a package stays
-safetensors + JSON and nothing compiled is ever loaded from it.
+`Potential`'s default ``fast="auto"`` uses only the hand-derived paths (linear ACE: 5-6x its eager call on aspirin,
+13x on 24 000 waters); ``fast=True`` also compiles the other families: their energy *and* the backward pass that
+gives the forces (``torch.autograd.grad`` traced inside the graph) become one graph with dynamic shapes (the edge
+count changes every MD step, so nothing is recompiled for it), removing the per-operation overhead of eager PyTorch.
+On 2 CPU cores and aspirin that gains 1.0-1.4x for PaiNN and MACE and nothing for SchNet and ANI
+(`benchmarks/fast_path.py`, docs/benchmarks.md): at these model widths the compiled call is mostly matrix
+arithmetic, so compiling is not the default. Compiled code is built on this machine (inductor at first use, cached on
+disk by torch; the C kernel by `ffspace.kernels.build`); a package stays safetensors + JSON and nothing compiled is
+ever loaded from it.
 
 Guarantees: the first call compares the compiled result with the eager one on the same batch (float32: energies
 within 1e-3 eV, forces within 1e-4 eV/Å; float64: 1e-8) and uses it only if it agrees; a model that fails to
 compile, or disagrees, runs eagerly from then on, after one `FastPathWarning`. Training and stress always run eagerly, and
 so do graphs large enough to be chunked (`ffspace.models.chunking`) unless the path is linear ACE's hand-derived
-forces, which hold no activations. The energy tolerance is absolute on each structure's total: a float32 box of
-24 000 atoms differs by ~1e-3 eV between two summation orders and is refused (eager from then on).
+forces, which hold no activations. The energy tolerance is absolute on each structure's total; the C kernel computes
+in float64, so where it misses the float32 eager result it is compared with the float64 eager evaluation of the same
+weights instead (the float32 total of 24 000 water atoms is itself 0.02 eV off the exact one).
 """
 
 from __future__ import annotations
@@ -106,9 +110,11 @@ class FastForces:
             if self._compiled is None:
                 model = self.potential.model  # closed over, not an argument: guards on every parameter cost ms
                 self._compiled = self._compiler(lambda b: _energies_forces(model, b))
-            # The backward pass inside the graph: dynamo traces torch.autograd.grad only when asked to.
-            with torch._dynamo.config.patch(trace_autograd_ops=True):
+            if self.analytic:
                 energies, forces = self._compiled(batch)
+            else:  # the backward pass inside the graph: dynamo traces torch.autograd.grad only when asked to
+                with torch._dynamo.config.patch(trace_autograd_ops=True):
+                    energies, forces = self._compiled(batch)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly, and say so once
             what = "its hand-derived forces failed" if self.analytic else "it could not be compiled"
             self._give_up(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")

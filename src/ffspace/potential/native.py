@@ -10,7 +10,6 @@ weights and index tables into flat arrays (nothing but numbers reaches the compi
 from __future__ import annotations
 
 import ctypes
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -25,14 +24,27 @@ _P = ctypes.c_void_p
 class _Params(ctypes.Structure):  # the C struct AceParams, field for field
     _fields_ = [("n_el", _I32), ("n_rbf", _I32), ("d", _I32), ("cutoff", _F64), ("inv_avg", _F64),
                 ("separate3", _I32), ("n_rbf3", _I32), ("d3", _I32), ("cutoff3", _F64), ("max_degree", _I32),
-                ("n_mono", _I32), ("mono_exp", _P), ("harm", _P), ("harm_grad", _P), ("w0", _P), ("w1", _P),
+                ("n_mono", _I32), ("mono_exp", _P), ("harm", _P), ("mono_lower", _P), ("w0", _P), ("w1", _P),
                 ("has_pairs", _I32), ("w2sym", _P), ("n_slots", _I32), ("cg_start", _P), ("cg_m1", _P),
                 ("cg_m2", _P), ("cg_val", _P), ("group_start", _P), ("group_c", _P), ("slot_m", _P),
                 ("entry_start", _P), ("entry_ab", _P), ("n_entries", _I32), ("w3", _P)]
 
 
+class _Edges(ctypes.Structure):  # the C struct Edges
+    _fields_ = [("n_edges", ctypes.c_int64), ("i", _P), ("j", _P), ("positions", _P), ("shifts", _P),
+                ("cells", _P), ("graph", _P)]
+
+
 def _i32(values) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(values, dtype=np.int32))
+
+
+def _int64(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int64)
+
+
+def _float64(t: torch.Tensor) -> np.ndarray:  # positions in float64 before any difference is taken
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)
 
 
 def _f64(values) -> np.ndarray:
@@ -48,8 +60,8 @@ class AceKernel:
     def __init__(self, ace: LinearACE):
         self.lib = load_kernel("ace")
         self.lib.ace_energies_forces.restype = ctypes.c_int
-        self.lib.ace_energies_forces.argtypes = [ctypes.POINTER(_Params), ctypes.c_int64] + [_P] * 5 + \
-            [ctypes.c_int32] + [_P] * 3
+        self.lib.ace_energies_forces.argtypes = [ctypes.POINTER(_Params), ctypes.c_int64, _P,
+                                                 ctypes.POINTER(_Edges), ctypes.c_int32, _P, _P]
         self.ace = ace
         self._contracted = None
         self._tables()
@@ -63,15 +75,15 @@ class AceKernel:
         index = {tuple(e): q for q, e in enumerate(exps)}
         exps = np.array(exps, dtype=np.int32).reshape(-1, 3)
         harm = np.zeros((len(exps), dy))
-        harm_grad = np.zeros((3, len(exps), dy))  # ∂(x^a y^b z^c)/∂x = a x^(a-1) y^b z^c, on the lower monomial
         for q, lm, coef in terms:
             harm[q, lm] += coef
+        lower = np.full((len(exps), 3), -1, dtype=np.int32)  # ∂(x^a y^b z^c)/∂x = a · x^(a-1) y^b z^c
+        for q, e in enumerate(exps.tolist()):
             for k in range(3):
-                e = exps[q].tolist()
                 if e[k]:
-                    power = e[k]
-                    e[k] -= 1
-                    harm_grad[k, index[tuple(e)], lm] += coef * power
+                    d = list(e)
+                    d[k] -= 1
+                    lower[q, k] = index[tuple(d)]
         # ν = 3, per slot (p, m3): its Clebsch–Gordan nonzeros, and its entries (kept triples (p, a, b, c)) grouped
         # by the third factor c
         n_slots, k3 = len(ace.slot_m), ace.k3
@@ -86,7 +98,7 @@ class AceKernel:
         group_start = np.searchsorted([g[0] for g in groups], np.arange(n_slots + 1))
         entry_start = [n for n, e in enumerate(entries) if n == 0 or e[:2] != entries[n - 1][:2]] + [len(entries)]
         self._entry_triple = np.array([e[3] for e in entries], dtype=np.int64)
-        keep = dict(mono_exp=exps, harm=harm, harm_grad=harm_grad, cg_start=_i32(cg_start),
+        keep = dict(mono_exp=exps, harm=harm, mono_lower=lower, cg_start=_i32(cg_start),
                     cg_m1=_i32([z[1] for z in cg]), cg_m2=_i32([z[2] for z in cg]), cg_val=_f64([z[3] for z in cg]),
                     group_start=_i32(group_start), group_c=_i32([g[1] for g in groups]), slot_m=_i32(ace.slot_m),
                     entry_start=_i32(entry_start), entry_ab=_i32([e[2] for e in entries]))
@@ -111,8 +123,15 @@ class AceKernel:
         w = _f64(ace.weights.detach().double() * ace.energy_scale.double())
         k2, n2 = ace.k2, sum(ace.pairs)
         w3 = w[:, 1 + k2 + n2:1 + k2 + n2 + ace.n_triples]
-        self._w = {"w0": _f64(w[:, 0]), "w1": _f64(w[:, 1:1 + k2]),
-                   "w2sym": _f64(c["w2_sym"] if c["w2_sym"] is not None else np.zeros(1)),
+        # ν = 2 as (S, K, K, D) with D the kernel's harmonics count (A's lmax may exceed ν = 2's), W + Wᵀ, in float64
+        # (`contracted` multiplies in the model's dtype)
+        w2 = np.zeros((w.shape[0], k2, k2, (ace.lmax_a + 1) ** 2))
+        col = 1 + k2
+        for l, count in enumerate(ace.pairs):
+            a, b = getattr(ace, f"pairs_{l}").cpu().numpy()
+            w2[:, a, b, l * l:(l + 1) ** 2] = w[:, col:col + count, None]
+            col += count
+        self._w = {"w0": _f64(w[:, 0]), "w1": _f64(w[:, 1:1 + k2]), "w2sym": _f64(w2 + w2.transpose(0, 2, 1, 3)),
                    "w3": _f64(w3[:, self._entry_triple])}
         for name, array in self._w.items():
             setattr(self.params, name, array.ctypes.data)
@@ -122,24 +141,17 @@ class AceKernel:
         """Per-atom energies (N,) in float64 and forces (N, 3) in the batch's dtype, on the CPU."""
         self._weights()
         n = batch.numbers.shape[0]
-        species = np.ascontiguousarray(self.ace.species(batch.numbers).cpu().numpy().astype(np.int64, copy=False))
-        i, j = (t.cpu().numpy().astype(np.int64, copy=False) for t in batch.edge_index)
-        # r_ij from float64 positions: a float32 difference would round it before the kernel sees it
-        vec = replace(batch, shifts=batch.shifts.double()).edge_vectors(
-            batch.positions.detach().double(), batch.cell.double()).cpu().numpy()
-        order = None
-        if i.size and np.any(i[1:] < i[:-1]):
-            order = np.ascontiguousarray(np.argsort(i, kind="stable"))
-        start = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(i, minlength=n), out=start[1:])
-        j = np.ascontiguousarray(j)
+        species = _int64(self.ace.species(batch.numbers))
+        i, j = (_int64(t) for t in batch.edge_index)
+        arrays = {"i": i, "j": j, "positions": _float64(batch.positions), "cells": _float64(batch.cell),
+                  "graph": _int64(batch.graph_index)}
+        if batch.shifts.shape[0]:
+            arrays["shifts"] = _float64(batch.shifts)
+        edges = _Edges(n_edges=i.size, **{k: v.ctypes.data for k, v in arrays.items()})
         energies = np.empty(n, dtype=np.float64)
         forces = np.empty((n, 3), dtype=np.float64)
-        scratch = np.empty((i.size, 3), dtype=np.float64)
-        status = self.lib.ace_energies_forces(
-            ctypes.byref(self.params), n, species.ctypes.data, start.ctypes.data,
-            None if order is None else order.ctypes.data, j.ctypes.data, vec.ctypes.data,
-            torch.get_num_threads(), energies.ctypes.data, forces.ctypes.data, scratch.ctypes.data)
+        status = self.lib.ace_energies_forces(ctypes.byref(self.params), n, species.ctypes.data, ctypes.byref(edges),
+                                              torch.get_num_threads(), energies.ctypes.data, forces.ctypes.data)
         if status != 0:
             raise MemoryError("the linear ACE kernel ran out of memory")
         return torch.from_numpy(energies), torch.from_numpy(forces).to(batch.positions.dtype)
