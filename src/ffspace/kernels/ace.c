@@ -240,6 +240,24 @@ static int64_t atom_bases(const AceParams *p, int64_t i, const int64_t *start, c
     return kept;
 }
 
+/* For one edge and a basis built from radial functions R (n_rbf of them, stride LANES) and harmonics Y (D of them):
+ * P_m += Σ_n G_nm R_n, and the radial part Σ_n R'_n Σ_m G_nm Y_m is returned. */
+static double radial_adjoint(const double *G, int n_rbf, int D, const double *R, const double *dR, const double *Y,
+                             double *P) {
+    double along = 0.0;
+    for (int n = 0; n < n_rbf; n++) {
+        double hy = 0.0;
+        const double rn = R[n * LANES];
+#pragma omp simd reduction(+ : hy)
+        for (int m = 0; m < D; m++) {
+            hy += G[n * D + m] * Y[m];
+            P[m] += G[n * D + m] * rn;
+        }
+        along += hy * dR[n * LANES];
+    }
+    return along;
+}
+
 /* Step 3 for one atom: ∂E/∂r_ij of its kept edges into dvec, from G (w->G, w->G3) and the chunks of step 1. */
 static void atom_gradient(const AceParams *p, const int64_t *species, const Edges *edges, Work *w,
                           const double *buf0, const int64_t *eid, int64_t kept, double *dvec) {
@@ -256,32 +274,11 @@ static void atom_gradient(const AceParams *p, const int64_t *species, const Edge
             for (int m = 0; m < DY; m++) pl[m] = 0.0;
             if (L >= lanes) continue;
             const int sj = (int)species[edges->j[eid[c0 + L]]];
-            const double *h = w->G + (int64_t)sj * NR * D, *yl = w->YT + L * DY;
-            double *ylw = w->YT + L * DY;
-            for (int m = 0; m < DY; m++) ylw[m] = Y[m * LANES + L];
-            for (int n = 0; n < NR; n++) {
-                double hy = 0.0;
-                const double rn = R[n * LANES + L];
-#pragma omp simd reduction(+ : hy)
-                for (int m = 0; m < D; m++) {
-                    hy += h[n * D + m] * yl[m];
-                    pl[m] += h[n * D + m] * rn;
-                }
-                along[L] += hy * dR[n * LANES + L];
-            }
-            if (p->separate3) {
-                const double *h3 = w->G3 + (int64_t)sj * NR3 * D3;
-                for (int n = 0; n < NR3; n++) {
-                    double hy = 0.0;
-                    const double rn = R3[n * LANES + L];
-#pragma omp simd reduction(+ : hy)
-                    for (int m = 0; m < D3; m++) {
-                        hy += h3[n * D3 + m] * yl[m];
-                        pl[m] += h3[n * D3 + m] * rn;
-                    }
-                    along[L] += hy * dR3[n * LANES + L];
-                }
-            }
+            double *yl = w->YT + L * DY;
+            for (int m = 0; m < DY; m++) yl[m] = Y[m * LANES + L];
+            along[L] = radial_adjoint(w->G + (int64_t)sj * NR * D, NR, D, R + L, dR + L, yl, pl);
+            if (p->separate3)
+                along[L] += radial_adjoint(w->G3 + (int64_t)sj * NR3 * D3, NR3, D3, R3 + L, dR3 + L, yl, pl);
         }
         /* ∇_u Σ_m P_m Y_m(u) = Σ_q C_q ∇(monomial_q), C_q = Σ_m harm[q][m] P_m */
         double g[3][LANES] = {{0}};

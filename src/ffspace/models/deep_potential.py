@@ -93,12 +93,16 @@ class DeepPotential(FFModel):
         key = self._table_key()
         if self._table is not None and self._table[0] == key:
             return self._table[1]
+        import copy
+
         h = self.table_step
         n = int(round(self.table_s_max / h))
         ref = next(self.embedding.parameters())
-        x = torch.arange(n + 1, dtype=ref.dtype, device=ref.device) * h
+        # in float64 whatever the model's dtype: the quintic's coefficients divide by h⁵, which float32 would not survive
+        x = torch.arange(n + 1, dtype=torch.float64, device=ref.device) * h
         coeffs = []
         for net in self.embedding:
+            net = copy.deepcopy(net).double()
             with torch.enable_grad():
                 xs = x.detach().clone().requires_grad_(True)
                 g = net(xs[:, None])  # (n + 1, M1)
@@ -116,7 +120,7 @@ class DeepPotential(FFModel):
             c4 = (-15.0 * dy + 7.0 * dv * h - da * h * h) / h**4
             c5 = (6.0 * dy - 3.0 * dv * h + 0.5 * da * h * h) / h**5
             coeffs.append(torch.stack([y0, v0, 0.5 * a0, c3, c4, c5], 1))  # (n, 6, M1)
-        table = torch.stack(coeffs, 0)
+        table = torch.stack(coeffs, 0).to(ref.dtype)
         self._table = (key, table)
         return table
 
