@@ -255,3 +255,20 @@ def test_the_kernel_is_built_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(build.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
     build.load_kernel("ace")
     assert [c for c in calls if "-shared" in c] == [] and built[0].stat().st_mtime_ns == stamp
+
+
+def test_an_unwritable_kernel_cache_is_a_clear_fallback(tmp_path, monkeypatch):
+    """A cache folder that cannot be created: KernelUnavailable says which and how to fix it (and Potential falls
+    back to the torch forces, as without a compiler)."""
+    from ffspace.kernels import build
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FFSPACE_CACHE", str(blocker))
+    monkeypatch.setattr(build, "_LOADED", {})
+    try:
+        build._compiler()
+    except build.KernelUnavailable as exc:
+        pytest.skip(f"no C compiler here: {exc}")
+    with pytest.raises(build.KernelUnavailable, match="FFSPACE_CACHE"):
+        build.load_kernel("ace")

@@ -44,16 +44,23 @@ def load_kernel(name: str) -> ctypes.CDLL:
     if name in _LOADED:
         return _LOADED[name]
     source = Path(__file__).with_name(f"{name}.c")
-    text = source.read_bytes()
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise KernelUnavailable(f"the kernel source {source} is missing ({exc})") from None
     cc, version = _compiler()
     errors = []
     for flags in FLAG_SETS:
         key = hashlib.sha256(text + version.encode() + " ".join(flags).encode()).hexdigest()[:16]
         target = cache_dir() / f"{name}-{key}.so"
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+                os.close(fd)
+            except OSError as exc:
+                raise KernelUnavailable(f"cannot write the kernel cache {target.parent} ({exc}); set FFSPACE_CACHE "
+                                        "to a writable folder") from None
             cmd = [cc, *flags, "-std=c11", "-shared", "-fPIC", "-o", tmp, str(source), "-lm"]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

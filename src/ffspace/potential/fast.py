@@ -67,8 +67,9 @@ def _native_kernel(model):
     terms = list(getattr(model, "terms", [model]))
     try:
         return AceKernel(next(t for t in terms if isinstance(t, LinearACE)))
-    except KernelUnavailable as exc:
-        warnings.warn(FastPathWarning(f"linear ACE's C kernel is not available ({exc}); its hand-derived forces "
+    except Exception as exc:  # noqa: BLE001 - no compiler, no cache folder, anything: the torch version runs
+        why = str(exc) if isinstance(exc, KernelUnavailable) else f"{type(exc).__name__}: {exc}"
+        warnings.warn(FastPathWarning(f"linear ACE's C kernel is not available ({why}); its hand-derived forces "
                                       "run in torch"), stacklevel=4)
         return None
 
@@ -119,8 +120,7 @@ class FastForces:
             what = "its hand-derived forces failed" if self.analytic else "it could not be compiled"
             self._give_up(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             return None
-        out = {"energy": structure_totals(energies, batch), "energies": energies.to(self.potential.dtype),
-               "forces": forces.detach()}
+        out = {"energy": structure_totals(energies, batch), "energies": energies, "forces": forces.detach()}
         if self.state == "new":
             problem = self._disagreement(batch, out)
             if problem:
