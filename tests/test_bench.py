@@ -39,6 +39,9 @@ def test_small_bench_reports_every_figure(small_run):
         assert set(m["speed_molecule"]) == {"float32"}  # the config's dtypes
         assert m["speed_molecule"]["float32"]["status"] == "ok", m["speed_molecule"]["float32"]
         assert m["speed_molecule"]["float32"]["us_per_atom_step"] > 0
+        row = m["speed_molecule"]["float32"]  # full MD steps beside the calls (speed.md_steps)
+        assert row["md_status"] == "ok" and row["md_steps"] == 300, row
+        assert row["md_us_per_atom_step"] > 0.5 * row["us_per_atom_step"]  # a step holds a call
         runs = m["stability"]["runs"]
         assert set(runs) == {"300", "1200"}
         for r in runs.values():
@@ -52,6 +55,7 @@ def test_small_bench_reports_every_figure(small_run):
     if openmm_reference.available():
         assert ds["openmm_reference"]["status"] == "ok" and ds["openmm_reference"]["us_per_atom_step"] > 0
         assert [r["status"] for r in results["water"]["openmm_tip3p"]["rows"]] == ["ok", "ok"]
+        assert "As full MD steps" in (out / "report.md").read_text()
     for name in ("mm", "schnet"):
         per_dtype = water[name]
         rows = per_dtype["float32"]["rows"]
@@ -255,3 +259,20 @@ def test_exponent_check_needs_every_large_size():
     assert "scales linearly: **yes**" in text
     water["models"]["mace"] = {"float32": {"rows": rows(["ok"] * 4 + ["out of memory"]), "exponent_3000_plus": 1.0}}
     assert "scales linearly: **no** (mace)" in "\n".join(_exponent_check(water))
+
+
+def test_report_compares_md_steps_with_openmm():
+    """The cheapest of our models under chemical accuracy, as full MD steps, against OpenMM's MD step; peers and
+    models above 43 meV/Å do not count."""
+    from ffspace.bench.report import _md_against_openmm
+
+    def model(family, mae, md_us):
+        return {"family": family, "status": "ok", "test": {"forces_mae_meV_A": mae},
+                "speed_molecule": {"float32": {"status": "ok", "us_per_atom_step": md_us / 2, "md_status": "ok",
+                                               "md_us_per_atom_step": md_us, "fast_path": "checked"}}}
+
+    ds = {"models": {"ace": model("ace", 37.4, 29.2), "mace": model("mace", 18.0, 500.0),
+                     "cheap_but_wrong": model("schnet", 60.0, 10.0), "peer": model("torchani", 31.0, 5.0)}}
+    [line] = _md_against_openmm(ds, {"status": "ok", "us_per_atom_step": 14.6})
+    assert "**ace** (37.4 meV/Å): 29.2 µs/atom-step, 2× classical MM in OpenMM (14.6)" in line
+    assert _md_against_openmm(ds, {"status": "error"}) == []

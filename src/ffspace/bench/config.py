@@ -71,6 +71,9 @@ class SpeedConfig(BaseModel):
                               "size in turn, this many cycles after a warm-up cycle; each cost is the geometric mean "
                               "of the size's calls over all passes, and the exponents are fitted on those (sizes in "
                               "one process meet the same machine phases). 0: each cost is the per-size process's median")
+    md_steps: int = Field(300, ge=0, description="molecule: also time this many full MD steps per model and dtype "
+                          "(velocity Verlet 0.5 fs from 300 K, Verlet list, blow-up monitor, nothing written, after "
+                          "50 warm-up steps), the quantity OpenMM's reference cost is (0: calls only)")
     keep_freed_memory: bool = Field(True, description="timing processes keep freed memory for reuse, as the ffspace "
                                     "command does (ffspace.runtime.keep_freed_memory: large systems run about 2x "
                                     "faster on glibc); false times the C library's default")

@@ -57,16 +57,37 @@ def is_out_of_memory(text: str) -> bool:
 
 def measure(model_path, system_path, dtype: str = "float32", threads: int = 2, repeats: int = 5,
             max_call_s: float = 60.0, memory_limit_bytes: int | None = None, device: str = "cpu",
-            timeout_s: float | None = None, time_budget_s: float = float("inf"), keep_freed_memory: bool = True) -> dict:
+            timeout_s: float | None = None, time_budget_s: float = float("inf"), keep_freed_memory: bool = True,
+            md_steps: int = 0) -> dict:
     """Run `_worker` in a child process and return its figures (or why there are none): the median of up to
     ``repeats`` warm calls, fewer once the timed calls add up to ``time_budget_s`` (at least one).
     ``keep_freed_memory``: the child keeps freed memory for reuse (`ffspace.runtime.keep_freed_memory`), as the
-    ``ffspace`` command does; False times the C library's default."""
+    ``ffspace`` command does; False times the C library's default. ``md_steps`` > 0 also times that many full MD
+    steps (`_md_cost`)."""
     args = {"model": str(model_path), "system": str(system_path), "dtype": dtype, "threads": threads,
             "repeats": repeats, "max_call_s": max_call_s, "device": device, "time_budget_s": time_budget_s,
-            "keep_freed_memory": keep_freed_memory,
+            "keep_freed_memory": keep_freed_memory, "md_steps": md_steps,
             "memory_limit_bytes": memory_limit_bytes or int(0.85 * machine_memory_bytes())}
     return _run_child(args, timeout_s)
+
+
+def _md_cost(pot, structure, steps: int) -> dict:
+    """ms per full MD step of ``structure`` with ``pot`` (`run_md`: velocity Verlet 0.5 fs from 300 K, Verlet list,
+    blow-up monitor, nothing written), after 50 warm-up steps; or why there is none."""
+    from ..md.simulation import run_md
+
+    kw = dict(ensemble="nve", temperature=300.0, bond_tolerance=None, min_distance=0.1, max_force=1e4)
+    try:
+        run_md(pot, structure, steps=50, **kw)
+        t0 = time.perf_counter()
+        result = run_md(pot, structure, steps=steps, **kw)
+        wall = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - the call timing stands; say why the MD one is missing
+        return {"md_status": f"error: {type(exc).__name__}: {str(exc)[:200]}"}
+    if result.status != "completed":
+        return {"md_status": f"{result.status} after {result.steps} steps"}
+    return {"md_status": "ok", "md_steps": steps, "md_ms_per_step": wall / steps * 1e3,
+            "md_us_per_atom_step": wall / steps * 1e6 / structure.n_atoms}
 
 
 def measure_interleaved(model_path, system_paths, dtype: str = "float32", threads: int = 2, cycles: int = 3,
@@ -198,10 +219,12 @@ def _worker(args: dict) -> dict:
               "baseline_memory_mb": baseline / 2**20}  # resident set of the process (Linux ru_maxrss: KiB)
     if pot.device.type == "cuda":
         memory["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    md = _md_cost(pot, structure, args["md_steps"]) if args.get("md_steps") else {}
     return {"status": "ok", "n_atoms": n, "n_edges": int(len(graph.i)), "ms_per_step": median * 1e3,
             "us_per_atom_step": median * 1e6 / n, "neighbor_list_ms": statistics.median(nl_times) * 1e3,
             "calls": len(timed), "warm": len(times) > 1, **memory, "dtype": args["dtype"], "threads": torch.get_num_threads(),
-            "device": args["device"], "freed_memory_kept": kept}
+            "device": args["device"], "freed_memory_kept": kept, "fast_path": pot.fast.state if pot.fast else "off",
+            **md}
 
 
 def _interleaved_worker(args: dict) -> dict:
