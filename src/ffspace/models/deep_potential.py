@@ -20,6 +20,8 @@ is rebuilt from the weights whenever they change (it is never stored: a package 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -93,8 +95,6 @@ class DeepPotential(FFModel):
         key = self._table_key()
         if self._table is not None and self._table[0] == key:
             return self._table[1]
-        import copy
-
         h = self.table_step
         n = int(round(self.table_s_max / h))
         ref = next(self.embedding.parameters())
