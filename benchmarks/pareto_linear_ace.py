@@ -27,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+# runs whose command line does not say their basis (the family's defaults changed in between)
+LABELS = {"aspirin_rmd17.json": "linear ACE, earlier default (5 298 weights)",
+          "aspirin_rmd17_correlation2.json": "linear ACE correlation=2 (earlier default otherwise)",
+          "aspirin_rmd17_lmax2_nrbf3-3.json": "linear ACE lmax=2 n_rbf_3=3 (earlier default otherwise)",
+          "aspirin_rmd17_default_v2.json": "linear ACE, default (11 427 weights)",
+          "aspirin_superset_jacfwd.json": "linear ACE, 13 299 weights"}
+
+
 def points() -> tuple[list[tuple[str, float, float]], float]:
     """(label, µs per atom-step, force MAE meV/Å) per model, and OpenMM's µs per atom-step in the bench run."""
     report = json.loads((RESULTS / "bench_aspirin" / "report.json").read_text())
@@ -40,6 +48,7 @@ def points() -> tuple[list[tuple[str, float, float]], float]:
         r = json.loads(path.read_text())
         settings = {k: v for k, v in r["model"].items() if k not in ("family", "cutoff")}
         label = "linear ACE" + (" " + " ".join(f"{k}={v}" for k, v in settings.items()) if settings else "")
+        label = LABELS.get(path.name, label)
         out.append((label, r["inference_cost"]["us_per_atom_step"], r["test"]["forces_mae_meV_A"]))
     return out, aspirin["openmm_reference"]["us_per_atom_step"]
 

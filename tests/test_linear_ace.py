@@ -75,29 +75,39 @@ def test_a_killed_fit_resumes_to_the_same_model(tmp_path, ethanol_data, monkeypa
     def fit(run):
         return Trainer(build_model_for_data({"family": "ace", **SMALL}, train), train, val, cfg, run_dir=run).fit()
 
+    # one structure per product in both fits: the sums then run in the same order, so the results can agree to
+    # 1e-9 (the ill-conditioned solve amplifies a different rounding of AᵀA to ~1e-6 of the weights)
+    monkeypatch.setattr(least_squares, "ROWS_PER_PRODUCT", 1)
     fit(tmp_path / "whole")
-    real_design, calls = least_squares._design, []
+    real_design_rows, calls = least_squares._design_rows, []
 
-    def dying_design(*args):
-        calls.append(1)
-        if len(calls) == 13:
-            raise KeyboardInterrupt  # killed while the 13th structure's rows are computed
-        return real_design(*args)
+    def dying_design_rows(*args):
+        rows = real_design_rows(*args)
+
+        def dying(*inner):
+            calls.append(1)
+            if len(calls) == 13:
+                raise KeyboardInterrupt  # killed while the 13th structure's rows are computed
+            return rows(*inner)
+        return dying
 
     monkeypatch.setattr(least_squares, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every structure
-    monkeypatch.setattr(least_squares, "ROWS_PER_PRODUCT", 1)
-    monkeypatch.setattr(least_squares, "_design", dying_design)
+    monkeypatch.setattr(least_squares, "_design_rows", dying_design_rows)
     with pytest.raises(KeyboardInterrupt):
         fit(tmp_path / "resumed")
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert state["done"] == 12
     calls.clear()
 
-    def counting_design(*args):
-        calls.append(1)
-        return real_design(*args)
+    def counting_design_rows(*args):
+        rows = real_design_rows(*args)
 
-    monkeypatch.setattr(least_squares, "_design", counting_design)
+        def counting(*inner):
+            calls.append(1)
+            return rows(*inner)
+        return counting
+
+    monkeypatch.setattr(least_squares, "_design_rows", counting_design_rows)
     fit(tmp_path / "resumed")
     assert len(calls) == len(train) - 12  # the resumed fit computes only the structures not yet in the equations
     from safetensors.torch import load_file
@@ -272,3 +282,140 @@ def test_an_unwritable_kernel_cache_is_a_clear_fallback(tmp_path, monkeypatch):
         pytest.skip(f"no C compiler here: {exc}")
     with pytest.raises(build.KernelUnavailable, match="FFSPACE_CACHE"):
         build.load_kernel("ace")
+
+
+@pytest.mark.parametrize("settings", [{}, {"cutoff_3": 3.5, "n_rbf_3": 3}, {"correlation": 2, "lmax": 2}])
+def test_design_kernel_rows_equal_forward_mode_autograd(ethanol_data, settings):
+    """The fit's design rows from the C kernel (ffspace.train.ace_design) equal forward-mode autograd's (`_design`):
+    shared and separate four-body bases, body order 3, all atoms and a subset (the tangents of chosen atoms only)."""
+    from ffspace.graph.batch import collate, graph_of
+    from ffspace.kernels.build import KernelUnavailable
+    from ffspace.train.ace_design import DesignKernel
+    from ffspace.train.least_squares import _design
+
+    train = ethanol_data[:5]
+    term = build_model_for_data({"family": "ace", **SMALL, **settings}, train).double().terms[-1]
+    with torch.no_grad():
+        term.energy_scale.fill_(1.7)
+    try:
+        kernel = DesignKernel(term)
+    except KernelUnavailable as exc:
+        pytest.skip(f"no C kernel here: {exc}")
+    for frame, atoms in zip(train[:3], [None, [0, 4, 8], [2]]):
+        graph = graph_of(frame, term.cutoff)
+        chosen = torch.arange(frame.n_atoms) if atoms is None else torch.tensor(atoms)
+        row, forces = kernel(collate([graph], dtype=torch.float64, labels=False), chosen)
+        ref_row, ref_forces = _design(term, graph, torch.float64, chosen)
+        assert forces.shape == ref_forces.shape
+        assert torch.allclose(row, ref_row, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(forces, ref_forces, rtol=1e-10, atol=1e-12 * float(ref_forces.abs().max()))
+
+
+def test_feature_degrees_follow_the_basis_order():
+    """The smoothness prior's degrees (Σ n + Σ l per feature) line up with `features`' columns: the constant, the
+    ν = 1 channels (n = 0..n_rbf-1 per element), then pairs and triples, all within the basis' degree limits."""
+    ace = LinearACE([1, 6, 8], **SMALL)
+    deg = ace.feature_degrees()
+    assert deg.shape == (ace.n_features,)
+    assert deg[0] == 0
+    assert deg[1:1 + ace.k2].tolist() == list(range(SMALL["n_rbf"])) * 3
+    n2 = 1 + ace.k2 + sum(ace.pairs)
+    assert deg[1 + ace.k2:n2].max() <= SMALL["degree"] and deg[n2:].max() <= SMALL["degree_3"]
+    assert deg[n2:].min() >= 0 and ace.n_triples == ace.n_features - n2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_md_calls_the_kernel_directly_with_the_numbers_of_compute(ethanol_data, dtype, monkeypatch):
+    """After the first (checked) call, `run_md` evaluates linear ACE by the C kernel straight from numpy
+    (`FastForces.direct`): the trajectory is the one `Potential.compute` gives, bit for bit in the dynamics (positions
+    and forces rounded to the potential's dtype alike), on a molecule (Langevin) and a periodic box (NVE)."""
+    from ffspace.md import run_md
+    from ffspace.potential.fast import FastForces
+    from ffspace.testing import physics
+
+    box = physics.periodic_box(2)
+    real_direct = FastForces.direct
+    for start, ensemble in ((ethanol_data[0], "nvt"), (box, "nve")):
+        elements = sorted(set(start.numbers.tolist()))
+        model = Sum([AtomicReference({z: -10.0 * z for z in elements}),
+                     _random_weights(LinearACE(elements, **SMALL), seed=4, std=0.002)])
+        pot = Potential(model, dtype=dtype)
+        _kernel_or_skip(pot.model.terms[1])
+        calls = []
+
+        def counting_direct(self, *args):
+            evaluate = real_direct(self, *args)
+            return lambda *a: (calls.append(1), evaluate(*a))[1]
+
+        monkeypatch.setattr(FastForces, "direct", counting_direct)
+        a = run_md(pot, start, steps=30, ensemble=ensemble, seed=1, temperature=600.0, bond_tolerance=None)
+        assert len(calls) == 30  # every step after the checked first call
+        monkeypatch.setattr(FastForces, "direct", lambda self, *args: None)
+        b = run_md(Potential(model, dtype=dtype), start, steps=30, ensemble=ensemble, seed=1, temperature=600.0,
+                   bond_tolerance=None)
+        assert a.status == b.status == "completed"
+        np.testing.assert_array_equal(a.final.positions, b.final.positions)
+        np.testing.assert_allclose(a.thermo["epot_eV"], b.thermo["epot_eV"], rtol=1e-13, atol=0)
+
+
+def test_molecule_copies_call_the_kernel_directly(ethanol_data, monkeypatch):
+    """Copies of a molecule run as one state (`MoleculeCopies`, the bench's stability runs and active learning's
+    exploration) evaluate linear ACE in one C-kernel call from numpy after the first (checked) call: the same
+    energies and forces per copy as through `Potential.compute`; a copy with non-finite positions gets a NaN energy
+    and zero forces, the others are unaffected."""
+    from ffspace.md import MoleculeCopies
+    from ffspace.potential.fast import FastForces
+
+    start = ethanol_data[0]
+    elements = sorted(set(start.numbers.tolist()))
+    model = Sum([AtomicReference({z: -10.0 * z for z in elements}),
+                 _random_weights(LinearACE(elements, **SMALL), seed=5, std=0.002)])
+    rng = np.random.default_rng(0)
+    positions = start.positions[None] + 0.05 * rng.normal(size=(4, start.n_atoms, 3))
+    velocities = np.zeros_like(positions)
+    pot = Potential(model, dtype=torch.float32)
+    _kernel_or_skip(pot.model.terms[1])
+    direct = MoleculeCopies(pot, start, positions, velocities)
+    moved = (positions + 0.02 * rng.normal(size=positions.shape)).reshape(-1, 3)
+    moved[5] = np.nan  # copy 0 broke
+    e_direct, f_direct = direct(moved)
+    assert direct._direct  # the kernel was called directly
+    monkeypatch.setattr(FastForces, "direct", lambda self, *args: None)
+    slow = MoleculeCopies(Potential(model, dtype=torch.float32), start, positions, velocities)
+    e_slow, f_slow = slow(moved)
+    assert not slow._direct
+    assert np.isnan(direct.energies[0])  # (the caller also finds the broken copy by its positions)
+    np.testing.assert_allclose(direct.energies[1:], slow.energies[1:], rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(f_direct[start.n_atoms:], f_slow[start.n_atoms:])
+    assert e_direct == pytest.approx(slow.energies[1:].sum(), rel=1e-12)
+    assert not f_direct[:start.n_atoms].any()
+
+
+def test_a_fit_without_the_design_kernel_uses_autograd_rows_after_a_warning(tmp_path, ethanol_data, monkeypatch):
+    """Where the design kernel cannot be built (no compiler, unwritable cache) the fit warns once and builds its rows
+    by forward-mode autograd: the same model as with the kernel."""
+    from ffspace.kernels import build
+
+    train, val, _ = ethanol_data.split([-1, 10, 80], seed=0)
+    train = train[:20]
+    cfg = TrainConfig(progress=False)
+
+    def fit(run):  # the fitted model's predictions on the validation frames (its weights are ill-conditioned)
+        Trainer(build_model_for_data({"family": "ace", **SMALL}, train), train, val, cfg, run_dir=run).fit()
+        return Potential.load(run / "model.safetensors", dtype=torch.float64).predict(list(val))
+
+    with_kernel = fit(tmp_path / "kernel")
+    real = build.load_kernel
+
+    def no_design_kernel(name):
+        if name == "ace_design":
+            raise build.KernelUnavailable("no compiler (simulated)")
+        return real(name)
+
+    monkeypatch.setattr(build, "load_kernel", no_design_kernel)
+    monkeypatch.setattr("ffspace.train.ace_design.load_kernel", no_design_kernel)
+    with pytest.warns(UserWarning, match="forward-mode autograd"):
+        without = fit(tmp_path / "autograd")
+    # the rows agree to 1e-16 relative; the solve (ridge down to 1e-11 of the diagonal) amplifies that to ~1e-5 eV
+    np.testing.assert_allclose(with_kernel["energy"], without["energy"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(with_kernel["forces"], without["forces"], rtol=0, atol=1e-4)

@@ -38,6 +38,9 @@ class MoleculeCopies:
         self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
         self.energies = None  # (n,) potential energy of each copy, eV
         self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
+        self._direct = None  # linear ACE's C kernel on all copies from numpy (`FastForces.direct`), once checked
+        self._joint = None  # (finite copies, i, j, shifts): all copies' Verlet pairs, offset to their atoms
+        self._built_at = np.zeros((self.n, structure.n_atoms, 3))  # each copy's positions at its list's last build
         self.state.energy, self.state.forces = self(self.state.positions)  # ready for the first step
 
     @classmethod
@@ -63,6 +66,12 @@ class MoleculeCopies:
         return kept
 
     def __call__(self, positions):
+        fast = getattr(self.potential, "fast", None)
+        if fast is not None and fast.state == "checked":  # the first call (in __init__) has checked the fast path
+            if self._direct is None:
+                self._direct = fast.direct(self.template.numbers, self.template.cell, self.template.pbc, self.n) or False
+            if self._direct:
+                return self._call_direct(positions)
         graphs = []
         for k, vl in enumerate(self.lists):
             pos = positions[k * self.atoms:(k + 1) * self.atoms]
@@ -85,6 +94,39 @@ class MoleculeCopies:
                 energies[k], forces[k * self.atoms:(k + 1) * self.atoms], deviations[k] = e[0], f, d[0]
         self.energies, self.deviations = energies, deviations
         # The integrator needs finite numbers; a non-finite copy is detected through `energies` and removed.
+        return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _call_direct(self, positions):
+        """All copies in one call of the C kernel: each copy's Verlet pairs, offset to its atoms (the kernel ignores
+        those beyond the cutoff). A copy with non-finite positions gets no pairs and a NaN energy (detected and
+        removed by the caller)."""
+        per_copy = positions.reshape(self.n, self.atoms, 3)
+        finite = np.isfinite(per_copy).all((1, 2))
+        cell, pbc = self.template.cell, self.template.pbc
+        # The Verlet test of every copy at once (an atom moved more than skin/2 since its copy's list was built);
+        # only the copies that need it rebuild, and the joint pair arrays are re-made only then.
+        if self._joint is None or not np.array_equal(self._joint[0], finite):
+            stale = finite.copy()
+        else:
+            disp = per_copy - self._built_at
+            stale = finite & (4.0 * np.einsum("kai,kai->ka", disp, disp).max(1) > self.lists[0].skin ** 2)
+        if stale.any() or self._joint is None:
+            for k in np.nonzero(stale)[0]:
+                self.lists[k].update(per_copy[k], cell, pbc)
+                self._built_at[k] = self.lists[k]._ref[0]
+            parts = [(vl.pairs[0] + k * self.atoms, vl.pairs[1] + k * self.atoms, vl.pairs[2])
+                     for k, vl in enumerate(self.lists) if finite[k]]
+            self._joint = (finite, *(np.concatenate(x) if parts else np.zeros((0,) + (3,) * (n == 2), dtype=dt)
+                                     for n, x, dt in ((0, [p[0] for p in parts], np.int64),
+                                                      (1, [p[1] for p in parts], np.int64),
+                                                      (2, [p[2] for p in parts], float))))
+        _, i, j, shifts = self._joint
+        # (no cutoff filter here: the kernel skips the Verlet pairs beyond the cutoff itself)
+        safe = positions if finite.all() else np.where(np.isfinite(positions), positions, 0.0)
+        energies, forces = self._direct(safe, i, j, shifts)
+        bad = ~finite | ~np.isfinite(forces.reshape(self.n, self.atoms, 3)).all((1, 2))
+        energies[bad] = np.nan
+        self.energies, self.deviations = energies, np.full(self.n, np.nan)
         return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _evaluate(self, graphs):

@@ -40,7 +40,9 @@ class MDState:
         return 2.0 * self.kinetic_energy() / (self.dof * units.kB)
 
     def acceleration(self) -> np.ndarray:
-        return self.forces / self.masses[:, None] * units.ACCEL_TO_A_PER_FS2
+        if getattr(self, "_inverse_masses", None) is None or self._inverse_masses.shape[0] != self.masses.shape[0]:
+            self._inverse_masses = units.ACCEL_TO_A_PER_FS2 / self.masses[:, None]  # (masses never change in a run)
+        return self.forces * self._inverse_masses
 
 
 def maxwell_boltzmann(masses: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
@@ -85,13 +87,21 @@ class Langevin:
         self.rng = np.random.default_rng(seed)
         self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
 
+    def _noise(self, masses: np.ndarray) -> tuple[float, np.ndarray]:
+        """The O step's damping c1 and noise amplitude per atom (N, 1), kept while the settings stay the same."""
+        key = (self.dt, self.friction, np.asarray(self.temperature).tobytes(), masses.tobytes())
+        if getattr(self, "_noise_key", None) != key:
+            c1 = np.exp(-self.friction * self.dt)
+            sigma = np.sqrt((1 - c1**2) * units.kB * self.temperature / masses * units.ACCEL_TO_A_PER_FS2)
+            self._noise_key, self._noise_value = key, (c1, sigma[:, None])
+        return self._noise_value
+
     def step(self, state: MDState, compute_forces) -> None:
         dt = self.dt
-        c1 = np.exp(-self.friction * dt)
-        sigma = np.sqrt((1 - c1**2) * units.kB * self.temperature / state.masses * units.ACCEL_TO_A_PER_FS2)
+        c1, sigma = self._noise(state.masses)
         state.velocities += 0.5 * dt * state.acceleration()
         state.positions += 0.5 * dt * state.velocities
-        v = c1 * state.velocities + sigma[:, None] * self.rng.normal(size=state.velocities.shape)
+        v = c1 * state.velocities + sigma * self.rng.normal(size=state.velocities.shape)
         # Remove the centre-of-mass drift the noise adds (as ASE's fixcm): momentum stays zero, so the
         # temperature's 3N − 3 degrees of freedom remain the right count.
         state.velocities = v - self._com_velocity(state.masses, v)

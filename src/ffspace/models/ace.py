@@ -20,7 +20,12 @@ scalars). The energy of atom i is
 
     E_i = scale · Σ_f w_{z_i, f} B_i,f        (with a constant B_i,0 = 1: a per-element offset)
 
-so energy and forces are linear in the weights ``w`` (elements × features), which is what makes a least-squares fit
+The defaults (8 radial functions, l ≤ 3 and degree 10 for ν ≤ 2; for ν = 3 5 radial functions, l ≤ 3 and degree 8:
+11 427 weights for H, C and O) are the basis chosen on rMD17 aspirin's validation frames among the sub-bases of one
+set of normal equations (benchmarks/ace_basis_search.py, docs/benchmarks.md); the fit's smoothness prior
+``ridge_power`` = 2 was chosen there too.
+
+Energy and forces are linear in the weights ``w`` (elements × features), which is what makes a least-squares fit
 possible: forces are −Σ_i w · ∂B_i/∂r, and the fit builds ∂B/∂r by forward-mode differentiation.
 """
 
@@ -153,14 +158,17 @@ class LinearACE(FFModel):
     linear = True  # trained by `ffspace.train.least_squares`, not SGD
 
     def __init__(self, elements, cutoff: float = 5.0, n_rbf: int = 8, lmax: int = 3, degree: int = 10,
-                 correlation: int = 3, cutoff_3: float | None = None, n_rbf_3: int = 4, lmax_3: int = 2,
-                 degree_3: int = 6,
+                 correlation: int = 3, cutoff_3: float | None = None, n_rbf_3: int = 5, lmax_3: int = 3,
+                 degree_3: int = 8,
                  avg_neighbors: float = 10.0, energy_scale: float = 1.0,
-                 ridge=(1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5), fit_force_atoms: int | None = None):
-        """``ridge`` and ``fit_force_atoms`` are settings of the least-squares fit (`ffspace.train.least_squares`):
-        the relative ridge strengths tried (the one with the lowest validation loss is kept) and, for large
-        periodic frames, the number of atoms per structure whose forces enter the
-        fit (drawn at random, seeded; None = all: a frame's design rows cost ~N², N force rows of ~N each)."""
+                 ridge=(1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5), ridge_power: float = 2.0,
+                 fit_force_atoms: int | None = None):
+        """``ridge``, ``ridge_power`` and ``fit_force_atoms`` are settings of the least-squares fit
+        (`ffspace.train.least_squares`): the relative ridge strengths tried (the one with the lowest validation loss
+        is kept), how much more a feature of higher polynomial degree is penalised (λ·(1 + degree)^power, a
+        smoothness prior; 0 = a plain ridge) and, for large periodic frames, the number of atoms per structure whose
+        forces enter the fit (drawn at random, seeded; None = all: a frame's design rows cost ~N², N force rows of
+        ~N each)."""
         super().__init__()
         from e3nn import o3
 
@@ -172,6 +180,8 @@ class LinearACE(FFModel):
         ridge = [float(x) for x in ridge]
         if not ridge or not all(math.isfinite(x) and x > 0 for x in ridge):
             raise ValueError(f"ridge must be a list of strengths > 0, got {ridge}")
+        if not (math.isfinite(float(ridge_power)) and float(ridge_power) >= 0):
+            raise ValueError(f"ridge_power must be a number ≥ 0, got {ridge_power!r}")
         if fit_force_atoms is not None and (isinstance(fit_force_atoms, bool) or not isinstance(fit_force_atoms, int)
                                             or fit_force_atoms < 1):
             raise ValueError(f"fit_force_atoms must be a whole number ≥ 1 or None, got {fit_force_atoms!r}")
@@ -180,7 +190,8 @@ class LinearACE(FFModel):
         self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff), n_rbf=n_rbf, lmax=lmax,
                            degree=degree, correlation=correlation, cutoff_3=float(cutoff_3), n_rbf_3=n_rbf_3,
                            lmax_3=lmax_3, degree_3=degree_3, avg_neighbors=float(avg_neighbors),
-                           energy_scale=float(energy_scale), ridge=ridge, fit_force_atoms=fit_force_atoms)
+                           energy_scale=float(energy_scale), ridge=ridge, ridge_power=float(ridge_power),
+                           fit_force_atoms=fit_force_atoms)
         self._init_elements(elements)
         self.cutoff, self.cutoff_3 = float(cutoff), float(cutoff_3)
         self.correlation, self.avg_neighbors = int(correlation), float(avg_neighbors)
@@ -268,6 +279,21 @@ class LinearACE(FFModel):
         # through float32 and back evaluates exact constants again (and agrees with ffspace.potential.native's kernel)
         self._exact = {name: b.clone() for name, b in self.named_buffers() if b.is_floating_point()}
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+
+    def feature_degrees(self) -> torch.Tensor:
+        """(n_features,) each feature's total polynomial degree, Σ n + Σ l of its factors (radial index n from 0):
+        what the fit's smoothness prior (``ridge_power``) penalises."""
+        n2 = [k % self.n_rbf for k in range(self.k2)]
+        n3 = [k % self.n_rbf_3 for k in range(self.k3)]
+        degrees = [0] + n2
+        for l in range(len(self.pairs)):
+            a, b = getattr(self, f"pairs_{l}").tolist()
+            degrees += [n2[x] + n2[y] + 2 * l for x, y in zip(a, b)]
+        if self.n_triples:
+            p_of, ka, kb, kc = self.triples.tolist()
+            for p, ls in enumerate(self.couplings):  # features() orders the triples coupling by coupling
+                degrees += [n3[a] + n3[b] + n3[c] + sum(ls) for q, a, b, c in zip(p_of, ka, kb, kc) if q == p]
+        return torch.tensor(degrees, dtype=torch.float64)
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)

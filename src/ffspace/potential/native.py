@@ -139,14 +139,21 @@ class AceKernel:
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies (N,) in float64 and forces (N, 3) in the batch's dtype, on the CPU."""
+        energies, forces = self.arrays(_int64(self.ace.species(batch.numbers)), _float64(batch.positions),
+                                       *(_int64(t) for t in batch.edge_index),
+                                       _float64(batch.shifts) if batch.shifts.shape[0] else None,
+                                       _float64(batch.cell), _int64(batch.graph_index))
+        return torch.from_numpy(energies), torch.from_numpy(forces).to(batch.positions.dtype)
+
+    def arrays(self, species, positions, i, j, shifts, cells, graph) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel on numpy arrays (contiguous; int64 species (N,), i, j (E,) and graph (N,); float64
+        positions (N, 3), shifts (E, 3) or None, cells (G, 3, 3)): per-atom energies (N,) and forces (N, 3),
+        float64. What an MD loop calls directly, without building a torch batch."""
         self._weights()
-        n = batch.numbers.shape[0]
-        species = _int64(self.ace.species(batch.numbers))
-        i, j = (_int64(t) for t in batch.edge_index)
-        arrays = {"i": i, "j": j, "positions": _float64(batch.positions), "cells": _float64(batch.cell),
-                  "graph": _int64(batch.graph_index)}
-        if batch.shifts.shape[0]:
-            arrays["shifts"] = _float64(batch.shifts)
+        n = positions.shape[0]
+        arrays = {"i": i, "j": j, "positions": positions, "cells": cells, "graph": graph}
+        if shifts is not None:
+            arrays["shifts"] = shifts
         edges = _Edges(n_edges=i.size, **{k: v.ctypes.data for k, v in arrays.items()})
         energies = np.empty(n, dtype=np.float64)
         forces = np.empty((n, 3), dtype=np.float64)
@@ -154,4 +161,4 @@ class AceKernel:
                                               torch.get_num_threads(), energies.ctypes.data, forces.ctypes.data)
         if status != 0:
             raise MemoryError("the linear ACE kernel ran out of memory")
-        return torch.from_numpy(energies), torch.from_numpy(forces).to(batch.positions.dtype)
+        return energies, forces
