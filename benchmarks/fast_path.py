@@ -31,6 +31,9 @@ MODELS = {
     "mace": {"family": "mace", "channels": 48, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3,
              "cutoff": 5.0},
     "ace": {"family": "ace", "cutoff": 5.0},  # hand-derived forces (potential/analytic.py), nothing compiled
+    # hand-derived forces (potential/analytic_dp.py); compressed: the C kernel of potential/native_dp.py
+    "deep_potential": {"family": "deep_potential", "cutoff": 6.0},
+    "deep_potential_compressed": {"family": "deep_potential", "cutoff": 6.0, "compressed": True},
 }
 
 

@@ -10,7 +10,8 @@ same computation has measured 1.4x apart at different times: read the plot as or
 same-run comparison the speed issue's acceptance asks for. The horizontal lines mark chemical accuracy (43 meV/Å);
 the vertical ones OpenMM's cost on aspirin in the bench run and 10x it (the issue's target).
 
-The green points are full MD steps of linear ACE from benchmarks/results/linear_ace/md_cost.json
+The purple points are the current default basis in one `ffspace bench` run (benchmarks/results/bench_md_cost_v2: call
+and full MD step, with that run's OpenMM MD step as the purple line). The green points are full MD steps of linear ACE from benchmarks/results/linear_ace/md_cost.json
 (`benchmarks/md_cost.py`: the fast path's C kernel and eager autograd, with OpenMM's MD step of the same run, drawn as
 the green line). The water plot: linear ACE on the DeePMD water test set (force RMSE) against its cost on the
 24 000-atom box, eager (water.json) and through the C kernel, as a call and as a full MD step (water_fast.json), with
@@ -32,7 +33,7 @@ LABELS = {"aspirin_rmd17.json": "linear ACE, earlier default (5 298 weights)",
           "aspirin_rmd17_correlation2.json": "linear ACE correlation=2 (earlier default otherwise)",
           "aspirin_rmd17_lmax2_nrbf3-3.json": "linear ACE lmax=2 n_rbf_3=3 (earlier default otherwise)",
           "aspirin_rmd17_default_v2.json": "linear ACE, default (11 427 weights)",
-          "aspirin_superset_jacfwd.json": "linear ACE, 13 299 weights"}
+          "aspirin_rmd17_superset_13k.json": "linear ACE, 13 299 weights"}
 
 
 def points() -> tuple[list[tuple[str, float, float]], float]:
@@ -63,6 +64,20 @@ def md_points() -> tuple[list[tuple[str, float, float]], float] | None:
     openmm = min(cost["openmm_mm"], cost.get("openmm_mm_1_thread", cost["openmm_mm"]))
     return [("linear ACE MD step, C kernel", cost["ffspace_fast_nve"], error),
             ("linear ACE MD step, eager", cost["ffspace_eager_nve"], error)], openmm
+
+
+def bench_md_points() -> tuple[list[tuple[str, float, float]], float] | None:
+    """The acceptance run of the current default basis (`ffspace bench benchmarks/configs/bench_md_cost_aspirin.yaml`,
+    kept in benchmarks/results/bench_md_cost_v2): linear ACE's call and full MD step, and OpenMM's MD step, one run."""
+    path = RESULTS / "bench_md_cost_v2" / "report.json"
+    if not path.exists():
+        return None
+    aspirin = json.loads(path.read_text())["datasets"]["aspirin"]
+    m = aspirin["models"]["ace"]
+    speed, error = m["speed_molecule"]["float32"], m["test"]["forces_mae_meV_A"]
+    return [("linear ACE (default) call, bench run", speed["us_per_atom_step"], error),
+            ("linear ACE (default) MD step, bench run", speed["md_us_per_atom_step"], error)], \
+        aspirin["openmm_reference"]["us_per_atom_step"]
 
 
 def water_points() -> tuple[list[tuple[str, float, float]], list[float]]:
@@ -105,6 +120,14 @@ def main(argv=None):
             ax.annotate(label, (cost, error), textcoords="offset points", xytext=(4, -9), fontsize=7, color="tab:green")
         ax.axvline(md[1], color="tab:green", lw=0.8)
         ax.text(md[1], 200, " OpenMM MD step\n (md_cost run)", fontsize=7, va="top", color="tab:green")
+    bench = bench_md_points()
+    if bench:
+        for (label, cost, error), dy in zip(bench[0], (-22, -12)):
+            ax.scatter(cost, error, color="tab:purple", marker="D", zorder=3)
+            ax.annotate(label, (cost, error), textcoords="offset points", xytext=(-4, dy), fontsize=7,
+                        color="tab:purple", ha="right")
+        ax.axvline(bench[1], color="tab:purple", lw=0.8)
+        ax.text(bench[1], 120, " OpenMM MD step\n (bench run)", fontsize=7, va="top", color="tab:purple")
     ax.axhline(43.0, color="grey", ls="--", lw=0.8)
     ax.axvline(openmm, color="black", lw=0.8)
     ax.axvline(10 * openmm, color="black", ls=":", lw=0.8)
@@ -114,8 +137,8 @@ def main(argv=None):
     ax.set_yscale("log")
     ax.set_xlabel("µs per atom-step (aspirin, float32, 2 threads)")
     ax.set_ylabel("test force MAE (meV/Å)")
-    ax.set_title("rMD17 aspirin: bench run 2026-12-01 (blue), linear ACE 2026-12-03 (red: calls, green: MD steps)",
-                 fontsize=9)
+    ax.set_title("rMD17 aspirin: bench run 2026-12-01 (blue), linear ACE 2026-12-03 (red: calls, green: MD steps;\n"
+                 "purple: the default basis in one bench run with its OpenMM)", fontsize=9)
     ax.grid(True, which="both", lw=0.3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -128,6 +151,10 @@ def main(argv=None):
         for label, cost, error in md[0]:
             print(f"| {label} (md_cost run) | {cost:.0f} | {error:.1f} |")
         print(f"| OpenMM MD step (md_cost run) | {md[1]:.1f} | – |")
+    if bench:
+        for label, cost, error in bench[0]:
+            print(f"| {label} | {cost:.1f} | {error:.1f} |")
+        print(f"| OpenMM MD step (bench run) | {bench[1]:.1f} | – |")
     print(f"\nplot: {args.out}")
     water, water_openmm = water_points()
     if water:

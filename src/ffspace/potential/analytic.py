@@ -1,4 +1,5 @@
-"""Hand-derived forces for linear ACE: the fast path where autograd is the cost.
+"""Hand-derived forces for linear ACE (and, through `ffspace.potential.analytic_dp`, Deep Potential): the fast path
+where autograd is the cost.
 
 On 2 CPU cores one autograd node costs ~20-30 µs (the tape, not the arithmetic): a 21-atom linear ACE call
 has ~100 operations forward and ~150 backward, 4-6 ms by autograd for well under a millisecond of arithmetic.
@@ -20,23 +21,30 @@ import torch
 from ..models.ace import LinearACE, _monomials, bessel_radial
 from ..models.chunking import within_cutoff
 from ..models.composite import AtomicReference, Sum
+from ..models.deep_potential import DeepPotential
+from . import analytic_dp
 
 
 def supports(model) -> bool:
-    """Whether the model is reference energies plus one linear ACE term (what `build_model_for_data` makes)."""
+    """Whether the model is reference energies plus one term with hand-derived forces, linear ACE or Deep Potential
+    (what `build_model_for_data` makes)."""
     terms = list(model.terms) if isinstance(model, Sum) else [model]
-    return sum(isinstance(t, LinearACE) for t in terms) == 1 and \
-        all(isinstance(t, (LinearACE, AtomicReference)) for t in terms)
+    return sum(isinstance(t, (LinearACE, DeepPotential)) for t in terms) == 1 and \
+        all(isinstance(t, (LinearACE, DeepPotential, AtomicReference)) for t in terms)
 
 
 def energies_forces(model, batch, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-atom energies (N,) and forces (N, 3) of a model `supports` accepts, without autograd; with ``kernel``
-    (an `ffspace.potential.native.AceKernel` of its linear ACE term, on the CPU) the energies are float64."""
+    (the C kernel of its linear ACE or compressed Deep Potential term, `ffspace.potential.native` / `native_dp`, on
+    the CPU) the energies are float64."""
     terms = list(model.terms) if isinstance(model, Sum) else [model]
     parts, forces = [], None
     for term in terms:
         if isinstance(term, AtomicReference):
             parts.append(term(batch))
+        elif isinstance(term, DeepPotential):
+            e, forces = kernel(batch) if kernel is not None else analytic_dp.energies_forces(term, batch)
+            parts.append(e)
         else:
             e, forces = kernel(batch) if kernel is not None else _ace(term, batch)
             parts.append(e)

@@ -59,18 +59,29 @@ def _differences(out, eager) -> tuple[float, float]:
     return de, df
 
 
+def _kernel_term(model):
+    """The model's term that has a C kernel (linear ACE, or a compressed Deep Potential), or None."""
+    from ..models.ace import LinearACE
+    from .native_dp import supports as dp_supports
+
+    return next((t for t in getattr(model, "terms", [model]) if isinstance(t, LinearACE) or dp_supports(t)), None)
+
+
 def _native_kernel(model):
-    """The C kernel for the model's linear ACE term, or None (after one `FastPathWarning`) where it cannot be built."""
+    """The C kernel for the model's linear ACE or compressed Deep Potential term, or None (after one
+    `FastPathWarning`) where it cannot be built."""
     from ..kernels.build import KernelUnavailable
     from ..models.ace import LinearACE
     from .native import AceKernel
+    from .native_dp import DPKernel
 
-    terms = list(getattr(model, "terms", [model]))
+    term = _kernel_term(model)
+    name = "linear ACE" if isinstance(term, LinearACE) else "Deep Potential"
     try:
-        return AceKernel(next(t for t in terms if isinstance(t, LinearACE)))
+        return AceKernel(term) if isinstance(term, LinearACE) else DPKernel(term)
     except Exception as exc:  # noqa: BLE001 - no compiler, no cache folder, anything: the torch version runs
         why = str(exc) if isinstance(exc, KernelUnavailable) else f"{type(exc).__name__}: {exc}"
-        warnings.warn(FastPathWarning(f"linear ACE's C kernel is not available ({why}); its hand-derived forces "
+        warnings.warn(FastPathWarning(f"{name}'s C kernel is not available ({why}); its hand-derived forces "
                                       "run in torch"), stacklevel=4)
         return None
 
@@ -94,7 +105,7 @@ class FastForces:
         self.analytic = analytic.supports(potential.model)
         if self.analytic:
             model, kernel = potential.model, None
-            if potential.device.type == "cpu":
+            if potential.device.type == "cpu" and _kernel_term(model) is not None:
                 kernel = _native_kernel(model)
             self.native, self.kernel = kernel is not None, kernel
             self._compiled = lambda b: _no_grad(analytic.energies_forces, model, b, kernel)
@@ -145,7 +156,7 @@ class FastForces:
         model, kernel = self.potential.model, self.kernel
         numbers = np.asarray(numbers)
         n_atoms = len(numbers)
-        species = kernel.ace.species(torch.as_tensor(numbers.astype(np.int64))).numpy()
+        species = kernel.term.species(torch.as_tensor(numbers.astype(np.int64))).numpy()
         species = np.ascontiguousarray(np.tile(species, copies), dtype=np.int64)
         reference = np.zeros(n_atoms)
         for term in getattr(model, "terms", [model]):

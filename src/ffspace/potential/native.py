@@ -62,7 +62,7 @@ class AceKernel:
         self.lib.ace_energies_forces.restype = ctypes.c_int
         self.lib.ace_energies_forces.argtypes = [ctypes.POINTER(_Params), ctypes.c_int64, _P,
                                                  ctypes.POINTER(_Edges), ctypes.c_int32, _P, _P]
-        self.ace = ace
+        self.ace = self.term = ace
         self._contracted = None
         self._tables()
 
