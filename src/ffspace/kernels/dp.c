@@ -7,6 +7,8 @@
  *   2. T = (1/n̄) Σ_j G ⊗ s(1, r̂) (M1 × 4), D = T T[:M2]ᵀ, the fitting net forward and backward: ∂E/∂D
  *   3. ∂E/∂T, and per edge ∂E/∂r_ij through G(s) and the environment row s(1, r̂)
  * Atoms are independent (one thread each); the edges' gradients are scattered to the forces in one serial pass.
+ * The edge layout, edge_vector and the grouping of edges by centre repeat ace.c's on purpose: each kernel is one
+ * self-contained source, and build.py names its cached library by that source's hash alone.
  */
 #include <math.h>
 #include <stdint.h>

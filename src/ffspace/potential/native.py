@@ -139,26 +139,38 @@ class AceKernel:
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies (N,) in float64 and forces (N, 3) in the batch's dtype, on the CPU."""
-        energies, forces = self.arrays(_int64(self.ace.species(batch.numbers)), _float64(batch.positions),
-                                       *(_int64(t) for t in batch.edge_index),
-                                       _float64(batch.shifts) if batch.shifts.shape[0] else None,
-                                       _float64(batch.cell), _int64(batch.graph_index))
-        return torch.from_numpy(energies), torch.from_numpy(forces).to(batch.positions.dtype)
+        return call_on_batch(self, batch)
 
     def arrays(self, species, positions, i, j, shifts, cells, graph) -> tuple[np.ndarray, np.ndarray]:
         """The kernel on numpy arrays (contiguous; int64 species (N,), i, j (E,) and graph (N,); float64
         positions (N, 3), shifts (E, 3) or None, cells (G, 3, 3)): per-atom energies (N,) and forces (N, 3),
         float64. What an MD loop calls directly, without building a torch batch."""
         self._weights()
-        n = positions.shape[0]
-        arrays = {"i": i, "j": j, "positions": positions, "cells": cells, "graph": graph}
-        if shifts is not None:
-            arrays["shifts"] = shifts
-        edges = _Edges(n_edges=i.size, **{k: v.ctypes.data for k, v in arrays.items()})
-        energies = np.empty(n, dtype=np.float64)
-        forces = np.empty((n, 3), dtype=np.float64)
-        status = self.lib.ace_energies_forces(ctypes.byref(self.params), n, species.ctypes.data, ctypes.byref(edges),
-                                              torch.get_num_threads(), energies.ctypes.data, forces.ctypes.data)
-        if status != 0:
-            raise MemoryError("the linear ACE kernel ran out of memory")
-        return energies, forces
+        return call_kernel(self.lib.ace_energies_forces, self.params, "linear ACE", species, positions, i, j, shifts,
+                           cells, graph)
+
+
+def call_on_batch(kernel, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernel.arrays`` on a `Batch`: per-atom energies (N,) in float64 and forces (N, 3) in the batch's dtype."""
+    energies, forces = kernel.arrays(_int64(kernel.term.species(batch.numbers)), _float64(batch.positions),
+                                     *(_int64(t) for t in batch.edge_index),
+                                     _float64(batch.shifts) if batch.shifts.shape[0] else None,
+                                     _float64(batch.cell), _int64(batch.graph_index))
+    return torch.from_numpy(energies), torch.from_numpy(forces).to(batch.positions.dtype)
+
+
+def call_kernel(fn, params, what: str, species, positions, i, j, shifts, cells, graph):
+    """One call of a C kernel with the signature ``(params*, n_atoms, species, Edges*, threads, energies, forces)``
+    on numpy arrays (see `AceKernel.arrays`); per-atom energies (N,) and forces (N, 3), float64."""
+    n = positions.shape[0]
+    arrays = {"i": i, "j": j, "positions": positions, "cells": cells, "graph": graph}
+    if shifts is not None:
+        arrays["shifts"] = shifts
+    edges = _Edges(n_edges=i.size, **{k: v.ctypes.data for k, v in arrays.items()})
+    energies = np.empty(n, dtype=np.float64)
+    forces = np.empty((n, 3), dtype=np.float64)
+    status = fn(ctypes.byref(params), n, species.ctypes.data, ctypes.byref(edges), torch.get_num_threads(),
+                energies.ctypes.data, forces.ctypes.data)
+    if status != 0:
+        raise MemoryError(f"the {what} kernel ran out of memory")
+    return energies, forces

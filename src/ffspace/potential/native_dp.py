@@ -18,7 +18,7 @@ import torch
 
 from ..kernels.build import load_kernel
 from ..models.deep_potential import DeepPotential
-from .native import _Edges, _float64, _int64
+from .native import _Edges, call_kernel, call_on_batch
 
 _I32, _F64, _P = ctypes.c_int32, ctypes.c_double, ctypes.c_void_p
 
@@ -89,24 +89,10 @@ class DPKernel:
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies (N,) in float64 and forces (N, 3) in the batch's dtype, on the CPU."""
-        energies, forces = self.arrays(_int64(self.term.species(batch.numbers)), _float64(batch.positions),
-                                       *(_int64(t) for t in batch.edge_index),
-                                       _float64(batch.shifts) if batch.shifts.shape[0] else None,
-                                       _float64(batch.cell), _int64(batch.graph_index))
-        return torch.from_numpy(energies), torch.from_numpy(forces).to(batch.positions.dtype)
+        return call_on_batch(self, batch)
 
     def arrays(self, species, positions, i, j, shifts, cells, graph) -> tuple[np.ndarray, np.ndarray]:
         """The kernel on numpy arrays (as `AceKernel.arrays`): per-atom energies (N,) and forces (N, 3), float64."""
         self._refresh()
-        n = positions.shape[0]
-        arrays = {"i": i, "j": j, "positions": positions, "cells": cells, "graph": graph}
-        if shifts is not None:
-            arrays["shifts"] = shifts
-        edges = _Edges(n_edges=i.size, **{k: v.ctypes.data for k, v in arrays.items()})
-        energies = np.empty(n, dtype=np.float64)
-        forces = np.empty((n, 3), dtype=np.float64)
-        status = self.lib.dp_energies_forces(ctypes.byref(self.params), n, species.ctypes.data, ctypes.byref(edges),
-                                             torch.get_num_threads(), energies.ctypes.data, forces.ctypes.data)
-        if status != 0:
-            raise MemoryError("the Deep Potential kernel ran out of memory")
-        return energies, forces
+        return call_kernel(self.lib.dp_energies_forces, self.params, "Deep Potential", species, positions, i, j,
+                           shifts, cells, graph)
