@@ -46,6 +46,11 @@ class VerletList:
         disp = positions - ref_pos
         return bool(4.0 * np.einsum("ij,ij->i", disp, disp).max() > self.skin ** 2)
 
+    @property
+    def built_at(self) -> np.ndarray | None:
+        """The positions the current list was built at (None before the first build)."""
+        return None if self._ref is None else self._ref[0]
+
     def update(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
         """Return ``(i, j, shifts)`` valid for ``positions`` within ``cutoff`` (may hold extra pairs up to cutoff+skin)."""
         if self.needs_rebuild(positions, cell):

@@ -113,13 +113,15 @@ class MoleculeCopies:
         if stale.any() or self._joint is None:
             for k in np.nonzero(stale)[0]:
                 self.lists[k].update(per_copy[k], cell, pbc)
-                self._built_at[k] = self.lists[k]._ref[0]
-            parts = [(vl.pairs[0] + k * self.atoms, vl.pairs[1] + k * self.atoms, vl.pairs[2])
-                     for k, vl in enumerate(self.lists) if finite[k]]
-            self._joint = (finite, *(np.concatenate(x) if parts else np.zeros((0,) + (3,) * (n == 2), dtype=dt)
-                                     for n, x, dt in ((0, [p[0] for p in parts], np.int64),
-                                                      (1, [p[1] for p in parts], np.int64),
-                                                      (2, [p[2] for p in parts], float))))
+                self._built_at[k] = self.lists[k].built_at
+            live = [k for k in range(self.n) if finite[k]]
+            if live:
+                i = np.concatenate([self.lists[k].pairs[0] + k * self.atoms for k in live])
+                j = np.concatenate([self.lists[k].pairs[1] + k * self.atoms for k in live])
+                shifts = np.concatenate([self.lists[k].pairs[2] for k in live])
+            else:
+                i, j, shifts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+            self._joint = (finite, i, j, shifts)
         _, i, j, shifts = self._joint
         # (no cutoff filter here: the kernel skips the Verlet pairs beyond the cutoff itself)
         safe = positions if finite.all() else np.where(np.isfinite(positions), positions, 0.0)
