@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..models.chunking import MAX_EDGES
-from ..models.deep_potential import DeepPotential
+from ..models.ace import LinearACE
 from .potential import structure_totals
 
 TOLERANCE = {torch.float32: (1e-3, 1e-4), torch.float64: (1e-8, 1e-8)}  # (energy eV, forces eV/Å)
@@ -63,7 +63,6 @@ def _differences(out, eager) -> tuple[float, float]:
 
 def _kernel_term(model):
     """The model's term that has a C kernel (linear ACE, or a compressed Deep Potential), or None."""
-    from ..models.ace import LinearACE
     from .native_dp import supports as dp_supports
 
     return next((t for t in getattr(model, "terms", [model]) if isinstance(t, LinearACE) or dp_supports(t)), None)
@@ -73,7 +72,6 @@ def _native_kernel(model):
     """The C kernel for the model's linear ACE or compressed Deep Potential term, or None (after one
     `FastPathWarning`) where it cannot be built."""
     from ..kernels.build import KernelUnavailable
-    from ..models.ace import LinearACE
     from .native import AceKernel
     from .native_dp import DPKernel
 
@@ -102,8 +100,9 @@ class FastForces:
         self._compiler = compiler or (lambda fn: torch.compile(fn, dynamic=True))
         self._compiled = None
         self.native, self.kernel, self._bounded_memory = False, None, False
-        # Linear ACE has hand-derived forces (no autograd, nothing to compile): the same first-call check applies.
-        # On the CPU they run in the C kernel of ffspace.potential.native where it builds; the torch version otherwise.
+        # Linear ACE and Deep Potential have hand-derived forces (no autograd, nothing to compile): the same
+        # first-call check applies. On the CPU linear ACE and a compressed Deep Potential run in C kernels
+        # (ffspace.potential.native, native_dp) where they build; the torch versions otherwise.
         self.analytic = analytic.supports(potential.model)
         if self.analytic:
             model, kernel = potential.model, None
@@ -112,8 +111,7 @@ class FastForces:
             self.native, self.kernel = kernel is not None, kernel
             # per-edge memory of a few numbers: a C kernel, or linear ACE in torch (its tensors are per atom);
             # Deep Potential in torch holds (edges, M1, 4) tensors, so a huge graph goes the chunked eager way
-            self._bounded_memory = self.native or _kernel_term(model) is not None and not isinstance(
-                _kernel_term(model), DeepPotential)
+            self._bounded_memory = self.native or isinstance(_kernel_term(model), LinearACE)
             self._compiled = lambda b: _no_grad(analytic.energies_forces, model, b, kernel)
         elif not compile:
             self.state = "off"
