@@ -33,15 +33,28 @@ def supports(model) -> bool:
         all(isinstance(t, (LinearACE, DeepPotential, AtomicReference)) for t in terms)
 
 
+def kernel_only(model) -> bool:
+    """Whether the model is reference energies plus one MACE-style term: hand-derived forces exist for it only in the C
+    kernel (`ffspace.potential.native_mace`), so only on the CPU and where that kernel builds."""
+    from .native_mace import supports as mace_supports
+
+    terms = list(model.terms) if isinstance(model, Sum) else [model]
+    return sum(mace_supports(t) for t in terms) == 1 and \
+        all(mace_supports(t) or isinstance(t, AtomicReference) for t in terms)
+
+
 def energies_forces(model, batch, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-atom energies (N,) and forces (N, 3) of a model `supports` accepts, without autograd; with ``kernel``
-    (the C kernel of its linear ACE or compressed Deep Potential term, `ffspace.potential.native` / `native_dp`, on
-    the CPU) the energies are float64."""
+    """Per-atom energies (N,) and forces (N, 3) of a model `supports` (or, with its kernel, `kernel_only`) accepts,
+    without autograd; with ``kernel`` (the C kernel of its linear ACE, compressed Deep Potential or MACE-style term,
+    `ffspace.potential.native`, `native_dp`, `native_mace`, on the CPU) the energies are float64."""
     terms = list(model.terms) if isinstance(model, Sum) else [model]
     parts, forces = [], None
     for term in terms:
         if isinstance(term, AtomicReference):
             parts.append(term(batch))
+        elif kernel is not None and term is kernel.term:
+            e, forces = kernel(batch)
+            parts.append(e)
         elif isinstance(term, DeepPotential):
             e, forces = kernel(batch) if kernel is not None else analytic_dp.energies_forces(term, batch)
             parts.append(e)

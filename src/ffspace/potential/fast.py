@@ -62,27 +62,30 @@ def _differences(out, eager) -> tuple[float, float]:
 
 
 def _kernel_term(model):
-    """The model's term that has a C kernel (linear ACE, or a compressed Deep Potential), or None."""
+    """The model's term that has a C kernel (linear ACE, a compressed Deep Potential, MACE-style), or None."""
     from .native_dp import supports as dp_supports
+    from .native_mace import supports as mace_supports
 
-    return next((t for t in getattr(model, "terms", [model]) if isinstance(t, LinearACE) or dp_supports(t)), None)
+    return next((t for t in getattr(model, "terms", [model])
+                 if isinstance(t, LinearACE) or dp_supports(t) or mace_supports(t)), None)
 
 
-def _native_kernel(model):
-    """The C kernel for the model's linear ACE or compressed Deep Potential term, or None (after one
-    `FastPathWarning`) where it cannot be built."""
+def _native_kernel(model, instead: str = "its hand-derived forces run in torch"):
+    """The C kernel for the model's linear ACE, compressed Deep Potential or MACE-style term, or None (after one
+    `FastPathWarning` saying what runs ``instead``) where it cannot be built."""
     from ..kernels.build import KernelUnavailable
     from .native import AceKernel
     from .native_dp import DPKernel
+    from .native_mace import MaceKernel, supports as mace_supports
 
     term = _kernel_term(model)
-    name = "linear ACE" if isinstance(term, LinearACE) else "Deep Potential"
+    name, kernel = (("linear ACE", AceKernel) if isinstance(term, LinearACE) else
+                    ("MACE", MaceKernel) if mace_supports(term) else ("Deep Potential", DPKernel))
     try:
-        return AceKernel(term) if isinstance(term, LinearACE) else DPKernel(term)
+        return kernel(term)
     except Exception as exc:  # noqa: BLE001 - no compiler, no cache folder, anything: the torch version runs
         why = str(exc) if isinstance(exc, KernelUnavailable) else f"{type(exc).__name__}: {exc}"
-        warnings.warn(FastPathWarning(f"{name}'s C kernel is not available ({why}); its hand-derived forces "
-                                      "run in torch"), stacklevel=4)
+        warnings.warn(FastPathWarning(f"{name}'s C kernel is not available ({why}); {instead}"), stacklevel=4)
         return None
 
 
@@ -102,12 +105,16 @@ class FastForces:
         self.native, self.kernel, self._bounded_memory = False, None, False
         # Linear ACE and Deep Potential have hand-derived forces (no autograd, nothing to compile): the same
         # first-call check applies. On the CPU linear ACE and a compressed Deep Potential run in C kernels
-        # (ffspace.potential.native, native_dp) where they build; the torch versions otherwise.
-        self.analytic = analytic.supports(potential.model)
+        # (ffspace.potential.native, native_dp) where they build; the torch versions otherwise. The MACE-style
+        # model's hand-derived forces exist only as a C kernel (native_mace): without it, it is compiled or eager.
+        model, kernel, on_cpu = potential.model, None, potential.device.type == "cpu"
+        self.analytic = analytic.supports(model)
+        if self.analytic and on_cpu and _kernel_term(model) is not None:
+            kernel = _native_kernel(model)
+        elif not self.analytic and on_cpu and analytic.kernel_only(model):
+            kernel = _native_kernel(model, "it runs " + ("compiled" if compile else "eagerly"))
+            self.analytic = kernel is not None
         if self.analytic:
-            model, kernel = potential.model, None
-            if potential.device.type == "cpu" and _kernel_term(model) is not None:
-                kernel = _native_kernel(model)
             self.native, self.kernel = kernel is not None, kernel
             # per-edge memory of a few numbers: a C kernel, or linear ACE in torch (its tensors are per atom);
             # Deep Potential in torch holds (edges, M1, 4) tensors, so a huge graph goes the chunked eager way
@@ -136,6 +143,8 @@ class FastForces:
             what = "its hand-derived forces failed" if self.analytic else "it could not be compiled"
             self._give_up(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             return None
+        if self.native and not torch.isfinite(energies).all():
+            return None  # e.g. a pair closer than the MACE kernel's radial tables start: the eager model decides
         out = {"energy": structure_totals(energies, batch), "energies": energies, "forces": forces.detach()}
         if self.state == "new":
             problem = self._disagreement(batch, out)

@@ -171,6 +171,8 @@ def call_kernel(fn, params, what: str, species, positions, i, j, shifts, cells, 
     forces = np.empty((n, 3), dtype=np.float64)
     status = fn(ctypes.byref(params), n, species.ctypes.data, ctypes.byref(edges), torch.get_num_threads(),
                 energies.ctypes.data, forces.ctypes.data)
-    if status != 0:
+    if status == 1:
         raise MemoryError(f"the {what} kernel ran out of memory")
+    if status != 0:
+        raise RuntimeError(f"the {what} kernel refused its parameters (status {status})")
     return energies, forces
