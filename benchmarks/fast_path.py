@@ -30,6 +30,7 @@ MODELS = {
     "ani": {"family": "ani", "cutoff": 5.2},
     "schnet": {"family": "schnet", "features": 128, "layers": 3, "cutoff": 5.0},
     "painn": {"family": "painn", "features": 128, "layers": 3, "cutoff": 5.0},
+    "dimenet": {"family": "dimenet", "cutoff": 5.0},  # DimeNet++-style defaults (64/32/8/128, 3 blocks)
     "mace": {"family": "mace", "channels": 48, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3,
              "cutoff": 5.0},
     "ace": {"family": "ace", "cutoff": 5.0},  # hand-derived forces (potential/analytic.py), nothing compiled

@@ -44,9 +44,22 @@ def test_small_bench_reports_every_figure(small_run):
         assert row["md_us_per_atom_step"] > 0.5 * row["us_per_atom_step"]  # a step holds a call
         runs = m["stability"]["runs"]
         assert set(runs) == {"300", "1200"}
+        slow = m["stability"]["ms_per_step_float32"] > 2.0
+        assert runs["1200"]["time_ps"] == (0.025 if slow else 0.03)  # stability.time_ps_at
+        assert runs["300"]["time_ps"] == (0.025 if slow else 0.05)
+        reference = m["stability"]["reference"]  # the training frames' bond lengths and most flexible dihedral
+        assert len(reference["dihedral_atoms"]) == 4 and set(reference["bonds"]) == {"C-C", "C-H", "C-O", "H-O"}
         for r in runs.values():
             assert all(t is None or 0 < t <= r["time_ps"] for t in r["failure_ps"]), r
             assert r["survived"] == sum(t is None for t in r["failure_ps"])
+            assert r["min_distance_A"] == 0.6
+            if r["survived"]:  # what the survivors sampled, every 5 fs, against the training frames
+                sampled = r["sampled"]
+                assert sampled["samples"] == r["survived"] * round(r["time_ps"] * 1000 / 5)
+                assert sampled["dihedral_atoms"] == reference["dihedral_atoms"]
+                assert 0 <= sampled["overlap"]["dihedral"] <= 1 and 0 <= sampled["overlap"]["bonds_min"] <= 1
+            else:
+                assert "sampled" not in r
         nve = m["stability"]["nve"]
         assert nve["status"] in ("ok", "all failed") and len(nve["drift_meV_per_atom_ps"]) == 2
     assert results["datasets"]["ethanol"]["extrapolation_sets"]["pbe"]["n"] > 0
@@ -212,6 +225,43 @@ def test_a_model_that_raises_fails_its_copies_instead_of_the_benchmark(ethanol_d
     r = stability.survival(pot, ethanol_data[0], 300.0, seeds=2, time_ps=0.01)
     assert r["survived"] == 0 and r["failure_ps"] == [0.0005, 0.0005]
     assert r["failure"] == [{"reason": "non-finite"}] * 2
+
+
+def test_survival_detects_atoms_that_come_too_close(ethanol_data):
+    """Two atoms closer than ``min_distance`` fail a run even when every bond is within its tolerance; the failure
+    names the pair (here a generous 1.2 Å fails the C-H bonds of the start at the first step)."""
+    pot = Potential(Sum([AtomicReference({1: -10.0, 6: -40.0, 8: -60.0})]), dtype=torch.float64)
+    r = stability.survival(pot, ethanol_data[0], 300.0, seeds=2, time_ps=0.002, min_distance=1.2)
+    assert r["survived"] == 0 and r["failure_ps"] == [0.0005, 0.0005]
+    for f in r["failure"]:
+        assert f["reason"] == "too close" and f["distance_A"] < 1.2 and f["elements"] in ("C-H", "H-C", "O-H", "H-O")
+        assert len(f["atoms"]) == 2
+
+
+def test_surviving_runs_are_compared_with_the_training_frames(ethanol_data, trained_package):
+    """The surviving seeds' bond lengths and dihedral, sampled every ``sample_fs``, as histograms beside the
+    training frames': the dihedral is the torsion that varies most in those frames, the overlap of a distribution
+    with itself is 1, and a short 300 K run of a trained model overlaps its training data."""
+    frames = list(ethanol_data)
+    start = frames[0]
+    quad = stability.choose_dihedral(start, frames)
+    candidates = stability.torsions(start)
+    assert quad in candidates and len(candidates) >= 2  # ethanol: about C-C and C-O
+    pos = np.stack([s.positions for s in frames])
+    spread = {q: 1 - abs(np.exp(1j * np.radians(stability.dihedral_angles(pos, q))).mean()) for q in candidates}
+    assert spread[quad] == max(spread.values())
+    reference = stability.reference_distributions(start, frames, quad)
+    assert stability.distributions(reference, reference) == {"bonds": {k: pytest.approx(1.0) for k in reference["bonds"]},
+                                                             "bonds_min": pytest.approx(1.0), "dihedral": pytest.approx(1.0)}
+    trans = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [2.5, -1.0, 0.0]])
+    assert abs(stability.dihedral_angles(trans, (0, 1, 2, 3))) == pytest.approx(180.0)
+    pot = Potential.load(trained_package, dtype="float64")
+    r = stability.survival(pot, start, 300.0, seeds=2, time_ps=0.05, dihedral=quad, sample_fs=5.0, reference=reference)
+    assert r["survived"] == 2
+    sampled = r["sampled"]
+    assert sampled["samples"] == 2 * 10 and sampled["dihedral_atoms"] == list(quad)
+    assert sum(sampled["dihedral"]) == pytest.approx(1.0) and sum(sampled["bonds"]["C-H"]) == pytest.approx(1.0)
+    assert sampled["overlap"]["bonds_min"] > 0.2, sampled["overlap"]
 
 
 def test_survival_detects_a_molecule_falling_apart(ethanol_data):

@@ -71,6 +71,13 @@ def _schnet():
     return SchNet(ELEMENTS, cutoff=4.0, features=16, layers=2)
 
 
+def _dimenet():
+    from ffspace.models import DimeNet
+
+    return DimeNet(ELEMENTS, cutoff=4.0, features=16, int_features=8, basis_features=4, out_features=16, blocks=2,
+                   n_rbf=4, n_spherical=4, n_radial=3)
+
+
 def _frozen_prior(tmp_path_factory):
     """Δ-learning with a trained package as a frozen prior, as `model.prior=path` builds it: the package
     written and read back, its weights frozen, a learned term on top."""
@@ -87,6 +94,7 @@ def _frozen_prior(tmp_path_factory):
 CASES = {
     "painn": _painn,
     "schnet": _schnet,
+    "dimenet": _dimenet,
     "ani": lambda: DescriptorNet(ELEMENTS, cutoff=4.0, angular_cutoff=3.0, n_radial=6, n_angular_shifts=2,
                                  hidden=(16,)),
     "mace": lambda: _mace(layers=2),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -94,7 +94,14 @@ class StabilityConfig(BaseModel):
     slow_ms_per_step: float = Field(2.0, gt=0, description="float32 cost on the molecule that makes a model slow")
     timestep_fs: float = Field(0.5, gt=0)
     friction: float = Field(0.01, ge=0, description="Langevin friction, 1/fs")
+    time_ps_at: dict[float, float] = Field(default_factory=dict, description="run length per temperature (K: ps), "
+                                           "overriding time_ps, e.g. {1200: 20}; slow models stop at slow_time_ps")
     bond_tolerance: float = Field(0.5, gt=0, description="Å a bond may deviate from its start before failure")
+    min_distance: float = Field(0.6, ge=0, description="Å: two atoms closer than this fail the run (0: no check)")
+    dihedral: Optional[list[int]] = Field(None, min_length=4, max_length=4, description="atom indices of the "
+                                          "dihedral whose distribution is recorded; default: the torsion about a "
+                                          "heavy-atom bond that varies most in the training frames")
+    sample_fs: float = Field(20.0, gt=0, description="fs between samples of bond lengths and the dihedral")
     nve_ps: float = Field(2.0, ge=0, description="NVE run (300 K start) for the energy drift; 0 skips it")
     dtype: Literal["float32", "float64"] = "float64"
 

@@ -10,6 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from ..evaluate.plots import pyplot, save_figure
 from ..models import peers
 
@@ -23,6 +25,8 @@ def write_report(results: dict, out: Path) -> None:
             plots.append(f"pareto_{name}.png")
         if _survival_plot(name, ds, out / f"survival_{name}.png"):
             plots.append(f"survival_{name}.png")
+        if _sampling_plot(name, ds, out / f"sampling_{name}.png"):
+            plots.append(f"sampling_{name}.png")
     if results.get("water") and _scaling_plot(results["water"], out / "scaling.png"):
         plots.append("scaling.png")
     (out / "report.md").write_text(markdown(results, plots))
@@ -188,6 +192,8 @@ def markdown(results: dict, plots: list[str]) -> str:
         lines += _stability_markdown(name, ds)
         if f"survival_{name}.png" in plots:
             lines += ["", f"![survival](survival_{name}.png)"]
+        if f"sampling_{name}.png" in plots:
+            lines += ["", f"![bond lengths and dihedral of the surviving runs](sampling_{name}.png)"]
         lines.append("")
     water = results.get("water")
     if water and water.get("status", "ok") != "ok":
@@ -229,8 +235,35 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
         lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells) + f" | {drift} |")
     causes = [f"{mname}: {why}" for mname, st in rows.items() if (why := _failure_causes(st))]
     if causes:
-        lines += ["", "What failed (the bond furthest from its start length when the seed failed, counted over seeds):",
-                  ""] + [f"- {c}" for c in causes]
+        lines += ["", "What failed (the bond furthest from its start length when the seed failed, or the two atoms "
+                  "that came too close, counted over seeds):", ""] + [f"- {c}" for c in causes]
+    return lines + _sampling_markdown(rows, temps)
+
+
+def _sampling_markdown(rows: dict, temps: list) -> list[str]:
+    """The surviving runs' bond-length and dihedral histograms against the training frames', as overlaps."""
+    sampled = {m: st for m, st in rows.items() if any((r or {}).get("sampled", {}).get("overlap")
+                                                      for r in st["runs"].values())}
+    if not sampled:
+        return []
+    ref = next(iter(sampled.values())).get("reference") or {}
+    atoms = ref.get("dihedral_atoms")
+    lines = ["", "What the surviving runs sample, against the training frames: the overlap Σ min(p, q) of "
+             "histograms (1: the same distribution) of bond lengths (the least-overlapping element pair, 0.01 Å bins) "
+             f"and of the dihedral {atoms} (5° bins; the torsion that varies most in the training data), over the "
+             "seeds that survived to the end.", "",
+             "| model | " + " | ".join(f"{t} K bonds | {t} K dihedral" for t in temps) + " |",
+             "|---|" + "---|---|" * len(temps)]
+    for mname, st in sampled.items():
+        cells = []
+        for t in temps:
+            o = ((st["runs"].get(t) or {}).get("sampled") or {}).get("overlap")
+            if not o:
+                cells += ["—", "—"]
+                continue
+            worst = min(o["bonds"], key=o["bonds"].get) if o["bonds"] else None
+            cells += [f"{o['bonds_min']:.2f} ({worst})" if worst else "—", f"{o['dihedral']:.2f}"]
+        lines.append(f"| {mname} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -276,6 +309,45 @@ def _survival_plot(name: str, ds: dict, path: Path) -> bool:
     axes[0][0].set_ylabel("fraction of seeds still stable")
     axes[0][-1].legend(fontsize=7)
     save_figure(plt, fig, path, f"{name}: MD survival")
+    return True
+
+
+def _sampling_plot(name: str, ds: dict, path: Path) -> bool:
+    """Histograms of the surviving runs' bond lengths (per element pair) and dihedral, per temperature, with the
+    training frames' in black."""
+    from .stability import BOND_BINS, DIHEDRAL_BINS
+
+    rows = {n: m["stability"] for n, m in _ok(ds).items() if m.get("stability") and m["stability"].get("reference")}
+    if not rows or not any(r.get("sampled") for st in rows.values() for r in st["runs"].values()):
+        return False
+    ref = next(iter(rows.values()))["reference"]
+    pairs = sorted(ref["bonds"])
+    temps = list(next(iter(rows.values()))["runs"])
+    plt = pyplot()
+    fig, axes = plt.subplots(len(temps), len(pairs) + 1, figsize=(2.8 * (len(pairs) + 1), 2.3 * len(temps)),
+                             squeeze=False)
+    centres = {"bond": 0.5 * (BOND_BINS[1:] + BOND_BINS[:-1]), "dihedral": 0.5 * (DIHEDRAL_BINS[1:] + DIHEDRAL_BINS[:-1])}
+    for row, t in zip(axes, temps):
+        for ax, pair in zip(row, pairs + ["dihedral"]):
+            is_dihedral = pair == "dihedral"
+            x = centres["dihedral" if is_dihedral else "bond"]
+            ax.plot(x, ref["dihedral"] if is_dihedral else ref["bonds"][pair], color="black", lw=1.5,
+                    label="training frames")
+            for mname, st in rows.items():
+                sampled = (st["runs"].get(t) or {}).get("sampled")
+                if sampled:
+                    ax.plot(x, sampled["dihedral"] if is_dihedral else sampled["bonds"].get(pair, [0] * len(x)),
+                            lw=1, label=mname)
+            if not is_dihedral:  # the populated range only
+                ys = np.asarray(ref["bonds"][pair])
+                nz = np.nonzero(ys)[0]
+                if len(nz):
+                    ax.set_xlim(x[max(nz[0] - 15, 0)], x[min(nz[-1] + 15, len(x) - 1)])
+            ax.set_title(f"{t} K: " + (f"dihedral {ref.get('dihedral_atoms')}" if is_dihedral else f"{pair} (Å)"),
+                         fontsize=8)
+            ax.set_yticks([])
+    axes[0][-1].legend(fontsize=6)
+    save_figure(plt, fig, path, f"{name}: what surviving MD samples")
     return True
 
 

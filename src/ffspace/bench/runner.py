@@ -181,7 +181,7 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
                                                    md_steps=cfg.speed.md_steps)
                                    for dtype in cfg.speed.dtypes}
     if cfg.stability.enabled:
-        entry["stability"] = _stability(cfg, run_dir, weights, test[0], entry.get("speed_molecule"))
+        entry["stability"] = _stability(cfg, run_dir, weights, test[0], entry.get("speed_molecule"), train)
     return entry
 
 
@@ -304,8 +304,9 @@ def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dic
     return result
 
 
-def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_speed: dict | None) -> dict:
-    """Survival at each temperature (one cached file each) and the NVE drift, from the first test structure."""
+def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_speed: dict | None, train) -> dict:
+    """Survival at each temperature (one cached file each) and the NVE drift, from the first test structure; the
+    surviving runs' bond lengths and dihedral against the training frames'."""
     c = cfg.stability
     package = run_dir / "train" / "model.safetensors"
     pot = Potential.load(package, dtype=c.dtype, device=cfg.device)
@@ -314,22 +315,34 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         row = _measure(cfg, run_dir / "speed_molecule_float32.json", weights, package,
                        speed.save_system(start, run_dir / "molecule.npz"), "float32", max(cfg.speed.repeats, 20))
     cost = row.get("ms_per_step", float("inf"))
-    time_ps = c.time_ps if cost <= c.slow_ms_per_step else c.slow_time_ps
-    # slow_ms_per_step acts only through time_ps: a new threshold that leaves a model's run length alone keeps
-    # its finished runs.
-    # "record": what a result holds; results from before failures were explained (which bond) are redone.
-    key = {"weights": weights, "settings": c.model_dump(exclude={"slow_ms_per_step", "slow_time_ps"}),
-           "time_ps": time_ps, "start": start.positions.tolist(), "record": "failure bonds"}
+    fast = cost <= c.slow_ms_per_step
+
+    def length(temperature: float) -> float:
+        wanted = c.time_ps_at.get(temperature, c.time_ps)
+        return wanted if fast else min(wanted, c.slow_time_ps)
+    dihedral = tuple(c.dihedral) if c.dihedral else stability.choose_dihedral(start, list(train))
+    reference = stability.reference_distributions(start, list(train), dihedral)
+    # slow_ms_per_step acts only through the run lengths: a new threshold that leaves a model's run length alone
+    # keeps its finished runs.
+    # "record": what a result holds; results from before the sampled distributions were kept are redone.
+    key = {"weights": weights, "settings": c.model_dump(exclude={"slow_ms_per_step", "slow_time_ps", "time_ps_at"}),
+           "start": start.positions.tolist(), "record": "distributions", "dihedral": dihedral,
+           "reference": hashlib.sha256(json.dumps(reference).encode()).hexdigest()}
     runs = {}
     for temperature in c.temperatures:
+        time_ps = length(temperature)
         print(f"[bench] stability {run_dir.name} at {temperature:g} K: {c.seeds} seeds × {time_ps:g} ps",
               file=sys.stderr)
-        runs[f"{temperature:g}"] = _cached(run_dir / f"stability_{temperature:g}K.json", key, lambda: stability.survival(
-            pot, start, temperature, c.seeds, time_ps, c.timestep_fs, c.friction, c.bond_tolerance,
-            progress=sys.stderr.isatty()))
-    result = {"ms_per_step_float32": cost, "time_ps": time_ps, "dtype": c.dtype, "runs": runs}
+        runs[f"{temperature:g}"] = _cached(
+            run_dir / f"stability_{temperature:g}K.json", {**key, "time_ps": time_ps},
+            lambda: stability.survival(pot, start, temperature, c.seeds, time_ps, c.timestep_fs, c.friction,
+                                       c.bond_tolerance, progress=sys.stderr.isatty(), min_distance=c.min_distance,
+                                       dihedral=dihedral, sample_fs=c.sample_fs, reference=reference))
+    result = {"ms_per_step_float32": cost, "time_ps": max(length(t) for t in c.temperatures), "dtype": c.dtype,
+              "runs": runs, "reference": {**reference, "dihedral_atoms": list(dihedral) if dihedral else None,
+                                          "frames": len(train)}}
     if c.nve_ps > 0:
-        result["nve"] = _cached(run_dir / "stability_nve.json", key, lambda: stability.nve_drift(
+        result["nve"] = _cached(run_dir / "stability_nve.json", {**key, "time_ps": c.nve_ps}, lambda: stability.nve_drift(
             pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance))
     return result
 

@@ -5,6 +5,7 @@ from .base import MODEL_REGISTRY, FFModel, build_model, scatter_sum
 from .composite import AtomicReference, Sum
 from .deep_potential import DeepPotential
 from .descriptor import DescriptorNet
+from .dimenet import DimeNet
 from .dispersion import D4Dispersion
 from .electrostatics import LearnedCoulomb
 from .graph_mm import GraphMM
@@ -28,5 +29,5 @@ if peers.installed("torchani"):
     except ImportError as exc:  # pragma: no cover
         peers.broken["torchani"] = f"{type(exc).__name__}: {exc}"
 
-__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DeepPotential", "DescriptorNet", "FFModel", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
+__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DeepPotential", "DescriptorNet", "DimeNet", "FFModel", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]

@@ -1,10 +1,12 @@
 """The fast inference path: energy and forces of a model in one `torch.compile`d graph (issue 29, first part), or,
-for linear ACE and Deep Potential, hand-derived forces without autograd: in C kernels (`ffspace.potential.native`,
-and `native_dp` for a compressed Deep Potential) on the CPU, in torch (`ffspace.potential.analytic`, `analytic_dp`)
-elsewhere. MD calls a C kernel straight from numpy once the first call has been checked (`FastForces.direct`).
+for linear ACE, Deep Potential and the MACE-style model, hand-derived forces without autograd: in C kernels
+(`ffspace.potential.native`, `native_dp` for a compressed Deep Potential, `native_mace`) on the CPU, in torch
+(`ffspace.potential.analytic`, `analytic_dp`; MACE-style: none, it is compiled or eager) elsewhere. MD calls a C
+kernel straight from numpy once the first call has been checked (`FastForces.direct`).
 
 `Potential`'s default ``fast="auto"`` uses only the hand-derived paths (linear ACE: ~10x its eager call on aspirin,
-13x on 24 000 waters; compressed Deep Potential 3.6x, uncompressed 1.3x); ``fast=True`` also compiles the other families: their energy *and* the backward pass that
+13x on 24 000 waters; compressed Deep Potential 3.6x, uncompressed 1.3x; MACE-style 5-7x, its radial MLPs
+tabulated); ``fast=True`` also compiles the other families: their energy *and* the backward pass that
 gives the forces (``torch.autograd.grad`` traced inside the graph) become one graph with dynamic shapes (the edge
 count changes every MD step, so nothing is recompiled for it), removing the per-operation overhead of eager PyTorch.
 On 2 CPU cores and aspirin that gains 1.0-1.4x for PaiNN and MACE and nothing for SchNet and ANI

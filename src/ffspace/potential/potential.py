@@ -61,9 +61,10 @@ class Potential:
                  fast: bool | str = "auto"):
         """``fast``: energy and forces through the fast path (`ffspace.potential.fast`), checked against the eager
         result on first use, eager with a warning where it cannot be used. ``"auto"`` (the default): only where a
-        family has hand-derived forces (linear ACE and a compressed Deep Potential: in C kernels built on this machine,
-        `ffspace.potential.native`, ~10x and 3.6x the eager call on aspirin; Deep Potential's nets in torch); ``True``: also a torch.compile'd graph for the other families (1.0-1.4x on
-        2 CPU cores, a minute of compiling: docs/benchmarks.md); ``False``: always eager autograd."""
+        family has hand-derived forces (linear ACE, a compressed Deep Potential and the MACE-style model: in C kernels
+        built on this machine, `ffspace.potential.native`, `native_dp`, `native_mace`, ~10x, 3.6x and 5-7x the eager
+        call on aspirin; Deep Potential's nets in torch); ``True``: also a torch.compile'd graph for the other families
+        (1.0-1.4x on 2 CPU cores, a minute of compiling: docs/benchmarks.md); ``False``: always eager autograd."""
         dtype = torch_dtype(dtype)
         self.dtype, self.device = dtype, torch_device(device)
         # nn.Module.to works in place: convert a copy when needed, so a model held elsewhere (or by
