@@ -73,7 +73,7 @@ def test_kernel_equals_autograd(ethanol_data):
     pot = Potential(model, dtype=torch.float64, fast=False)
     batch = pot.batch([box])
     assert batch.shifts.abs().sum() > 0
-    _agree(pot, batch, _kernel_or_skip(model))
+    _agree(pot, batch, _kernel_or_skip(pot.model))
 
 
 def test_kernel_follows_weight_changes(ethanol_data):
@@ -154,3 +154,24 @@ def test_md_with_the_kernel_conserves_energy(ethanol_data):
     slow.fast.direct = lambda *args, **kw: None
     b = run_md(slow, ethanol_data[0], **settings)
     np.testing.assert_allclose(a.final.positions, b.final.positions, atol=1e-10, rtol=0)
+
+
+def test_priors_beside_the_kernel_run_by_autograd(ethanol_data):
+    """A MACE-style model with priors (ZBL, a classical MM term, as `build_model_for_data` composes them): the kernel
+    evaluates the MACE-style term and the priors run by autograd beside it, the sum equal to the eager model's; MD
+    then goes through `Potential.compute` (no direct numpy call) and still uses the kernel."""
+    from ffspace.models import ZBL, ClassicalMM
+    from ffspace.potential.fast import FastForces
+
+    for prior in (ZBL(cutoff=2.5, covalent_scale=1.6), ClassicalMM([1, 6, 8], cutoff=4.0)):
+        model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}), _model([1, 6, 8], seed=6, channels=8),
+                     prior])
+        pot = Potential(model, dtype=torch.float64)
+        _kernel_or_skip(pot.model.terms[1])
+        batch = pot.batch(list(ethanol_data)[:3])
+        out, ref = pot.compute(batch), pot.compute(batch, fast=False)
+        assert pot.fast.native and pot.fast.state == "checked"
+        assert torch.allclose(out["forces"], ref["forces"], atol=1e-9, rtol=0)
+        assert torch.allclose(out["energy"], ref["energy"], atol=1e-9, rtol=0)
+        assert isinstance(pot.fast, FastForces) and pot.fast.direct(ethanol_data[0].numbers, ethanol_data[0].cell,
+                                                                     ethanol_data[0].pbc) is None

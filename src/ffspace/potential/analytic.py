@@ -34,13 +34,27 @@ def supports(model) -> bool:
 
 
 def kernel_only(model) -> bool:
-    """Whether the model is reference energies plus one MACE-style term: hand-derived forces exist for it only in the C
-    kernel (`ffspace.potential.native_mace`), so only on the CPU and where that kernel builds."""
+    """Whether the model has one MACE-style term: hand-derived forces exist for it only in the C kernel
+    (`ffspace.potential.native_mace`), so only on the CPU and where that kernel builds. Its other terms (reference
+    energies, and priors such as ZBL or classical MM that `build_model_for_data` adds) are evaluated beside it, by
+    autograd where they depend on the geometry."""
     from .native_mace import supports as mace_supports
 
     terms = list(model.terms) if isinstance(model, Sum) else [model]
-    return sum(mace_supports(t) for t in terms) == 1 and \
-        all(mace_supports(t) or isinstance(t, AtomicReference) for t in terms)
+    return sum(mace_supports(t) for t in terms) == 1
+
+
+def _autograd_term(term, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A term's per-atom energies and forces by autograd (the priors beside a kernel)."""
+    from dataclasses import replace
+
+    with torch.enable_grad():
+        positions = batch.positions.detach().requires_grad_(True)
+        energies = term(replace(batch, positions=positions))
+        if not energies.requires_grad:  # constants only
+            return energies.detach(), torch.zeros_like(positions)
+        (gradient,) = torch.autograd.grad(energies.sum(), [positions], allow_unused=True)
+    return energies.detach(), (-gradient if gradient is not None else torch.zeros_like(positions))
 
 
 def energies_forces(model, batch, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,13 +62,17 @@ def energies_forces(model, batch, kernel=None) -> tuple[torch.Tensor, torch.Tens
     without autograd; with ``kernel`` (the C kernel of its linear ACE, compressed Deep Potential or MACE-style term,
     `ffspace.potential.native`, `native_dp`, `native_mace`, on the CPU) the energies are float64."""
     terms = list(model.terms) if isinstance(model, Sum) else [model]
-    parts, forces = [], None
+    parts, forces, others = [], None, []
     for term in terms:
         if isinstance(term, AtomicReference):
             parts.append(term(batch))
         elif kernel is not None and term is kernel.term:
             e, forces = kernel(batch)
             parts.append(e)
+        elif not isinstance(term, (LinearACE, DeepPotential)):  # a prior beside the MACE kernel
+            e, f = _autograd_term(term, batch)
+            parts.append(e)
+            others.append(f)
         elif isinstance(term, DeepPotential):
             e, forces = kernel(batch) if kernel is not None else analytic_dp.energies_forces(term, batch)
             parts.append(e)
@@ -62,6 +80,8 @@ def energies_forces(model, batch, kernel=None) -> tuple[torch.Tensor, torch.Tens
             e, forces = kernel(batch) if kernel is not None else _ace(term, batch)
             parts.append(e)
     dtype = torch.float64 if kernel is not None else parts[0].dtype
+    for f in others:
+        forces = forces + f.to(forces.dtype)
     return sum(p.to(dtype) for p in parts), forces
 
 

@@ -91,6 +91,15 @@ def _native_kernel(model, instead: str = "its hand-derived forces run in torch")
         return None
 
 
+def _priors(model) -> list:
+    """The terms of a model with a C kernel that are neither that term nor reference energies (ZBL, a classical MM
+    prior...): evaluated by autograd beside the kernel."""
+    from ..models.composite import AtomicReference
+
+    kernel_term = _kernel_term(model)
+    return [t for t in getattr(model, "terms", [model]) if t is not kernel_term and not isinstance(t, AtomicReference)]
+
+
 class FastForces:
     """``compute(batch)`` → ``{"energy", "energies", "forces"}`` through the compiled graph, or None when the
     batch (or, after a failure, this model) must go the eager way."""
@@ -119,8 +128,9 @@ class FastForces:
         if self.analytic:
             self.native, self.kernel = kernel is not None, kernel
             # per-edge memory of a few numbers: a C kernel, or linear ACE in torch (its tensors are per atom);
-            # Deep Potential in torch holds (edges, M1, 4) tensors, so a huge graph goes the chunked eager way
-            self._bounded_memory = self.native or isinstance(_kernel_term(model), LinearACE)
+            # Deep Potential in torch holds (edges, M1, 4) tensors, and priors beside a kernel run by autograd, so a
+            # huge graph goes the chunked eager way
+            self._bounded_memory = (self.native or isinstance(_kernel_term(model), LinearACE)) and not _priors(model)
             self._compiled = lambda b: _no_grad(analytic.energies_forces, model, b, kernel)
         elif not compile:
             self.state = "off"
@@ -164,8 +174,8 @@ class FastForces:
         3); i, j index them (a copy's pairs offset by its first atom). The numbers are those of `compute`: positions,
         cell and forces rounded to the potential's dtype as a batch would round them, the reference energies added
         in float64. The caller uses it only once `compute` has checked the fast path (``state == "checked"``)."""
-        if not self.native:
-            return None
+        if not self.native or _priors(self.potential.model):
+            return None  # (priors beside the kernel run by autograd on a batch: `compute`)
         from ..models.composite import AtomicReference
 
         model, kernel = self.potential.model, self.kernel
