@@ -320,8 +320,9 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
     def length(temperature: float) -> float:
         wanted = c.time_ps_at.get(temperature, c.time_ps)
         return wanted if fast else min(wanted, c.slow_time_ps)
-    dihedral = tuple(c.dihedral) if c.dihedral else stability.choose_dihedral(start, list(train))
-    reference = stability.reference_distributions(start, list(train), dihedral)
+    frames = list(train)
+    dihedral = tuple(c.dihedral) if c.dihedral else stability.choose_dihedral(start, frames)
+    reference = stability.reference_distributions(start, frames, dihedral)
     # slow_ms_per_step acts only through the run lengths: a new threshold that leaves a model's run length alone
     # keeps its finished runs.
     # "record": what a result holds; results from before the sampled distributions were kept are redone.
@@ -340,7 +341,7 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
                                        dihedral=dihedral, sample_fs=c.sample_fs, reference=reference))
     result = {"ms_per_step_float32": cost, "time_ps": max(length(t) for t in c.temperatures), "dtype": c.dtype,
               "runs": runs, "reference": {**reference, "dihedral_atoms": list(dihedral) if dihedral else None,
-                                          "frames": len(train)}}
+                                          "frames": len(frames)}}
     if c.nve_ps > 0:
         result["nve"] = _cached(run_dir / "stability_nve.json", {**key, "time_ps": c.nve_ps}, lambda: stability.nve_drift(
             pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance))

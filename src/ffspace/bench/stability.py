@@ -91,14 +91,11 @@ def _why(copies: MoleculeCopies, k: int, numbers: np.ndarray, bonds: np.ndarray,
 
 def dihedral_angles(pos: np.ndarray, quad) -> np.ndarray:
     """Dihedral angle (degrees, −180..180) of atoms ``quad`` = (a, b, c, d) in each frame of ``pos`` (..., N, 3)."""
-    a, b, c, d = (pos[..., q, :] for q in quad)
-    b0, b1, b2 = a - b, c - b, d - c
-    b1n = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
-    v = b0 - (b0 * b1n).sum(-1, keepdims=True) * b1n
-    w = b2 - (b2 * b1n).sum(-1, keepdims=True) * b1n
-    x = (v * w).sum(-1)
-    y = (np.cross(b1n, v) * w).sum(-1)
-    return np.degrees(np.arctan2(y, x))
+    from ase.geometry import get_dihedrals
+
+    a, b, c, d = (pos[..., q, :].reshape(-1, 3) for q in quad)
+    angles = get_dihedrals(b - a, c - b, d - c)  # ASE: 0..360
+    return (np.where(angles > 180.0, angles - 360.0, angles)).reshape(pos.shape[:-2])
 
 
 def torsions(structure: Structure) -> list[tuple[int, int, int, int]]:
