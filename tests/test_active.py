@@ -164,6 +164,31 @@ def test_exploration_runs_every_temperature_in_one_batch_with_its_own_bath(commi
     assert spread(1500.0) > 1.5 * spread(100.0), (spread(100.0), spread(1500.0))
 
 
+def test_exploration_ends_a_trajectory_whose_bond_broke_and_names_the_bond(committee_dir, splits):
+    """An injected failure: a bond tolerance of 0.02 Å is passed within a few steps at 600 K, so every trajectory
+    ends with "bond broken", its last frame naming the bond (atoms, elements, lengths); with the tolerance off
+    the same MD runs to the end."""
+    from ffspace.active.explore import explore, survival
+
+    committee = Committee.load(committee_dir[1])
+    start = splits[0][0]
+    records = explore(committee, [start], [600.0], seeds=2, steps=60, record_every=20, upper=50.0, seed=1,
+                      bond_tolerance=0.02)
+    ends = [r for r in records if r["stopped"]]
+    assert len(ends) == 2 and {r["stopped"] for r in ends} == {"bond broken"}
+    for r in ends:
+        f = r["failure"]
+        i, j = f["atoms"]
+        length = np.linalg.norm(r["positions"][i] - r["positions"][j])
+        assert abs(length - f["length_A"]) < 1e-9 and abs(f["length_A"] - f["start_length_A"]) > 0.02
+        assert r["step"] < 60 and r["time_ps"] == r["step"] * 0.5e-3
+    md = survival(records)
+    assert md["600"]["runs"] == 2 and md["600"]["survived"] == 0
+    calm = explore(committee, [start], [600.0], seeds=2, steps=60, record_every=20, upper=50.0, seed=1,
+                   bond_tolerance=None)
+    assert survival(calm)["600"]["survived"] == 2
+
+
 def test_calibration_measures_rank_correlation_and_scale(tmp_path):
     """A fake committee whose errors are its deviations times noise: the figures must say so."""
     rng = np.random.default_rng(0)

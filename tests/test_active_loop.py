@@ -37,8 +37,8 @@ def test_selection_takes_uncertain_frames_spread_over_trajectories():
     assert a_steps == [170, 200]  # the two highest deviations at least 3 recorded frames apart
     assert all("deviation" in p["reason"] for p in picked)
     assert stats == {"recorded": 42, "known": 10, "candidates": 31, "lost": 1, "trajectories": 4,
-                     "stopped_uncertain": 1, "stopped_collapsed": 0, "stopped_non_finite": 0, "picked": 5,
-                     "picked_trajectories": 3}
+                     "stopped_uncertain": 1, "stopped_collapsed": 0, "stopped_bond_broken": 0,
+                     "stopped_non_finite": 0, "picked": 5, "picked_broken": 0, "picked_trajectories": 3}
 
 
 def test_random_selection_is_seeded_and_keeps_the_diversity_rules():
@@ -102,6 +102,35 @@ def test_selection_falls_back_to_the_edge_of_what_the_model_knows():
     records = [_record("a", 10, 0.01), _record("a", 20, 0.02), _record("a", 30, 5.0, "uncertain")]
     picked, stats = select(records, lower=0.05, upper=1.0, per_round=4)
     assert [p["step"] for p in picked] == [20] and "before trajectory a was lost" in picked[0]["reason"]
+
+
+def test_stability_goal_labels_the_frames_where_bonds_broke_first():
+    """The committee may agree on a dissociation (low deviation): with ``broken_first`` the frame where the bond
+    broke is picked anyway, before the uncertain frames, and its reason names the bond; a collapsed frame never."""
+    broken = {**_record("b", 40, 0.01, "bond broken"), "time_ps": 0.02,
+              "failure": {"reason": "stretched", "atoms": [2, 8], "elements": "O-H", "start_length_A": 0.97,
+                          "length_A": 1.52}}
+    records = [_record("a", s, 0.5) for s in range(10, 110, 10)] + [_record("b", 10, 0.01), broken]
+    records += [_record("c", 10, 0.01), _record("c", 20, 0.01, "collapsed")]
+    picked, stats = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=2, broken_first=True)
+    assert picked[0]["trajectory"] == "b" and picked[0]["step"] == 40
+    assert "O-H bond 2–8 stretched to 1.52 Å" in picked[0]["reason"]
+    assert [p["trajectory"] for p in picked[1:]] == ["a", "a"] and "c" not in {p["trajectory"] for p in picked}
+    assert stats["picked_broken"] == 1 and stats["stopped_bond_broken"] == 1
+    plain, _ = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=2)
+    assert "b" not in {p["trajectory"] for p in plain}  # the accuracy goal ignores it (deviation below lower)
+
+
+def test_survival_summary_names_what_broke():
+    from ffspace.active.explore import describe_failure, survival
+
+    broken = {**_record("b", 40, 0.01, "bond broken"), "time_ps": 0.02,
+              "failure": {"reason": "stretched", "atoms": [2, 8], "elements": "O-H", "start_length_A": 0.97,
+                          "length_A": 1.52}}
+    records = [_record("a", 10, 0.1), _record("a", 20, 0.1), _record("b", 20, 0.1), broken]
+    md = survival(records)
+    assert md["300"]["runs"] == 2 and md["300"]["survived"] == 1
+    assert describe_failure(md["300"]["failures"][0]) == "O-H 2–8 stretched to 1.52 Å at 0.02 ps"
 
 
 def test_bad_active_config_names_the_field(tmp_path):
@@ -187,3 +216,71 @@ def test_loop_killed_during_labeling_and_training_resumes_without_loss_or_repeat
     assert len(train) + len(val) == result["labels"]
     with pytest.raises(DataError, match="has not finished"):
         labels_before_round(cfg, len(result["rounds"]) + 1, starts, labeler)
+
+
+@pytest.mark.slow
+def test_stability_goal_logs_what_broke_and_goes_on_past_a_failing_labeler(tmp_path, monkeypatch):
+    """Goal "stability" in miniature (injected blow-ups: a 0.05 Å bond tolerance breaks every trajectory): the
+    round's summary names the broken bonds per temperature, the frames where they broke are labeled first, a
+    pick the labeler fails on (an SCF that does not converge) is recorded and the round goes on, and a rerun
+    computes no label again, the failed one included."""
+    pytest.importorskip("tblite")
+    pytest.importorskip("rdkit")
+    from ffspace.active.loop import run_active
+    from ffspace.reference.base import LabelFailure
+    from ffspace.reference.config import LabelerConfig
+
+    calls = {"picks": 0, "all": 0}
+    build = LabelerConfig.build
+
+    class Flaky:
+        """The xTB labeler, except that the first explored frame it sees does not converge."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def provenance(self):
+            return self.inner.provenance()
+
+        def label(self, s):
+            calls["all"] += 1
+            if "round" in s.info:
+                calls["picks"] += 1
+                if calls["picks"] == 1:
+                    raise LabelFailure("SCF not converged in 100 cycles (injected)", s)
+            return self.inner.label(s)
+
+    monkeypatch.setattr(LabelerConfig, "build", lambda self: Flaky(build(self)))
+    out = tmp_path / "active"
+    cfg = load_active_config(SMALL, [f"out={out}", "goal=stability", "explore.bond_tolerance=0.05", "max_rounds=1"])
+    result = run_active(cfg)
+    summary = result["rounds"][0]
+    md = summary["md"]["300"]  # round 0 of the ramp explores the first temperature only
+    assert md["runs"] == 2 and md["survived"] == 0
+    assert all(f["stopped"] == "bond broken" and len(f["atoms"]) == 2 and f["time_ps"] > 0 for f in md["failures"])
+    picked = json.loads((out / "round_00" / "picked.json").read_text())
+    assert all("ended here" in p["reason"] for p in picked[:2]) and len(picked) >= 2
+    assert summary["label_failures"] == 1 and summary["labeled"] == len(picked) - 1
+    assert len(LabelStore(out / "store").failures) == 1
+    assert result["stop_reason"] == "max_rounds (1) reached"  # not "stable": the hottest temperature is not reached
+    before = dict(calls)
+    run_active(cfg)  # the finished round is read back: nothing labeled again, the failed frame not retried
+    assert calls == before
+
+
+@pytest.mark.slow
+def test_stability_goal_stops_once_the_hottest_exploration_survives(tmp_path):
+    """The miniature committee (SchNet, 10 epochs on 36 rattled frames) breaks O–H and C–O bonds within 0.05 ps
+    at 300 K; labelling where they broke, round after round, makes it run to the end, and the loop stops there."""
+    pytest.importorskip("tblite")
+    pytest.importorskip("rdkit")
+    from ffspace.active.loop import run_active
+
+    cfg = load_active_config(SMALL, [f"out={tmp_path / 'active'}", "goal=stability", "explore.temperatures=[300]",
+                                     "max_rounds=10", "max_labels=200"])
+    result = run_active(cfg)
+    rounds = result["rounds"]
+    assert rounds[0]["md"]["300"]["survived"] < 2  # it did break at first
+    assert result["stop_reason"].startswith("stable: every exploration trajectory"), result["stop_reason"]
+    assert rounds[-1]["md"] == {"300": {"runs": 2, "survived": 2, "failures": []}}
+    assert all(r["md"]["300"]["survived"] < 2 for r in rounds[:-1])

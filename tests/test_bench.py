@@ -326,3 +326,42 @@ def test_report_compares_md_steps_with_openmm():
     [line] = _md_against_openmm(ds, {"status": "ok", "us_per_atom_step": 14.6})
     assert "**ace** (37.4 meV/Å): 29.2 µs/atom-step, 2× classical MM in OpenMM (14.6)" in line
     assert _md_against_openmm(ds, {"status": "error"}) == []
+
+
+def test_energy_curve_removes_the_mean_offset_and_plots(ethanol_data, tmp_path):
+    """A model off by a constant 0.3 eV plus a 2 meV ripple along a 'scan': the offset is removed, the RMSE is the
+    ripple's, the barrier of each curve is reported, and the plot and table come out."""
+    from ffspace.bench.curves import curve_errors, curves_markdown, curves_plot
+    from ffspace.data import Dataset
+
+    frames = Dataset([s.copy(info={**s.info, "dihedral_angle": 10.0 * k}) for k, s in enumerate(ethanol_data[:8])])
+    ripple = 0.002 * np.array([1, -1] * 4)
+
+    class Shifted:
+        def predict(self, structures):
+            return {"energy": [s.energy + 0.3 + r for s, r in zip(structures, ripple)]}
+
+    c = curve_errors(Shifted(), frames)
+    ref = np.array([s.energy for s in frames])
+    assert c["offset_eV"] == pytest.approx(0.3) and c["rmse_meV"] == pytest.approx(2.0)
+    assert c["max_abs_meV"] == pytest.approx(2.0) and c["x"][:3] == [0.0, 10.0, 20.0]
+    assert c["reference_barrier_meV"] == pytest.approx(np.ptp(ref) * 1000)
+    ds = {"curve_sets": {"scan": {"file": "scan.xyz", "n": 8, "reference_barrier_meV": c["reference_barrier_meV"]}}}
+    models = {"shifted": {"curves": {"scan": c}}}
+    table = "\n".join(curves_markdown("ethanol", ds, models))
+    assert "| shifted | 2.0 | 2.0 |" in table
+    assert curves_plot("ethanol", ds, models, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size
+
+
+def test_an_extrapolation_set_may_name_its_own_label_keys():
+    """A set labeled by `ffspace label` (REF_energy / REF_forces) beside public data read with energy / forces."""
+    from ffspace.bench.config import BenchDataset, TestSet
+    from ffspace.bench.runner import _read_set
+    from ffspace.errors import DataError
+
+    shipped = str(Path(__file__).resolve().parents[1] / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz")
+    ds = BenchDataset(name="public", train=shipped, energy_key="energy", forces_key="forces")
+    own = _read_set(ds, TestSet(file=shipped, energy_key="REF_energy", forces_key="REF_forces"))
+    assert len(own) == 400 and own[0].forces.shape == (9, 3)
+    with pytest.raises(DataError, match="energy"):
+        _read_set(ds, shipped)

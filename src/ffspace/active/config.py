@@ -35,6 +35,10 @@ class ExploreConfig(BaseModel):
     record_every: int = Field(20, ge=1, description="steps between recorded frames")
     min_distance_factor: float = Field(0.6, gt=0, description="a trajectory whose atoms come closer than this × "
                                                                "the sum of their covalent radii has collapsed")
+    bond_tolerance: float | None = Field(0.5, gt=0, description="Å: a trajectory in which a bond of the start "
+                                                                "structure is this far from its start length has "
+                                                                "broken (the stability benchmark's rule); null: "
+                                                                "bonds are not checked")
 
 
 class SelectConfig(BaseModel):
@@ -68,6 +72,9 @@ class ActiveConfig(BaseModel):
     initial: SamplerConfig = Field(SamplerConfig(kind="normal_modes", n_frames=20),
                                    description="how the first labels are sampled from the input structure")
     initial_dataset: str | None = Field(None, description="labeled file to start from instead of sampling")
+    initial_keys: dict[str, str] = Field({}, description="label keys of initial_dataset when they are not the "
+                                                         "reader's defaults, e.g. {energy_key: energy, forces_key: "
+                                                         "forces} for 3BPA's extxyz")
     labeler: LabelerConfig = LabelerConfig()
     model: dict[str, Any] = Field({"family": "painn", "features": 32, "layers": 2, "cutoff": 5.0})
     train: dict[str, Any] = Field({"epochs": 100, "schedule": "cosine", "lr": 3e-3, "batch_size": 4},
@@ -75,6 +82,11 @@ class ActiveConfig(BaseModel):
     committee: CommitteeConfig = CommitteeConfig()
     explore: ExploreConfig = ExploreConfig()
     select: SelectConfig = SelectConfig()
+    goal: Literal["accuracy", "stability"] = Field(
+        "accuracy", description="when the loop stops: 'accuracy' once every explored frame is below select.lower; "
+                                "'stability' once a round that explored at every temperature of explore.temperatures "
+                                "(the last, hottest, included) saw every trajectory run its full length: no broken "
+                                "bond, collapse, non-finite value or committee deviation above select.upper")
     n_val: int = Field(2, ge=1, description="initial labels kept for validation (early stopping, EMA choice)")
     val_every: int = Field(10, ge=2, description="every n-th label picked by the loop goes to validation too")
     max_rounds: int = Field(10, ge=1)

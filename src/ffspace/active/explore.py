@@ -5,15 +5,20 @@ together, each copy in its own heat bath, so the committee is evaluated once per
 trajectory stops when its largest atomic force deviation passes ``upper`` (the model no longer knows where
 it is: what follows would be its invention),
 when two atoms come closer than ``min_distance_factor`` × the sum of their covalent radii (a collapse the
-committee may agree on: undertrained members share the same missing repulsion), or when its energy or forces
-are not finite; the others go on.
+committee may agree on: undertrained members share the same missing repulsion), when a bond of the start
+structure is more than ``bond_tolerance`` off its start length (the stability benchmark's rule,
+`ffspace.md.failure`: the committee may agree on a dissociation too), or when its energy or forces are not
+finite; the others go on. The frame where a trajectory ended records why and, for a broken bond or a collapse,
+which atoms.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import units
 from ..data.structure import Structure
+from ..md import failure as rules
 from ..md.copies import MoleculeCopies
 from ..md.integrators import Langevin, maxwell_boltzmann
 from ..progress import progress as progress_bar
@@ -21,10 +26,13 @@ from ..progress import progress as progress_bar
 
 def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, steps: int = 2000,
             timestep_fs: float = 0.5, friction: float = 0.01, record_every: int = 20, upper: float = 1.0,
-            min_distance_factor: float = 0.6, seed: int = 0, progress: bool = False) -> list[dict]:
-    """Records ``{"trajectory", "start", "temperature_K", "copy", "step", "deviation_eV_A", "positions",
-    "stopped"}`` every ``record_every`` steps for each live trajectory; ``stopped`` names why a trajectory ended
-    at that frame ("uncertain", "collapsed" or "non-finite"), else None."""
+            min_distance_factor: float = 0.6, seed: int = 0, progress: bool = False,
+            bond_tolerance: float | None = rules.BOND_TOLERANCE) -> list[dict]:
+    """Records ``{"trajectory", "start", "temperature_K", "copy", "step", "time_ps", "deviation_eV_A",
+    "positions", "stopped"}`` every ``record_every`` steps for each live trajectory; ``stopped`` names why a
+    trajectory ended at that frame ("uncertain", "collapsed", "bond broken" or "non-finite"), else None, and
+    such a frame carries ``failure`` (`ffspace.md.failure.why`: the bond or the pair; for "uncertain" the
+    deviation). ``bond_tolerance`` None: bonds are not checked."""
     from ase.data import atomic_masses, covalent_radii
 
     if not hasattr(committee, "last_max_deviation"):
@@ -34,6 +42,9 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
         radii = covalent_radii[start.numbers]
         closest = min_distance_factor * (radii[:, None] + radii[None, :])
         np.fill_diagonal(closest, 0.0)
+        bonds, lengths = rules.start_bonds(start)
+        if bond_tolerance is None:
+            bonds = bonds[:0]
         # Every temperature's trajectories run as one batch, each copy with its own bath: one committee call
         # per step for all of them, which a second thread can speed up (a 4-copy batch is too small to
         # split; benchmarks/committee_md_cost.py). Copy c runs at temperature c // seeds.
@@ -56,20 +67,28 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
             broken = ~np.isfinite(copies.energies) | ~np.isfinite(dev) | ~np.isfinite(pos).all((1, 2))
             gaps = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
             collapsed = ~broken & (gaps < closest).any((1, 2))
-            lost = ~broken & ~collapsed & (dev > upper)
-            ended = broken | collapsed | lost
+            snapped = ~broken & ~collapsed & rules.failed(pos, copies.energies, bonds, lengths,
+                                                           bond_tolerance or 0.0, min_distance=0.0)
+            lost = ~broken & ~collapsed & ~snapped & (dev > upper)
+            ended = broken | collapsed | snapped | lost
             if step % record_every == 0 or ended.any():
                 for k, c in enumerate(copies.ids):
                     if step % record_every and not ended[k]:
                         continue
                     why = ("non-finite" if broken[k] else "collapsed" if collapsed[k] else
-                           "uncertain" if lost[k] else None)
+                           "bond broken" if snapped[k] else "uncertain" if lost[k] else None)
                     t_idx, local = divmod(c, seeds)
                     temperature = copy_temperature[c]
                     records.append({"trajectory": f"start{s_idx}_{temperature:g}K_{local}", "start": s_idx,
                                     "temperature_K": float(temperature), "copy": local, "step": step,
+                                    "time_ps": step * timestep_fs / units.ps,
                                     "deviation_eV_A": float(dev[k]) if np.isfinite(dev[k]) else None,
                                     "positions": pos[k].copy(), "stopped": why})
+                    if why == "uncertain":
+                        records[-1]["failure"] = {"reason": "uncertain", "deviation_eV_A": float(dev[k])}
+                    elif why is not None:
+                        records[-1]["failure"] = rules.why(pos[k], copies.energies[k], start.numbers, bonds, lengths,
+                                                           bond_tolerance or np.inf)
                     order.append((s_idx, t_idx, step, local))
             if ended.all():
                 break
@@ -78,3 +97,33 @@ def explore(committee, starts: list[Structure], temperatures, seeds: int = 4, st
         bar.close()
     # Trajectory by trajectory group (start, temperature), then by step: the order of one temperature at a time.
     return [records[i] for i in sorted(range(len(records)), key=order.__getitem__)]
+
+
+def survival(records: list[dict]) -> dict[str, dict]:
+    """What the exploration MD did, per temperature ("600" → ...): trajectories run, how many ran to the end, and
+    for each that ended early when, why and which bond or pair (the round log's "what broke")."""
+    ends: dict[str, dict] = {}
+    for r in records:
+        ends.setdefault(r["trajectory"], r)
+        if r["stopped"] is not None:
+            ends[r["trajectory"]] = r
+    out: dict[str, dict] = {}
+    for name, r in ends.items():
+        row = out.setdefault(f"{r['temperature_K']:g}", {"runs": 0, "survived": 0, "failures": []})
+        row["runs"] += 1
+        if r["stopped"] is None:
+            row["survived"] += 1
+        else:
+            row["failures"].append({"trajectory": name, "time_ps": r.get("time_ps"), "stopped": r["stopped"],
+                                    **r.get("failure", {})})
+    return out
+
+
+def describe_failure(f: dict) -> str:
+    """One failure of `survival` in words: "O-H 8–15 stretched to 1.52 Å at 1.25 ps"."""
+    at = f" at {f['time_ps']:.2f} ps" if f.get("time_ps") is not None else ""
+    if "length_A" in f:
+        return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to {f['length_A']:.2f} Å{at}"
+    if "distance_A" in f:
+        return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} too close ({f['distance_A']:.2f} Å){at}"
+    return f"{f['stopped']}{at}"

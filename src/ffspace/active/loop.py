@@ -1,5 +1,10 @@
 """``ffspace active``: label a few frames, then repeat train committee → explore with MD → pick the frames it
-does not know → label them, until exploration stays below the threshold or the label budget is spent.
+does not know → label them, until the goal is reached or the label budget is spent. Goal "accuracy": every
+explored frame below the lower threshold. Goal "stability": once the exploration has reached the hottest
+temperature, every trajectory ran to its end (no broken bond, collapse, non-finite value or lost committee); the
+frames where bonds broke are labeled first. Each round's summary says, per temperature, which trajectories
+ended, when and on which bond, and what was labeled; a frame the labeler fails on (SCF not converged) is recorded
+in the store's failures and the round goes on with the others.
 
 Everything lands in ``out``:
 
@@ -33,7 +38,7 @@ from ..reference.store import LabelStore
 from ..units import meV
 from .committee import Committee, train_committee
 from .config import ActiveConfig
-from .explore import explore
+from .explore import describe_failure, explore, survival
 from .selection import select
 
 
@@ -53,7 +58,7 @@ def _log(msg: str) -> None:
 def initial_labels(cfg: ActiveConfig, starts, labeler, store: LabelStore) -> Dataset:
     """The first labels: a given labeled file, or frames sampled from the input (once) and labeled."""
     if cfg.initial_dataset:
-        return read_dataset(cfg.initial_dataset)
+        return read_dataset(cfg.initial_dataset, **cfg.initial_keys)
     job = LabelConfig(input=cfg.input, samplers=[cfg.initial], labeler=cfg.labeler, seed=cfg.seed,
                       progress=cfg.progress)
     return label_structures(sampled_frames(job, cfg.out, starts), labeler, store, progress=cfg.progress)
@@ -131,6 +136,10 @@ def run_active(cfg: ActiveConfig) -> dict:
             _write_json(done, summary)
             _log(f"round {k}: {summary['explored']['recorded']} frames explored, {summary['explored']['candidates']} "
                  f"candidates, {summary['labeled']} labeled (total {summary['labels_total']})")
+            for t, m in summary.get("md", {}).items():
+                broke = "; ".join(describe_failure(f) for f in m["failures"][:4])
+                _log(f"  {t} K: {m['survived']}/{m['runs']} trajectories ran to the end" + (f" ({broke}"
+                     + (", …" if len(m["failures"]) > 4 else "") + ")" if broke else ""))
         new_train, new_val = split_new_labels(new, n_labels, cfg.val_every)
         train_set, val_set = train_set + new_train, val_set + new_val
         previous = [folder / "committee" / f"member_{m}" / "model.safetensors" for m in range(cfg.committee.members)]
@@ -170,7 +179,8 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
     else:
         e = cfg.explore
         records = explore(committee, starts, temperatures, e.seeds, e.steps, e.timestep_fs, e.friction, e.record_every,
-                          cfg.select.upper, e.min_distance_factor, seed=cfg.seed * 1000 + k, progress=cfg.progress)
+                          cfg.select.upper, e.min_distance_factor, seed=cfg.seed * 1000 + k, progress=cfg.progress,
+                          bond_tolerance=e.bond_tolerance)
         _write_json(explored_path, [{**r, "positions": r["positions"].tolist()} for r in records])
     picks_path = folder / "picked.extxyz"
     sel = cfg.select
@@ -178,30 +188,39 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
     picked, stats = select([{**r, "numbers": starts[r["start"]].numbers} for r in records], sel.lower, sel.upper,
                            min(sel.per_round, max(budget, 0)), sel.per_trajectory, sel.min_separation,
                            cfg.explore.record_every, sel.strategy, seed=cfg.seed * 1000 + k,
-                           labeled=list(train_set) + list(val_set))
+                           labeled=list(train_set) + list(val_set), broken_first=cfg.goal == "stability")
     if not picks_path.exists():
         frames = [starts[r["start"]].copy(positions=r["positions"], energy=None, forces=None, stress=None,
                                           info={"round": k, "trajectory": r["trajectory"], "step": r["step"],
                                                 "temperature_K": r["temperature_K"],
-                                                "committee_deviation_eV_A": r["deviation_eV_A"]})
+                                                "committee_deviation_eV_A": r["deviation_eV_A"],
+                                                **({"explored_stopped": r["stopped"]} if r["stopped"] else {})})
                   for r in picked]
         _write_json(folder / "picked.json", [{key: v for key, v in r.items() if key not in ("positions", "numbers")}
                                              for r in picked])
         _write_frames(picks_path, frames)
     new = _labeled_picks(folder, labeler, store)
+    md = survival(records)
     summary = {"round": k, "temperatures_K": temperatures, "train_labels": len(train_set), "explored": stats,
-               "labeled": len(new), "labels_total": n_labels + len(new),
+               "md": md, "labeled": len(new), "labels_total": n_labels + len(new),
+               "labeled_at_K": {f"{t:g}": sum(r["temperature_K"] == t for r in picked) for t in temperatures},
                "thresholds_eV_A": {"lower": sel.lower, "upper": sel.upper}}
+    if len(new) < len(picked):
+        summary["label_failures"] = len(picked) - len(new)  # recorded in the store's failures file
     if len(new):  # how wrong the committee was where it was unsure: the error it is about to learn away
         pred = committee.predict(list(new))
         ref = np.concatenate([s.forces for s in new])
         summary["committee_on_picks"] = {"force_mae_meV_A": float(np.abs(pred["forces"] - ref).mean() / meV),
                                          "mean_max_deviation_meV_A": float(pred["max_force_deviation"].mean() / meV)}
-    if stats["recorded"] and stats["known"] == stats["recorded"]:
+    hottest = all(t in temperatures for t in cfg.explore.temperatures)
+    if cfg.goal == "stability" and hottest and md and all(m["survived"] == m["runs"] for m in md.values()):
+        summary["stop"] = (f"stable: every exploration trajectory of round {k} ran {cfg.explore.steps} steps at "
+                           f"{'/'.join(md)} K")
+    elif cfg.goal == "accuracy" and stats["recorded"] and stats["known"] == stats["recorded"]:
         summary["stop"] = f"converged: every explored frame of round {k} below {sel.lower} eV/Å"
     elif n_labels + len(new) >= cfg.max_labels:
         summary["stop"] = f"label budget ({cfg.max_labels}) spent"
-    elif not picked:
+    elif not picked and (cfg.goal == "accuracy" or hottest):
         summary["stop"] = f"round {k} found nothing to label"
     return summary, new, paths
 

@@ -29,14 +29,19 @@ STRATEGIES = ("highest", "random", "diverse", "weighted")
 
 def select(records: list[dict], lower: float, upper: float, per_round: int, per_trajectory: int = 3,
            min_separation: int = 5, record_every: int = 1, strategy: str = "highest",
-           seed: int = 0, labeled: list | None = None) -> tuple[list[dict], dict]:
+           seed: int = 0, labeled: list | None = None, broken_first: bool = False) -> tuple[list[dict], dict]:
     """(picked records, each with a ``reason``; counts of known / candidate / lost frames). Two picks of one
     trajectory are at least ``min_separation`` × ``record_every`` MD steps apart. ``strategy``: "highest"
     takes candidates by decreasing deviation; "random" in a seeded random order (DP-GEN's rule: any frame in
     the trust window is worth labeling, and the most uncertain ones are the most distorted); "diverse" by
     deviation × descriptor distance to the nearest of ``labeled`` (structures already labeled) and the picks
     so far; "weighted" at random with probability ∝ deviation² (seeded). For "diverse" each record needs
-    ``numbers`` (its atomic numbers): frames are compared only with frames of the same atoms in the same order."""
+    ``numbers`` (its atomic numbers): frames are compared only with frames of the same atoms in the same order.
+
+    ``broken_first`` (the stability goal): the frames where a trajectory ended with a broken bond are taken
+    before any candidate, whatever the committee's deviation there (the members may agree on a dissociation):
+    a stretched bond is a real, if hot, geometry that the reference method labels, and its restoring force is
+    the lesson the model is missing. Collapsed and non-finite frames stay out (their geometry is invention)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     # A frame where a trajectory ended (lost, collapsed, non-finite) is never labeled: its geometry is the
@@ -48,8 +53,8 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
             or r["deviation_eV_A"] > upper]
     stats = {"recorded": len(records), "known": len(known), "candidates": len(candidates), "lost": len(lost),
              "trajectories": len({r["trajectory"] for r in records}),
-             **{f"stopped_{why.replace('-', '_')}": sum(r["stopped"] == why for r in records)
-                for why in ("uncertain", "collapsed", "non-finite")}}
+             **{f"stopped_{why.replace('-', '_').replace(' ', '_')}": sum(r["stopped"] == why for r in records)
+                for why in ("uncertain", "collapsed", "bond broken", "non-finite")}}
     fallback = False
     if candidates:
         pool = candidates
@@ -74,6 +79,15 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         return per_traj[t] < per_trajectory and not any(abs(r["step"] - s) < min_separation * record_every
                                                         for s in steps_of[t])
 
+    broken = [r for r in records if r["stopped"] == "bond broken"] if broken_first else []
+    for r in sorted(broken, key=lambda r: r["time_ps"] if "time_ps" in r else r["step"])[:per_round]:
+        f = r.get("failure", {})
+        bond = (f"{f['elements']} bond {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to {f['length_A']:.2f} Å "
+                f"(start {f['start_length_A']:.2f} Å)" if "atoms" in f else "a bond broke")
+        picked.append({**r, "reason": f"trajectory {r['trajectory']} ended here: {bond}"})
+        per_traj[r["trajectory"]] += 1
+        steps_of[r["trajectory"]].append(r["step"])
+
     while len(picked) < per_round:
         r = order.next(allowed)
         if r is None:
@@ -92,6 +106,7 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         per_traj[t] += 1
         steps_of[t].append(r["step"])
     stats["picked"] = len(picked)
+    stats["picked_broken"] = len(broken[:per_round])
     stats["picked_trajectories"] = len(per_traj)
     return picked, stats
 

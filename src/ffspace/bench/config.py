@@ -10,6 +10,18 @@ from ..config import load_yaml_config
 
 
 
+class TestSet(BaseModel):
+    """A test file whose label keys differ from its dataset's (e.g. a set labeled by `ffspace label`, which writes
+    REF_energy / REF_forces, next to public data that uses energy / forces)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    file: str
+    format: Literal["extxyz", "md17", "deepmd", "ase-db"] | None = None
+    energy_key: str | None = None
+    forces_key: str | None = None
+
+
 class BenchDataset(BaseModel):
     """One dataset: training file, test file (or a seeded split) and extra test sets for extrapolation."""
 
@@ -24,8 +36,13 @@ class BenchDataset(BaseModel):
     n_train: int | None = Field(None, ge=1, description="training structures (default: all not held out)")
     n_val: float = Field(0.05, gt=0, description="validation size: fraction (< 1) or count")
     n_test: float = Field(0.2, gt=0, description="test size when no test file is given: fraction or count")
-    extrapolation: dict[str, str] = Field(default_factory=dict,
-                                          description="extra test sets, name → file (e.g. a higher temperature)")
+    extrapolation: dict[str, str | TestSet] = Field(
+        default_factory=dict, description="extra test sets, name → file (e.g. a higher temperature), or name → "
+                                          "{file, energy_key, forces_key, format} when its keys differ")
+    curves: dict[str, str] = Field(default_factory=dict,
+                                   description="energy curves, name → file of frames in path order with reference "
+                                               "energies (a reaction path, a dihedral scan; forces not needed): "
+                                               "each model's energies along it, mean offset removed, and a plot")
     seed: int = 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..evaluate.plots import pyplot, save_figure
 from ..models import peers
+from .curves import curves_markdown, curves_plot
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -27,6 +28,8 @@ def write_report(results: dict, out: Path) -> None:
             plots.append(f"survival_{name}.png")
         if _sampling_plot(name, ds, out / f"sampling_{name}.png"):
             plots.append(f"sampling_{name}.png")
+        if curves_plot(name, ds, _ok(ds), out / f"curves_{name}.png"):
+            plots.append(f"curves_{name}.png")
     if results.get("water") and _scaling_plot(results["water"], out / "scaling.png"):
         plots.append("scaling.png")
     (out / "report.md").write_text(markdown(results, plots))
@@ -187,6 +190,9 @@ def markdown(results: dict, plots: list[str]) -> str:
                 here, test_mae = e.get("forces_mae_meV_A"), m["test"].get("forces_mae_meV_A")
                 ratio = f"×{here / test_mae:.2f}" if here and test_mae else "—"
                 lines.append(f"| {mname} | {_f(e.get('energy_mae_meV'))} | {_f(here)} | {ratio} |")
+        lines += curves_markdown(name, ds, _ok(ds))
+        if f"curves_{name}.png" in plots:
+            lines += ["", f"![energy along paths and scans](curves_{name}.png)"]
         if f"pareto_{name}.png" in plots:
             lines += ["", f"![accuracy vs cost](pareto_{name}.png)"]
         lines += _stability_markdown(name, ds)

@@ -29,10 +29,12 @@ from ..evaluate.metrics import per_element_force_errors
 from ..potential import Potential
 from ..potential.package import versions
 from ..train import Trainer, TrainConfig, build_model_for_data
+from ..units import meV
 from ..workflow import set_size
 from .. import runtime
 from . import openmm_reference, speed, stability, systems
-from .config import BenchConfig, BenchDataset, BenchModel
+from .curves import curve_errors
+from .config import BenchConfig, BenchDataset, BenchModel, TestSet
 from .report import write_report
 
 
@@ -89,6 +91,18 @@ def _read(ds: BenchDataset, spec: str) -> Dataset:
                         forces_key=ds.forces_key)
 
 
+def _read_set(ds: BenchDataset, spec: str | TestSet) -> Dataset:
+    """An extrapolation set: a file read like the dataset's, or a `TestSet` with keys (and format) of its own."""
+    if isinstance(spec, str):
+        return _read(ds, spec)
+    return read_dataset(resolve_data_path(spec.file), format=spec.format or ds.format,
+                        energy_key=spec.energy_key or ds.energy_key, forces_key=spec.forces_key or ds.forces_key)
+
+
+def _set_file(spec: str | TestSet) -> str:
+    return spec if isinstance(spec, str) else spec.file
+
+
 def splits(ds: BenchDataset) -> tuple[Dataset, Dataset, Dataset]:
     """Seeded train / validation / test sets of a dataset entry."""
     full = _read(ds, ds.train)
@@ -109,10 +123,13 @@ def splits(ds: BenchDataset) -> tuple[Dataset, Dataset, Dataset]:
 def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
     train, val, test = splits(ds)
     extrapolation, dropped = {}, {}
-    for name, path in ds.extrapolation.items():
-        extrapolation[name], dropped[name] = _without(_read(ds, path), [train, val])
+    for name, spec in ds.extrapolation.items():
+        extrapolation[name], dropped[name] = _without(_read_set(ds, spec), [train, val])
+    curves = {name: read_dataset(resolve_data_path(path), format=ds.format, energy_key=ds.energy_key,
+                                 forces_key=ds.forces_key, required=("energy",)) for name, path in ds.curves.items()}
     print(f"[bench] {ds.name}: {len(train)} train / {len(val)} val / {len(test)} test"
-          + "".join(f" / {len(v)} {k}" for k, v in extrapolation.items()), file=sys.stderr)
+          + "".join(f" / {len(v)} {k}" for k, v in extrapolation.items())
+          + "".join(f" / {len(v)} frames along {k}" for k, v in curves.items()), file=sys.stderr)
     models = {}
     for m in cfg.models:
         family = m.model["family"]
@@ -122,7 +139,7 @@ def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
             models[m.name] = {"family": family, "model": m.model, "status": "not installed", "detail": hint}
             continue
         try:
-            models[m.name] = _bench_model(cfg, ds, m, train, val, test, extrapolation, folder / m.name)
+            models[m.name] = _bench_model(cfg, ds, m, train, val, test, extrapolation, folder / m.name, curves)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - one broken model must not take the benchmark down
@@ -131,8 +148,11 @@ def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
                               "detail": f"{type(exc).__name__}: {exc}"[:500]}
     reference = _openmm_molecule(cfg, folder, models, test[0])
     return {"n_train": len(train), "n_val": len(val), "n_test": len(test), "train": ds.train, "test": ds.test,
-            "openmm_reference": reference, "extrapolation_sets": {k: {"file": ds.extrapolation[k], "n": len(v), "dropped_as_seen_in_training":
+            "openmm_reference": reference, "extrapolation_sets": {k: {"file": _set_file(ds.extrapolation[k]), "n": len(v), "dropped_as_seen_in_training":
                                        dropped[k]} for k, v in extrapolation.items()},
+            "curve_sets": {k: {"file": ds.curves[k], "n": len(v),
+                               "reference_barrier_meV": float(np.ptp([s.energy for s in v]) / meV)}
+                           for k, v in curves.items()},
             "models": models}
 
 
@@ -166,14 +186,20 @@ def _without(data: Dataset, seen: list[Dataset]) -> tuple[Dataset, int]:
     return Dataset(kept, name=data.name).require_nonempty(), len(data) - len(kept)
 
 
-def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_dir: Path) -> dict:
+def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_dir: Path,
+                 curves: dict | None = None) -> dict:
     accuracy_key = {"model": m.model_dump(), "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
-                    "dataset": ds.model_dump(), "budget_min": cfg.budget_min}
+                    # curves have a cache of their own: adding one keeps the training
+                    "dataset": ds.model_dump(exclude={"curves"}), "budget_min": cfg.budget_min}
     accuracy = _cached(run_dir / "accuracy.json", accuracy_key,
                        lambda: _train_and_evaluate(cfg, m, train, val, test, extrapolation, run_dir))
     package = run_dir / "train" / "model.safetensors"
     weights = _file_hash(package)
     entry = {"family": m.model["family"], "model": m.model, "status": "ok", **accuracy}
+    if curves:
+        key = {"weights": weights, "curves": {k: _file_hash(Path(resolve_data_path(ds.curves[k]))) for k in curves},
+               "dtype": _train_config(cfg, m).dtype}
+        entry["curves"] = _cached(run_dir / "curves.json", key, lambda: _curves(cfg, m, package, curves))
     if cfg.speed.enabled:
         system = speed.save_system(test[0], run_dir / "molecule.npz")
         entry["speed_molecule"] = {dtype: _measure(cfg, run_dir / f"speed_molecule_{dtype}.json", weights, package,
@@ -302,6 +328,14 @@ def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dic
     print(f"[bench] {m.name}: test E MAE {t.get('energy_mae_meV', float('nan')):.2f} meV, "
           f"F MAE {t.get('forces_mae_meV_A', float('nan')):.2f} meV/Å", file=sys.stderr)
     return result
+
+
+def _curves(cfg, m: BenchModel, package: Path, curves: dict) -> dict:
+    pot = Potential.load(package, dtype=_train_config(cfg, m).dtype, device=cfg.device)
+    out = {name: curve_errors(pot, frames) for name, frames in curves.items()}
+    print(f"[bench] {m.name}: " + ", ".join(f"{k} RMSE {v['rmse_meV']:.1f} meV" for k, v in out.items()),
+          file=sys.stderr)
+    return out
 
 
 def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_speed: dict | None, train) -> dict:

@@ -3,13 +3,9 @@ NVE energy drift.
 
 Seeds run together as one batch (independent copies of the molecule in one `Batch`, each its own graph
 and its own thermostat centre of mass), so a model is evaluated once per step for all of them. A copy
-*fails* when any covalent bond perceived at the start (closer than 1.2 × the sum of covalent radii)
-deviates from its length in the start structure by more than ``bond_tolerance`` (0.5 Å; Fu et al.,
-"Forces are not enough", TMLR 2023, use the same deviation from equilibrium lengths), when two atoms come closer
-than ``min_distance`` (0.6 Å), when its energy or forces are not finite, or when the model refuses the geometry
-(e.g. an MM model seeing an atom with too many bonds). A failed copy is taken out and the rest go on. A reaction
-the reference method would also make (a proton transfer) counts as a failure too: the criterion measures staying
-near the start's bonding.
+*fails* by the rules of `ffspace.md.failure` (a start bond 0.5 Å off its length, two atoms closer than 0.6 Å,
+non-finite values), or when the model refuses the geometry (e.g. an MM model seeing an atom with too many bonds).
+A failed copy is taken out and the rest go on.
 
 Surviving is not enough: a run may stay bonded and still sample the wrong structure. So every ``sample_fs`` the
 covalent bond lengths and one dihedral of the live copies are recorded, and the runs that survived to the end are
@@ -23,70 +19,21 @@ from __future__ import annotations
 import numpy as np
 
 from .. import units
-from ..data.bonds import covalent_bonds as bonds_of
 from ..data.structure import Structure
+from ..md import failure as rules
 from ..md.copies import MoleculeCopies
+from ..md.failure import MIN_DISTANCE
 from ..md.integrators import Langevin, VelocityVerlet
 from ..progress import progress as progress_bar
 
 
 def covalent_bonds(structure: Structure) -> np.ndarray:
     """(B, 2) atom pairs bonded at the start (`ffspace.data.bonds`: closer than 1.2 × the covalent radii's sum)."""
-    i, j, _ = bonds_of(structure.numbers, structure.positions)
-    return np.stack([i, j], 1)
+    return rules.start_bonds(structure)[0]
 
 
-MIN_DISTANCE = 0.6  # Å: two atoms closer than this have collided (issue 30's rule)
 BOND_BINS = np.linspace(0.6, 2.2, 161)  # Å, 0.01 Å bins
 DIHEDRAL_BINS = np.linspace(-180.0, 180.0, 73)  # degrees, 5° bins
-
-
-def _closest_pairs(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) the smallest interatomic distance of each copy (n, N, 3) and (n, 2) the pair that has it."""
-    i, j = np.triu_indices(pos.shape[1], k=1)
-    if not len(i):  # a single atom
-        return np.full(len(pos), np.inf), np.zeros((len(pos), 2), dtype=np.int64)
-    d = np.linalg.norm(pos[:, j] - pos[:, i], axis=-1)
-    k = np.argmin(np.where(np.isnan(d), -np.inf, d), axis=1)  # a NaN distance counts as closest (it has failed)
-    return d[np.arange(len(pos)), k], np.stack([i[k], j[k]], 1)
-
-
-def _failed(copies: MoleculeCopies, bonds: np.ndarray, lengths: np.ndarray, tolerance: float,
-            min_distance: float = MIN_DISTANCE) -> np.ndarray:
-    """(n,) bool: bond deviation above tolerance, two atoms closer than ``min_distance``, or non-finite energy /
-    forces / positions."""
-    pos = copies.positions()
-    bad = ~np.isfinite(copies.energies) | ~np.isfinite(pos).all((1, 2))
-    if len(bonds):
-        d = np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1)
-        bad |= ~(np.abs(d - lengths) <= tolerance).all(1)
-    if min_distance > 0:
-        bad |= ~(_closest_pairs(pos)[0] >= min_distance)
-    return bad
-
-
-def _why(copies: MoleculeCopies, k: int, numbers: np.ndarray, bonds: np.ndarray, lengths: np.ndarray,
-         tolerance: float = 0.5) -> dict:
-    """What made copy ``k`` fail: non-finite values, its most deviating bond (atoms, elements, lengths) when that one
-    left the tolerance, or else the two atoms that came too close."""
-    from ase.data import chemical_symbols
-
-    pos = copies.positions()[k]
-    if not (np.isfinite(copies.energies[k]) and np.isfinite(pos).all()):
-        return {"reason": "non-finite"}
-    if len(bonds):
-        d = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=-1)
-        b = int(np.argmax(np.abs(d - lengths)))
-        i, j = (int(a) for a in bonds[b])
-        if abs(d[b] - lengths[b]) > tolerance:
-            return {"reason": "stretched" if d[b] > lengths[b] else "compressed", "atoms": [i, j],
-                    "elements": f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]}",
-                    "start_length_A": float(lengths[b]), "length_A": float(d[b])}
-    distance, pair = _closest_pairs(pos[None])
-    i, j = (int(a) for a in pair[0])
-    return {"reason": "too close", "atoms": [i, j],
-            "elements": f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]}",
-            "distance_A": float(distance[0])}
 
 
 def dihedral_angles(pos: np.ndarray, quad) -> np.ndarray:
@@ -177,8 +124,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     (``failure``: the bond that left the tolerance, the pair that came closer than ``min_distance``, or non-finite
     values); ``sampled``: histograms of bond lengths and of the ``dihedral`` (atom indices) over the copies that
     survived, every ``sample_fs``, and with ``reference`` (`reference_distributions`) their overlaps with it."""
-    bonds = covalent_bonds(structure)
-    d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
+    bonds, d0 = rules.start_bonds(structure)
     start_stream, noise_stream = np.random.SeedSequence(seed).spawn(2)  # independent velocity and noise draws
     copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, np.random.default_rng(start_stream))
     failure, why = [None] * seeds, [None] * seeds
@@ -189,12 +135,13 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     bar = progress_bar(range(steps), desc=f"{temperature:g} K × {seeds} seeds", enabled=progress)
     for step in bar:
         integrator.step(copies.state, copies)
-        bad = _failed(copies, bonds, d0, bond_tolerance, min_distance)
+        bad = rules.failed(copies.positions(), copies.energies, bonds, d0, bond_tolerance, min_distance)
         if bad.any():
             t = (step + 1) * timestep_fs / units.ps
             for k in np.nonzero(bad)[0]:
                 failure[copies.ids[k]] = t
-                why[copies.ids[k]] = _why(copies, k, structure.numbers, bonds, d0, bond_tolerance)
+                pos_k, energy_k = copies.positions()[k], copies.energies[k]
+                why[copies.ids[k]] = rules.why(pos_k, energy_k, structure.numbers, bonds, d0, bond_tolerance)
             if bad.all():
                 break
             copies = copies.survivors(~bad, integrator)
@@ -225,8 +172,7 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
 
     A copy that fails (as in `survival`) gets a status instead of a slope; the others still count.
     """
-    bonds = covalent_bonds(structure)
-    d0 = np.linalg.norm(structure.positions[bonds[:, 0]] - structure.positions[bonds[:, 1]], axis=-1)
+    bonds, d0 = rules.start_bonds(structure)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, rng)
     integrator = VelocityVerlet(timestep_fs)
@@ -235,7 +181,7 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     times, totals = [], []
     for step in range(steps):
         integrator.step(copies.state, copies)
-        bad = _failed(copies, bonds, d0, bond_tolerance) & (failed_at < 0)
+        bad = rules.failed(copies.positions(), copies.energies, bonds, d0, bond_tolerance) & (failed_at < 0)
         failed_at[bad] = step + 1
         times.append((step + 1) * timestep_fs / units.ps)
         totals.append(copies.energies + copies.kinetic())
