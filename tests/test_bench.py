@@ -365,3 +365,23 @@ def test_an_extrapolation_set_may_name_its_own_label_keys():
     assert len(own) == 400 and own[0].forces.shape == (9, 3)
     with pytest.raises(DataError, match="energy"):
         _read_set(ds, shipped)
+
+
+def test_a_prior_may_be_a_model_of_the_same_benchmark(tmp_path):
+    """``prior: model:NAME`` trains on the package of model NAME of the same dataset (frozen Δ prior); the cache key
+    carries that package's hash, so a retrained prior retrains the model; a prior not trained yet is a clear error."""
+    from ffspace.bench.config import BenchModel
+    from ffspace.bench.runner import _with_bench_prior
+
+    m = BenchModel(name="mace_on_mm", model={"family": "mace", "prior": "model:mm"})
+    with pytest.raises(ConfigError, match="needs model 'mm' trained first.*list it before 'mace_on_mm'"):
+        _with_bench_prior(m, tmp_path / "aspirin" / "mace_on_mm")
+    package = tmp_path / "aspirin" / "mm" / "train" / "model.safetensors"
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"weights one")
+    resolved, key = _with_bench_prior(m, tmp_path / "aspirin" / "mace_on_mm")
+    assert resolved.model == {"family": "mace", "prior": str(package)} and m.model["prior"] == "model:mm"
+    package.write_bytes(b"weights two")
+    assert _with_bench_prior(m, tmp_path / "aspirin" / "mace_on_mm")[1] != key
+    plain = BenchModel(name="mace_mm", model={"family": "mace", "prior": "mm"})
+    assert _with_bench_prior(plain, tmp_path / "aspirin" / "mace_mm") == (plain, {})

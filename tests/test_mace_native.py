@@ -158,8 +158,8 @@ def test_md_with_the_kernel_conserves_energy(ethanol_data):
 
 def test_priors_beside_the_kernel_run_by_autograd(ethanol_data):
     """A MACE-style model with priors (ZBL, a classical MM term, as `build_model_for_data` composes them): the kernel
-    evaluates the MACE-style term and the priors run by autograd beside it, the sum equal to the eager model's; MD
-    then goes through `Potential.compute` (no direct numpy call) and still uses the kernel."""
+    evaluates the MACE-style term and the priors run by autograd beside it, the sum equal to the eager model's. MD
+    calls them straight from numpy (`direct_priors`) on molecules; a periodic cell keeps the batch path."""
     from ffspace.models import ZBL, ClassicalMM
     from ffspace.potential.fast import FastForces
 
@@ -173,5 +173,51 @@ def test_priors_beside_the_kernel_run_by_autograd(ethanol_data):
         assert pot.fast.native and pot.fast.state == "checked"
         assert torch.allclose(out["forces"], ref["forces"], atol=1e-9, rtol=0)
         assert torch.allclose(out["energy"], ref["energy"], atol=1e-9, rtol=0)
-        assert isinstance(pot.fast, FastForces) and pot.fast.direct(ethanol_data[0].numbers, ethanol_data[0].cell,
-                                                                     ethanol_data[0].pbc) is None
+        frame = ethanol_data[0]
+        assert isinstance(pot.fast, FastForces) and pot.fast.direct(frame.numbers, frame.cell, frame.pbc) is not None
+        assert pot.fast.direct(frame.numbers, 10.0 * np.eye(3), np.ones(3, dtype=bool)) is None
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["fitted_jointly", "frozen_package"])
+def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested):
+    """Copies of a molecule under MACE-style + MM prior + ZBL, called straight from numpy: energies and forces those
+    of the eager model at geometries displaced far enough to break and form bonds (the fixed topology is rebuilt by
+    the model's rules, with the same hysteresis), and a copy whose atoms collapse is failed alone (NaN). A frozen Δ
+    prior package is a sum of its own (reference energies + MM): its terms take the same path."""
+    from ffspace.md.copies import MoleculeCopies
+    from ffspace.models import ZBL, ClassicalMM
+    from ffspace.potential.direct_priors import FixedTopologyMM
+
+    torch.manual_seed(3)
+    mm = ClassicalMM([1, 6, 8], cutoff=4.0)
+    with torch.no_grad():  # off its start values, so every parameter table matters
+        for p in mm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prior = Sum([AtomicReference({1: -0.5, 6: 2.0, 8: 1.0}), mm]) if nested else mm
+    model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}), prior, _model([1, 6, 8], seed=6, channels=8),
+                 ZBL(cutoff=2.5, covalent_scale=1.6)])
+    pot = Potential(model, dtype=torch.float64)
+    _kernel_or_skip(pot.model.terms[2])
+    frame = ethanol_data[0]
+    frame.info["charge"] = 1.0  # the prior's charges are made to sum to it, per copy
+    rng = np.random.default_rng(0)
+    fast = MoleculeCopies.thermal(pot, frame, 3, 300.0, rng)
+    eager = MoleculeCopies(Potential(model, dtype=torch.float64, fast=False), frame, fast.positions(),
+                           fast.velocities())
+    start = fast.state.positions.copy()
+    for step in range(12):
+        positions = start + (0.02 + 0.03 * step) * rng.standard_normal(start.shape)
+        if step == 11:
+            positions[:3] = positions[0] + 0.01 * rng.standard_normal((3, 3))  # copy 0 collapses
+            positions[3:9] = positions[0] + 0.3 * rng.standard_normal((6, 3))
+        _, forces = fast(positions)
+        _, reference = eager(positions)
+        assert fast._direct, "the direct path did not run"
+        if step < 11:
+            np.testing.assert_allclose(fast.energies, eager.energies, atol=1e-7, rtol=0)  # of ~4000 eV
+            np.testing.assert_allclose(forces, reference, atol=1e-8 * max(1.0, np.abs(reference).max()), rtol=0)
+    assert np.isnan(fast.energies[0]) and np.isnan(eager.energies[0])
+    np.testing.assert_allclose(fast.energies[1:], eager.energies[1:], atol=1e-7, rtol=0)
+    priors = [c.cell_contents for c in fast._direct.__closure__ if isinstance(c.cell_contents, list)]
+    mm_direct = next(p for group in priors for p in group if isinstance(p, FixedTopologyMM))
+    assert mm_direct.rebuilds > 2, "the displacements never changed the bonds: the rebuild was not tested"

@@ -186,16 +186,35 @@ def _without(data: Dataset, seen: list[Dataset]) -> tuple[Dataset, int]:
     return Dataset(kept, name=data.name).require_nonempty(), len(data) - len(kept)
 
 
+PRIOR_FROM_BENCH = "model:"
+
+
+def _with_bench_prior(m: BenchModel, run_dir: Path) -> tuple[BenchModel, dict]:
+    """``model.prior: model:NAME`` names the package of model NAME of this benchmark on the same dataset (listed
+    before it) as the frozen Δ prior: the entry with that package's path, and its hash for the cache key."""
+    prior = m.model.get("prior")
+    if not (isinstance(prior, str) and prior.startswith(PRIOR_FROM_BENCH)):
+        return m, {}
+    name = prior[len(PRIOR_FROM_BENCH):]
+    package = run_dir.parent / name / "train" / "model.safetensors"
+    if not package.is_file():
+        raise ConfigError(f"model {m.name}: prior {prior!r} needs model {name!r} trained first on this dataset: list it "
+                          f"before {m.name!r} in `models` (no package at {package})")
+    return m.model_copy(update={"model": {**m.model, "prior": str(package)}}), {"prior": _file_hash(package)}
+
+
 def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_dir: Path,
                  curves: dict | None = None) -> dict:
-    accuracy_key = {"model": m.model_dump(), "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
+    named, prior_key = m, {}
+    m, prior_key = _with_bench_prior(m, run_dir)
+    accuracy_key = {"model": named.model_dump(), "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
                     # curves have a cache of their own: adding one keeps the training
-                    "dataset": ds.model_dump(exclude={"curves"}), "budget_min": cfg.budget_min}
+                    "dataset": ds.model_dump(exclude={"curves"}), "budget_min": cfg.budget_min, **prior_key}
     accuracy = _cached(run_dir / "accuracy.json", accuracy_key,
                        lambda: _train_and_evaluate(cfg, m, train, val, test, extrapolation, run_dir))
     package = run_dir / "train" / "model.safetensors"
     weights = _file_hash(package)
-    entry = {"family": m.model["family"], "model": m.model, "status": "ok", **accuracy}
+    entry = {"family": m.model["family"], "model": named.model, "status": "ok", **accuracy}
     if curves:
         key = {"weights": weights, "curves": {k: _file_hash(Path(resolve_data_path(ds.curves[k]))) for k in curves},
                "dtype": _train_config(cfg, m).dtype}

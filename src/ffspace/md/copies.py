@@ -34,11 +34,12 @@ class MoleculeCopies:
         combined = SimpleNamespace(numbers=np.tile(structure.numbers, self.n), positions=positions.reshape(-1, 3),
                                    cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info={})
         self.state = MDState(combined, velocities=velocities.reshape(-1, 3))
+        self._charge = float(structure.info.get("charge", 0.0))  # total charge of each copy, e
         self.ids = list(range(self.n))  # which of the first batch's copies these are (see `survivors`)
         self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
         self.energies = None  # (n,) potential energy of each copy, eV
         self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
-        self._direct = None  # linear ACE's C kernel on all copies from numpy (`FastForces.direct`), once checked
+        self._direct = None  # the model's C kernel (and priors) on all copies from numpy (`FastForces.direct`), once checked
         self._joint = None  # (finite copies, i, j, shifts): all copies' Verlet pairs, offset to their atoms
         self._built_at = np.zeros((self.n, structure.n_atoms, 3))  # each copy's positions at its list's last build
         self.state.energy, self.state.forces = self(self.state.positions)  # ready for the first step
@@ -69,7 +70,8 @@ class MoleculeCopies:
         fast = getattr(self.potential, "fast", None)
         if fast is not None and fast.state == "checked":  # the first call (in __init__) has checked the fast path
             if self._direct is None:
-                self._direct = fast.direct(self.template.numbers, self.template.cell, self.template.pbc, self.n) or False
+                self._direct = fast.direct(self.template.numbers, self.template.cell, self.template.pbc, self.n,
+                                           charge=self._charge) or False
             if self._direct:
                 return self._call_direct(positions)
         graphs = []
@@ -79,7 +81,7 @@ class MoleculeCopies:
             frame.numbers, frame.positions = self.template.numbers, pos
             frame.cell, frame.pbc = self.template.cell, self.template.pbc
             frame.energy = frame.forces = frame.stress = None
-            frame.info = {}
+            frame.info = {"charge": self._charge}
             graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
         try:
             energies, forces, deviations = self._evaluate(graphs)

@@ -34,7 +34,8 @@ class PotentialForces:
         self.pairs = self.distances = None
         fast = getattr(potential, "fast", None)
         # The C kernel straight from numpy (no torch batch), once the fast path's first call has been checked
-        self._direct = fast.direct(state.numbers, state.cell, state.pbc) if fast is not None else None
+        self._direct = (fast.direct(state.numbers, state.cell, state.pbc, charge=float(state.info.get("charge", 0.0)))
+                        if fast is not None else None)
 
     def __call__(self, positions):
         s = self.state

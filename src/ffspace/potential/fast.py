@@ -91,13 +91,21 @@ def _native_kernel(model, instead: str = "its hand-derived forces run in torch")
         return None
 
 
+def _leaf_terms(model) -> list:
+    """A model's terms with nested sums flattened (a frozen Δ prior package is itself a sum: reference + MM)."""
+    from ..models.composite import Sum
+
+    return [leaf for t in (model.terms if isinstance(model, Sum) else [model])
+            for leaf in (_leaf_terms(t) if isinstance(t, Sum) else [t])]
+
+
 def _priors(model) -> list:
     """The terms of a model with a C kernel that are neither that term nor reference energies (ZBL, a classical MM
-    prior...): evaluated by autograd beside the kernel."""
+    prior...): evaluated by autograd beside the kernel on a batch, and on molecules in MD by `direct_priors`."""
     from ..models.composite import AtomicReference
 
     kernel_term = _kernel_term(model)
-    return [t for t in getattr(model, "terms", [model]) if t is not kernel_term and not isinstance(t, AtomicReference)]
+    return [t for t in _leaf_terms(model) if t is not kernel_term and not isinstance(t, AtomicReference)]
 
 
 class FastForces:
@@ -166,17 +174,24 @@ class FastForces:
             self.state = "checked"
         return out
 
-    def direct(self, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray, copies: int = 1):
+    def direct(self, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray, copies: int = 1, charge: float = 0.0):
         """For a structure whose atoms and cell stay fixed (an MD run), or ``copies`` independent copies of it
         integrated as one state (`ffspace.md.MoleculeCopies`): ``evaluate(positions, i, j, shifts) → (energies eV
         (copies,), forces eV/Å (copies·N, 3))`` in float64 numpy through the C kernel, without building a torch batch
         (~0.2 ms of a 21-atom step), or None where the model has no C kernel. Positions are all copies' (copies·N,
         3); i, j index them (a copy's pairs offset by its first atom). The numbers are those of `compute`: positions,
         cell and forces rounded to the potential's dtype as a batch would round them, the reference energies added
-        in float64. The caller uses it only once `compute` has checked the fast path (``state == "checked"``)."""
-        if not self.native or _priors(self.potential.model):
-            return None  # (priors beside the kernel run by autograd on a batch: `compute`)
+        in float64. The caller uses it only once `compute` has checked the fast path (``state == "checked"``).
+        Priors beside the kernel (the classical MM prior, ZBL) come from `direct_priors` on molecules (total
+        ``charge`` e); any other prior, or a periodic cell, keeps the batch path (None)."""
+        if not self.native:
+            return None
         from ..models.composite import AtomicReference
+        from .direct_priors import direct_prior
+
+        priors = [direct_prior(t, numbers, copies, charge) for t in _priors(self.potential.model)]
+        if priors and (None in priors or bool(np.asarray(pbc).any())):
+            return None  # (these priors run by autograd on a batch: `compute`)
 
         model, kernel = self.potential.model, self.kernel
         numbers = np.asarray(numbers)
@@ -184,7 +199,7 @@ class FastForces:
         species = kernel.term.species(torch.as_tensor(numbers.astype(np.int64))).numpy()
         species = np.ascontiguousarray(np.tile(species, copies), dtype=np.int64)
         reference = np.zeros(n_atoms)
-        for term in getattr(model, "terms", [model]):
+        for term in _leaf_terms(model):
             if isinstance(term, AtomicReference):
                 reference += term.table.cpu().numpy()[numbers]
         rounding = np.float32 if self.potential.dtype == torch.float32 else np.float64
@@ -199,7 +214,13 @@ class FastForces:
                                              np.ascontiguousarray(shifts, dtype=np.float64) if periodic else None,
                                              cells, graph)
             totals = (energies.reshape(copies, n_atoms) + reference).sum(1)
-            return totals, forces.astype(rounding).astype(np.float64)
+            forces = forces.astype(rounding).astype(np.float64)
+            if priors:
+                rounded = positions.astype(rounding).astype(np.float64)
+                for prior in priors:
+                    e, f = prior(rounded, i, j)
+                    totals, forces = totals + e, forces + f.astype(rounding)
+            return totals, forces
         return evaluate
 
     def _disagreement(self, batch, out) -> str | None:
