@@ -385,3 +385,36 @@ def test_a_prior_may_be_a_model_of_the_same_benchmark(tmp_path):
     assert _with_bench_prior(m, tmp_path / "aspirin" / "mace_on_mm")[1] != key
     plain = BenchModel(name="mace_mm", model={"family": "mace", "prior": "mm"})
     assert _with_bench_prior(plain, tmp_path / "aspirin" / "mace_mm") == (plain, {})
+
+
+def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, trained_package, tmp_path, monkeypatch):
+    """Killed after a checkpoint, the survival run goes on from it (its MD state, thermostat noise, failures and
+    samples so far) and gives the uninterrupted run's result; a checkpoint of other settings is not used."""
+    pot = Potential.load(trained_package, dtype="float64")
+    settings = dict(seeds=3, time_ps=0.06, bond_tolerance=0.2, sample_fs=5.0, dihedral=(3, 0, 1, 2))
+    whole = stability.survival(pot, ethanol_data[0], 1200.0, **settings)
+    assert 0 < whole["survived"] < 3, "the test needs copies that fail and copies that survive"
+    checkpoint = tmp_path / "run.partial.npz"
+    save, saves = stability._save, []
+
+    def killed_after_two_saves(*args):
+        save(*args)
+        saves.append(args[2])
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # as a kill: nothing after this step runs
+    monkeypatch.setattr(stability, "_save", killed_after_two_saves)
+    with pytest.raises(KeyboardInterrupt):
+        stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, checkpoint_ps=0.02, **settings)
+    assert checkpoint.is_file() and saves == [40, 80]
+    monkeypatch.setattr(stability, "_save", save)
+    resumed = stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, checkpoint_ps=0.02, **settings)
+    assert resumed["failure_ps"] == whole["failure_ps"] and resumed["failure"] == whole["failure"]
+    assert resumed["sampled"] == whole["sampled"]
+    assert not checkpoint.exists()  # finished: the result is what is kept
+    saves.clear()
+    monkeypatch.setattr(stability, "_save", killed_after_two_saves)
+    with pytest.raises(KeyboardInterrupt):
+        stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, checkpoint_ps=0.01, **settings)
+    monkeypatch.setattr(stability, "_save", save)
+    other = stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, **{**settings, "time_ps": 0.05})
+    assert other["time_ps"] == 0.05 and not checkpoint.exists()

@@ -141,6 +141,12 @@ def _best_model_costs(ds: dict, best: str | None, ref: dict) -> list[str]:
     return lines
 
 
+def _epochs(training: dict) -> str:
+    """Epochs and the training's wall-clock minutes (a model may have a budget of its own: `train.max_time_min`)."""
+    minutes = training.get("time_s")
+    return f"{training['epochs']}" + (f" ({minutes / 60:.0f})" if minutes is not None else "")
+
+
 def markdown(results: dict, plots: list[str]) -> str:
     lines = [f"# ffspace bench: {results['name']}", "",
              f"Command: `{results['command']}`  ", f"Training budget: {results['budget_min']:g} min wall-clock per "
@@ -157,7 +163,7 @@ def markdown(results: dict, plots: list[str]) -> str:
                   + _passes_note(row for m in ds["models"].values() for row in (m.get("speed_molecule") or {}).values()),
                   "",
                   "| model | family | E MAE (meV) | F MAE (meV/Å) | F MAE (kcal/mol/Å) | F RMSE (meV/Å) | "
-                  "F MAE per element (meV/Å) | epochs | µs/atom-step float32 | float64 | peak memory (MB) |",
+                  "F MAE per element (meV/Å) | epochs (training min) | µs/atom-step float32 | float64 | peak memory (MB) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mname, m in ds["models"].items():
             if m.get("status", "ok") != "ok":
@@ -170,7 +176,7 @@ def markdown(results: dict, plots: list[str]) -> str:
             family = m["family"] + (f" + {m['model']['prior']} prior" if m["model"].get("prior") else "")
             lines.append(f"| {mname} | {family} | {_f(t.get('energy_mae_meV'))} | "
                          f"{_f(t.get('forces_mae_meV_A'))} | {_f(t.get('forces_mae_kcal_mol_A'), 2)} | "
-                         f"{_f(t.get('forces_rmse_meV_A'))} | {per_el} | {m['training']['epochs']} | "
+                         f"{_f(t.get('forces_rmse_meV_A'))} | {per_el} | {_epochs(m['training'])} | "
                          f"{_f(_speed(m), 0)} | {_f(_speed(m, 'float64'), 0)} | {_f(mem, 0)} |")
         ref = ds.get("openmm_reference") or {}
         if ref.get("status") == "ok":

@@ -328,7 +328,7 @@ def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
 
 def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dict, run_dir: Path) -> dict:
     tc = _train_config(cfg, m)
-    print(f"[bench] training {m.name} ({m.model['family']}) for {cfg.budget_min:g} min", file=sys.stderr)
+    print(f"[bench] training {m.name} ({m.model['family']}) for {tc.max_time_min:g} min", file=sys.stderr)
     model = build_model_for_data(m.model, train, seed=tc.seed)
     trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
                       extra_config={"bench_model": m.model_dump()})
@@ -387,11 +387,17 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         time_ps = length(temperature)
         print(f"[bench] stability {run_dir.name} at {temperature:g} K: {c.seeds} seeds × {time_ps:g} ps",
               file=sys.stderr)
+        run_key = {**key, "time_ps": time_ps}
+        # a killed run goes on from its last checkpoint (every ps); the name carries the key: other weights or
+        # settings never resume it
+        partial = run_dir / (f"stability_{temperature:g}K."
+                             f"{hashlib.sha256(json.dumps(run_key).encode()).hexdigest()[:12]}.partial.npz")
         runs[f"{temperature:g}"] = _cached(
-            run_dir / f"stability_{temperature:g}K.json", {**key, "time_ps": time_ps},
+            run_dir / f"stability_{temperature:g}K.json", run_key,
             lambda: stability.survival(pot, start, temperature, c.seeds, time_ps, c.timestep_fs, c.friction,
                                        c.bond_tolerance, progress=sys.stderr.isatty(), min_distance=c.min_distance,
-                                       dihedral=dihedral, sample_fs=c.sample_fs, reference=reference))
+                                       dihedral=dihedral, sample_fs=c.sample_fs, reference=reference,
+                                       checkpoint=partial))
     result = {"ms_per_step_float32": cost, "time_ps": max(length(t) for t in c.temperatures), "dtype": c.dtype,
               "runs": runs, "reference": {**reference, "dihedral_atoms": list(dihedral) if dihedral else None,
                                           "frames": len(frames)}}

@@ -16,6 +16,9 @@ heavy atoms that varies most in the training frames (the molecule's most flexibl
 
 from __future__ import annotations
 
+import json
+import sys
+
 import numpy as np
 
 from .. import units
@@ -119,11 +122,14 @@ def reference_distributions(structure: Structure, frames: list[Structure], dihed
 def survival(potential, structure: Structure, temperature: float, seeds: int = 5, time_ps: float = 20.0,
              timestep_fs: float = 0.5, friction: float = 0.01, bond_tolerance: float = 0.5, seed: int = 0,
              progress: bool = False, min_distance: float = MIN_DISTANCE, dihedral=None, sample_fs: float = 20.0,
-             reference: dict | None = None) -> dict:
+             reference: dict | None = None, checkpoint=None, checkpoint_ps: float = 1.0) -> dict:
     """Langevin MD of ``seeds`` copies at ``temperature`` K; the time each copy failed (None: survived) and why
     (``failure``: the bond that left the tolerance, the pair that came closer than ``min_distance``, or non-finite
     values); ``sampled``: histograms of bond lengths and of the ``dihedral`` (atom indices) over the copies that
-    survived, every ``sample_fs``, and with ``reference`` (`reference_distributions`) their overlaps with it."""
+    survived, every ``sample_fs``, and with ``reference`` (`reference_distributions`) their overlaps with it.
+
+    With ``checkpoint`` (a file path) the run's state is saved every ``checkpoint_ps`` and a killed run resumes from
+    it, losing at most that much MD; the file also records the settings, and one written for others is not used."""
     bonds, d0 = rules.start_bonds(structure)
     start_stream, noise_stream = np.random.SeedSequence(seed).spawn(2)  # independent velocity and noise draws
     copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, np.random.default_rng(start_stream))
@@ -132,8 +138,20 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     every = max(1, int(round(sample_fs / timestep_fs)))
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (copy ids, bond lengths, dihedral angles)
     integrator = Langevin(timestep_fs, temperature, friction, seed=noise_stream, groups=copies.groups())
-    bar = progress_bar(range(steps), desc=f"{temperature:g} K × {seeds} seeds", enabled=progress)
+    settings = json.dumps([structure.positions.tolist(), temperature, seeds, time_ps, timestep_fs, friction,
+                           bond_tolerance, seed, min_distance, dihedral and list(dihedral), sample_fs])
+    done = 0
+    if checkpoint is not None:
+        resumed = _resume(checkpoint, settings, potential, structure, integrator)
+        if resumed is not None:
+            done, copies, failure, why, samples = resumed
+            print(f"[stability] {temperature:g} K: resumed at {done * timestep_fs / units.ps:g} ps from {checkpoint}",
+                  file=sys.stderr)
+    save_every = max(1, int(round(checkpoint_ps * units.ps / timestep_fs)))
+    bar = progress_bar(range(done, steps), desc=f"{temperature:g} K × {seeds} seeds", enabled=progress)
     for step in bar:
+        if checkpoint is not None and step > done and step % save_every == 0:
+            _save(checkpoint, settings, step, copies, integrator, failure, why, samples)
         integrator.step(copies.state, copies)
         bad = rules.failed(copies.positions(), copies.energies, bonds, d0, bond_tolerance, min_distance)
         if bad.any():
@@ -149,6 +167,10 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             pos = copies.positions()
             samples.append((np.asarray(copies.ids), np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1),
                             dihedral_angles(pos, dihedral) if dihedral is not None else np.zeros(len(pos))))
+    if checkpoint is not None:  # finished: the caller keeps the result
+        from pathlib import Path
+
+        Path(checkpoint).unlink(missing_ok=True)
     result = {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
               "failure_ps": failure, "failure": why, "survived": sum(f is None for f in failure),
               "bond_tolerance_A": bond_tolerance, "min_distance_A": min_distance, "n_bonds": int(len(bonds))}
@@ -164,6 +186,45 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             sampled["overlap"] = distributions(sampled, reference)
         result["sampled"] = sampled
     return result
+
+
+def _save(path, settings: str, step: int, copies, integrator, failure, why, samples) -> None:
+    """The run's state after ``step`` steps, written atomically (a kill while writing keeps the previous one)."""
+    from ..outputs import atomic_path
+
+    counts = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
+    flat = (lambda k, empty: np.concatenate([x[k] for x in samples]) if samples else empty)
+    state = copies.state
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, settings=settings, step=step, ids=np.asarray(copies.ids, dtype=np.int64),
+                     positions=copies.positions(), velocities=copies.velocities(), forces=state.forces,
+                     energy=state.energy, energies=copies.energies, rng=json.dumps(integrator.rng.bit_generator.state),
+                     failure=json.dumps(failure), why=json.dumps(why), sample_counts=counts,
+                     sample_ids=flat(0, np.zeros(0, dtype=np.int64)), sample_bonds=flat(1, np.zeros((0, 0))),
+                     sample_angles=flat(2, np.zeros(0)))
+
+
+def _resume(path, settings: str, potential, structure: Structure, integrator):
+    """(step, copies, failure, why, samples) from a checkpoint of the same run, or None (none, or other settings)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        return None
+    with np.load(path) as z:
+        if str(z["settings"]) != settings:
+            print(f"[stability] {path} was written for other settings: starting over", file=sys.stderr)
+            return None
+        copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
+        copies.ids = z["ids"].tolist()
+        # the forces of the step that was saved, not recomputed: the run goes on from exactly where it was
+        copies.state.forces, copies.state.energy, copies.energies = z["forces"], float(z["energy"]), z["energies"]
+        integrator.groups = copies.groups()
+        integrator.rng.bit_generator.state = json.loads(str(z["rng"]))
+        bounds = np.cumsum(z["sample_counts"])[:-1]
+        samples = list(zip(np.split(z["sample_ids"], bounds), np.split(z["sample_bonds"], bounds),
+                           np.split(z["sample_angles"], bounds))) if len(z["sample_counts"]) else []
+        return int(z["step"]), copies, json.loads(str(z["failure"])), json.loads(str(z["why"])), samples
 
 
 def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds: int = 5, time_ps: float = 2.0,
