@@ -418,3 +418,27 @@ def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, traine
     monkeypatch.setattr(stability, "_save", save)
     other = stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, **{**settings, "time_ps": 0.05})
     assert other["time_ps"] == 0.05 and not checkpoint.exists()
+
+
+def test_a_killed_nve_run_resumes_from_its_checkpoint(ethanol_data, trained_package, tmp_path, monkeypatch):
+    """The NVE drift run too: killed after its second checkpoint, it resumes and gives the uninterrupted slopes."""
+    import contextlib
+
+    pot = Potential.load(trained_package, dtype="float64")
+    whole = stability.nve_drift(pot, ethanol_data[0], seeds=2, time_ps=0.03)
+    checkpoint, real, writes = tmp_path / "nve.partial.npz", stability.atomic_path, []
+
+    @contextlib.contextmanager
+    def killed_after_two_writes(path):
+        with real(path) as tmp:
+            yield tmp
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(stability, "atomic_path", killed_after_two_writes)
+    with pytest.raises(KeyboardInterrupt):
+        stability.nve_drift(pot, ethanol_data[0], seeds=2, time_ps=0.03, checkpoint=checkpoint, checkpoint_ps=0.01)
+    monkeypatch.setattr(stability, "atomic_path", real)
+    resumed = stability.nve_drift(pot, ethanol_data[0], seeds=2, time_ps=0.03, checkpoint=checkpoint,
+                                  checkpoint_ps=0.01)
+    assert resumed == whole and not checkpoint.exists()

@@ -402,8 +402,11 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
               "runs": runs, "reference": {**reference, "dihedral_atoms": list(dihedral) if dihedral else None,
                                           "frames": len(frames)}}
     if c.nve_ps > 0:
-        result["nve"] = _cached(run_dir / "stability_nve.json", {**key, "time_ps": c.nve_ps}, lambda: stability.nve_drift(
-            pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance))
+        nve_key = {**key, "time_ps": c.nve_ps}
+        partial = run_dir / f"stability_nve.{hashlib.sha256(json.dumps(nve_key).encode()).hexdigest()[:12]}.partial.npz"
+        result["nve"] = _cached(run_dir / "stability_nve.json", nve_key, lambda: stability.nve_drift(
+            pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance, checkpoint=partial,
+            progress=sys.stderr.isatty()))
     return result
 
 

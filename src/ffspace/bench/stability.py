@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ..md import failure as rules
 from ..md.copies import MoleculeCopies
 from ..md.failure import MIN_DISTANCE
 from ..md.integrators import Langevin, VelocityVerlet
+from ..outputs import atomic_path
 from ..progress import progress as progress_bar
 
 
@@ -168,8 +170,6 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             samples.append((np.asarray(copies.ids), np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1),
                             dihedral_angles(pos, dihedral) if dihedral is not None else np.zeros(len(pos))))
     if checkpoint is not None:  # finished: the caller keeps the result
-        from pathlib import Path
-
         Path(checkpoint).unlink(missing_ok=True)
     result = {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
               "failure_ps": failure, "failure": why, "survived": sum(f is None for f in failure),
@@ -190,8 +190,6 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
 
 def _save(path, settings: str, step: int, copies, integrator, failure, why, samples) -> None:
     """The run's state after ``step`` steps, written atomically (a kill while writing keeps the previous one)."""
-    from ..outputs import atomic_path
-
     counts = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
     flat = (lambda k, empty: np.concatenate([x[k] for x in samples]) if samples else empty)
     state = copies.state
@@ -207,8 +205,6 @@ def _save(path, settings: str, step: int, copies, integrator, failure, why, samp
 
 def _resume(path, settings: str, potential, structure: Structure, integrator):
     """(step, copies, failure, why, samples) from a checkpoint of the same run, or None (none, or other settings)."""
-    from pathlib import Path
-
     if not Path(path).is_file():
         return None
     with np.load(path) as z:
@@ -228,10 +224,12 @@ def _resume(path, settings: str, potential, structure: Structure, integrator):
 
 
 def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds: int = 5, time_ps: float = 2.0,
-              timestep_fs: float = 0.5, seed: int = 0, bond_tolerance: float = 0.5) -> dict:
+              timestep_fs: float = 0.5, seed: int = 0, bond_tolerance: float = 0.5, checkpoint=None,
+              checkpoint_ps: float = 1.0, progress: bool = False) -> dict:
     """Velocity-Verlet NVE of ``seeds`` copies: the slope of each copy's total energy (meV/atom/ps).
 
-    A copy that fails (as in `survival`) gets a status instead of a slope; the others still count.
+    A copy that fails (as in `survival`) gets a status instead of a slope; the others still count. With
+    ``checkpoint`` (a file path) a killed run resumes from its last save (every ``checkpoint_ps``).
     """
     bonds, d0 = rules.start_bonds(structure)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
@@ -240,7 +238,26 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     steps = max(2, int(round(time_ps * units.ps / timestep_fs)))
     failed_at = np.full(seeds, -1)
     times, totals = [], []
-    for step in range(steps):
+    settings = json.dumps([structure.positions.tolist(), temperature, seeds, time_ps, timestep_fs, seed,
+                           bond_tolerance])
+    done = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        with np.load(checkpoint) as z:
+            if str(z["settings"]) == settings:
+                done, failed_at = int(z["step"]), z["failed_at"]
+                times, totals = list(z["times"]), list(z["totals"])
+                copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
+                copies.state.forces, copies.state.energy, copies.energies = (z["forces"], float(z["energy"]),
+                                                                             z["energies"])
+                print(f"[stability] NVE: resumed at {done * timestep_fs / units.ps:g} ps from {checkpoint}",
+                      file=sys.stderr)
+    save_every = max(1, int(round(checkpoint_ps * units.ps / timestep_fs)))
+    for step in progress_bar(range(done, steps), desc=f"NVE {seeds} seeds", enabled=progress):
+        if checkpoint is not None and step > done and step % save_every == 0:
+            with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, settings=settings, step=step, failed_at=failed_at, times=np.array(times),
+                         totals=np.array(totals), positions=copies.positions(), velocities=copies.velocities(),
+                         forces=copies.state.forces, energy=copies.state.energy, energies=copies.energies)
         integrator.step(copies.state, copies)
         bad = rules.failed(copies.positions(), copies.energies, bonds, d0, bond_tolerance) & (failed_at < 0)
         failed_at[bad] = step + 1
@@ -248,6 +265,8 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
         totals.append(copies.energies + copies.kinetic())
         if (failed_at >= 0).all():
             break
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     times, totals = np.array(times), np.array(totals)
     drifts, status = [], []
     for k in range(seeds):
