@@ -54,6 +54,8 @@ class BenchModel(BaseModel):
     name: str
     model: dict[str, Any] = Field(..., description="as the `model` section of a run config: family + settings")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for this model")
+    stability: bool = Field(True, description="run the stability protocol for this model (false: e.g. a model "
+                            "trained only as another's frozen prior)")
 
     @field_validator("model")
     @classmethod

@@ -207,7 +207,8 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
                  curves: dict | None = None) -> dict:
     named, prior_key = m, {}
     m, prior_key = _with_bench_prior(m, run_dir)
-    accuracy_key = {"model": named.model_dump(), "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
+    accuracy_key = {"model": named.model_dump(exclude={"stability"}),
+                    "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
                     # curves have a cache of their own: adding one keeps the training
                     "dataset": ds.model_dump(exclude={"curves"}), "budget_min": cfg.budget_min, **prior_key}
     accuracy = _cached(run_dir / "accuracy.json", accuracy_key,
@@ -225,7 +226,7 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
                                                    system, dtype, max(cfg.speed.repeats, 20),
                                                    md_steps=cfg.speed.md_steps)
                                    for dtype in cfg.speed.dtypes}
-    if cfg.stability.enabled:
+    if cfg.stability.enabled and m.stability:
         entry["stability"] = _stability(cfg, run_dir, weights, test[0], entry.get("speed_molecule"), train)
     return entry
 
