@@ -198,8 +198,8 @@ def _with_bench_prior(m: BenchModel, run_dir: Path) -> tuple[BenchModel, dict]:
     name = prior[len(PRIOR_FROM_BENCH):]
     package = run_dir.parent / name / "train" / "model.safetensors"
     if not package.is_file():
-        raise ConfigError(f"model {m.name}: prior {prior!r} needs model {name!r} trained first on this dataset: list it "
-                          f"before {m.name!r} in `models` (no package at {package})")
+        raise ConfigError(f"model {m.name}: prior {prior!r} needs model {name!r} trained first on this dataset: "
+                          f"list it before {m.name!r} in `models` (no package at {package})")
     return m.model_copy(update={"model": {**m.model, "prior": str(package)}}), {"prior": _file_hash(package)}
 
 

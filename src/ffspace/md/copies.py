@@ -39,7 +39,8 @@ class MoleculeCopies:
         self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
         self.energies = None  # (n,) potential energy of each copy, eV
         self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
-        self._direct = None  # the model's C kernel (and priors) on all copies from numpy (`FastForces.direct`), once checked
+        # the model's C kernel (and priors) on all copies from numpy (`FastForces.direct`), once checked
+        self._direct = None
         self._joint = None  # (finite copies, i, j, shifts): all copies' Verlet pairs, offset to their atoms
         self._built_at = np.zeros((self.n, structure.n_atoms, 3))  # each copy's positions at its list's last build
         self.state.energy, self.state.forces = self(self.state.positions)  # ready for the first step

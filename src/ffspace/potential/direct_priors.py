@@ -6,8 +6,9 @@ exclusions, types, per-molecule charges): about 80 % of its cost in MD, where th
 Here the topology is built once from the bonds and rebuilt only when the bonded set changes by the model's own
 rules (a bond forms below ``bond_scale`` · (R_i + R_j); a held bond breaks above ``break_scale`` · (R_i + R_j),
 the hysteresis of `ClassicalMM.topology`), and the energy terms are evaluated over fixed index lists in float64
-torch, forces by autograd. Energies and forces equal the eager model's (a test compares them on many geometries).
-Molecules only: a periodic structure keeps the batch path.
+numpy with hand-derived gradients (torch's per-operation overhead was most of a 21-atom step). Energies and forces
+equal the eager model's autograd ones (tests/test_mace_native.py compares them on many geometries). Molecules only:
+a periodic structure keeps the batch path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from .. import units
 from ..data.bonds import bond_reach
 from ..models.electrostatics import conserve_charge_per_molecule
 from ..models.mm import ClassicalMM
-from ..models.radial import smoothstep_switch
 from ..models.topology import MAX_NEIGHBOURS, molecule_index, topology_from_bonds
 from ..models.zbl import _PHI_C, _PHI_D, ZBL
 
@@ -52,29 +52,68 @@ class PairZBL:
     def __call__(self, positions: np.ndarray, i: np.ndarray, j: np.ndarray):
         t = self.term
         i, j = _unique_pairs(i, j)
-        zi, zj = self.numbers[i], self.numbers[j]
-        r_off = np.minimum(t.covalent_scale * bond_reach(zi, zj, 1.0), t.cutoff)
-        d = np.linalg.norm(positions[j] - positions[i], axis=1)
-        near = d < r_off  # beyond its switch a pair contributes exactly zero
-        i, j, r_off = i[near], j[near], r_off[near]
-        pos = torch.as_tensor(positions, dtype=torch.float64).requires_grad_(True)
-        r = torch.linalg.norm(pos[j] - pos[i], dim=-1)
-        zi = torch.as_tensor(self.numbers[i], dtype=torch.float64)
-        zj = torch.as_tensor(self.numbers[j], dtype=torch.float64)
-        r_off = torch.as_tensor(r_off)
-        x = r * (zi**0.23 + zj**0.23) / 0.46850
-        phi = sum(c * torch.exp(-dd * x) for c, dd in zip(_PHI_C, _PHI_D))
-        pair = units.COULOMB_EV_A * zi * zj / r * phi * smoothstep_switch(r, t.switch_on * r_off, r_off)
-        return _totals_forces(pair, torch.as_tensor(i // self.n_atoms), self.copies, pos)
+        zi, zj = self.numbers[i].astype(np.float64), self.numbers[j].astype(np.float64)
+        r_off = np.minimum(t.covalent_scale * bond_reach(self.numbers[i], self.numbers[j], 1.0), t.cutoff)
+        vec = positions[j] - positions[i]
+        r = np.linalg.norm(vec, axis=1)
+        near = r < r_off  # beyond its switch a pair contributes exactly zero
+        i, j, zi, zj, r_off, vec, r = i[near], j[near], zi[near], zj[near], r_off[near], vec[near], r[near]
+        a = 0.46850 / (zi**0.23 + zj**0.23)
+        exps = [c * np.exp(-d * r / a) for c, d in zip(_PHI_C, _PHI_D)]
+        phi = sum(exps)
+        dphi = sum(-d / a * e for d, e in zip(_PHI_D, exps))
+        switch, dswitch = _switch(r, t.switch_on * r_off, r_off)
+        coulomb = units.COULOMB_EV_A * zi * zj
+        energy = coulomb / r * phi * switch
+        de_dr = coulomb * (-phi * switch / r**2 + (dphi * switch + phi * dswitch) / r)
+        grad = []
+        _pair_gradient(grad, i, j, vec, r, de_dr)
+        return np.bincount(i // self.n_atoms, energy, minlength=self.copies), -_summed(grad, len(positions))
 
 
-def _totals_forces(pair_energies, copy_of, copies: int, pos):
-    """Per-copy sums of term energies (each assigned to the copy of its first atom) and forces −∂E/∂r."""
-    totals = torch.zeros(copies, dtype=torch.float64).index_add_(0, copy_of, pair_energies)
-    if not totals.requires_grad:
-        return totals.numpy(), np.zeros(tuple(pos.shape))
-    (gradient,) = torch.autograd.grad(totals.sum(), [pos])
-    return totals.detach().numpy(), -gradient.numpy()
+def _switch(r, r_on, r_off):
+    """`ffspace.models.radial.smoothstep_switch` and its derivative d/dr."""
+    x = np.clip((r - r_on) / (r_off - r_on), 0.0, 1.0)
+    value = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x**2)
+    return value, -30.0 * x**2 * (1.0 - x) ** 2 / (r_off - r_on)
+
+
+def _add(grad: list, atoms: np.ndarray, g: np.ndarray) -> None:
+    """Record ∂E/∂pos[atoms] += g; `_summed` adds all records up at once (numpy's per-call cost, not the arithmetic,
+    is most of a small molecule's prior)."""
+    grad.append((atoms, g))
+
+
+def _summed(grad: list, n: int) -> np.ndarray:
+    """The (n, 3) gradient of the records of `_add`, repeated atoms summed."""
+    if not grad:
+        return np.zeros((n, 3))
+    atoms = np.concatenate([a for a, _ in grad])
+    g = np.concatenate([g for _, g in grad])
+    return np.stack([np.bincount(atoms, g[:, c], minlength=n) for c in range(3)], 1)
+
+
+def _pair_gradient(grad, i, j, vec, r, de_dr) -> None:
+    g = (de_dr / r)[:, None] * vec  # ∂E/∂pos[j]; vec = pos[j] − pos[i]
+    _add(grad, j, g)
+    _add(grad, i, -g)
+
+
+def _norm(v):
+    return np.sqrt(np.einsum("ij,ij->i", v, v))
+
+
+def _cross(u, v):
+    """Row-wise u × v of (n, 3) arrays (np.cross spends ~50 µs a call on axis handling)."""
+    out = np.empty_like(u)
+    out[:, 0] = u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1]
+    out[:, 1] = u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2]
+    out[:, 2] = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+    return out
+
+
+def _dot(u, v):
+    return np.einsum("ij,ij->i", u, v)
 
 
 class FixedTopologyMM:
@@ -117,15 +156,15 @@ class FixedTopologyMM:
             p = {name: param.detach().to(torch.float64) for name, param in t.named_parameters()}
             ti, tj = types[bonds[:, 0]], types[bonds[:, 1]]
             bt = torch.minimum(ti, tj) * nt + torch.maximum(ti, tj)
-            self.bonds = (bonds, F.softplus(p["bond_k"][bt]), p["bond_r0"][bt])
+            self.bonds = (_columns(bonds), F.softplus(p["bond_k"][bt]).numpy(), p["bond_r0"][bt].numpy())
             a, c, b = top.angles.unbind(1)
             at = types[c] * nt * nt + torch.minimum(types[a], types[b]) * nt + torch.maximum(types[a], types[b])
-            self.angles = (top.angles, F.softplus(p["angle_k"][at]), p["angle_cos0"][at])
+            self.angles = (_columns(top.angles), F.softplus(p["angle_k"][at]).numpy(), p["angle_cos0"][at].numpy())
             first = top.impropers.reshape(-1, 6, 4)[:, 0]  # h² is the same in all six orders: one suffices
-            self.impropers = (first, F.softplus(p["improper_k"][types[first[:, 1]]]))
+            self.impropers = (_columns(first), F.softplus(p["improper_k"][types[first[:, 1]]]).numpy())
             ta, tb, tc, td = (types[top.torsions[:, k]] for k in range(4))
             tt = torch.minimum(((ta * nt + tb) * nt + tc) * nt + td, ((td * nt + tc) * nt + tb) * nt + ta)
-            self.torsions = (top.torsions, p["torsion_v"][tt])
+            self.torsions = (_columns(top.torsions), p["torsion_v"][tt].numpy())
             graph = torch.arange(self.copies).repeat_interleave(self.n_atoms)
             molecule = molecule_index(bonds, m)
             total = torch.full((self.copies,), self.charge, dtype=torch.float64)
@@ -140,61 +179,96 @@ class FixedTopologyMM:
     def __call__(self, positions: np.ndarray, i: np.ndarray, j: np.ndarray):
         t, m = self.term, len(self.numbers)
         i, j = _unique_pairs(i, j)
-        d = np.linalg.norm(positions[j] - positions[i], axis=1)
-        bond_keys = self._bonded(i, j, d)
+        vec = positions[j] - positions[i]
+        dist = _norm(vec)
+        bond_keys = self._bonded(i, j, dist)
         if self.bond_keys is None or not np.array_equal(bond_keys, self.bond_keys):
             self._build(bond_keys)
-        # Nonbonded: pairs within the cutoff (the switch is zero beyond), 1-2 and 1-3 excluded, 1-4 scaled.
+        grad = []
+        energy = np.zeros(self.copies)
+        per_copy = (lambda owners, e: np.bincount(owners // self.n_atoms, e, minlength=self.copies))
+
+        # bonds: k (r − r0)²
+        (a, b), k, r0 = self.bonds
+        bv = positions[b] - positions[a]
+        r = _norm(bv)
+        energy += per_copy(a, k * (r - r0) ** 2)
+        _pair_gradient(grad, a, b, bv, r, 2.0 * k * (r - r0))
+
+        # angles a–c–b: k (cos θ − cos θ0)², cos θ = u·v / |u||v|
+        (a, c, b), k, cos0 = self.angles
+        u, v = positions[a] - positions[c], positions[b] - positions[c]
+        nu, nv = _norm(u), _norm(v)
+        cos = _dot(u, v) / (nu * nv)
+        energy += per_copy(c, k * (cos - cos0) ** 2)
+        de = (2.0 * k * (cos - cos0))[:, None]
+        gu = de * (v / (nu * nv)[:, None] - cos[:, None] * u / (nu**2)[:, None])
+        gv = de * (u / (nu * nv)[:, None] - cos[:, None] * v / (nv**2)[:, None])
+        _add(grad, a, gu)
+        _add(grad, b, gv)
+        _add(grad, c, -(gu + gv))
+
+        # impropers on three-coordinated centres: k h², h = u0·(u1 × u2) / |u0||u1||u2|
+        (n0, centre, n1, n2), k = self.impropers
+        u0, u1, u2 = (positions[n] - positions[centre] for n in (n0, n1, n2))
+        l0, l1, l2 = _norm(u0), _norm(u1), _norm(u2)
+        size = (l0 * l1 * l2)[:, None]
+        h = _dot(u0, _cross(u1, u2)) / size[:, 0]
+        energy += per_copy(centre, k * h**2)
+        de = (2.0 * k * h)[:, None]
+        g0 = de * (_cross(u1, u2) / size - h[:, None] * u0 / (l0**2)[:, None])
+        g1 = de * (_cross(u2, u0) / size - h[:, None] * u1 / (l1**2)[:, None])
+        g2 = de * (_cross(u0, u1) / size - h[:, None] * u2 / (l2**2)[:, None])
+        _add(grad, n0, g0)
+        _add(grad, n1, g1)
+        _add(grad, n2, g2)
+        _add(grad, centre, -(g0 + g1 + g2))
+
+        # torsions a–b–c–d: Σ V_n cos nφ = V1 c + V2 (2c² − 1) + V3 (4c³ − 3c), c = n1·n2 / |n1||n2|
+        (a, b, c, d), v_n = self.torsions
+        b1, b2, b3 = positions[b] - positions[a], positions[c] - positions[b], positions[d] - positions[c]
+        m1, m2 = _cross(b1, b2), _cross(b2, b3)
+        l1, l2 = _norm(m1), _norm(m2)
+        cos = _dot(m1, m2) / (l1 * l2)
+        energy += per_copy(b, v_n[:, 0] * cos + v_n[:, 1] * (2 * cos**2 - 1) + v_n[:, 2] * (4 * cos**3 - 3 * cos))
+        de = (v_n[:, 0] + 4.0 * v_n[:, 1] * cos + v_n[:, 2] * (12.0 * cos**2 - 3.0))[:, None]
+        gm1 = de * (m2 / (l1 * l2)[:, None] - cos[:, None] * m1 / (l1**2)[:, None])
+        gm2 = de * (m1 / (l1 * l2)[:, None] - cos[:, None] * m2 / (l2**2)[:, None])
+        # m = p × q: ∂(g·m)/∂p = q × g, ∂(g·m)/∂q = g × p
+        gb1 = _cross(b2, gm1)
+        gb2 = _cross(gm1, b1) + _cross(b3, gm2)
+        gb3 = _cross(gm2, b2)
+        _add(grad, a, -gb1)
+        _add(grad, b, gb1 - gb2)
+        _add(grad, c, gb2 - gb3)
+        _add(grad, d, gb3)
+
+        # nonbonded: LJ + Coulomb within the cutoff (the switch is zero beyond), 1-2 and 1-3 excluded, 1-4 scaled
         key = i * m + j
-        keep = (d < t.cutoff) & ~_member(key, self.excluded)
-        i, j, key = i[keep], j[keep], key[keep]
+        keep = (dist < t.cutoff) & ~_member(key, self.excluded)
+        i, j, key, vec, r = i[keep], j[keep], key[keep], vec[keep], dist[keep]
         is14 = _member(key, self.ends_14)
-
-        pos = torch.as_tensor(positions, dtype=torch.float64).requires_grad_(True)
-        energies, owners = [], []
-
-        bonds, k, r0 = self.bonds
-        rb = torch.linalg.norm(pos[bonds[:, 1]] - pos[bonds[:, 0]], dim=-1)
-        energies.append(k * (rb - r0) ** 2)
-        owners.append(bonds[:, 0])
-
-        angles, k, cos0 = self.angles
-        u = pos[angles[:, 0]] - pos[angles[:, 1]]
-        v = pos[angles[:, 2]] - pos[angles[:, 1]]
-        cos = (u * v).sum(-1) / (torch.linalg.norm(u, dim=-1) * torch.linalg.norm(v, dim=-1))
-        energies.append(k * (cos - cos0) ** 2)
-        owners.append(angles[:, 1])
-
-        imp, k = self.impropers
-        u0, u1, u2 = (pos[imp[:, c]] - pos[imp[:, 1]] for c in (0, 2, 3))
-        h = (u0 * torch.linalg.cross(u1, u2)).sum(-1) / (
-            torch.linalg.norm(u0, dim=-1) * torch.linalg.norm(u1, dim=-1) * torch.linalg.norm(u2, dim=-1))
-        energies.append(k * h**2)
-        owners.append(imp[:, 1])
-
-        tors, v_n = self.torsions
-        b1 = pos[tors[:, 1]] - pos[tors[:, 0]]
-        b2 = pos[tors[:, 2]] - pos[tors[:, 1]]
-        b3 = pos[tors[:, 3]] - pos[tors[:, 2]]
-        n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-        c = (n1 * n2).sum(-1) / (torch.linalg.norm(n1, dim=-1) * torch.linalg.norm(n2, dim=-1))
-        energies.append((v_n * torch.stack([c, 2 * c**2 - 1, 4 * c**3 - 3 * c], -1)).sum(-1))
-        owners.append(tors[:, 1])
-
-        ti, tj = torch.as_tensor(i), torch.as_tensor(j)
-        r = torch.linalg.norm(pos[tj] - pos[ti], dim=-1)
-        sigma = torch.as_tensor(0.5 * (self.sigma[i] + self.sigma[j]))
-        eps = torch.as_tensor(np.sqrt(self.eps[i] * self.eps[j]))
+        sigma = 0.5 * (self.sigma[i] + self.sigma[j])
+        eps = np.sqrt(self.eps[i] * self.eps[j])
         x6 = (sigma / r) ** 6
-        lj = 4 * eps * (x6**2 - x6) * torch.as_tensor(np.where(is14, t.lj_14, 1.0))
-        coul = units.COULOMB_EV_A * torch.as_tensor(self.q[i] * self.q[j] * np.where(is14, t.coulomb_14, 1.0)) / r
-        energies.append((lj + coul) * smoothstep_switch(r, t.cutoff - t.switch_width, t.cutoff))
-        owners.append(ti)
-        totals, forces = _totals_forces(torch.cat(energies), torch.cat(owners) // self.n_atoms, self.copies, pos)
+        s_lj = np.where(is14, t.lj_14, 1.0)
+        lj = 4 * eps * (x6**2 - x6) * s_lj
+        dlj = 4 * eps * (-12 * x6**2 + 6 * x6) * s_lj / r
+        coul = units.COULOMB_EV_A * self.q[i] * self.q[j] * np.where(is14, t.coulomb_14, 1.0) / r
+        switch, dswitch = _switch(r, t.cutoff - t.switch_width, t.cutoff)
+        energy += per_copy(i, (lj + coul) * switch)
+        _pair_gradient(grad, i, j, vec, r, (dlj - coul / r) * switch + (lj + coul) * dswitch)
+
+        grad = _summed(grad, len(positions))
         if self.broken.any():
-            totals[self.broken] = np.nan
-            forces.reshape(self.copies, self.n_atoms, 3)[self.broken] = np.nan
-        return totals, forces
+            energy[self.broken] = np.nan
+            grad.reshape(self.copies, self.n_atoms, 3)[self.broken] = np.nan
+        return energy, -grad
+
+
+def _columns(index: torch.Tensor) -> list[np.ndarray]:
+    """An (n, k) index tensor as k numpy index arrays."""
+    return [np.ascontiguousarray(col) for col in index.numpy().T]
 
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
