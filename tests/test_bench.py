@@ -442,3 +442,29 @@ def test_a_killed_nve_run_resumes_from_its_checkpoint(ethanol_data, trained_pack
     resumed = stability.nve_drift(pot, ethanol_data[0], seeds=2, time_ps=0.03, checkpoint=checkpoint,
                                   checkpoint_ps=0.01)
     assert resumed == whole and not checkpoint.exists()
+
+
+def test_a_finished_full_length_run_is_kept_when_a_later_timing_calls_the_model_slow(ethanol_data, trained_package,
+                                                                                     tmp_path, monkeypatch):
+    """Slow models get short runs; but a model whose full-length run has finished keeps it when a rerun times it
+    slower (timings vary): the protocol never throws away finished MD. The MD step's cost decides, where timed."""
+    import shutil
+
+    from ffspace.bench import runner
+
+    run_dir = tmp_path / "model"
+    (run_dir / "train").mkdir(parents=True)
+    shutil.copy(trained_package, run_dir / "train" / "model.safetensors")
+    cfg = load_bench_config(SMALL, ["stability.temperatures=[300]", "stability.nve_ps=0", "stability.time_ps=0.01",
+                                    "stability.slow_time_ps=0.005", "stability.slow_ms_per_step=1.0"])
+    frames = list(ethanol_data)[:20]
+    weights = runner._file_hash(run_dir / "train" / "model.safetensors")
+    fast_row = {"float32": {"status": "ok", "ms_per_step": 5.0, "md_ms_per_step": 0.5}}  # the MD step decides
+    full = runner._stability(cfg, run_dir, weights, frames[0], fast_row, frames)
+    assert full["runs"]["300"]["time_ps"] == 0.01
+    monkeypatch.setattr(stability, "survival", lambda *a, **k: pytest.fail("a finished run was redone"))
+    slow_row = {"float32": {"status": "ok", "ms_per_step": 5.0, "md_ms_per_step": 2.0}}
+    assert runner._stability(cfg, run_dir, weights, frames[0], slow_row, frames)["runs"] == full["runs"]
+    (run_dir / "stability_300K.json").unlink()
+    monkeypatch.undo()
+    assert runner._stability(cfg, run_dir, weights, frames[0], slow_row, frames)["runs"]["300"]["time_ps"] == 0.005
