@@ -178,16 +178,22 @@ def test_priors_beside_the_kernel_run_by_autograd(ethanol_data):
         assert pot.fast.direct(frame.numbers, 10.0 * np.eye(3), np.ones(3, dtype=bool)) is None
 
 
-@pytest.mark.parametrize("nested", [False, True], ids=["fitted_jointly", "frozen_package"])
-def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested):
+@pytest.mark.parametrize("nested,in_c", [(False, True), (True, True), (False, False)],
+                         ids=["fitted_jointly", "frozen_package", "numpy_without_compiler"])
+def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, in_c, monkeypatch):
     """Copies of a molecule under MACE-style + MM prior + ZBL, called straight from numpy: energies and forces those
     of the eager model at geometries displaced far enough to break and form bonds (the fixed topology is rebuilt by
     the model's rules, with the same hysteresis), and a copy whose atoms collapse is failed alone (NaN). A frozen Δ
-    prior package is a sum of its own (reference energies + MM): its terms take the same path."""
+    prior package is a sum of its own (reference energies + MM): its terms take the same path. The MM terms run in C
+    (kernels/mm.c), or in numpy where that cannot be built."""
     from ffspace.md.copies import MoleculeCopies
     from ffspace.models import ZBL, ClassicalMM
     from ffspace.potential.direct_priors import FixedTopologyMM
 
+    from ffspace.potential import direct_priors
+
+    if not in_c:
+        monkeypatch.setattr(direct_priors, "_mm_kernel", lambda: None)
     torch.manual_seed(3)
     mm = ClassicalMM([1, 6, 8], cutoff=4.0)
     with torch.no_grad():  # off its start values, so every parameter table matters
@@ -221,3 +227,6 @@ def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested):
     priors = [c.cell_contents for c in fast._direct.__closure__ if isinstance(c.cell_contents, list)]
     mm_direct = next(p for group in priors for p in group if isinstance(p, FixedTopologyMM))
     assert mm_direct.rebuilds > 2, "the displacements never changed the bonds: the rebuild was not tested"
+    if in_c and mm_direct.lib is None:
+        pytest.skip("no C compiler here: the numpy version ran")
+    assert (mm_direct.lib is not None) == in_c

@@ -13,6 +13,8 @@ a periodic structure keeps the batch path.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -126,6 +128,7 @@ class FixedTopologyMM:
         self.bond_keys = None  # sorted keys i·M + j (i < j) of the bonds the topology was built from
         self.species = term.species(torch.as_tensor(self.numbers)).numpy()
         self.rebuilds = 0  # how many times the topology was (re)built: once, plus once per bond change
+        self.lib = _mm_kernel()  # the terms in C (ffspace/kernels/mm.c), or None: the numpy version
 
     # -- topology ---------------------------------------------------------------------------------
     def _bonded(self, i, j, d):
@@ -184,6 +187,8 @@ class FixedTopologyMM:
         bond_keys = self._bonded(i, j, dist)
         if self.bond_keys is None or not np.array_equal(bond_keys, self.bond_keys):
             self._build(bond_keys)
+        if self.lib is not None:
+            return self._in_c(positions, i, j, vec, dist)
         grad = []
         energy = np.zeros(self.copies)
         per_copy = (lambda owners, e: np.bincount(owners // self.n_atoms, e, minlength=self.copies))
@@ -244,10 +249,8 @@ class FixedTopologyMM:
         _add(grad, d, gb3)
 
         # nonbonded: LJ + Coulomb within the cutoff (the switch is zero beyond), 1-2 and 1-3 excluded, 1-4 scaled
-        key = i * m + j
-        keep = (dist < t.cutoff) & ~_member(key, self.excluded)
-        i, j, key, vec, r = i[keep], j[keep], key[keep], vec[keep], dist[keep]
-        is14 = _member(key, self.ends_14)
+        i, j, keep, is14 = self._nonbonded(i, j, dist)
+        vec, r = vec[keep], dist[keep]
         sigma = 0.5 * (self.sigma[i] + self.sigma[j])
         eps = np.sqrt(self.eps[i] * self.eps[j])
         x6 = (sigma / r) ** 6
@@ -266,9 +269,63 @@ class FixedTopologyMM:
         return energy, -grad
 
 
+    def _nonbonded(self, i, j, dist):
+        """The pairs within the cutoff that are neither 1-2 nor 1-3, and which of them are 1-4."""
+        key = i * len(self.numbers) + j
+        keep = (dist < self.term.cutoff) & ~_member(key, self.excluded)
+        return i[keep], j[keep], keep, _member(key[keep], self.ends_14)
+
+    def _in_c(self, positions, i, j, vec, dist):
+        t, lib, n = self.term, self.lib, self.n_atoms
+        positions = np.ascontiguousarray(positions, dtype=np.float64)
+        energy, grad = np.zeros(self.copies), np.zeros_like(positions)
+        out = (positions.ctypes.data, n, energy.ctypes.data, grad.ctypes.data)
+        (a, b), k, r0 = self.bonds
+        lib.mm_bonds(len(a), a.ctypes.data, b.ctypes.data, k.ctypes.data, r0.ctypes.data, *out)
+        (a, c, b), k, cos0 = self.angles
+        lib.mm_angles(len(a), a.ctypes.data, c.ctypes.data, b.ctypes.data, k.ctypes.data, cos0.ctypes.data, *out)
+        (n0, centre, n1, n2), k = self.impropers
+        lib.mm_impropers(len(n0), n0.ctypes.data, centre.ctypes.data, n1.ctypes.data, n2.ctypes.data, k.ctypes.data,
+                         *out)
+        (a, b, c, d), v_n = self.torsions
+        lib.mm_torsions(len(a), a.ctypes.data, b.ctypes.data, c.ctypes.data, d.ctypes.data, v_n.ctypes.data, *out)
+        pi, pj, _, is14 = self._nonbonded(i, j, dist)
+        pi, pj = np.ascontiguousarray(pi), np.ascontiguousarray(pj)
+        s_lj = np.where(is14, t.lj_14, 1.0)
+        s_q = np.where(is14, t.coulomb_14, 1.0)
+        lib.mm_pairs(len(pi), pi.ctypes.data, pj.ctypes.data, s_lj.ctypes.data, s_q.ctypes.data,
+                     self.sigma.ctypes.data, self.eps.ctypes.data, self.q.ctypes.data,
+                     ctypes.c_double(units.COULOMB_EV_A), ctypes.c_double(t.cutoff - t.switch_width),
+                     ctypes.c_double(t.cutoff), *out)
+        if self.broken.any():
+            energy[self.broken] = np.nan
+            grad.reshape(self.copies, n, 3)[self.broken] = np.nan
+        return energy, -grad
+
+
+def _mm_kernel():
+    """The C version of the MM terms, or None where it cannot be built (the numpy version runs, same numbers)."""
+    from ..kernels.build import KernelUnavailable, load_kernel
+
+    try:
+        lib = load_kernel("mm")
+    except KernelUnavailable:
+        return None
+    p, n = ctypes.c_void_p, ctypes.c_int64
+    out = [p, n, p, p]  # positions, atoms per copy, energy per copy, gradient
+    lib.mm_bonds.argtypes = [n, p, p, p, p, *out]
+    lib.mm_angles.argtypes = [n, p, p, p, p, p, *out]
+    lib.mm_impropers.argtypes = [n, p, p, p, p, p, *out]
+    lib.mm_torsions.argtypes = [n, p, p, p, p, p, *out]
+    lib.mm_pairs.argtypes = [n, p, p, p, p, p, p, p, ctypes.c_double, ctypes.c_double, ctypes.c_double, *out]
+    for fn in (lib.mm_bonds, lib.mm_angles, lib.mm_impropers, lib.mm_torsions, lib.mm_pairs):
+        fn.restype = None
+    return lib
+
+
 def _columns(index: torch.Tensor) -> list[np.ndarray]:
     """An (n, k) index tensor as k numpy index arrays."""
-    return [np.ascontiguousarray(col) for col in index.numpy().T]
+    return [np.ascontiguousarray(col, dtype=np.int64) for col in index.numpy().T]
 
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
