@@ -157,17 +157,19 @@ def markdown(results: dict, plots: list[str]) -> str:
         lines += [f"## {name}: accuracy and cost", "",
                   f"{ds['n_train']} training / {ds['n_val']} validation / {ds['n_test']} test structures "
                   f"(`{ds['train']}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
-                  "Errors are test-set MAE; cost is warm energy + forces on one test structure; peak memory is "
+                  "Errors are test-set MAE; cost is warm energy + forces on one test structure (a call on a torch batch; "
+                  "the MD step: a full step of `ffspace md`, where timed); peak memory is "
                   "the timing process's peak resident memory (Python, torch, the model and its calls; for a "
                   "molecule the calls rarely add to what loading took)."
                   + _passes_note(row for m in ds["models"].values() for row in (m.get("speed_molecule") or {}).values()),
                   "",
                   "| model | family | E MAE (meV) | F MAE (meV/Å) | F MAE (kcal/mol/Å) | F RMSE (meV/Å) | "
-                  "F MAE per element (meV/Å) | epochs (training min) | µs/atom-step float32 | float64 | peak memory (MB) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "F MAE per element (meV/Å) | epochs (training min) | µs/atom-step float32 | float64 | "
+                  "MD step float32 (µs/atom-step) | peak memory (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for mname, m in ds["models"].items():
             if m.get("status", "ok") != "ok":
-                lines.append(f"| {mname} | {m['family']} | {m['status']}: {m.get('detail', '')[:120]} |||||||||")
+                lines.append(f"| {mname} | {m['family']} | {m['status']}: {m.get('detail', '')[:120]} ||||||||||")
                 continue
             t = m["test"]
             per_el = ", ".join(f"{el} {v['forces_mae_meV_A']:.1f}" for el, v in m.get("per_element", {}).items())
@@ -177,11 +179,12 @@ def markdown(results: dict, plots: list[str]) -> str:
             lines.append(f"| {mname} | {family} | {_f(t.get('energy_mae_meV'))} | "
                          f"{_f(t.get('forces_mae_meV_A'))} | {_f(t.get('forces_mae_kcal_mol_A'), 2)} | "
                          f"{_f(t.get('forces_rmse_meV_A'))} | {per_el} | {_epochs(m['training'])} | "
-                         f"{_f(_speed(m), 0)} | {_f(_speed(m, 'float64'), 0)} | {_f(mem, 0)} |")
+                         f"{_f(_speed(m), 0)} | {_f(_speed(m, 'float64'), 0)} | {_f(_md_speed(m), 0)} | "
+                         f"{_f(mem, 0)} |")
         ref = ds.get("openmm_reference") or {}
         if ref.get("status") == "ok":
             lines.append(f"| OpenMM: {ref['exported_model']} exported (classical MM) | MM reference | | | | | | | "
-                         f"{ref['us_per_atom_step']:.1f} | | |")
+                         f"{ref['us_per_atom_step']:.1f} | | | |")
         best = best_model(ds)
         lines += _best_model_costs(ds, best, ref)
         sets = ds.get("extrapolation_sets") or {}
