@@ -118,6 +118,16 @@ def test_rerun_resumes_without_repeating_finished_steps(small_run):
     changed = sorted(p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t)
     n_models = 4 if peers.installed("torchani") else 3  # the peer trains only where it is installed
     assert changed == sorted(["stability_300K.json", "stability_1200K.json", "stability_nve.json"] * n_models), changed
+    # An extrapolation set added later (a hot test set labelled after the training) is evaluated alone.
+    cfg = load_bench_config(SMALL, [f"out={out}", "stability.bond_tolerance=0.6"])
+    cfg.datasets[0].extrapolation["pbe_again"] = "builtin:ethanol_pbe_def2svp"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent.parent.name == "ethanol"
+              and p.suffix in (".json", ".safetensors")}  # (the saved molecule is rewritten every run)
+    added = run_bench(cfg, command="test")["datasets"]["ethanol"]
+    assert [p for p, t in stamps.items() if p.stat().st_mtime_ns != t] == []
+    new_files = sorted(p.name for p in out.rglob("*.json") if p.parent.parent.name == "ethanol" and p not in stamps)
+    assert new_files == ["extrapolation_pbe_again.json"] * n_models, new_files
+    assert added["models"]["mm"]["extrapolation"]["pbe_again"] == added["models"]["mm"]["extrapolation"]["pbe"]
 
 
 @pytest.mark.slow

@@ -120,7 +120,7 @@ def test_md_with_the_compressed_kernel_follows_compute(ethanol_data, monkeypatch
     model = _model(compressed=True)
     a = run_md(Potential(model, dtype=torch.float32), ethanol_data[0], steps=30, ensemble="nvt", seed=2,
                bond_tolerance=None)
-    monkeypatch.setattr(FastForces, "direct", lambda self, *args: None)
+    monkeypatch.setattr(FastForces, "direct", lambda self, *args, **kwargs: None)
     b = run_md(Potential(model, dtype=torch.float32), ethanol_data[0], steps=30, ensemble="nvt", seed=2,
                bond_tolerance=None)
     assert a.status == b.status == "completed"

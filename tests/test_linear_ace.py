@@ -343,14 +343,14 @@ def test_md_calls_the_kernel_directly_with_the_numbers_of_compute(ethanol_data, 
         _kernel_or_skip(pot.model.terms[1])
         calls = []
 
-        def counting_direct(self, *args):
-            evaluate = real_direct(self, *args)
+        def counting_direct(self, *args, **kwargs):
+            evaluate = real_direct(self, *args, **kwargs)
             return lambda *a: (calls.append(1), evaluate(*a))[1]
 
         monkeypatch.setattr(FastForces, "direct", counting_direct)
         a = run_md(pot, start, steps=30, ensemble=ensemble, seed=1, temperature=600.0, bond_tolerance=None)
         assert len(calls) == 30  # every step after the checked first call
-        monkeypatch.setattr(FastForces, "direct", lambda self, *args: None)
+        monkeypatch.setattr(FastForces, "direct", lambda self, *args, **kwargs: None)
         b = run_md(Potential(model, dtype=dtype), start, steps=30, ensemble=ensemble, seed=1, temperature=600.0,
                    bond_tolerance=None)
         assert a.status == b.status == "completed"
@@ -380,7 +380,7 @@ def test_molecule_copies_call_the_kernel_directly(ethanol_data, monkeypatch):
     moved[5] = np.nan  # copy 0 broke
     e_direct, f_direct = direct(moved)
     assert direct._direct  # the kernel was called directly
-    monkeypatch.setattr(FastForces, "direct", lambda self, *args: None)
+    monkeypatch.setattr(FastForces, "direct", lambda self, *args, **kwargs: None)
     slow = MoleculeCopies(Potential(model, dtype=torch.float32), start, positions, velocities)
     e_slow, f_slow = slow(moved)
     assert not slow._direct

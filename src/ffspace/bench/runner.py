@@ -207,15 +207,18 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
                  curves: dict | None = None) -> dict:
     named, prior_key = m, {}
     m, prior_key = _with_bench_prior(m, run_dir)
+    # Curves and extrapolation sets have caches of their own: adding one keeps the training. (The empty
+    # `extrapolation` keeps the key of a dataset without sets what it was before sets were cached apart.)
     accuracy_key = {"model": named.model_dump(exclude={"stability"}),
                     "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
-                    # curves have a cache of their own: adding one keeps the training
-                    "dataset": ds.model_dump(exclude={"curves"}), "budget_min": cfg.budget_min, **prior_key}
+                    "dataset": {**ds.model_dump(exclude={"curves"}), "extrapolation": {}},
+                    "budget_min": cfg.budget_min, **prior_key}
     accuracy = _cached(run_dir / "accuracy.json", accuracy_key,
-                       lambda: _train_and_evaluate(cfg, m, train, val, test, extrapolation, run_dir))
+                       lambda: _train_and_evaluate(cfg, m, train, val, test, run_dir))
     package = run_dir / "train" / "model.safetensors"
     weights = _file_hash(package)
-    entry = {"family": m.model["family"], "model": named.model, "status": "ok", **accuracy}
+    entry = {"family": m.model["family"], "model": named.model, "status": "ok", **accuracy,
+             "extrapolation": _extrapolation(cfg, ds, m, package, weights, extrapolation, run_dir)}
     if curves:
         key = {"weights": weights, "curves": {k: _file_hash(Path(resolve_data_path(ds.curves[k]))) for k in curves},
                "dtype": _train_config(cfg, m).dtype}
@@ -339,7 +342,7 @@ def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
         raise ConfigError(f"model {m.name}: train settings: {validation_problems(exc)}") from None
 
 
-def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dict, run_dir: Path) -> dict:
+def _train_and_evaluate(cfg, m: BenchModel, train, val, test, run_dir: Path) -> dict:
     tc = _train_config(cfg, m)
     print(f"[bench] training {m.name} ({m.model['family']}) for {tc.max_time_min:g} min", file=sys.stderr)
     model = build_model_for_data(m.model, train, seed=tc.seed)
@@ -350,16 +353,33 @@ def _train_and_evaluate(cfg, m: BenchModel, train, val, test, extrapolation: dic
     t0 = time.perf_counter()
     pred = predict(pot, test)
     result = {"test": error_metrics(pred, test), "per_element": per_element_force_errors(pred, test),
-              "extrapolation": {}, "training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
-                                                "stop_reason": summary["stop_reason"], "dtype": tc.dtype},
+              "training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
+                           "stop_reason": summary["stop_reason"], "dtype": tc.dtype},
               "predict_s_per_structure": (time.perf_counter() - t0) / len(test)}
-    for name, data in extrapolation.items():
-        p = predict(pot, data)
-        result["extrapolation"][name] = {**error_metrics(p, data), "per_element": per_element_force_errors(p, data)}
     t = result["test"]
     print(f"[bench] {m.name}: test E MAE {t.get('energy_mae_meV', float('nan')):.2f} meV, "
           f"F MAE {t.get('forces_mae_meV_A', float('nan')):.2f} meV/Å", file=sys.stderr)
     return result
+
+
+def _extrapolation(cfg, ds, m: BenchModel, package: Path, weights: str, sets: dict, run_dir: Path) -> dict:
+    """Errors on each extrapolation set, one cached file per set keyed by the weights and the set's file and
+    keys: a set added to the config (a hot test set labelled later) is evaluated without retraining."""
+    out = {}
+    for name, data in sets.items():
+        spec = ds.extrapolation[name]
+        key = {"weights": weights, "set": spec if isinstance(spec, str) else spec.model_dump(),
+               "file": _file_hash(Path(resolve_data_path(_set_file(spec)))), "n": len(data),
+               "dtype": _train_config(cfg, m).dtype}
+        out[name] = _cached(run_dir / f"extrapolation_{name}.json", key,
+                            lambda data=data: _set_errors(cfg, m, package, data))
+    return out
+
+
+def _set_errors(cfg, m: BenchModel, package: Path, data) -> dict:
+    pot = Potential.load(package, dtype=_train_config(cfg, m).dtype, device=cfg.device)
+    pred = predict(pot, data)
+    return {**error_metrics(pred, data), "per_element": per_element_force_errors(pred, data)}
 
 
 def _curves(cfg, m: BenchModel, package: Path, curves: dict) -> dict:
