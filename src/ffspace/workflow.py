@@ -21,7 +21,7 @@ from .md import run_md
 from .outputs import atomic_write, claim_folder, write_json
 from .potential import Potential, torch_device
 from .potential.package import versions
-from .train import Trainer, build_model_for_data
+from .train import Trainer, model_for_training
 
 def _read(spec: str, cfg: RunConfig) -> Dataset:
     d = cfg.data
@@ -74,7 +74,10 @@ def _trainer(cfg: RunConfig) -> Trainer:
     """The training step, ready to fit: data read and checked, model built (nothing written so far), then ``out``
     and its ``train`` folder claimed."""
     train_set, val_set, _ = load_splits(cfg)
-    model = build_model_for_data(cfg.model.model_dump(), train_set, seed=cfg.train.seed)
+    if cfg.train.init_from and "model" in cfg.model_fields_set:
+        print(f"train.init_from={cfg.train.init_from}: the model is the package's; the `model` section is not used",
+              file=sys.stderr)
+    model = model_for_training(cfg.model.model_dump(), train_set, cfg.train)
     claim_out(cfg)
     return Trainer(model, train_set, val_set, cfg.train, run_dir=Path(cfg.out) / "train", overwrite=cfg.overwrite,
                    extra_config={"data_config": cfg.data.model_dump(), "model_section": cfg.model.model_dump()})

@@ -28,7 +28,7 @@ from ..evaluate import error_metrics, predict
 from ..evaluate.metrics import per_element_force_errors
 from ..potential import Potential
 from ..potential.package import versions
-from ..train import Trainer, TrainConfig, build_model_for_data
+from ..train import Trainer, TrainConfig, model_for_training
 from ..units import meV
 from ..workflow import set_size
 from .. import runtime
@@ -345,7 +345,7 @@ def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
 def _train_and_evaluate(cfg, m: BenchModel, train, val, test, run_dir: Path) -> dict:
     tc = _train_config(cfg, m)
     print(f"[bench] training {m.name} ({m.model['family']}) for {tc.max_time_min:g} min", file=sys.stderr)
-    model = build_model_for_data(m.model, train, seed=tc.seed)
+    model = model_for_training(m.model, train, tc)
     trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
                       extra_config={"bench_model": m.model_dump()})
     summary = trainer.fit()

@@ -39,3 +39,13 @@ class TrainConfig(BaseModel):
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
     eval_batch_size: int = Field(32, ge=1)
+    init_from: str | None = Field(None, description="a model package to start from (fine-tuning): its model and "
+                                  "weights replace the `model` section's fresh model")
+    init_reference: Literal["refit", "keep"] = Field("refit", description="with init_from: correct the package's "
+                                                     "per-element reference energies to the new data (another level "
+                                                     "of theory) or keep them")
+    freeze: list[str] = Field(default_factory=list, description="parameter-name patterns (fnmatch, e.g. "
+                              "'terms.1.interactions.0.*') that do not train")
+    lr_scale: dict[str, float] = Field(default_factory=dict, description="parameter-name pattern -> factor on the "
+                                       "learning rate (the first matching pattern counts), e.g. {'terms.1.readout*': 1, "
+                                       "'terms.1.*': 0.1}")

@@ -27,8 +27,8 @@ class LRSchedule:
         return max(self.min_lr, self.lr * self.scale)
 
     def _apply(self):
-        for group in self.opt.param_groups:
-            group["lr"] = self.current()
+        for group in self.opt.param_groups:  # parts of a fine-tuned model may learn slower (train.lr_scale)
+            group["lr"] = self.current() * group.get("lr_scale", 1.0)
 
     def step(self):
         """After every optimizer step."""

@@ -63,6 +63,16 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     return Sum(terms)
 
 
+def model_for_training(model_config: dict, dataset, train_config) -> "Sum":
+    """The model a training run starts from: the package of ``train.init_from`` with its weights (fine-tuning;
+    `ffspace.train.finetune`), else a fresh one built from ``model_config`` for ``dataset``."""
+    if train_config.init_from:
+        from .finetune import start_from_package
+
+        return start_from_package(train_config.init_from, dataset, train_config.init_reference)
+    return build_model_for_data(model_config, dataset, seed=train_config.seed)
+
+
 def _fill_avg_neighbors(family, cfg: dict, dataset) -> None:
     """Families that normalise neighbour sums (MACE) get the data's mean neighbour count unless it is set."""
     import inspect

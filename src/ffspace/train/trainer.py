@@ -35,6 +35,7 @@ from ..progress import progress as progress_bar
 from . import distributed
 from .config import TrainConfig
 from .determinism import deterministic_training
+from .finetune import parameter_groups
 from .loss import Loss
 from .schedule import EMA, LRSchedule
 
@@ -79,8 +80,10 @@ class Trainer:
         self.val_graphs = [graph_of(s, cutoff) for s in val_set]
         self.loss = Loss(self.config.energy_weight, self.config.forces_weight, self.config.stress_weight,
                          self.config.loss, self.config.huber_delta)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
+        params = self.model.parameters()
+        if self.config.freeze or self.config.lr_scale:
+            params = parameter_groups(self.model, self.config.lr_scale, self.config.freeze)
+        self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         steps_per_epoch = math.ceil(len(train_set) / self.config.batch_size)
         self.schedule = LRSchedule(self.optimizer, self.config.lr, self.config.schedule,
                                    self.config.warmup_epochs * steps_per_epoch, self.config.epochs * steps_per_epoch,
@@ -106,6 +109,8 @@ class Trainer:
         h = hashlib.sha256()
         settings = {k: v for k, v in self.config.model_dump().items() if k not in self.FREE_SETTINGS}
         h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
+        if self.config.init_from:  # the starting weights are the package's: a run from another one is another run
+            h.update(Path(self.config.init_from).read_bytes())
         update_with_structures(h, train_set, val_set)
         return h.hexdigest()
 

@@ -1,0 +1,147 @@
+"""Fine-tuning (``train.init_from``): start from a package, refit its reference energies to a new level of theory,
+keep the elements the new data lacks, freeze parts or slow them down."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffspace.data import Dataset, read_dataset
+from ffspace.errors import ConfigError
+from ffspace.evaluate import error_metrics, predict
+from ffspace.potential import Potential
+from ffspace.potential.package import load_package
+from ffspace.train import TrainConfig, Trainer, build_model_for_data, model_for_training
+
+DATASETS = Path(__file__).resolve().parents[1] / "src" / "ffspace" / "datasets"
+TINY = {"family": "schnet", "features": 8, "layers": 1, "cutoff": 4.0}
+QUICK = dict(epochs=2, batch_size=8, lr=1e-3, progress=False, dtype="float64", ema_decay=0.0)
+
+
+@pytest.fixture(scope="module")
+def xtb_package(tmp_path_factory, ethanol_data):
+    """A tiny model pretrained on GFN2-xTB ethanol and on "aminated" copies (O → N, same labels: a fourth element
+    the fine-tuning data lacks; the physics does not matter here)."""
+    frames = list(ethanol_data[:40])
+    aminated = []
+    for s in ethanol_data[40:60]:
+        numbers = s.numbers.copy()
+        numbers[numbers == 8] = 7
+        aminated.append(s.copy(numbers=numbers))
+    train = Dataset(frames + aminated, name="xtb+N")
+    model = build_model_for_data(TINY, train, seed=0)
+    run = tmp_path_factory.mktemp("pretrain")
+    Trainer(model, train, Dataset(list(ethanol_data[60:66]), name="val"), TrainConfig(**QUICK), run_dir=run).fit()
+    return run / "model.safetensors", aminated[0]
+
+
+@pytest.fixture(scope="module")
+def pbe():
+    data = read_dataset(DATASETS / "ethanol_pbe_def2svp.extxyz")
+    return Dataset(list(data[:24]), name="pbe"), Dataset(list(data[24:30]), name="pbe val")
+
+
+def test_the_reference_energies_follow_the_new_level_of_theory(xtb_package, pbe):
+    """xTB and PBE total energies differ by ~3900 eV on ethanol: refitted, the starting model's energies are off by
+    what the package's shape gets wrong, not by the level's offset; kept, they are off by the offset."""
+    package, _ = xtb_package
+    train, _ = pbe
+    errors = {}
+    for reference in ("refit", "keep"):
+        model = model_for_training({}, train, TrainConfig(**QUICK, init_from=str(package), init_reference=reference))
+        errors[reference] = error_metrics(predict(Potential(model, dtype="float64"), list(train)), train)
+    assert errors["keep"]["energy_mae_meV"] > 1e6
+    assert errors["refit"]["energy_mae_meV"] < 1e3
+    # the forces do not depend on the reference energies
+    assert errors["refit"]["forces_mae_meV_A"] == pytest.approx(errors["keep"]["forces_mae_meV_A"], rel=1e-9)
+
+
+def test_a_fine_tuned_model_keeps_the_elements_its_data_lacks(xtb_package, pbe, tmp_path):
+    """Fine-tuned on H, C, O only, the model still takes N: N's reference energy and embedding are the package's."""
+    package, aminated = xtb_package
+    train, val = pbe
+    start, _ = load_package(package)
+    cfg = TrainConfig(**QUICK, init_from=str(package))
+    model = model_for_training({}, train, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    Trainer(model, train, val, cfg, run_dir=tmp_path / "ft").fit()
+    tuned, _ = load_package(tmp_path / "ft" / "model.safetensors")
+    assert tuned.elements == start.elements == [1, 6, 7, 8]
+    assert float(tuned.terms[0].table[7]) == float(start.terms[0].table[7])
+    assert float(tuned.terms[0].table[6]) != float(start.terms[0].table[6])  # refitted to PBE
+    n_row = start.terms[1].elements.index(7)
+    embedding = dict(tuned.named_parameters())["terms.1.embedding.weight"]
+    torch.testing.assert_close(embedding[n_row], before["terms.1.embedding.weight"][n_row], rtol=0, atol=0)
+    assert not torch.equal(embedding, before["terms.1.embedding.weight"])  # the other rows trained
+    out = predict(Potential(tuned, dtype="float64"), [aminated])
+    assert np.isfinite(np.asarray(out["energy"])).all()
+
+
+def test_frozen_parts_stay_and_scaled_parts_learn_slower(xtb_package, pbe, tmp_path):
+    package, _ = xtb_package
+    train, val = pbe
+    cfg = TrainConfig(**QUICK, init_from=str(package), freeze=["terms.1.interactions.*"],
+                      lr_scale={"terms.1.embedding.*": 0.1})
+    model = model_for_training({}, train, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(model, train, val, cfg, run_dir=tmp_path / "ft")
+    scales = sorted(g["lr_scale"] for g in trainer.optimizer.param_groups)
+    assert scales == [0.1, 1.0]
+    trainer.fit()
+    lrs = {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs[0.1] == pytest.approx(0.1 * lrs[1.0])
+    after = dict(trainer.model.named_parameters())
+    for name, p in before.items():
+        same = torch.equal(after[name].detach(), p)
+        assert same == name.startswith("terms.1.interactions."), name
+
+
+def test_bad_fine_tuning_settings_are_clear_errors(xtb_package, pbe, tmp_path, ethanol_data):
+    package, _ = xtb_package
+    train, val = pbe
+    model = model_for_training({}, train, TrainConfig(**QUICK, init_from=str(package)))
+    with pytest.raises(ConfigError, match="'terms.1.interaction.*' matches no parameter"):
+        Trainer(model, train, val, TrainConfig(**QUICK, freeze=["terms.1.interaction.*"]), run_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="no parameter to train"):
+        Trainer(model, train, val, TrainConfig(**QUICK, freeze=["*"]), run_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match="no model package"):
+        model_for_training({}, train, TrainConfig(**QUICK, init_from=str(tmp_path / "missing.safetensors")))
+    # a package without an element of the data
+    ho = build_model_for_data(TINY, Dataset(list(ethanol_data[:10]), name="e"), seed=0)
+    fluorinated = [s.copy(numbers=np.where(s.numbers == 8, 9, s.numbers)) for s in train]
+    Trainer(ho, Dataset(list(ethanol_data[:10]), name="e"), Dataset(list(ethanol_data[10:12]), name="v"),
+            TrainConfig(**{**QUICK, "epochs": 1}), run_dir=tmp_path / "c").fit()
+    with pytest.raises(ConfigError, match=r"also has \['F'\]"):
+        model_for_training({}, Dataset(fluorinated, name="fluorinated"),
+                           TrainConfig(**QUICK, init_from=str(tmp_path / "c" / "model.safetensors")))
+
+
+def test_two_level_recipe_from_the_command_line(tmp_path):
+    """`ffspace train` on GFN2-xTB labels, then `ffspace train train.init_from=...` on PBE labels of the same
+    molecule: the second run starts from the first's weights (its first validation is far better than a fresh
+    model's) and its package loads."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ffspace.cli.main import app
+
+    runner = CliRunner()
+    common = ["model.family=schnet", "model.features=8", "model.layers=1", "train.epochs=3", "train.max_time_min=null",
+              "train.progress=false", "data.n_val=10", "data.n_test=10"]
+    pre = runner.invoke(app, ["train", "data.train=builtin:ethanol_gfn2xtb", f"out={tmp_path / 'xtb'}", *common,
+                              "train.epochs=20", "train.lr=0.005"])
+    assert pre.exit_code == 0, pre.output
+    package = tmp_path / "xtb" / "train" / "model.safetensors"
+    firsts = {}
+    for name, extra in (("fresh", []), ("tuned", [f"train.init_from={package}"])):
+        run = runner.invoke(app, ["train", "data.train=builtin:ethanol_pbe_def2svp", f"out={tmp_path / name}",
+                                  *common, "train.epochs=1", *extra])
+        assert run.exit_code == 0, run.output
+        first = json.loads((tmp_path / name / "train" / "metrics.jsonl").read_text().splitlines()[0])
+        firsts[name] = first
+    key = next(k for k in firsts["tuned"] if k.startswith("val") and "forces" in k)
+    assert firsts["tuned"][key] < 0.7 * firsts["fresh"][key], (key, firsts)
+    tuned, _ = load_package(tmp_path / "tuned" / "train" / "model.safetensors")
+    assert tuned.get_config()["terms"][1]["features"] == 8
