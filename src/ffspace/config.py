@@ -22,7 +22,9 @@ class DataConfig(BaseModel):
 
     train: str = Field("builtin:ethanol_gfn2xtb", description="file/folder, or builtin:<name> for shipped data")
     test: str | None = Field(None, description="separate test file; otherwise split from `train`")
-    format: Literal["extxyz", "md17", "deepmd", "ase-db"] | None = None
+    format: Literal["extxyz", "md17", "deepmd", "ase-db", "hdf5"] | None = None
+    cache_mb: float | None = Field(None, gt=0, description="hdf5: MiB of blocks the streaming reader keeps in memory "
+                                   "(default 256); the set itself stays on disk")
     energy_key: str | None = Field(None, description="label key; default: the reader's own (extxyz: REF_energy)")
     forces_key: str | None = Field(None, description="default: the reader's own (extxyz: REF_forces)")
     stress_key: str | None = Field(None, description="extxyz/ase-db stress key (ASE sign, eV/Å³ or Voigt)")

@@ -25,6 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, FFSpaceError, ModelPackageError
@@ -41,8 +42,14 @@ def write_inputs(folder: Path, model, train_set, val_set, spec: dict) -> None:
     from .potential.package import save_package
 
     save_package(folder / "model.safetensors", model)
-    write_arrays(folder / "train.npz", train_set)
-    write_arrays(folder / "val.npz", val_set)
+    for name, data in (("train", train_set), ("val", val_set)):
+        if hasattr(data, "store"):  # on disk (HDF5): the workers open the same file, the view's indices
+            np.save(folder / f"{name}.indices.npy", data.indices)
+            (folder / f"{name}.hdf5.json").write_text(json.dumps(
+                {"path": str(Path(data.store.path).resolve()), "cache_mb": data.store.cache_bytes / 2**20,
+                 "name": data.name}))
+        else:
+            write_arrays(folder / f"{name}.npz", data)
     (folder / "spec.json").write_text(json.dumps({**spec, "parent": os.getpid()}, default=str))
 
 
@@ -53,11 +60,23 @@ def read_spec(folder: Path) -> dict:
 
 def read_inputs(folder: Path, dtype: str):
     """The model (in ``dtype``), train and validation sets and the spec written by `write_inputs`."""
-    from .data.readers import read_arrays
     from .potential.package import load_package
 
     model, _ = load_package(folder / "model.safetensors", dtype=dtype)
-    return model, read_arrays(folder / "train.npz"), read_arrays(folder / "val.npz"), read_spec(folder)
+    return model, _read_set(folder, "train"), _read_set(folder, "val"), read_spec(folder)
+
+
+def _read_set(folder: Path, name: str):
+    from .data.readers import read_arrays
+
+    ref = folder / f"{name}.hdf5.json"
+    if not ref.exists():
+        return read_arrays(folder / f"{name}.npz")
+    from .data.hdf5 import HDF5Dataset
+
+    spec = json.loads(ref.read_text())
+    return HDF5Dataset(spec["path"], cache_mb=spec["cache_mb"], name=spec["name"],
+                       indices=np.load(folder / f"{name}.indices.npy"))
 
 
 def worker_env(workers: int) -> dict:

@@ -26,7 +26,8 @@ from .train import Trainer, model_for_training
 def _read(spec: str, cfg: RunConfig) -> Dataset:
     d = cfg.data
     return read_dataset(resolve_data_path(spec), format=d.format, energy_key=d.energy_key, forces_key=d.forces_key,
-                        stress_key=d.stress_key, energy_unit=d.energy_unit, unit_check=d.unit_check)
+                        stress_key=d.stress_key, energy_unit=d.energy_unit, unit_check=d.unit_check,
+                        cache_mb=d.cache_mb)
 
 
 def set_size(x: float, n: int) -> int:
@@ -58,7 +59,7 @@ def run_identity(cfg: RunConfig) -> str:
     """What makes a run the same run: its data, model and the training settings that shape the trajectory (and
     the package it evaluates, when one is named). Owns ``out`` and the folders under it (`ffspace.outputs`)."""
     train = {k: v for k, v in cfg.train.model_dump().items() if k not in Trainer.FREE_SETTINGS}
-    ident = {"data": cfg.data.model_dump(exclude={"unit_check"}), "model": cfg.model.model_dump(), "train": train}
+    ident = {"data": cfg.data.model_dump(exclude={"unit_check", "cache_mb"}), "model": cfg.model.model_dump(), "train": train}
     if cfg.model_path:
         path = Path(cfg.model_path)
         ident["model_path"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)

@@ -230,6 +230,38 @@ def active(config: Path = typer.Argument(..., help="active-learning config YAML 
 
 
 @app.command()
+def convert(source: Path = typer.Argument(..., help="labelled structures: extxyz, MD17 npz, DeePMD folder, ASE db or "
+                                          "ffspace HDF5"),
+            target: Path = typer.Argument(..., help="new file: .h5/.hdf5 (chunked, streamed by training) or .xyz"),
+            energy_key: Optional[str] = typer.Option(None, help="the source's energy key (default: its reader's)"),
+            forces_key: Optional[str] = typer.Option(None, help="the source's forces key"),
+            energy_unit: Optional[str] = typer.Option(None, help="the source's energy unit (default: its format's)"),
+            block: int = typer.Option(256, min=1, help="HDF5: structures per block, the unit of streaming")):
+    """Write labelled structures in another format, in eV and Å: an HDF5 set (`data.train=set.h5`) trains with
+    only a capped cache of it in memory (`data.cache_mb`); extxyz gets REF_energy / REF_forces."""
+
+    def go():
+        from ..data import read_dataset
+        from ..data.hdf5 import write_hdf5
+        from ..data.writers import write_extxyz
+        from ..errors import ConfigError
+
+        if target.exists():
+            raise ConfigError(f"{target} exists: ffspace convert never overwrites a file")
+        data = read_dataset(source, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit)
+        if target.suffix.lower() in (".h5", ".hdf5"):
+            n = write_hdf5(target, data, block_structures=block, name=data.name)
+        elif target.suffix.lower() in (".xyz", ".extxyz"):
+            write_extxyz(target, list(data))
+            n = len(data)
+        else:
+            raise ConfigError(f"{target}: the target's name must end in .h5, .hdf5, .xyz or .extxyz")
+        typer.echo(f"{n} structures: {source} -> {target}")
+
+    _guard(go)
+
+
+@app.command()
 def info():
     """What this ffspace runs with: versions, CPU threads, devices, and the process settings the command applies."""
     import torch

@@ -88,16 +88,23 @@ def _fields(dataset) -> dict:
 def refuse_constant_labels(dataset, energy: bool = True, forces: bool = True) -> None:
     """A `DataError` when every energy label is the same or every force label is zero (of the labels asked for):
     a model fitted to them learns nothing, with a loss that looks fine."""
-    structures = list(dataset)
     fields = _fields(dataset)
     name = getattr(dataset, "name", None)
-    values = np.array([s.energy for s in structures if s.energy is not None])
+    # One pass that holds no more than a structure (an on-disk set streams through it).
+    values, n_forces, several_atoms, nonzero = [], 0, False, False
+    for s in dataset:
+        if s.energy is not None:
+            values.append(s.energy)
+        if s.forces is not None:
+            n_forces += 1
+            several_atoms = several_atoms or len(s.forces) > 1
+            nonzero = nonzero or bool(np.any(s.forces))
+    values = np.array(values)
     if energy and len(values) >= 2 and np.ptp(values) == 0:
         raise DataError(f"all {len(values)} energies are {values[0]:g} eV: constant labels teach a model nothing "
                         "(a wrong key or a placeholder value?)", file=name, field=fields["energy"])
-    f = [s.forces for s in structures if s.forces is not None]
-    if forces and f and any(len(x) > 1 for x in f) and not any(np.any(x) for x in f):
-        raise DataError(f"every force of all {len(f)} structures is zero: constant labels teach a model nothing "
+    if forces and n_forces and several_atoms and not nonzero:
+        raise DataError(f"every force of all {n_forces} structures is zero: constant labels teach a model nothing "
                         "(a wrong key or a placeholder value?)", file=name, field=fields["forces"])
 
 
@@ -105,7 +112,8 @@ def label_statistics(structures, energy_unit: str = "eV", max_frames: int = MAX_
     """The measurements behind `check_labels`: status ("ok", "warn", "wrong" or "undecided": no test
     applied), likely unit, reasons, bond stiffness ``k`` (eV/Å²) and its pairs, force and energy bounds, and
     constant labels."""
-    structures = list(structures)
+    if not hasattr(structures, "__getitem__"):
+        structures = list(structures)
     picks = np.unique(np.linspace(0, len(structures) - 1, min(len(structures), max_frames)).round().astype(int))
     frames = [structures[int(k)] for k in picks]
     out = {"status": "undecided", "likely_unit": None, "reasons": [], "k": None, "pairs": {}}

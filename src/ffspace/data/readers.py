@@ -284,7 +284,15 @@ def read_ase_db(path, energy_key: str = "energy", forces_key: str = "forces", st
     return Dataset(structures, name=str(path), label_fields={"energy": energy_key, "forces": forces_key})
 
 
-FORMATS = {"extxyz": read_extxyz, "md17": read_md17_npz, "deepmd": read_deepmd, "ase-db": read_ase_db}
+def _read_hdf5(path, cache_mb: float = 256.0) -> Dataset:
+    """An ffspace HDF5 structures file (`ffspace.data.hdf5`), streamed through a block cache of ``cache_mb`` MiB."""
+    from .hdf5 import read_hdf5
+
+    return read_hdf5(path, cache_mb=cache_mb)
+
+
+FORMATS = {"extxyz": read_extxyz, "md17": read_md17_npz, "deepmd": read_deepmd, "ase-db": read_ase_db,
+           "hdf5": _read_hdf5}
 
 
 def read_arrays(path) -> Dataset:
@@ -313,6 +321,8 @@ def guess_format(path) -> str:
         return "md17"
     if suffix == ".db":
         return "ase-db"
+    if suffix in (".h5", ".hdf5"):
+        return "hdf5"
     raise DataError(f"cannot tell the format from the name; give format= one of {sorted(FORMATS)}", file=str(p))
 
 

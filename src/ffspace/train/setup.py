@@ -43,8 +43,7 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm") else None
     targets = _residuals(dataset, fixed_prior) if fixed_prior is not None else dataset
     ref = reference_energies(targets, elements)
-    forces = [s.forces for s in targets if s.forces is not None]
-    scale = float(np.sqrt((np.concatenate(forces) ** 2).mean())) if forces else 1.0
+    scale = _force_rms(targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         terms = [AtomicReference(ref)]
@@ -71,6 +70,16 @@ def model_for_training(model_config: dict, dataset, train_config) -> "Sum":
 
         return start_from_package(train_config.init_from, dataset, train_config.init_reference)
     return build_model_for_data(model_config, dataset, seed=train_config.seed)
+
+
+def _force_rms(dataset) -> float:
+    """RMS of the force components (eV/Å), 1 without force labels; in one streaming pass."""
+    total, count = 0.0, 0
+    for s in dataset:
+        if s.forces is not None:
+            total += float((s.forces ** 2).sum())
+            count += s.forces.size
+    return float(np.sqrt(total / count)) if count else 1.0
 
 
 def _fill_avg_neighbors(family, cfg: dict, dataset) -> None:

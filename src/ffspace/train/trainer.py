@@ -44,6 +44,19 @@ def _atomic_torch_save(obj, path: Path):
         torch.save(obj, tmp)
 
 
+class _StreamedGraphs:
+    """The graphs of an on-disk training set, made from its structures on access (none kept)."""
+
+    def __init__(self, dataset, cutoff: float):
+        self.dataset, self.cutoff = dataset, cutoff
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, k):
+        return graph_of(self.dataset[int(k)], self.cutoff)
+
+
 class Trainer:
     """Fits ``model`` (per-atom energies) to energies and forces of ``train_set``.
 
@@ -73,10 +86,16 @@ class Trainer:
         self.model = self.potential.model
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
+        if hasattr(val_set, "epoch_order"):  # a part of an on-disk set: validation reads it every epoch
+            from ..data import Dataset
+
+            val_set = Dataset(list(val_set), name=val_set.name)
         self.train_set, self.val_set = train_set, val_set
         cutoff = self.potential.cutoff
-        # Neighbor search once per structure: training batches are pure tensor stacking.
-        self.train_graphs = [graph_of(s, cutoff) for s in train_set]
+        # Neighbor search once per structure: training batches are pure tensor stacking. A set on disk (HDF5,
+        # larger than memory) is streamed: its graphs are made when a batch needs them.
+        self.train_graphs = (_StreamedGraphs(train_set, cutoff) if hasattr(train_set, "epoch_order")
+                             else [graph_of(s, cutoff) for s in train_set])
         self.val_graphs = [graph_of(s, cutoff) for s in val_set]
         self.loss = Loss(self.config.energy_weight, self.config.forces_weight, self.config.stress_weight,
                          self.config.loss, self.config.huber_delta)
@@ -313,7 +332,10 @@ class Trainer:
 
     def _train_epoch(self) -> dict:
         cfg = self.config
-        order = np.random.default_rng(cfg.seed * 100_003 + self.epoch).permutation(len(self.train_graphs))
+        rng = np.random.default_rng(cfg.seed * 100_003 + self.epoch)
+        # An on-disk set orders the epoch so that each of its blocks is read once (`HDF5Dataset.epoch_order`).
+        order = (self.train_set.epoch_order(rng) if hasattr(self.train_set, "epoch_order")
+                 else rng.permutation(len(self.train_graphs)))
         batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
         self.model.train()
         totals, count = {}, 0
