@@ -90,3 +90,40 @@ def test_two_workers_resume_a_single_process_run(tmp_path, ethanol_data):
     trainer = Trainer(model, train, val, cfg, run_dir=tmp_path / "run")
     summary = trainer.fit()
     assert summary["epochs"] == 4 and trainer.epoch == 4 and len(trainer.history) == 4
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_trajectory_of_train_workers(tmp_path):
+    """`torchrun --nproc-per-node=2 -m ffspace.cli train ...` (gloo, env://) and `ffspace train train.workers=2`
+    train the same model: equal losses per epoch and weights; only rank 0 writes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    args = ["train", "data.train=builtin:ethanol_gfn2xtb", "data.n_val=10", "data.n_test=10", "model.family=schnet",
+            "model.features=8", "model.layers=1", "model.cutoff=4.0", "train.epochs=2", "train.max_time_min=null",
+            "train.batch_size=16", "train.dtype=float64", "train.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
+    if loopback:
+        env["GLOO_SOCKET_IFNAME"] = loopback[0]
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                               "-m", "ffspace.cli", *args, f"out={tmp_path / 'torchrun'}"],
+                              capture_output=True, text=True, env=env, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    spawned = subprocess.run([sys.executable, "-m", "ffspace.cli", *args, "train.workers=2",
+                              f"out={tmp_path / 'workers'}"], capture_output=True, text=True, env=env, timeout=600)
+    assert spawned.returncode == 0, spawned.stderr[-3000:]
+    runs = {}
+    for name in ("torchrun", "workers"):
+        folder = tmp_path / name / "train"
+        runs[name] = ([json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()],
+                      load_file(str(folder / "model.safetensors")))
+    (h1, w1), (h2, w2) = runs["torchrun"], runs["workers"]
+    assert len(h1) == len(h2) == 2
+    for a, b in zip(h1, h2):
+        for key in ("train_loss", "val_forces_mae_meV_A", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-8), key
+    for k in w1:
+        np.testing.assert_allclose(w1[k].numpy(), w2[k].numpy(), rtol=1e-7, atol=1e-10, err_msg=k)

@@ -22,6 +22,7 @@ from .outputs import atomic_write, claim_folder, write_json
 from .potential import Potential, torch_device
 from .potential.package import versions
 from .train import Trainer, model_for_training
+from .train.distributed import launched_rank
 
 def _read(spec: str, cfg: RunConfig) -> Dataset:
     d = cfg.data
@@ -68,6 +69,8 @@ def run_identity(cfg: RunConfig) -> str:
 
 def claim_out(cfg: RunConfig) -> Path:
     """``out`` as this run's folder (`ffspace.outputs.claim_folder`); every command claims it before writing."""
+    if launched_rank() != 0:  # one of several processes torchrun started: rank 0 claims and writes
+        return Path(cfg.out)
     return claim_folder(cfg.out, run_identity(cfg), what="output folder (out)", overwrite=cfg.overwrite)
 
 
@@ -86,8 +89,9 @@ def _trainer(cfg: RunConfig) -> Trainer:
 
 def train(cfg: RunConfig, trainer: Trainer | None = None) -> dict:
     trainer = trainer or _trainer(cfg)
-    print(f"data: {len(trainer.train_set)} train / {len(trainer.val_set)} validation structures from "
-          f"{cfg.data.train}", file=sys.stderr)
+    if launched_rank() == 0:
+        print(f"data: {len(trainer.train_set)} train / {len(trainer.val_set)} validation structures from "
+              f"{cfg.data.train}", file=sys.stderr)
     return trainer.fit()
 
 
@@ -156,11 +160,15 @@ def run(cfg: RunConfig) -> Path:
         _md_start(cfg)
     trainer = _trainer(cfg)
     out = Path(cfg.out)
-    atomic_write(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False), fsync=False)
-    write_json(out / "versions.json", versions(), fsync=False)
+    lead = launched_rank() == 0
+    if lead:
+        atomic_write(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False), fsync=False)
+        write_json(out / "versions.json", versions(), fsync=False)
     t0 = time.perf_counter()
     summary = train(cfg, trainer)
     t_train = time.perf_counter() - t0
+    if not lead:  # torchrun: the other processes helped train; rank 0 evaluates, runs MD and reports
+        return out
     report = out / "report"
     report.mkdir(exist_ok=True)
     metrics = evaluate(cfg, report)

@@ -8,7 +8,12 @@ weights and the optimizer then stay identical on every worker without being sent
 the metrics, checkpoints and the model, and broadcasts the validation loss and the epoch time, so every worker
 takes the same schedule and stopping decisions. Gloo serves CPU workers, NCCL CUDA ones (one device each).
 
-The workers are separate Python processes (``python -m ffspace.train.worker``, started through
+Started by torchrun instead (``torchrun --nproc-per-node=2 -m ffspace.cli train ...``, or across nodes with
+``--nnodes``/``--rdzv-endpoint``), every process reads the data and builds the same model itself (the same seed),
+joins the launcher's process group (env://) and runs the same epochs: the trajectory of ``train.workers`` with
+as many workers. Only rank 0 claims the output folder and writes.
+
+With ``train.workers``, the workers are separate Python processes (``python -m ffspace.train.worker``, started through
 `ffspace.workers`) that rebuild the trainer from files nothing executes on loading; their thread count and
 gloo's network interface go into their environment, so the caller's process is left as it was. The model's family must be
 registered (a package must be able to rebuild it). Worker start-up (a few seconds) is not counted in the time
@@ -18,6 +23,7 @@ budget. Only the process group a worker joins here is used: a caller's own torch
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 import tempfile
 from pathlib import Path
@@ -45,6 +51,34 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if active() else 1
+
+
+def launched() -> bool:
+    """True in a process that a launcher started as one of several (torchrun: the env:// variables set)."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env and "MASTER_ADDR" in env
+
+
+def launched_rank() -> int:
+    """This process's rank under a launcher (0 otherwise): only rank 0 claims folders and writes."""
+    return int(os.environ["RANK"]) if launched() else 0
+
+
+def launched_device(device: str) -> str:
+    """Under a launcher, a CUDA run takes the GPU of its local rank (one per process)."""
+    if launched() and device.startswith("cuda") and ":" not in device:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def join_launched(device: str):
+    """Join the process group a launcher (torchrun) describes in the environment: gloo on CPU, NCCL on CUDA."""
+    global _IN_WORKER
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method="env://",
+                            timeout=_TIMEOUT)
+    _IN_WORKER = True
 
 
 def all_reduce_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -73,6 +73,8 @@ class Trainer:
     def __init__(self, model, train_set, val_set, config: TrainConfig | dict | None = None, run_dir="run",
                  extra_config: dict | None = None, overwrite: bool = False, owner: str | None = None):
         self.config = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
+        if distributed.launched() and not distributed.active():  # torchrun: this process's own GPU
+            self.config = self.config.model_copy(update={"device": distributed.launched_device(self.config.device)})
         self.run_dir = Path(run_dir)
         need = dict(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
         train_set.require_labels(**need)
@@ -147,6 +149,8 @@ class Trainer:
         the training fingerprint, or the key of a caller that manages the folder, such as a committee): a folder
         of another configuration, or holding files no run of this configuration wrote, is refused; with
         ``overwrite`` its training outputs are removed and training starts afresh."""
+        if distributed.launched_rank() != 0:  # torchrun: rank 0 claims and writes
+            return
         if self.checkpoint_path.exists() and not overwrite:
             theirs = self._read_checkpoint()["fingerprint"]
             if theirs != self.fingerprint:
@@ -366,6 +370,8 @@ class Trainer:
         if linear_term(self.model) is not None:
             return fit_least_squares(self)
         workers = self.config.workers
+        if distributed.launched() and not distributed.active():
+            return self._fit_launched()
         if workers == 1 or distributed.active():
             return self.fit_loop()
         self.load_checkpoint()  # a checkpoint of another configuration is refused here, before any worker starts
@@ -374,6 +380,20 @@ class Trainer:
         self.load_checkpoint()
         self._load_best()
         return json.loads((self.run_dir / "summary.json").read_text())
+
+    def _fit_launched(self) -> dict:
+        """One of the processes torchrun started: join its group, run the epochs, leave together."""
+        if self.config.workers != 1:
+            raise ConfigError("train.workers > 1 under torchrun: the launcher starts the processes (its "
+                              "--nproc-per-node); leave train.workers at 1")
+        distributed.join_launched(str(self.potential.device))
+        try:
+            summary = self.fit_loop()
+            distributed.barrier()  # rank 0 has written the package and summary before anyone reads them
+        finally:
+            distributed.leave()
+        self._load_best()
+        return summary
 
     def fit_loop(self) -> dict:
         """The epochs of `fit`, in this process (one data-parallel worker when inside a process group), with
