@@ -11,15 +11,21 @@ class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     smiles: list[str] | str | None = Field(None, description="one or more SMILES (RDKit conformers)")
+    smiles_file: str | None = Field(None, description="text file: one SMILES per line, a name after it, # comments")
     file: str | None = Field(None, description="structure file (xyz, extxyz, pdb, sdf): every frame is a start")
     dataset: str | None = Field(None, description="existing dataset to relabel at another level of theory")
     n_conformers: int = Field(1, ge=1)
+    elements: list[str] | None = Field(None, description="SMILES input: the elements allowed (e.g. [H, C, N, O]); a "
+                                       "molecule with another is recorded and left out")
+    exclude: list[str] = Field(default_factory=list, description="SMILES input: molecule sets left out, recognised "
+                               "by canonical SMILES or InChIKey skeleton (known: rmd17)")
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("smiles", "file", "dataset") if getattr(self, k)]
+        given = [k for k in ("smiles", "smiles_file", "file", "dataset") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of input.smiles, input.file, input.dataset (got {given or 'none'})")
+            raise ValueError(f"give exactly one of input.smiles, input.smiles_file, input.file, input.dataset "
+                             f"(got {given or 'none'})")
         return self
 
 

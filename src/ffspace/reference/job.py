@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,55 +15,97 @@ from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..outputs import atomic_path
 from .config import LabelConfig
+from ..errors import DataError
 from .inputs import from_smiles, read_structures
+from .molecules import problem, read_smiles_file
 from .runner import label_structures
 from .sampling import dimer_scan, md_sample, normal_mode_sample, rattle, torsion_scan
 from .store import LabelStore
 
 
-def start_structures(cfg: LabelConfig) -> list[Structure]:
+def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> list[Structure]:
+    """The start structures of ``cfg.input``. A SMILES that cannot be used (RDKit cannot parse or embed it, an
+    element outside ``input.elements``, a molecule of an ``input.exclude`` set) is appended to ``left_out`` with
+    the reason, and the others go on; with no ``left_out`` list, or when no molecule is left, it is an error."""
     inp = cfg.input
-    if inp.smiles:
-        smiles = [inp.smiles] if isinstance(inp.smiles, str) else inp.smiles
-        return [s for k, smi in enumerate(smiles) for s in from_smiles(smi, inp.n_conformers, seed=cfg.seed + k)]
+    if inp.smiles or inp.smiles_file:
+        if inp.smiles:
+            entries = [(smi, None, None) for smi in ([inp.smiles] if isinstance(inp.smiles, str) else inp.smiles)]
+        else:
+            entries = read_smiles_file(inp.smiles_file)
+        where = inp.smiles_file or "<smiles>"
+        out, skipped = [], []
+        for k, (smi, name, line) in enumerate(entries):
+            reason = problem(smi, inp.elements, inp.exclude)
+            if reason is None:
+                try:
+                    conformers = from_smiles(smi, inp.n_conformers, seed=cfg.seed + k)
+                except DataError as exc:
+                    reason = exc.args[0] if exc.args else str(exc)
+            if reason is not None:
+                error = DataError(f"SMILES {smi!r}{f' ({name})' if name else ''}: {reason}", file=where, frame=line,
+                                  field="smiles")
+                if left_out is None:
+                    raise error
+                skipped.append({"smiles": smi, "name": name, "line": line, "reason": reason})
+                print(f"left out: {error}", file=sys.stderr)
+                continue
+            for c in conformers:
+                if name:
+                    c.info["name"] = name
+            out += conformers
+        if not out:
+            reasons = "; ".join(f"{x['smiles']}: {x['reason']}" for x in skipped)
+            raise DataError(f"no usable molecule ({reasons})", file=where, field="smiles")
+        if left_out is not None:
+            left_out.extend(skipped)
+        return out
     if inp.file:
         return read_structures(inp.file)
     return list(read_dataset(inp.dataset, required=()))
 
 
 def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
-    """Frames from every start structure and sampler. MD and the normal-mode Hessian are driven by
+    """Frames from every start structure and sampler (see `sample_start`)."""
+    return [f for k, start in enumerate(starts) for f in sample_start(cfg, start, k)]
+
+
+def sample_start(cfg: LabelConfig, start: Structure, k: int) -> list[Structure]:
+    """Frames of every sampler from start structure ``k``. MD and the normal-mode Hessian are driven by
     GFN2-xTB whatever the labeler is: sampling needs many cheap force calls, labels few expensive ones."""
     from .xtb import XTBLabeler
 
     driver = XTBLabeler(charge=cfg.labeler.charge, multiplicity=cfg.labeler.multiplicity)
     frames = []
-    for k, start in enumerate(starts):
-        for j, sc in enumerate(cfg.samplers):
-            seed = cfg.seed + 1000 * k + j
-            if sc.kind == "none":
-                frames.append(start.copy(energy=None, forces=None, stress=None))
-            elif sc.kind == "rattle":
-                frames += rattle(start, sc.n_frames, sc.sigma, seed=seed)
-            elif sc.kind == "normal_modes":
-                frames += normal_mode_sample(start, driver, sc.n_frames, sc.temperature, seed=seed)
-            elif sc.kind == "torsion_scan":
-                frames += torsion_scan(start, sc.n_frames, sc.dihedral, seed=seed)
-            elif sc.kind == "dimers":
-                frames += dimer_scan(start, sc.distances, sc.n_frames, seed=seed)
-            else:
-                calc = driver.calculator()
-                if sc.driver != "xtb":  # a trained ffspace model drives the exploration
-                    from ..interfaces import FFSpaceCalculator
+    for j, sc in enumerate(cfg.samplers):
+        seed = cfg.seed + 1000 * k + j
+        if sc.kind == "none":
+            frames.append(start.copy(energy=None, forces=None, stress=None))
+        elif sc.kind == "rattle":
+            frames += rattle(start, sc.n_frames, sc.sigma, seed=seed)
+        elif sc.kind == "normal_modes":
+            frames += normal_mode_sample(start, driver, sc.n_frames, sc.temperature, seed=seed)
+        elif sc.kind == "torsion_scan":
+            frames += torsion_scan(start, sc.n_frames, sc.dihedral, seed=seed)
+        elif sc.kind == "dimers":
+            frames += dimer_scan(start, sc.distances, sc.n_frames, seed=seed)
+        else:
+            calc = driver.calculator()
+            if sc.driver != "xtb":  # a trained ffspace model drives the exploration
+                from ..interfaces import FFSpaceCalculator
 
-                    calc = FFSpaceCalculator(sc.driver, dtype="float64")
-                frames += md_sample(start, calc, sc.n_frames, sc.temperature, sc.interval,
-                                    sc.timestep_fs, sc.equilibration_steps, seed=seed, progress=cfg.progress)
+                calc = FFSpaceCalculator(sc.driver, dtype="float64")
+            frames += md_sample(start, calc, sc.n_frames, sc.temperature, sc.interval,
+                                sc.timestep_fs, sc.equilibration_steps, seed=seed, progress=cfg.progress)
     return frames
 
 
 def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = None) -> str:
-    relevant = {"input": cfg.input.model_dump(), "samplers": [s.model_dump() for s in cfg.samplers],
+    inp = cfg.input.model_dump()
+    for key in ("smiles_file", "elements", "exclude"):  # settings added later enter only when set: older stores
+        if not inp[key]:                                 # keep their samples
+            inp.pop(key)
+    relevant = {"input": inp, "samplers": [s.model_dump() for s in cfg.samplers],
                 "seed": cfg.seed}
     if starts is not None:  # given start structures replace the ones cfg.input and cfg.seed would make
         h = hashlib.sha256()
@@ -88,12 +131,29 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
     Read back rather than kept in memory, so the label keys (positions rounded in the file) are identical on
     every rerun; named by the sampling settings, so a rerun with other settings samples anew instead of
     reusing stale frames. ``starts`` defaults to `start_structures` (``cfg.input``); given ones enter the name.
+    Each start's frames are kept in ``samples-<fingerprint>.parts/`` as they are made, so a killed sampling of many
+    molecules goes on with the next one; molecules left out are listed in ``input_failures.jsonl``.
     """
     path = samples_path(cfg, folder, starts)
     if not path.exists():
-        frames = sample(cfg, start_structures(cfg) if starts is None else starts)
+        left_out = []
+        starts = start_structures(cfg, left_out) if starts is None else starts
+        if left_out:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with atomic_path(Path(folder) / "input_failures.jsonl") as tmp:
+                Path(tmp).write_text("".join(json.dumps(x) + "\n" for x in left_out))
+        parts = path.with_name(path.stem + ".parts")
+        parts.mkdir(parents=True, exist_ok=True)
+        frames = []
+        for k, start in enumerate(starts):
+            part = parts / f"{k:05d}.extxyz"
+            if not part.exists():
+                with atomic_path(part) as tmp:
+                    write_extxyz(tmp, sample_start(cfg, start, k))
+            frames += read_extxyz(part, required=())
         with atomic_path(path) as tmp:
             write_extxyz(tmp, frames)
+        shutil.rmtree(parts)
     return list(read_extxyz(path, required=()))
 
 

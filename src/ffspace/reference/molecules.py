@@ -1,0 +1,112 @@
+"""Lists of molecules to label: SMILES files, the molecules a dataset must leave out (test sets), and the checks
+that say why a SMILES was not used (unparsable, an element outside the allowed set, a test molecule).
+
+A test molecule is recognised by its canonical SMILES (RDKit, stereochemistry removed) or by the first block of
+its InChIKey (the skeleton: connectivity without stereo or protonation), so a tautomer or an isomer spelled
+another way is caught too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+
+# The ten molecules of rMD17 (Christensen & von Lilienfeld 2020), the transfer test of issue 31. Malonaldehyde
+# appears in both tautomers (rMD17 holds the enol).
+RMD17 = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "azobenzene": "c1ccc(cc1)N=Nc1ccccc1",
+    "benzene": "c1ccccc1",
+    "ethanol": "CCO",
+    "malonaldehyde": "O=CCC=O",
+    "malonaldehyde (enol)": "OC=CC=O",
+    "naphthalene": "c1ccc2ccccc2c1",
+    "paracetamol": "CC(=O)Nc1ccc(O)cc1",
+    "salicylic acid": "OC(=O)c1ccccc1O",
+    "toluene": "Cc1ccccc1",
+    "uracil": "O=c1cc[nH]c(=O)[nH]1",
+}
+EXCLUSION_SETS = {"rmd17": RMD17}
+
+
+def read_smiles_file(path) -> list[tuple[str, str, int]]:
+    """``(smiles, name, line)`` of every entry of a text file: one SMILES per line, an optional name after it,
+    ``#`` starts a comment. Duplicates (the same canonical SMILES twice) are an error naming both lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("SMILES file not found", file=str(path))
+    entries, seen = [], {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        smiles, _, name = text.partition(" ")
+        name = name.strip() or smiles
+        key = canonical(smiles)
+        if key is not None and key in seen:
+            raise DataError(f"{smiles!r} ({name}) is the molecule of line {seen[key]} again", file=str(path),
+                            frame=number, field="smiles")
+        if key is not None:
+            seen[key] = number
+        entries.append((smiles, name, number))
+    if not entries:
+        raise DataError("the SMILES file lists no molecule", file=str(path))
+    return entries
+
+
+def _mol(smiles: str):
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    return Chem.MolFromSmiles(smiles)
+
+
+def canonical(smiles: str) -> str | None:
+    """RDKit's canonical SMILES without stereochemistry (None when RDKit cannot parse it)."""
+    from rdkit import Chem
+
+    mol = _mol(smiles)
+    if mol is None:
+        return None
+    Chem.RemoveStereochemistry(mol)
+    return Chem.MolToSmiles(mol)
+
+
+def skeleton_key(smiles: str) -> str | None:
+    """The first block of the standard InChIKey (connectivity only)."""
+    from rdkit import Chem
+
+    mol = _mol(smiles)
+    return None if mol is None else Chem.MolToInchiKey(mol).split("-")[0]
+
+
+def excluded_by(smiles: str, sets: list[str]) -> str | None:
+    """The name of the excluded molecule ``smiles`` is (e.g. "rmd17: aspirin"), or None."""
+    mine = (canonical(smiles), skeleton_key(smiles))
+    for set_name in sets:
+        if set_name not in EXCLUSION_SETS:
+            raise DataError(f"unknown exclusion set {set_name!r}; known: {sorted(EXCLUSION_SETS)}",
+                            field="input.exclude")
+        for name, other in EXCLUSION_SETS[set_name].items():
+            theirs = (canonical(other), skeleton_key(other))
+            if mine[0] == theirs[0] or mine[1] == theirs[1]:
+                return f"{set_name}: {name}"
+    return None
+
+
+def problem(smiles: str, elements: list[str] | None, exclude: list[str]) -> str | None:
+    """Why ``smiles`` cannot be used (unparsable, an element outside ``elements``, a test molecule), or None."""
+    from rdkit import Chem
+
+    mol = _mol(smiles)
+    if mol is None:
+        return "RDKit cannot parse it"
+    if elements is not None:
+        outside = sorted({a.GetSymbol() for a in Chem.AddHs(mol).GetAtoms()} - set(elements))
+        if outside:
+            return f"element(s) {outside} outside the allowed {sorted(elements)}"
+    hit = excluded_by(smiles, exclude)
+    if hit:
+        return f"a test molecule ({hit}), excluded"
+    return None

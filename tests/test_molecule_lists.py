@@ -1,0 +1,92 @@
+"""Lists of molecules to label (issue 31): SMILES files, the test molecules left out, bad entries recorded while
+the others go on, and sampling that resumes molecule by molecule."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ffspace.errors import DataError
+from ffspace.reference import job
+from ffspace.reference.config import LabelConfig
+from ffspace.reference.molecules import RMD17, excluded_by, problem, read_smiles_file
+
+pytest.importorskip("rdkit")
+
+
+def test_every_rmd17_molecule_is_recognised_however_it_is_written():
+    for name, smiles in RMD17.items():
+        assert excluded_by(smiles, ["rmd17"]) is not None, name
+    # other spellings: Kekulé aspirin, paracetamol from the other end, the enol tautomer of malonaldehyde
+    assert excluded_by("CC(=O)OC1=CC=CC=C1C(O)=O", ["rmd17"]) == "rmd17: aspirin"
+    assert excluded_by("Oc1ccc(NC(C)=O)cc1", ["rmd17"]) == "rmd17: paracetamol"
+    assert excluded_by("O/C=C/C=O", ["rmd17"]).startswith("rmd17: malonaldehyde")
+    assert excluded_by("c1ccc(cc1)/N=N/c1ccccc1", ["rmd17"]) == "rmd17: azobenzene"
+    assert excluded_by("CCCO", ["rmd17"]) is None and excluded_by("Cc1ccccc1C", ["rmd17"]) is None
+    with pytest.raises(DataError, match="unknown exclusion set 'md22'"):
+        excluded_by("CCO", ["md22"])
+
+
+def test_problems_name_what_is_wrong():
+    assert problem("C1CC", None, []) == "RDKit cannot parse it"
+    assert "['Br']" in problem("CCBr", ["H", "C", "N", "O"], [])
+    assert problem("CCO", None, ["rmd17"]) == "a test molecule (rmd17: ethanol), excluded"
+    assert problem("CCN", ["H", "C", "N"], ["rmd17"]) is None
+
+
+def test_smiles_file_entries_and_duplicates(tmp_path):
+    path = tmp_path / "mols.smi"
+    path.write_text("# header\nCCN ethylamine\n\nCOC  # dimethyl ether\n")
+    assert read_smiles_file(path) == [("CCN", "ethylamine", 2), ("COC", "COC", 4)]
+    path.write_text("CCN ethylamine\nNCC again\n")
+    with pytest.raises(DataError, match="line 1 again") as info:
+        read_smiles_file(path)
+    assert "mols.smi, frame 2, field 'smiles'" in str(info.value)  # the file and the line it names
+
+
+def _config(tmp_path, smiles_file, **extra):
+    return LabelConfig(input={"smiles_file": str(smiles_file), "elements": ["H", "C", "N", "O"],
+                              "exclude": ["rmd17"], **extra},
+                       samplers=[{"kind": "rattle", "n_frames": 2, "sigma": 0.02}], labeler={"method": "xtb"},
+                       store=str(tmp_path / "store"), out=str(tmp_path / "out.extxyz"), progress=False)
+
+
+def test_bad_and_excluded_molecules_are_recorded_and_the_others_go_on(tmp_path):
+    path = tmp_path / "mols.smi"
+    path.write_text("CCN ethylamine\nC1CC broken\nCCBr bromoethane\nCC(=O)Nc1ccc(O)cc1 paracetamol\nCOC ether\n")
+    cfg = _config(tmp_path, path)
+    frames = job.sampled_frames(cfg, cfg.store)
+    assert [f.info["name"] for f in frames] == ["ethylamine"] * 2 + ["ether"] * 2
+    left_out = [json.loads(x) for x in (tmp_path / "store" / "input_failures.jsonl").read_text().splitlines()]
+    assert [(x["name"], x["line"]) for x in left_out] == [("broken", 2), ("bromoethane", 3), ("paracetamol", 4)]
+    assert "rmd17: paracetamol" in left_out[2]["reason"]
+    path.write_text("C1CC broken\n")
+    with pytest.raises(DataError, match="no usable molecule"):
+        job.start_structures(_config(tmp_path / "b", path), [])
+
+
+def test_sampling_resumes_with_the_next_molecule(tmp_path, monkeypatch):
+    """Killed while sampling the third molecule, the rerun samples only the third and later ones, and the
+    frames are those of an uninterrupted run."""
+    path = tmp_path / "mols.smi"
+    path.write_text("CCN\nCOC\nCC=O\nCCC\n")
+    whole = job.sampled_frames(_config(tmp_path / "whole", path), tmp_path / "whole" / "store")
+    cfg = _config(tmp_path / "killed", path)
+    real, calls = job.sample_start, []
+
+    def dies_at_the_third(cfg, start, k):
+        calls.append(k)
+        if k == 2 and len(calls) < 4:
+            raise KeyboardInterrupt
+        return real(cfg, start, k)
+
+    monkeypatch.setattr(job, "sample_start", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        job.sampled_frames(cfg, cfg.store)
+    assert calls == [0, 1, 2]
+    again = job.sampled_frames(cfg, cfg.store)
+    assert calls == [0, 1, 2, 2, 3]
+    assert len(again) == len(whole) == 8
+    for a, b in zip(whole, again):
+        assert (a.positions == b.positions).all() and a.info == b.info
+    assert not list(Path(cfg.store).glob("*.parts"))
