@@ -36,8 +36,8 @@ def test_problems_name_what_is_wrong():
 
 def test_smiles_file_entries_and_duplicates(tmp_path):
     path = tmp_path / "mols.smi"
-    path.write_text("# header\nCCN ethylamine\n\nCOC  # dimethyl ether\n")
-    assert read_smiles_file(path) == [("CCN", "ethylamine", 2), ("COC", "COC", 4)]
+    path.write_text("# header\nCCN ethylamine\n\nCOC  # dimethyl ether\nCC#N acetonitrile # a triple bond\n")
+    assert read_smiles_file(path) == [("CCN", "ethylamine", 2), ("COC", "COC", 4), ("CC#N", "acetonitrile", 5)]
     path.write_text("CCN ethylamine\nNCC again\n")
     with pytest.raises(DataError, match="line 1 again") as info:
         read_smiles_file(path)
@@ -90,3 +90,18 @@ def test_sampling_resumes_with_the_next_molecule(tmp_path, monkeypatch):
     for a, b in zip(whole, again):
         assert (a.positions == b.positions).all() and a.info == b.info
     assert not list(Path(cfg.store).glob("*.parts"))
+
+
+def test_the_shipped_drug_like_list_is_clean():
+    """benchmarks/data/druglike/molecules.smi: every entry parses, has only the allowed elements, is no rMD17
+    molecule and appears once; the recipes use it with the exclusion on."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    entries = read_smiles_file(root / "benchmarks" / "data" / "druglike" / "molecules.smi")
+    assert len(entries) >= 100
+    for smiles, name, line in entries:
+        assert problem(smiles, ["H", "C", "N", "O", "F", "S", "Cl"], ["rmd17"]) is None, (name, line)
+    for recipe in ("label_druglike_xtb.yaml", "label_druglike_pbe.yaml"):
+        cfg = LabelConfig(**yaml.safe_load((root / "benchmarks" / "configs" / recipe).read_text()))
+        assert cfg.input.exclude == ["rmd17"] and cfg.input.smiles_file.endswith("molecules.smi")

@@ -8,6 +8,7 @@ another way is caught too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import DataError
@@ -32,14 +33,15 @@ EXCLUSION_SETS = {"rmd17": RMD17}
 
 def read_smiles_file(path) -> list[tuple[str, str, int]]:
     """``(smiles, name, line)`` of every entry of a text file: one SMILES per line, an optional name after it,
-    ``#`` starts a comment. Duplicates (the same canonical SMILES twice) are an error naming both lines."""
+    ``#`` at the start of a line or after a space starts a comment (in a SMILES it is a triple bond). Duplicates (the same canonical SMILES twice) are an error naming both lines."""
     path = Path(path)
     if not path.is_file():
         raise DataError("SMILES file not found", file=str(path))
     entries, seen = [], {}
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        text = raw.split("#", 1)[0].strip()
-        if not text:
+        # A comment starts a line or follows a space: '#' inside a SMILES is a triple bond.
+        text = re.split(r"\s#", raw.strip(), maxsplit=1)[0].strip()
+        if not text or text.startswith("#"):
             continue
         smiles, _, name = text.partition(" ")
         name = name.strip() or smiles
