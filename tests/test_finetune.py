@@ -145,3 +145,29 @@ def test_two_level_recipe_from_the_command_line(tmp_path):
     assert firsts["tuned"][key] < 0.7 * firsts["fresh"][key], (key, firsts)
     tuned, _ = load_package(tmp_path / "tuned" / "train" / "model.safetensors")
     assert tuned.get_config()["terms"][1]["features"] == 8
+
+
+def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
+    """benchmarks/transfer.py in miniature: zero-shot on two rMD17 molecules, one few-shot pair; a rerun reads
+    everything back."""
+    import importlib.util
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data" / "rmd17"
+    if not (data / "rmd17_ethanol_test_01.npz").exists():
+        pytest.skip(f"rMD17 not found at {data}")
+    spec = importlib.util.spec_from_file_location("transfer", root / "benchmarks" / "transfer.py")
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    package, _ = xtb_package
+    args = ["--package", f"tiny={package}", "--molecules", "ethanol", "uracil", "--n-test", "20", "--shots", "10",
+            "--fewshot", "ethanol", "--budget-min", "0.02", "--out", str(tmp_path)]
+    transfer.main(args)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["zero_shot"]["tiny/ethanol/20"]["status"] == "ok"
+    assert results["zero_shot"]["tiny/uracil/20"]["status"] == "ok"  # N: the package's "aminated" frames
+    pair = results["few_shot"]["ethanol/10/0.02min/seed0"]
+    assert pair["fine-tuned"]["n"] == pair["scratch"]["n"] == 1000
+    transfer.main(args)
+    assert json.loads((tmp_path / "results.json").read_text())["few_shot"] == results["few_shot"]

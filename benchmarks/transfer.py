@@ -1,0 +1,167 @@
+"""A transferable model on molecules it never saw: zero-shot on rMD17 and few-shot fine-tuning (issue 31).
+
+    python benchmarks/transfer.py --package drug-like=PATH [--package graph_mm=PATH2]     # zero-shot only
+    python benchmarks/transfer.py --package drug-like=PATH --shots 10 50 200 --budget-min 10
+
+Zero-shot: each package on the test_01 frames of every rMD17 molecule (PBE/def2-SVP, 1000 each): force MAE,
+energy MAE after removing the mean offset (an unseen molecule's absolute energy is a constant that per-element
+references cannot know), and the raw energy MAE. A molecule with an element the package lacks is reported as
+such, not skipped silently.
+
+Few-shot (``--shots``): for each molecule of ``--fewshot`` and each N, N frames of its train_01 file (seeded; 20
+more frames validate) fine-tune the first package (`train.init_from`, reference energies refitted) and train the
+same architecture from scratch, each with the same wall-clock budget; both are tested on the 1000 test_01 frames.
+
+Every finished entry is written to ``--out``/results.json at once: a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ffspace.data import read_dataset
+from ffspace.evaluate import error_metrics, predict
+from ffspace.potential import Potential
+from ffspace.potential.package import read_metadata, versions
+from ffspace.train import Trainer, TrainConfig, build_model_for_data, model_for_training
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rmd17"
+MOLECULES = ["aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene", "paracetamol",
+             "salicylic", "toluene", "uracil"]
+
+
+def offset_free_energy_mae(pred, data) -> float:
+    """Energy MAE (meV) after removing the mean error: relative energies."""
+    err = np.asarray(pred["energy"]) - np.array([s.energy for s in data])
+    return float(np.abs(err - err.mean()).mean() * 1000)
+
+
+def evaluate(package: Path, data, dtype: str = "float32") -> dict:
+    pot = Potential.load(package, dtype=dtype)
+    missing = sorted(set(data.elements) - set(pot.model.elements))
+    if missing:
+        return {"status": f"elements {missing} not in the model"}
+    t0 = time.perf_counter()
+    pred = predict(pot, data)
+    m = error_metrics(pred, data)
+    return {"status": "ok", "forces_mae_meV_A": m["forces_mae_meV_A"], "forces_rmse_meV_A": m["forces_rmse_meV_A"],
+            "energy_mae_meV_offset_free": offset_free_energy_mae(pred, data), "energy_mae_meV": m["energy_mae_meV"],
+            "n": len(data), "predict_s": time.perf_counter() - t0}
+
+
+def scratch_config(package: Path) -> dict:
+    """The learned term's family and settings of a package: the same architecture, fresh weights."""
+    terms = read_metadata(package)["model"].get("terms", [])
+    learned = [t for t in terms if t.get("family") not in ("reference", "zbl", "mm", "sum", "d4")]
+    if not learned:
+        raise SystemExit(f"{package}: no learned term to train from scratch")
+    cfg = {k: v for k, v in learned[0].items() if k not in ("elements", "energy_scale", "avg_neighbors")}
+    if any(t.get("family") == "zbl" for t in terms):
+        cfg["zbl"] = True
+    return cfg
+
+
+def few_shot(package: Path, molecule: str, n: int, budget_min: float, out: Path, seed: int, lr_tune: float,
+             lr_scratch: float, data: Path) -> dict:
+    pool = read_dataset(data / f"rmd17_{molecule}_train_01.npz")
+    train, val, _ = pool.split([n, 20, -1], seed=seed)
+    test = read_dataset(data / f"rmd17_{molecule}_test_01.npz")
+    result = {}
+    common = dict(epochs=1_000_000, batch_size=min(8, n), schedule="cosine", warmup_epochs=1,
+                  early_stop_patience=1_000_000, max_time_min=budget_min, seed=seed, progress=sys.stderr.isatty())
+    for arm in ("fine-tuned", "scratch"):
+        run = out / f"{molecule}_{n}_{arm}"
+        if arm == "fine-tuned":
+            tc = TrainConfig(**common, lr=lr_tune, init_from=str(package))
+            model = model_for_training({}, train, tc)
+        else:
+            tc = TrainConfig(**common, lr=lr_scratch)
+            model = build_model_for_data(scratch_config(package), train, seed=seed)
+        summary = Trainer(model, train, val, tc, run_dir=run, overwrite=True).fit()
+        result[arm] = {**evaluate(run / "model.safetensors", test), "epochs": summary["epochs"],
+                       "train_s": summary["time_s"]}
+        print(f"[transfer] {molecule} {n} frames, {arm}: F MAE {result[arm]['forces_mae_meV_A']:.1f} meV/Å",
+              file=sys.stderr)
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--package", action="append", required=True, help="NAME=PATH of a model package (repeatable)")
+    p.add_argument("--molecules", nargs="+", default=MOLECULES)
+    p.add_argument("--n-test", type=int, default=1000, help="test_01 frames per molecule (1000: all)")
+    p.add_argument("--shots", type=int, nargs="*", default=[], help="few-shot training set sizes, e.g. 10 50 200")
+    p.add_argument("--fewshot", nargs="+", default=["aspirin", "paracetamol"])
+    p.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget of each few-shot training")
+    p.add_argument("--lr-tune", type=float, default=1e-3)
+    p.add_argument("--lr-scratch", type=float, default=5e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--out", type=Path, default=Path("runs/transfer"))
+    args = p.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"rMD17 not found at {args.data} (../shared/data/rmd17)")
+    packages = dict(item.split("=", 1) for item in args.package)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["versions"] = versions()
+
+    def save():
+        path.write_text(json.dumps(results, indent=1))
+
+    zero = results.setdefault("zero_shot", {})
+    for name, package in packages.items():
+        for molecule in args.molecules:
+            key = f"{name}/{molecule}/{args.n_test}"
+            if key not in zero:
+                test = read_dataset(args.data / f"rmd17_{molecule}_test_01.npz")[:args.n_test]
+                zero[key] = evaluate(Path(package), test)
+                save()
+            print(f"[transfer] zero-shot {name} on {molecule}: {zero[key]}", file=sys.stderr)
+    few = results.setdefault("few_shot", {})
+    first = Path(next(iter(packages.values())))
+    for molecule in args.fewshot:
+        for n in args.shots:
+            key = f"{molecule}/{n}/{args.budget_min:g}min/seed{args.seed}"
+            if key not in few:
+                few[key] = few_shot(first, molecule, n, args.budget_min, args.out / "few_shot", args.seed,
+                                    args.lr_tune, args.lr_scratch, args.data)
+                save()
+    print(report(results, packages, args))
+
+
+def report(results, packages, args) -> str:
+    lines = ["## Zero-shot on rMD17 (test_01)", "",
+             "| molecule | " + " | ".join(f"{n}: F MAE (meV/Å) / E MAE offset-free (meV)" for n in packages) + " |",
+             "|---|" + "---|" * len(packages)]
+    means = {n: [] for n in packages}
+    for molecule in args.molecules:
+        cells = []
+        for name in packages:
+            r = results["zero_shot"][f"{name}/{molecule}/{args.n_test}"]
+            if r["status"] == "ok":
+                cells.append(f"{r['forces_mae_meV_A']:.1f} / {r['energy_mae_meV_offset_free']:.1f}")
+                means[name].append(r["forces_mae_meV_A"])
+            else:
+                cells.append(r["status"])
+        lines.append(f"| {molecule} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{np.mean(v):.1f}**" if v else "–" for v in means.values()) + " |")
+    if results.get("few_shot"):
+        lines += ["", "## Few-shot (force MAE on test_01, meV/Å)", "", "| molecule | frames | budget | fine-tuned | "
+                  "scratch | ratio |", "|---|---|---|---|---|---|"]
+        for key, r in results["few_shot"].items():
+            molecule, n, budget, _ = key.split("/")
+            a, b = r["fine-tuned"]["forces_mae_meV_A"], r["scratch"]["forces_mae_meV_A"]
+            lines.append(f"| {molecule} | {n} | {budget} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
