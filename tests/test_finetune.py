@@ -171,3 +171,21 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
     assert pair["fine-tuned"]["n"] == pair["scratch"]["n"] == 1000
     transfer.main(args)
     assert json.loads((tmp_path / "results.json").read_text())["few_shot"] == results["few_shot"]
+
+
+def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path, monkeypatch):
+    import shutil
+
+    from ffspace.errors import ModelPackageError
+    from ffspace.potential import package as package_module
+
+    package, _ = xtb_package
+    monkeypatch.setattr(package_module, "SHIPPED", tmp_path)
+    shutil.copy(package, tmp_path / "tiny.safetensors")
+    pot = Potential.load("builtin:tiny", dtype="float64")
+    assert pot.model.elements == [1, 6, 7, 8]
+    train, _ = pbe
+    model = model_for_training({}, train, TrainConfig(**QUICK, init_from="builtin:tiny"))
+    assert model.elements == [1, 6, 7, 8]
+    with pytest.raises(ModelPackageError, match=r"no shipped model 'builtin:huge'; this ffspace ships \['builtin:tiny'\]"):
+        Potential.load("builtin:huge")

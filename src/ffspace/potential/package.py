@@ -58,10 +58,27 @@ def save_package(path, model, extra: dict | None = None) -> Path:
     return atomic_write(path, save(tensors, metadata={"ffspace": json.dumps(meta)}))
 
 
+# Model packages shipped inside ffspace, named ``builtin:NAME`` (``NAME.safetensors`` here).
+SHIPPED = Path(__file__).resolve().parents[1] / "packages"
+
+
+def resolve_package_path(path) -> Path:
+    """``builtin:NAME`` is the package ffspace ships under that name; anything else is a file path."""
+    text = str(path)
+    if not text.startswith("builtin:"):
+        return Path(path)
+    name = text.split(":", 1)[1]
+    found = SHIPPED / f"{name}.safetensors"
+    if not found.is_file():
+        shipped = sorted(f"builtin:{p.stem}" for p in SHIPPED.glob("*.safetensors"))
+        raise ModelPackageError(f"no shipped model {text!r}; this ffspace ships {shipped or 'none'}")
+    return found
+
+
 def read_metadata(path) -> dict:
     from safetensors import safe_open
 
-    path = Path(path)
+    path = resolve_package_path(path)
     if not path.is_file():
         raise ModelPackageError(f"model package {path} not found")
     try:
@@ -96,6 +113,7 @@ def load_package(path, dtype: torch.dtype | str | None = None):
 
     from .potential import torch_dtype
 
+    path = resolve_package_path(path)
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path))

@@ -27,9 +27,9 @@ def start_from_package(path, dataset, reference: str = "refit"):
 
     ``reference``: ``"refit"`` corrects the per-element reference energies of the elements in ``dataset`` to
     what the package leaves unexplained there (the others are kept); ``"keep"`` leaves them as they are."""
-    from ..potential.package import load_package
+    from ..potential.package import load_package, resolve_package_path
 
-    path = Path(path)
+    path = resolve_package_path(path)
     if not path.is_file():
         raise ConfigError(f"train.init_from: no model package at {path}")
     model, _ = load_package(path)

@@ -30,7 +30,7 @@ from ..evaluate.metrics import error_metrics, format_metrics, predict
 from ..graph.batch import collate, graph_of
 from ..potential import Potential
 from ..outputs import atomic_path, atomic_write, claim_folder, write_json
-from ..potential.package import save_package, versions
+from ..potential.package import resolve_package_path, save_package, versions
 from ..progress import progress as progress_bar
 from . import distributed
 from .config import TrainConfig
@@ -131,7 +131,7 @@ class Trainer:
         settings = {k: v for k, v in self.config.model_dump().items() if k not in self.FREE_SETTINGS}
         h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
         if self.config.init_from:  # the starting weights are the package's: a run from another one is another run
-            h.update(Path(self.config.init_from).read_bytes())
+            h.update(resolve_package_path(self.config.init_from).read_bytes())
         update_with_structures(h, train_set, val_set)
         return h.hexdigest()
 
