@@ -105,3 +105,17 @@ def test_the_shipped_drug_like_list_is_clean():
     for recipe in ("label_druglike_xtb.yaml", "label_druglike_pbe.yaml"):
         cfg = LabelConfig(**yaml.safe_load((root / "benchmarks" / "configs" / recipe).read_text()))
         assert cfg.input.exclude == ["rmd17"] and cfg.input.smiles_file.endswith("molecules.smi")
+
+
+def test_a_label_job_writes_hdf5_when_asked(tmp_path):
+    from ffspace.data import read_dataset
+
+    path = tmp_path / "mols.smi"
+    path.write_text("CCN\nCOC\n")
+    cfg = _config(tmp_path, path).model_copy(update={"out": str(tmp_path / "set.h5")})
+    labelled = job.run_label_job(cfg)
+    back = read_dataset(tmp_path / "set.h5")
+    assert len(back) == len(labelled) == 4
+    assert [s.energy for s in back] == [s.energy for s in labelled]
+    job.run_label_job(cfg)  # a rerun remakes the file from the store
+    assert len(read_dataset(tmp_path / "set.h5")) == 4

@@ -84,6 +84,7 @@ class LabelConfig(BaseModel):
     workers: int = Field(1, ge=1, description="local worker processes")
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://host:8786")
     store: str = Field("runs/label/store", description="crash-safe label store folder")
-    out: str = Field("runs/label/dataset.extxyz", description="labeled dataset (extxyz, REF_energy/REF_forces)")
+    out: str = Field("runs/label/dataset.extxyz", description="labeled dataset: extxyz (REF_energy/REF_forces), or "
+                     "chunked HDF5 when the name ends in .h5 (streamed by training)")
     seed: int = 0
     progress: bool = True

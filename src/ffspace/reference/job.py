@@ -170,7 +170,13 @@ def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | No
                                progress=cfg.progress)
     failed = len(frames) - len(dataset)
     out = Path(cfg.out)
-    write_extxyz(out, list(dataset))
+    if out.suffix.lower() in (".h5", ".hdf5"):  # a large set: chunked HDF5 that training streams
+        from ..data.hdf5 import write_hdf5
+
+        out.unlink(missing_ok=True)  # the labels are in the store: the dataset file is remade from it
+        write_hdf5(out, dataset, name=out.stem)
+    else:
+        write_extxyz(out, list(dataset))
     print(f"wrote {len(dataset)} labeled structures to {out}" + (f" ({failed} failed: see "
           f"{store.failures_path})" if failed else ""), file=sys.stderr)
     return dataset
