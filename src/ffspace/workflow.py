@@ -59,7 +59,7 @@ def model_path(cfg: RunConfig) -> Path:
 def run_identity(cfg: RunConfig) -> str:
     """What makes a run the same run: its data, model and the training settings that shape the trajectory (and
     the package it evaluates, when one is named). Owns ``out`` and the folders under it (`ffspace.outputs`)."""
-    train = {k: v for k, v in cfg.train.model_dump().items() if k not in Trainer.FREE_SETTINGS}
+    train = cfg.train.identity(exclude=Trainer.FREE_SETTINGS)
     ident = {"data": cfg.data.model_dump(exclude={"unit_check", "cache_mb"}), "model": cfg.model.model_dump(), "train": train}
     if cfg.model_path:
         path = Path(cfg.model_path)

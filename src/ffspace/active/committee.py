@@ -155,7 +155,7 @@ def _train_member(folder: Path, model, subset, val_set, cfg) -> None:
 
 
 def _fingerprint(train_set, val_set, model_config: dict, train_config, seed: int, warm_start) -> str:
-    h = hashlib.sha256(json.dumps({"model": model_config, "train": train_config.model_dump(exclude={"progress"}),
+    h = hashlib.sha256(json.dumps({"model": model_config, "train": train_config.identity(exclude={"progress"}),
                                    "seed": seed}, sort_keys=True, default=str).encode())
     update_with_structures(h, train_set, val_set)
     if warm_start is not None:

@@ -210,7 +210,7 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
     # Curves and extrapolation sets have caches of their own: adding one keeps the training. (The empty
     # `extrapolation` keeps the key of a dataset without sets what it was before sets were cached apart.)
     accuracy_key = {"model": named.model_dump(exclude={"stability"}),
-                    "train": _train_config(cfg, m).model_dump(exclude={"progress"}),
+                    "train": _train_config(cfg, m).identity(exclude={"progress"}),
                     "dataset": {**ds.model_dump(exclude={"curves"}), "extrapolation": {}},
                     "budget_min": cfg.budget_min, **prior_key}
     accuracy = _cached(run_dir / "accuracy.json", accuracy_key,

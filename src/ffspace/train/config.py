@@ -49,3 +49,16 @@ class TrainConfig(BaseModel):
     lr_scale: dict[str, float] = Field(default_factory=dict, description="parameter-name pattern -> factor on the "
                                        "learning rate (the first matching pattern counts), e.g. {'terms.1.readout*': 1, "
                                        "'terms.1.*': 0.1}")
+
+    # Settings added after runs, checkpoints and benchmark caches were made: they enter a run's identity only when
+    # set, so that those runs resume and the cached results stay valid.
+    _LATER = {"init_from": None, "init_reference": "refit", "freeze": [], "lr_scale": {}}
+
+    def identity(self, exclude=()) -> dict:
+        """The settings that identify a run (`model_dump` without ``exclude``, and without the later settings at
+        their defaults)."""
+        out = self.model_dump(exclude=set(exclude))
+        for key, default in self._LATER.items():
+            if key in out and out[key] == default:
+                out.pop(key)
+        return out

@@ -128,7 +128,7 @@ class Trainer:
     def _fingerprint(self, model, train_set, val_set) -> str:
         """Hash of what determines the trajectory: model config, trajectory settings and the data's content."""
         h = hashlib.sha256()
-        settings = {k: v for k, v in self.config.model_dump().items() if k not in self.FREE_SETTINGS}
+        settings = self.config.identity(exclude=self.FREE_SETTINGS)
         h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
         if self.config.init_from:  # the starting weights are the package's: a run from another one is another run
             h.update(resolve_package_path(self.config.init_from).read_bytes())
