@@ -26,12 +26,19 @@ from .writers import _plain
 FORMAT, VERSION = "ffspace-structures", 1
 
 
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("HDF5 structure sets need h5py: pip install 'ffspace[hdf5]' (or h5py)") from None
+    return h5py
+
+
 def write_hdf5(path, structures: Iterable[Structure], block_structures: int = 256, name: str | None = None) -> int:
     """Write ``structures`` (any iterable: a generator streams a set larger than memory) to a new HDF5 file at
     ``path``, appending one block at a time; returns the number written. The file is complete only when this
     returns (written to ``path.partial`` first, then renamed)."""
-    import h5py
-
+    h5py = _h5py()
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     n = 0
@@ -96,8 +103,7 @@ class _Store:
     """The open file (reopened in a forked or spawned process), its index arrays and the block cache."""
 
     def __init__(self, path, cache_mb: float):
-        import h5py
-
+        h5py = _h5py()
         self.path = Path(path)
         self.cache_bytes = int(cache_mb * 2**20)
         try:
@@ -125,8 +131,7 @@ class _Store:
         return int(self.offsets[-1]) * 48 + self.n * 170
 
     def file(self):
-        import h5py
-
+        h5py = _h5py()
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._file
