@@ -126,3 +126,18 @@ def test_a_foreign_hdf5_file_is_a_clear_error(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(DataError, match="other.h5.*not an ffspace structures file"):
         read_dataset(path)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_data_parallel_workers_stream_the_same_file(ethanol_h5, tmp_path):
+    """train.workers=2 on an HDF5 set: the workers open the file themselves (the view's indices travel, not the
+    data) and follow the single-process trajectory."""
+    train, val = read_dataset(ethanol_h5, cache_mb=0.02).split([60, 10, -1], seed=1)[:2]
+    weights = {}
+    for workers in (1, 2):
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, progress=False, dtype="float64", workers=workers)
+        trainer = Trainer(build_model_for_data(TINY, train, seed=0), train, val, cfg, run_dir=tmp_path / str(workers))
+        trainer.fit()
+        weights[workers] = trainer.model.state_dict()
+    for key, value in weights[1].items():
+        torch.testing.assert_close(weights[2][key], value, rtol=1e-7, atol=1e-10)
