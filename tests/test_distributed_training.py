@@ -93,9 +93,9 @@ def test_two_workers_resume_a_single_process_run(tmp_path, ethanol_data):
 
 
 @pytest.mark.slow
-def test_torchrun_gives_the_trajectory_of_train_workers(tmp_path):
-    """`torchrun --nproc-per-node=2 -m ffspace.cli train ...` (gloo, env://), `ffspace train train.workers=2` and
-    one process train the same model: equal losses per epoch and weights (to summation order); rank 0 writes."""
+def test_torchrun_gives_the_single_process_trajectory(tmp_path):
+    """`torchrun --nproc-per-node=2 -m ffspace.cli train ...` (gloo, env://) and one process train the same model:
+    equal losses per epoch and weights (to summation order, as `train.workers=2` does); rank 0 writes."""
     import os
     import socket
     import subprocess
@@ -112,21 +112,18 @@ def test_torchrun_gives_the_trajectory_of_train_workers(tmp_path):
                                "-m", "ffspace.cli", *args, f"out={tmp_path / 'torchrun'}"],
                               capture_output=True, text=True, env=env, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    for name, extra in (("workers", ["train.workers=2"]), ("single", [])):
-        spawned = subprocess.run([sys.executable, "-m", "ffspace.cli", *args, *extra, f"out={tmp_path / name}"],
-                                 capture_output=True, text=True, env=env, timeout=600)
-        assert spawned.returncode == 0, spawned.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "ffspace.cli", *args, f"out={tmp_path / 'single'}"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
     runs = {}
-    for name in ("torchrun", "workers", "single"):
+    for name in ("torchrun", "single"):
         folder = tmp_path / name / "train"
         runs[name] = ([json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()],
                       load_file(str(folder / "model.safetensors")))
-    h1, w1 = runs["torchrun"]
-    for other in ("workers", "single"):
-        h2, w2 = runs[other]
-        assert len(h1) == len(h2) == 2
-        for a, b in zip(h1, h2):
-            for key in ("train_loss", "val_forces_mae_meV_A", "lr"):
-                assert a[key] == pytest.approx(b[key], rel=1e-8), (other, key)
-        for k in w1:
-            np.testing.assert_allclose(w1[k].numpy(), w2[k].numpy(), rtol=1e-7, atol=1e-10, err_msg=f"{other} {k}")
+    (h1, w1), (h2, w2) = runs["torchrun"], runs["single"]
+    assert len(h1) == len(h2) == 2
+    for a, b in zip(h1, h2):
+        for key in ("train_loss", "val_forces_mae_meV_A", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-8), key
+    for k in w1:
+        np.testing.assert_allclose(w1[k].numpy(), w2[k].numpy(), rtol=1e-7, atol=1e-10, err_msg=k)
