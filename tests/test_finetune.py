@@ -196,5 +196,17 @@ def test_fine_tuning_settings_leave_other_runs_identities_alone():
     runs made before they existed resume, and cached benchmark results stay valid."""
     later = {"init_from", "init_reference", "freeze", "lr_scale"}
     assert set(TrainConfig().identity()) == set(TrainConfig.model_fields) - later
-    assert TrainConfig(lr_scale={"terms.1.*": 0.1}).identity()["lr_scale"] == {"terms.1.*": 0.1}
+    assert TrainConfig(lr_scale={"terms.1.*": 0.1}).identity()["lr_scale"] == [["terms.1.*", 0.1]]
     assert TrainConfig(init_from="x.safetensors").identity()["init_from"] == "x.safetensors"
+
+
+def test_the_order_of_lr_scale_patterns_and_the_starting_package_are_part_of_a_run(tmp_path, xtb_package):
+    a = TrainConfig(lr_scale={"terms.1.readout*": 1.0, "terms.1.*": 0.1})
+    b = TrainConfig(lr_scale={"terms.1.*": 0.1, "terms.1.readout*": 1.0})
+    assert a.identity() != b.identity()  # the first matching pattern counts
+    package, _ = xtb_package
+    copy = tmp_path / "p.safetensors"
+    copy.write_bytes(package.read_bytes())
+    before = TrainConfig(init_from=str(copy)).identity()
+    copy.write_bytes(package.read_bytes()[:-8] + b"\0" * 8)  # retrained at the same path
+    assert TrainConfig(init_from=str(copy)).identity() != before

@@ -74,7 +74,8 @@ def test_training_from_hdf5_equals_training_from_memory(ethanol_h5, ethanol_data
 
     train, val = read_dataset(ethanol_h5, cache_mb=64).split([-1, 40], seed=0)
     from_disk, _ = fit(train, val, "hdf5")
-    from_memory, _ = fit(Dataset(list(train)), Dataset(list(val)), "memory")
+    # (the trainer reads an on-disk set in file order: its passes then read each block once)
+    from_memory, _ = fit(Dataset(list(train.in_file_order())), Dataset(list(val)), "memory")
     for key, value in from_memory.model.state_dict().items():
         torch.testing.assert_close(from_disk.model.state_dict()[key], value, rtol=0, atol=0)
 
@@ -141,3 +142,25 @@ def test_data_parallel_workers_stream_the_same_file(ethanol_h5, tmp_path):
         weights[workers] = trainer.model.state_dict()
     for key, value in weights[1].items():
         torch.testing.assert_close(weights[2][key], value, rtol=1e-7, atol=1e-10)
+
+
+def test_splits_are_seeded_samples_and_epochs_read_each_block_once_whatever_the_sizes(tmp_path, ethanol_data):
+    """A split's prefix is a random sample (not the start of the file); with structures of very different sizes
+    (9-atom ethanol, then 24-atom water boxes) an epoch still reads every block exactly once."""
+    boxes = [physics.periodic_box(k, n_molecules=8, box=8.0) for k in range(64)]
+    boxes = [b.copy(energy=-1.0 * k, forces=np.full((b.n_atoms, 3), 0.1)) for k, b in enumerate(boxes)]
+    write_hdf5(tmp_path / "mixed.h5", list(ethanol_data[:192]) + boxes, block_structures=16)
+    data = read_dataset(tmp_path / "mixed.h5", cache_mb=0.06)
+    train, _ = data.split([-1, 16], seed=3)
+    assert train[:40].indices.max() > 192  # the prefix reaches into the boxes
+    store = data.store
+    view = train.in_file_order()
+    for seed in range(3):
+        reads = store.block_reads
+        order = view.epoch_order(np.random.default_rng(seed))
+        assert sorted(order.tolist()) == list(range(len(view)))
+        for k in order:
+            view[int(k)]
+        touched = len(set((view.indices // store.block).tolist()))
+        assert store.block_reads - reads <= touched + 1  # (+1: the window the cache still held)
+    assert store.peak_cached_bytes <= store.cache_bytes

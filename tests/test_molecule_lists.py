@@ -119,3 +119,24 @@ def test_a_label_job_writes_hdf5_when_asked(tmp_path):
     assert [s.energy for s in back] == [s.energy for s in labelled]
     job.run_label_job(cfg)  # a rerun remakes the file from the store
     assert len(read_dataset(tmp_path / "set.h5")) == 4
+
+
+def test_charge_tabs_and_a_molecule_the_sampler_cannot_handle(tmp_path):
+    """A charged SMILES for a neutral labeler is left out; a tab may separate the name; a molecule that a sampler
+    fails on (a torsion scan of water: no rotatable bond) is recorded with the reason and the others go on, also
+    after a rerun; editing the SMILES file samples anew."""
+    assert "net formal charge 1" in problem("C[NH3+]", None, [], charge=0)
+    path = tmp_path / "mols.smi"
+    path.write_text("CCCC\tbutane\nO water\nC[NH3+] methylammonium\n")
+    assert read_smiles_file(path)[0] == ("CCCC", "butane", 1)
+    cfg = LabelConfig(input={"smiles_file": str(path)}, samplers=[{"kind": "torsion_scan", "n_frames": 3}],
+                      labeler={"method": "xtb"}, store=str(tmp_path / "store"), out=str(tmp_path / "o.extxyz"),
+                      progress=False)
+    frames = job.sampled_frames(cfg, cfg.store)
+    assert {f.info["name"] for f in frames} == {"butane"} and len(frames) == 3
+    failures = (tmp_path / "store" / "input_failures.jsonl").read_text()
+    assert "methylammonium" in failures and "net formal charge" in failures
+    assert "water" in failures and "sampling failed" in failures
+    first = job.samples_path(cfg, cfg.store)
+    path.write_text("CCCC\tbutane\nCCCCC pentane\n")
+    assert job.samples_path(cfg, cfg.store) != first  # the molecules changed, not the file's name

@@ -328,7 +328,14 @@ def _cached(path: Path, key: dict, compute, keep=lambda value: True) -> dict:
 
 
 def _file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """A file's SHA-256, or a folder's (a DeePMD system): its files' relative names and contents, in order."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(x for x in path.rglob("*") if x.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:

@@ -30,7 +30,7 @@ class Dataset(Sequence):
         return self.structures[index]
 
     def __add__(self, other: "Dataset") -> "Dataset":
-        return Dataset(self.structures + list(other), f"{self.name}+{getattr(other, 'name', 'dataset')}")
+        return Dataset(list(self.structures) + list(other), f"{self.name}+{getattr(other, 'name', 'dataset')}")
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {len(self)} structures)"

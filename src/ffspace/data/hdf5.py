@@ -124,17 +124,28 @@ class _Store:
         self._file, self._pid = None, None
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self.cached_bytes = self.peak_cached_bytes = self.block_reads = 0
+        self._sizes: dict[int, int] = {}  # bytes of each block read so far, and the longest info string:
+        self._info_max = 0                 # for `block_bytes`
 
     @property
     def data_bytes(self) -> int:
-        """What the whole set takes in memory as blocks (positions, forces and per-structure arrays)."""
-        return int(self.offsets[-1]) * 48 + self.n * 170
+        """What the whole set takes in memory as blocks (positions, forces, per-structure arrays; info strings
+        estimated from the blocks read so far)."""
+        return sum(self.block_bytes(b) for b in range(-(-self.n // self.block)))
 
     def file(self):
         h5py = _h5py()
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._file
+
+    def block_bytes(self, b: int) -> int:
+        """What block ``b`` takes in the cache (positions and forces, per-structure arrays, info strings)."""
+        if b in self._sizes:  # read before: its size is known
+            return self._sizes[b]
+        # not yet: its arrays from the offsets, its info strings as long as the longest seen so far
+        k0, k1 = b * self.block, min(self.n, (b + 1) * self.block)
+        return int(self.offsets[k1] - self.offsets[k0]) * 48 + (k1 - k0) * (170 + self._info_max)
 
     def blocks_in_cache(self) -> int:
         """How many blocks of the average size fit the cache (at least one)."""
@@ -152,6 +163,9 @@ class _Store:
         arrays.update({key: f[key][k0:k1] for key in ("energy", "cell", "pbc", "stress", "has_energy", "has_forces",
                                                       "has_stress", "frame", "info")})
         size = sum(v.nbytes for v in arrays.values() if isinstance(v, np.ndarray) and v.dtype != object)
+        size += sum(len(x) for x in arrays["info"])  # the JSON strings count too
+        self._info_max = max(self._info_max, max(len(x) for x in arrays["info"]))
+        self._sizes[b] = size
         self.block_reads += 1
         self._cache[b] = arrays
         self.cached_bytes += size
@@ -220,11 +234,11 @@ class HDF5Dataset(Dataset):
     def __repr__(self) -> str:
         return f"HDF5Dataset({self.name!r}, {len(self)} structures)"
 
-    def split(self, sizes, seed: int = 0) -> list["HDF5Dataset"]:
-        """`Dataset.split`'s seeded parts (the same structures), each in file order, so that a pass over a part
-        reads each block once; a training epoch shuffles them anyway (`epoch_order`)."""
-        return [HDF5Dataset(self._store.path, indices=np.sort(part.indices), name=self.name, _store=self._store)
-                for part in super().split(sizes, seed)]
+    def in_file_order(self) -> "HDF5Dataset":
+        """The same structures in the order of the file: a pass over it reads each block once. (Splits keep
+        `Dataset.split`'s seeded order, so that a prefix of a part is a random sample; the trainer and the model
+        set-up, whose passes do not depend on the order, read this view.)"""
+        return HDF5Dataset(self._store.path, indices=np.sort(self.indices), name=self.name, _store=self._store)
 
     @property
     def elements(self) -> list[int]:
@@ -253,10 +267,20 @@ class HDF5Dataset(Dataset):
             by_block.setdefault(int(k) // store.block, []).append(position)
         blocks = list(by_block)
         blocks = [blocks[b] for b in rng.permutation(len(blocks))]
-        window = store.blocks_in_cache()
+        # Windows of consecutive blocks (in the shuffled order) whose real sizes fit the cache together: blocks of
+        # large structures make smaller windows, so no block is read twice in an epoch.
+        windows, current, size = [], [], 0
+        for b in blocks:
+            need = store.block_bytes(b)
+            if current and size + need > store.cache_bytes:
+                windows.append(current)
+                current, size = [], 0
+            current.append(b)
+            size += need
+        windows.append(current)
         order = []
-        for w in range(0, len(blocks), window):
-            members = np.concatenate([by_block[b] for b in blocks[w:w + window]])
+        for window in windows:
+            members = np.concatenate([by_block[b] for b in window])
             order.append(members[rng.permutation(len(members))])
         return np.concatenate(order)
 

@@ -36,7 +36,7 @@ def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> li
         where = inp.smiles_file or "<smiles>"
         out, skipped = [], []
         for k, (smi, name, line) in enumerate(entries):
-            reason = problem(smi, inp.elements, inp.exclude)
+            reason = problem(smi, inp.elements, inp.exclude, charge=cfg.labeler.charge)
             if reason is None:
                 try:
                     conformers = from_smiles(smi, inp.n_conformers, seed=cfg.seed + k)
@@ -107,6 +107,8 @@ def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = Non
             inp.pop(key)
     relevant = {"input": inp, "samplers": [s.model_dump() for s in cfg.samplers],
                 "seed": cfg.seed}
+    if cfg.input.smiles_file and Path(cfg.input.smiles_file).is_file():  # the molecules, not the file's name
+        relevant["smiles_file_sha256"] = hashlib.sha256(Path(cfg.input.smiles_file).read_bytes()).hexdigest()
     if starts is not None:  # given start structures replace the ones cfg.input and cfg.seed would make
         h = hashlib.sha256()
         for s in starts:
@@ -125,6 +127,12 @@ def samples_path(cfg: LabelConfig, folder, starts: list[Structure] | None = None
     return Path(folder) / f"samples-{_sampling_fingerprint(cfg, starts)}.extxyz"
 
 
+def _write_failures(folder, left_out: list[dict]) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(folder) / "input_failures.jsonl") as tmp:
+        Path(tmp).write_text("".join(json.dumps(x) + "\n" for x in left_out))
+
+
 def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = None) -> list[Structure]:
     """The frames of ``cfg``'s samplers, made once into ``folder/samples-<fingerprint>.extxyz`` and read back.
 
@@ -136,21 +144,40 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
     """
     path = samples_path(cfg, folder, starts)
     if not path.exists():
-        left_out = []
+        left_out, given = [], starts
         starts = start_structures(cfg, left_out) if starts is None else starts
         if left_out:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            with atomic_path(Path(folder) / "input_failures.jsonl") as tmp:
-                Path(tmp).write_text("".join(json.dumps(x) + "\n" for x in left_out))
+            _write_failures(folder, left_out)
         parts = path.with_name(path.stem + ".parts")
         parts.mkdir(parents=True, exist_ok=True)
         frames = []
+        molecules = bool(cfg.input.smiles or cfg.input.smiles_file) and given is None
         for k, start in enumerate(starts):
             part = parts / f"{k:05d}.extxyz"
             if not part.exists():
+                try:
+                    sampled = sample_start(cfg, start, k)
+                except (DataError, RuntimeError, ValueError) as exc:
+                    if not molecules:
+                        raise
+                    # One molecule of a list that the sampler cannot handle (a torsion scan of a molecule without
+                    # a rotatable bond, an xTB failure): recorded, and the list goes on.
+                    name = start.info.get("name") or start.info.get("smiles")
+                    record = {"smiles": start.info.get("smiles"), "name": name,
+                              "conformer": start.info.get("conformer"), "reason": f"sampling failed: {exc}"}
+                    part.with_suffix(".failed.json").write_text(json.dumps(record))
+                    print(f"left out: {name}: sampling failed: {exc}", file=sys.stderr)
+                    sampled = []
                 with atomic_path(part) as tmp:
-                    write_extxyz(tmp, sample_start(cfg, start, k))
-            frames += read_extxyz(part, required=())
+                    if sampled:
+                        write_extxyz(tmp, sampled)
+                    else:
+                        Path(tmp).write_text("")
+            failed = part.with_suffix(".failed.json")
+            if failed.exists():  # (also when an earlier, killed run found it)
+                left_out.append(json.loads(failed.read_text()))
+                _write_failures(folder, left_out)
+            frames += read_extxyz(part, required=()) if part.stat().st_size else []
         with atomic_path(path) as tmp:
             write_extxyz(tmp, frames)
         shutil.rmtree(parts)

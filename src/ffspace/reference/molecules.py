@@ -43,8 +43,8 @@ def read_smiles_file(path) -> list[tuple[str, str, int]]:
         text = re.split(r"\s#", raw.strip(), maxsplit=1)[0].strip()
         if not text or text.startswith("#"):
             continue
-        smiles, _, name = text.partition(" ")
-        name = name.strip() or smiles
+        smiles, *rest = text.split(maxsplit=1)  # a space or a tab before the name
+        name = rest[0].strip() if rest else smiles
         key = canonical(smiles)
         if key is not None and key in seen:
             raise DataError(f"{smiles!r} ({name}) is the molecule of line {seen[key]} again", file=str(path),
@@ -97,13 +97,16 @@ def excluded_by(smiles: str, sets: list[str]) -> str | None:
     return None
 
 
-def problem(smiles: str, elements: list[str] | None, exclude: list[str]) -> str | None:
-    """Why ``smiles`` cannot be used (unparsable, an element outside ``elements``, a test molecule), or None."""
+def problem(smiles: str, elements: list[str] | None, exclude: list[str], charge: int | None = None) -> str | None:
+    """Why ``smiles`` cannot be used (unparsable, an element outside ``elements``, a net charge other than the
+    labeler's ``charge``, a test molecule), or None."""
     from rdkit import Chem
 
     mol = _mol(smiles)
     if mol is None:
         return "RDKit cannot parse it"
+    if charge is not None and Chem.GetFormalCharge(mol) != charge:
+        return f"net formal charge {Chem.GetFormalCharge(mol)}, but the labeler's charge is {charge}"
     if elements is not None:
         outside = sorted({a.GetSymbol() for a in Chem.AddHs(mol).GetAtoms()} - set(elements))
         if outside:

@@ -61,4 +61,14 @@ class TrainConfig(BaseModel):
         for key, default in self._LATER.items():
             if key in out and out[key] == default:
                 out.pop(key)
+        if "lr_scale" in out:  # the first matching pattern counts: the order is part of the setting
+            out["lr_scale"] = [[k, v] for k, v in self.lr_scale.items()]
+        if out.get("init_from"):  # the starting weights: a package retrained at the same path is another run
+            from ..potential.package import resolve_package_path
+
+            path = resolve_package_path(self.init_from)
+            if path.is_file():
+                import hashlib
+
+                out["init_from_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         return out

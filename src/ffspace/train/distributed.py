@@ -66,7 +66,7 @@ def launched_rank() -> int:
 
 def launched_device(device: str) -> str:
     """Under a launcher, a CUDA run takes the GPU of its local rank (one per process)."""
-    if launched() and device.startswith("cuda") and ":" not in device:
+    if launched() and device.startswith("cuda"):  # (an explicit cuda:N would put every process on one GPU)
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
 
@@ -79,6 +79,9 @@ def join_launched(device: str):
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method="env://",
                             timeout=_TIMEOUT)
     _IN_WORKER = True
+    # Every process has built its trainer (rank 0 has claimed the folder, and with overwrite removed the old
+    # checkpoint) before any reads a checkpoint: NCCL's group may return before the others arrive.
+    dist.barrier()
 
 
 def all_reduce_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

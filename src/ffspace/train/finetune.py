@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.stats import reference_energies
+from ..data.stats import composition_matrix
 from ..errors import ConfigError
 from ..models.composite import AtomicReference, Sum
 
@@ -55,10 +55,15 @@ def _refit_reference(model, dataset, path):
     if not isinstance(model, Sum) or len(refs) != 1:
         raise ConfigError(f"train.init_from: the package {path} has no single per-element reference term to "
                           f"refit; set train.init_reference=keep")
+    if hasattr(dataset, "in_file_order"):  # on disk: one pass over its blocks
+        dataset = dataset.in_file_order()
     dataset.require_labels(energy=True, forces=False)
-    pred = predict(Potential(model, dtype=torch.float64), list(dataset))
-    unexplained = [s.copy(energy=s.energy - e) for s, e in zip(dataset, pred["energy"])]
-    correction = reference_energies(unexplained, dataset.elements)
+    # What the package leaves unexplained, by least squares over the compositions (streamed: no copy of the set).
+    pred = predict(Potential(model, dtype=torch.float64), dataset)
+    labels = np.array([s.energy for s in dataset])
+    elements = dataset.elements
+    a = composition_matrix(dataset, elements)
+    correction = dict(zip(elements, np.linalg.lstsq(a, labels - pred["energy"], rcond=None)[0].tolist()))
     old = model.terms[refs[0]]
     energies = {z: float(old.table[z]) for z in old.elements}
     for z, d in correction.items():

@@ -36,6 +36,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     if family not in MODEL_REGISTRY or family in ("sum", "reference"):
         raise ConfigError(f"model.family must be a learned family, one of "
                           f"{sorted(set(MODEL_REGISTRY) - {'sum', 'reference', 'zbl'})}; got {family!r}")
+    if hasattr(dataset, "in_file_order"):  # on disk: the passes below do not depend on the order
+        dataset = dataset.in_file_order()
     dataset.require_labels(energy=True, forces=False)
     refuse_constant_labels(dataset)  # scale and reference energies from constant labels would be meaningless
     elements = dataset.elements

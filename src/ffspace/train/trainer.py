@@ -88,6 +88,8 @@ class Trainer:
         self.model = self.potential.model
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
+        if hasattr(train_set, "in_file_order"):  # on disk: passes read each block once (the epochs shuffle)
+            train_set = train_set.in_file_order()
         if hasattr(val_set, "epoch_order"):  # a part of an on-disk set: validation reads it every epoch
             from ..data import Dataset
 
@@ -368,6 +370,9 @@ class Trainer:
         from .least_squares import fit_least_squares, linear_term
 
         if linear_term(self.model) is not None:
+            if distributed.launched():
+                raise ConfigError("a linear model (linear ACE) is fitted by least squares in one process: run it "
+                                  "without torchrun")
             return fit_least_squares(self)
         workers = self.config.workers
         if distributed.launched() and not distributed.active():
