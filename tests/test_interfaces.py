@@ -55,3 +55,28 @@ def test_ase_md_runs():
     e0 = atoms.get_total_energy()
     dyn.run(20)
     assert abs(atoms.get_total_energy() - e0) < 1e-3
+
+
+def test_a_trained_package_runs_md_in_openmm_and_bad_topologies_are_refused(trained_package, ethanol_data):
+    """`openmm_system` from a package file: 200 Langevin steps (0.5 fs, 300 K) in OpenMM stay finite and bonded;
+    atoms the model does not know are refused before any step."""
+    openmm = pytest.importorskip("openmm")
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip(f"OpenMM {openmm.__version__} has no PythonForce")
+    from openmm import unit
+
+    from ffspace.errors import ConfigError
+    from ffspace.interfaces.openmm_ml import openmm_force, openmm_positions, openmm_system
+
+    s = ethanol_data[0]
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.0005 * unit.picoseconds)
+    integrator.setRandomNumberSeed(1)
+    context = openmm.Context(openmm_system(trained_package, s), integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(openmm_positions(s))
+    integrator.step(200)
+    state = context.getState(getEnergy=True, getPositions=True)
+    assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+    pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    assert np.linalg.norm(pos[0] - pos[1]) < 1.8  # C–C still bonded
+    with pytest.raises(ConfigError, match=r"also have \['S'\]"):
+        openmm_force(trained_package, [6, 16, 1])

@@ -3,6 +3,7 @@
 fails `test_every_registered_family_is_in_the_suite`. Structures carry H, C, N and O (acetamide, ethanol,
 water and ammonia boxes)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -290,3 +291,33 @@ def test_equivariant_vectors_keep_the_energy_a_true_scalar():
     distorted.positions[0, 0] += 1e-3
     e = pot([s, mirrored, distorted])["energy"]
     assert abs(e[0] - e[1]) < 1e-7 * abs(e[0] - e[2])
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
+def test_openmm_reproduces_the_model(model, periodic):
+    """The interface mixin: the model as an OpenMM force (`ffspace.interfaces.openmm_ml`, PythonForce) gives
+    ffspace's energy and forces, float64: 1e-5 relative energy, 1e-6 eV/Å forces."""
+    openmm = pytest.importorskip("openmm")
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip(f"OpenMM {openmm.__version__} has no PythonForce")
+    from openmm import unit
+
+    from ffspace import units
+    from ffspace.interfaces.openmm_ml import openmm_positions, openmm_system
+    from ffspace.potential import Potential
+
+    if periodic:
+        _skip_if_molecules_only(model)
+    s = physics.periodic_box(1, nitrogen=True) if periodic else physics.molecule(seed=3)
+    pot = Potential(model, dtype=torch.float64)
+    ours = pot.compute(pot.batch([s]), forces=True)
+    context = openmm.Context(openmm_system(pot, s), openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(openmm_positions(s))
+    state = context.getState(getEnergy=True, getForces=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) * units.kJ_per_mol
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    forces = forces * units.kJ_per_mol / units.nm
+    e = float(ours["energy"][0])
+    assert abs(energy - e) <= 1e-5 * max(1.0, abs(e))
+    assert np.abs(forces - ours["forces"].numpy()).max() <= 1e-6

@@ -1,0 +1,103 @@
+"""Any ffspace model as an OpenMM force, through ``openmm.PythonForce`` (OpenMM ≥ 8.3): every family, molecules
+and periodic boxes, the whole system or a subset of its particles (the ML part of an ML/MM system).
+
+OpenMM works in nm, kJ/mol and kJ/mol/nm; the model in Å and eV. The conversion happens here and nowhere else.
+Each force evaluation is one call of the ffspace `Potential` (its fast path where the family has one), so the
+cost per step is ffspace's plus OpenMM's Python round trip. (OpenMM-Torch, which would keep the evaluation in
+C++, has no wheel for the pinned torch here; see docs.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import units
+from ..data.structure import Structure
+from ..errors import ConfigError
+from ..potential import Potential
+
+
+def _openmm():
+    try:
+        import openmm
+        from openmm import unit
+    except ImportError:
+        raise ImportError("the OpenMM interface needs OpenMM: pip install 'ffspace[openmm]' (or openmm)") from None
+    if not hasattr(openmm, "PythonForce"):
+        raise ImportError(f"OpenMM {openmm.__version__} has no PythonForce (OpenMM 8.3 or later has)")
+    return openmm, unit
+
+
+class ModelComputation:
+    """What OpenMM calls each step: State (nm) → (energy kJ/mol, forces kJ/mol/nm) from an ffspace `Potential`."""
+
+    def __init__(self, potential: Potential, numbers, periodic: bool, charge: float = 0.0):
+        self.potential, self.numbers, self.periodic = potential, np.asarray(numbers), periodic
+        self.info = {"charge": charge} if charge else {}
+
+    def structure(self, state) -> Structure:
+        _, unit = _openmm()
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * units.nm
+        cell = np.zeros((3, 3))
+        if self.periodic:
+            cell = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)) * units.nm
+        return Structure(numbers=self.numbers, positions=positions, cell=cell, pbc=self.periodic,
+                         info=dict(self.info))
+
+    def __call__(self, state):
+        s = self.structure(state)
+        out = self.potential.compute(self.potential.batch([s]), forces=True)
+        energy = float(out["energy"][0]) / units.kJ_per_mol
+        forces = out["forces"].double().cpu().numpy() / units.kJ_per_mol * units.nm
+        return energy, forces
+
+
+def openmm_force(model, numbers, periodic: bool = False, particles=None, dtype: str = "float64",
+                 device: str = "cpu", charge: float = 0.0):
+    """An ``openmm.PythonForce`` holding ``model`` (a package path, ``builtin:NAME`` or a `Potential`) for atoms of
+    atomic ``numbers``; ``particles``: their indices in the System when the model covers only part of it (ML/MM).
+    A model that does not know an element of ``numbers`` is refused here, before any step."""
+    openmm, _ = _openmm()
+    potential = model if isinstance(model, Potential) else Potential.load(model, dtype=dtype, device=device)
+    numbers = np.asarray(numbers, dtype=np.int64)
+    known = set(potential.model.elements)  # (none: a universal term such as ZBL takes every element)
+    unknown = sorted(set(numbers.tolist()) - known) if known else []
+    if unknown:
+        from ase.data import chemical_symbols
+
+        raise ConfigError(f"the model knows elements {[chemical_symbols[z] for z in potential.model.elements]}; "
+                          f"the OpenMM atoms also have {[chemical_symbols[z] for z in unknown]}")
+    if particles is not None and len(particles) != len(numbers):
+        raise ConfigError(f"{len(particles)} particle indices for {len(numbers)} atoms")
+    force = openmm.PythonForce(ModelComputation(potential, numbers, periodic, charge))
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    force.setName("ffspace")
+    if particles is not None:
+        force.setParticles([int(i) for i in particles])
+    return force
+
+
+def openmm_system(model, structure: Structure, dtype: str = "float64", device: str = "cpu"):
+    """An ``openmm.System`` of ``structure``'s atoms (masses from ASE), its periodic box if it has one, and the
+    model as its only force."""
+    openmm, unit = _openmm()
+    from ase.data import atomic_masses
+
+    system = openmm.System()
+    for z in structure.numbers:
+        system.addParticle(float(atomic_masses[z]) * unit.amu)
+    periodic = bool(structure.pbc.any())
+    if periodic:
+        if not structure.pbc.all():
+            raise ConfigError("OpenMM needs periodic boundaries in all three directions or none")
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(row / units.nm)) * unit.nanometer
+                                              for row in structure.cell])
+    system.addForce(openmm_force(model, structure.numbers, periodic, dtype=dtype, device=device,
+                                 charge=float(structure.info.get("charge", 0.0))))
+    return system
+
+
+def openmm_positions(structure: Structure):
+    """``structure``'s positions as OpenMM wants them (nm)."""
+    _, unit = _openmm()
+    return structure.positions / units.nm * unit.nanometer
