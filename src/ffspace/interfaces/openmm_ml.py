@@ -3,8 +3,8 @@ and periodic boxes, the whole system or a subset of its particles (the ML part o
 
 OpenMM works in nm, kJ/mol and kJ/mol/nm; the model in Å and eV. The conversion happens here and nowhere else.
 Each force evaluation is one call of the ffspace `Potential` (its fast path where the family has one), so the
-cost per step is ffspace's plus OpenMM's Python round trip. (OpenMM-Torch, which would keep the evaluation in
-C++, has no wheel for the pinned torch here; see docs.)
+cost per step is ffspace's plus OpenMM's Python round trip. (OpenMM-Torch would keep the evaluation in C++ but
+needs a TorchScript export of each family: not tried yet.)
 """
 
 from __future__ import annotations
