@@ -80,3 +80,18 @@ def test_a_trained_package_runs_md_in_openmm_and_bad_topologies_are_refused(trai
     assert np.linalg.norm(pos[0] - pos[1]) < 1.8  # C–C still bonded
     with pytest.raises(ConfigError, match=r"also have \['S'\]"):
         openmm_force(trained_package, [6, 16, 1])
+
+
+def test_the_openmm_cost_benchmark_runs(trained_package, capsys):
+    pytest.importorskip("openmm")
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("openmm_ml_cost", root / "benchmarks" / "openmm_ml_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--package", str(trained_package), "--data",
+                str(root / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"), "--steps", "20", "--rounds", "1"])
+    table = capsys.readouterr().out
+    assert "| OpenMM (PythonForce) |" in table and "| ffspace run_md |" in table
