@@ -2,8 +2,9 @@
 and periodic boxes, the whole system or a subset of its particles (the ML part of an ML/MM system).
 
 OpenMM works in nm, kJ/mol and kJ/mol/nm; the model in Å and eV. The conversion happens here and nowhere else.
-Each force evaluation is one call of the ffspace `Potential` (its fast path where the family has one), so the
-cost per step is ffspace's plus OpenMM's Python round trip. (OpenMM-Torch would keep the evaluation in C++ but
+Each force evaluation goes through ffspace's MD evaluator (a Verlet neighbour list kept across steps, the fast
+path's kernel called from numpy where the family has one), so the cost per step is ffspace's plus OpenMM's Python
+round trip. (OpenMM-Torch would keep the evaluation in C++ but
 needs a TorchScript export of each family: not tried yet.)
 """
 
@@ -34,6 +35,7 @@ class ModelComputation:
     def __init__(self, potential: Potential, numbers, periodic: bool, charge: float = 0.0):
         self.potential, self.numbers, self.periodic = potential, np.asarray(numbers), periodic
         self.info = {"charge": charge} if charge else {}
+        self._forces, self._cell = None, None
 
     def structure(self, state) -> Structure:
         _, unit = _openmm()
@@ -46,10 +48,15 @@ class ModelComputation:
 
     def __call__(self, state):
         s = self.structure(state)
-        out = self.potential.compute(self.potential.batch([s]), forces=True)
-        energy = float(out["energy"][0]) / units.kJ_per_mol
-        forces = out["forces"].double().cpu().numpy() / units.kJ_per_mol * units.nm
-        return energy, forces
+        # ffspace's MD evaluator: a Verlet neighbour list kept across steps and the fast path's kernel called
+        # straight from numpy; made again when the box changes (a barostat).
+        if self._forces is None or not np.array_equal(s.cell, self._cell):
+            from ..md.integrators import MDState
+            from ..md.simulation import PotentialForces
+
+            self._forces, self._cell = PotentialForces(self.potential, MDState(s)), s.cell.copy()
+        energy, forces = self._forces(s.positions)
+        return energy / units.kJ_per_mol, np.asarray(forces, dtype=np.float64) / units.kJ_per_mol * units.nm
 
 
 def openmm_force(model, numbers, periodic: bool = False, particles=None, dtype: str = "float64",
