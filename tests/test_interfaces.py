@@ -82,19 +82,21 @@ def test_a_trained_package_runs_md_in_openmm_and_bad_topologies_are_refused(trai
         openmm_force(trained_package, [6, 16, 1])
 
 
-def test_the_openmm_cost_benchmark_runs(trained_package, capsys):
+def test_the_engine_cost_benchmark_runs(trained_package, capsys):
     pytest.importorskip("openmm")
     import importlib.util
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("openmm_ml_cost", root / "benchmarks" / "openmm_ml_cost.py")
+    spec = importlib.util.spec_from_file_location("engine_cost", root / "benchmarks" / "engine_cost.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--package", str(trained_package), "--data",
-                str(root / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"), "--steps", "20", "--rounds", "1"])
+                str(root / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"), "--steps", "20", "--rounds", "1", "--copies", "2"])
     table = capsys.readouterr().out
-    assert "| OpenMM (PythonForce) |" in table and "| ffspace run_md |" in table
+    for engine in ("ffspace run_md", "OpenMM (PythonForce)", "LAMMPS (fix external)", "TorchSim (1 system)",
+                   "TorchSim (2 copies batched)", "ASE (VelocityVerlet)"):
+        assert f"| {engine} |" in table
 
 
 def test_a_trained_package_runs_batched_nve_in_torchsim(trained_package, ethanol_data):
