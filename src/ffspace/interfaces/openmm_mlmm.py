@@ -56,6 +56,7 @@ def _without_ml_terms(force, name, ml: set[int]):
     keep = [t for t in terms if not set(int(a) for a in t[:n]) <= ml]
     if len(keep) == len(terms):
         openmm, _ = _openmm()
+        # a copy: the caller removes the original from its System
         return openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(force))
     if name.startswith("Custom"):
         raise ConfigError(f"a {name} has terms between ML atoms only; mixed_system removes such terms from "
@@ -87,35 +88,31 @@ def mixed_system(system, topology, ml_atoms, model, dtype: str = "float64", devi
                           f"{len(ml_atoms)} indices from {min(ml_atoms, default=None)} to {max(ml_atoms, default=None)}")
     numbers = topology_numbers(topology, ml_atoms)
     ml = set(ml_atoms)
-    mixed = openmm.System()
-    for i in range(system.getNumParticles()):
-        mixed.addParticle(system.getParticleMass(i))
-    mixed.setDefaultPeriodicBoxVectors(*system.getDefaultPeriodicBoxVectors())
-    for k in range(system.getNumConstraints()):
-        i, j, d = system.getConstraintParameters(k)
-        if not (i in ml and j in ml):
-            mixed.addConstraint(i, j, d)
-    for k in range(system.getNumParticles()):
-        if system.isVirtualSite(k):
-            mixed.setVirtualSite(k, system.getVirtualSite(k))  # (shared with the original: OpenMM copies on add)
-    for force in system.getForces():
+    # A serialized copy keeps everything (masses, box, virtual sites); forces are then edited or replaced in it.
+    mixed = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    for k in reversed(range(mixed.getNumConstraints())):
+        i, j, _ = mixed.getConstraintParameters(k)
+        if i in ml and j in ml:
+            mixed.removeConstraint(k)
+    for index in reversed(range(mixed.getNumForces())):
+        force = mixed.getForce(index)
         name = type(force).__name__
-        copy = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(force))
         if name in _BONDED:
-            copy = _without_ml_terms(force, name, ml)
+            replacement = _without_ml_terms(force, name, ml)
+            mixed.removeForce(index)
+            mixed.addForce(replacement)
         elif name == "NonbondedForce":
             for a in range(len(ml_atoms)):
                 for b in range(a):
-                    copy.addException(ml_atoms[a], ml_atoms[b], 0.0, 1.0, 0.0, True)
+                    force.addException(ml_atoms[a], ml_atoms[b], 0.0, 1.0, 0.0, True)
         elif name == "CustomNonbondedForce":
-            existing = {tuple(sorted(copy.getExclusionParticles(k))) for k in range(copy.getNumExclusions())}
+            existing = {tuple(sorted(force.getExclusionParticles(k))) for k in range(force.getNumExclusions())}
             for a in range(len(ml_atoms)):
                 for b in range(a):
                     if tuple(sorted((ml_atoms[a], ml_atoms[b]))) not in existing:
-                        copy.addExclusion(ml_atoms[a], ml_atoms[b])
+                        force.addExclusion(ml_atoms[a], ml_atoms[b])
         elif name not in _KEEP:
             raise ConfigError(f"mixed_system does not know how to split a {name} between ML and MM atoms")
-        mixed.addForce(copy)
     periodic = system.usesPeriodicBoundaryConditions()
     force = openmm_force(model, numbers, periodic=False, particles=ml_atoms, dtype=dtype, device=device,
                          charge=charge)
