@@ -192,3 +192,27 @@ def test_a_package_runs_a_water_box_nvt_in_lammps(trained_package):
     d = x[water.numbers == 8][:, None] - x[water.numbers == 1][None]
     d -= side * np.round(d / side)
     assert (np.linalg.norm(d, axis=2) < 1.3).sum() == 128  # every water still has its two O–H bonds
+
+
+def test_an_openmm_system_with_the_model_serializes_and_copies(trained_package, ethanol_data):
+    """OpenMM serializes a PythonForce by pickling it (XmlSerializer; openmmtools copies Systems this way): the
+    model travels as package bytes, and the copy gives the same energy and forces."""
+    openmm = pytest.importorskip("openmm")
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip(f"OpenMM {openmm.__version__} has no PythonForce")
+    from openmm import unit
+
+    from ffspace.interfaces.openmm_ml import openmm_positions, openmm_system
+
+    s = ethanol_data[0]
+    system = openmm_system(trained_package, s)
+    copy = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    results = []
+    for sys_ in (system, copy):
+        context = openmm.Context(sys_, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(openmm_positions(s))
+        state = context.getState(getEnergy=True, getForces=True)
+        results.append((state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+                        state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])

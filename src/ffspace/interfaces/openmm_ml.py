@@ -30,12 +30,41 @@ def _openmm():
 
 
 class ModelComputation:
-    """What OpenMM calls each step: State (nm) → (energy kJ/mol, forces kJ/mol/nm) from an ffspace `Potential`."""
+    """What OpenMM calls each step: State (nm) → (energy kJ/mol, forces kJ/mol/nm) from an ffspace `Potential`.
+
+    Picklable, because OpenMM serializes a System's PythonForce by pickling it (``XmlSerializer``, ``copy``, and
+    openmmtools, which copies Systems for every thermodynamic state): the pickle holds the model as a package
+    (safetensors + JSON, the bytes of `save_package`), never the torch objects, and is loaded back with
+    `Potential.load` — data only, no code."""
 
     def __init__(self, potential: Potential, numbers, periodic: bool, charge: float = 0.0):
         self.potential, self.numbers, self.periodic = potential, np.asarray(numbers), periodic
         self.info = {"charge": charge} if charge else {}
         self._forces, self._cell = None, None
+
+    def __getstate__(self):
+        import tempfile
+        from pathlib import Path
+
+        from ..potential.package import save_package
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_package(Path(tmp) / "model.safetensors", self.potential.model)
+            package = path.read_bytes()
+        return {"package": package, "dtype": str(self.potential.dtype).removeprefix("torch."),
+                "device": str(self.potential.device), "fast": self.potential.fast is not None,
+                "numbers": self.numbers, "periodic": self.periodic, "info": self.info}
+
+    def __setstate__(self, state):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.safetensors"
+            path.write_bytes(state["package"])
+            potential = Potential.load(path, dtype=state["dtype"], device=state["device"],
+                                       fast="auto" if state["fast"] else False)
+        self.__init__(potential, state["numbers"], state["periodic"], state["info"].get("charge", 0.0))
 
     def structure(self, state) -> Structure:
         _, unit = _openmm()
