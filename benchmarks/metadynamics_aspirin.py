@@ -133,7 +133,7 @@ def main(argv=None):
             if (folder / "metad.json").exists():
                 results[name] = json.loads((folder / "metad.json").read_text())
             continue
-        steps = int(round(ns * 1e6 / settings.timestep_fs / settings.chunk_steps)) * settings.chunk_steps
+        steps = max(1, int(round(ns * 1e6 / settings.timestep_fs / settings.chunk_steps))) * settings.chunk_steps
         print(f"{name}: {steps * settings.timestep_fs / 1000:.0f} ps", flush=True)
         results[name] = run_dihedral_metadynamics(make(), start, DIHEDRAL, steps, folder, settings)
         results[name]["method"] = name

@@ -171,6 +171,10 @@ def test_a_package_runs_a_water_box_nvt_in_lammps(trained_package):
         with pytest.raises(Exception, match="halt"):
             lmp.command("run 5")
         assert isinstance(fix.error, RuntimeError)
+        with pytest.raises(RuntimeError, match="failed inside LAMMPS: RuntimeError: injected"):
+            fix.run(0)  # run 0 has no step end for fix halt: the fix raises the model's error itself
+        with pytest.raises(RuntimeError, match="injected"):
+            fix.run(3)
     finally:
         lmp.close()
     from ffspace.data import read_dataset

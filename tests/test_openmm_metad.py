@@ -68,3 +68,21 @@ def test_dihedral_angle_sign_and_value():
     assert dihedral_degrees(pos, (0, 1, 2, 3)) == pytest.approx(90.0)
     pos[3] = [0, -1.0, 1.0]
     assert dihedral_degrees(pos, (0, 1, 2, 3)) == pytest.approx(-90.0)
+
+
+def test_a_failed_run_is_not_resumed_and_stray_bias_files_are_refused(tmp_path):
+    import openmm as mm
+
+    mol = ethanol(1, rattle=0.0)
+    system = mm.System()
+    for z in mol.numbers:
+        system.addParticle(12.0 if z > 1 else 1.0)
+    hot = MetaDSettings(temperature=5000.0, pace=50, chunk_steps=400, timestep_fs=1.0, hydrogen_mass=0.0,
+                        friction_per_ps=0.001)
+    failed = run_dihedral_metadynamics(system, mol, DIHEDRAL, 1200, tmp_path / "a", hot, progress=False)
+    again = run_dihedral_metadynamics(system, mol, DIHEDRAL, 1200, tmp_path / "a", hot, progress=False)
+    assert again["failure"] == failed["failure"] and again["steps"] == failed["steps"] == 400
+    (tmp_path / "b" / "bias").mkdir(parents=True)
+    np.save(tmp_path / "b" / "bias" / "bias_7_1.npy", np.zeros(61))
+    with pytest.raises(Exception, match="remove them"):
+        run_dihedral_metadynamics(_system(mol), mol, DIHEDRAL, 400, tmp_path / "b", SETTINGS, progress=False)

@@ -138,3 +138,17 @@ def test_atoms_that_do_not_fit_are_refused_before_any_step():
         mixed_system(system, _topology(first.numbers), range(first.n_atoms), _ml())
     with pytest.raises(ConfigError, match="distinct indices"):
         mixed_system(system, _topology(pair.numbers), [0, 0, 1], _ml())
+
+
+def test_a_molecule_split_across_the_box_is_made_whole():
+    """In a periodic ML/MM System the model sees the molecule whole even when its atoms come wrapped one by one."""
+    from ffspace.interfaces.openmm_ml import whole_molecule
+
+    mol = ethanol(1, rattle=0.02)
+    cell = np.array([[20.0, 0, 0], [3.0, 18.0, 0], [0, 2.0, 19.0]])
+    shifts = np.array([[0, 0, 0], [1, 0, 0], [0, -1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [-1, 0, 0], [0, 2, 0],
+                       [0, 0, 0]])
+    wrapped = mol.positions + shifts @ cell
+    np.testing.assert_allclose(whole_molecule(wrapped, cell), mol.positions, atol=1e-12)
+    with pytest.raises(ConfigError, match="larger box"):
+        whole_molecule(mol.positions, np.eye(3) * 5.0)

@@ -55,22 +55,32 @@ def lammps_cell(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def lammps_from_structure(structure: Structure, cmdargs=("-log", "none", "-screen", "none"), padding: float = 10.0):
     """A LAMMPS instance (``units metal``, ``atom_style atomic``) holding ``structure``: its periodic cell (rotated
-    to LAMMPS's lower-triangular form when triclinic) or, for a molecule, a fixed box ``padding`` Å beyond it;
+    to LAMMPS's lower-triangular form when triclinic) or, for a molecule, a shrink-wrapped box (first ``padding`` Å beyond it);
     one atom type per element, masses from ASE. Returns ``(lmp, type_numbers)``: ``type_numbers[t - 1]`` is the
     atomic number of LAMMPS type t. Atom sorting is off, so LAMMPS keeps the atoms in the structure's order."""
-    from ase.data import atomic_masses
-
     lammps = _lammps()
-    lmp = lammps.lammps(cmdargs=list(cmdargs))
     numbers = np.asarray(structure.numbers)
     type_numbers = sorted(set(numbers.tolist()))
     types = np.array([type_numbers.index(z) + 1 for z in numbers], dtype=np.int32)
     periodic = bool(structure.pbc.any())
     if periodic and not structure.pbc.all():
         raise ConfigError("LAMMPS boxes here are periodic in all three directions or none")
+    lmp = lammps.lammps(cmdargs=list(cmdargs))
+    try:
+        _fill(lmp, structure, numbers, type_numbers, types, periodic, padding)
+    except BaseException:
+        lmp.close()
+        raise
+    return lmp, type_numbers
+
+
+def _fill(lmp, structure, numbers, type_numbers, types, periodic: bool, padding: float) -> None:
+    from ase.data import atomic_masses
+
     positions = np.asarray(structure.positions, dtype=np.float64)
     lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array sort 0 0.0",
-                       f"boundary {'p p p' if periodic else 'f f f'}"])
+                       # a molecule: shrink-wrapped boundaries follow it wherever it drifts
+                       f"boundary {'p p p' if periodic else 's s s'}"])
     if periodic:
         cell, rotation = lammps_cell(structure.cell)
         positions = positions @ rotation
@@ -82,12 +92,14 @@ def lammps_from_structure(structure: Structure, cmdargs=("-log", "none", "-scree
         lo, hi = (positions.min(axis=0) - padding).tolist(), (positions.max(axis=0) + padding).tolist()
         lmp.command(f"region box block {lo[0]!r} {hi[0]!r} {lo[1]!r} {hi[1]!r} {lo[2]!r} {hi[2]!r}")
     lmp.command(f"create_box {len(type_numbers)} box")
-    lmp.create_atoms(len(numbers), list(range(1, len(numbers) + 1)), types.tolist(), positions.ravel().tolist())
+    created = lmp.create_atoms(len(numbers), list(range(1, len(numbers) + 1)), types.tolist(),
+                               positions.ravel().tolist())
+    if created != len(numbers):
+        raise ConfigError(f"LAMMPS created {created} of {len(numbers)} atoms (atoms outside the box?)")
     for t, z in enumerate(type_numbers, start=1):
         lmp.command(f"mass {t} {float(atomic_masses[z])!r}")
     # LAMMPS needs a pair style to build its own neighbour lists for thermo/velocity; `zero` computes nothing.
     lmp.commands_list(["pair_style zero 1.0", "pair_coeff * *"])
-    return lmp, type_numbers
 
 
 class FFSpaceFix:
@@ -100,6 +112,24 @@ class FFSpaceFix:
         self._forces, self._key = None, None
         self.calls = 0
         self.error: BaseException | None = None
+
+    def check(self) -> None:
+        """Raise the error the model met inside LAMMPS' last run (and clear it, with ``fix halt``'s flag). `fix halt`
+        stops a ``run N`` at the end of the failing step, but ``run 0`` has no step end: call this after it."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            self.lmp.set_internal_variable(f"{self.fix_id}_failed", 0.0)
+            raise RuntimeError(f"the ffspace model failed inside LAMMPS: {type(error).__name__}: {error}") from error
+
+    def run(self, steps: int) -> None:
+        """``run steps`` in LAMMPS, with the model's own error (not only LAMMPS' halt message) raised on failure."""
+        try:
+            self.lmp.command(f"run {int(steps)}")
+        except Exception:
+            if self.error is not None:
+                self.check()
+            raise
+        self.check()
 
     def _structure(self, x, numbers) -> Structure:
         boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
@@ -170,6 +200,8 @@ def attach(lmp, model, type_numbers, fix_id: str = "ffspace", dtype: str = "floa
     if n_types != len(type_numbers):
         raise ConfigError(f"LAMMPS has {n_types} atom types; type_numbers names {len(type_numbers)}")
     fix = FFSpaceFix(lmp, potential, type_numbers, fix_id, charge)
+    # No virial goes back to LAMMPS (the evaluator gives energy and forces only): its pressure leaves the model out,
+    # so barostats (fix npt) do not see it. NVE/NVT are exact.
     lmp.commands_list([f"fix {fix_id} all external pf/callback 1 1", f"fix_modify {fix_id} energy yes",
                        f"variable {fix_id}_failed internal 0",
                        f"fix {fix_id}_halt all halt 1 v_{fix_id}_failed > 0.5 error hard message yes"])
@@ -177,9 +209,11 @@ def attach(lmp, model, type_numbers, fix_id: str = "ffspace", dtype: str = "floa
     return fix
 
 
-def energy_forces(lmp, rotation: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def energy_forces(lmp, rotation: np.ndarray | None = None, fix: FFSpaceFix | None = None) -> tuple[float, np.ndarray]:
     """Potential energy (eV) and forces (eV/Å, in atom-ID order, rotated back by ``rotation`` when the box was
-    rotated) of the last ``run``."""
+    rotated) of the last ``run``; with ``fix``, the model's error in that run is raised instead."""
+    if fix is not None:
+        fix.check()
     energy = float(lmp.get_thermo("pe"))
     ids = np.array(lmp.numpy.extract_atom("id")[: lmp.extract_global("nlocal")])
     forces = np.array(lmp.numpy.extract_atom("f")[: len(ids)])[np.argsort(ids)]

@@ -94,6 +94,16 @@ def run_dihedral_metadynamics(system, structure, dihedral, steps: int, out_dir, 
     if previous is not None and (previous["settings"] != asdict(s) or previous["dihedral"] != dihedral):
         # (checked before OpenMM's Metadynamics reads the bias files of that other run)
         raise ConfigError(f"{out} holds a run with other settings or another dihedral; use a new out_dir")
+    stray = sorted(p.name for p in (out / "bias").glob("bias_*.npy"))
+    if previous is None and stray:
+        raise ConfigError(f"{out / 'bias'} holds bias files ({stray[:3]}) but no finished chunk of a run: they are "
+                          "from a run killed before its first checkpoint, or from elsewhere; remove them")
+    if previous is not None and previous.get("failure"):  # a failed run stays failed: never resumed from wreckage
+        history = dict(np.load(history_file))
+        summary = summarize({k: list(v) for k, v in history.items()}, s)
+        summary.update({"steps": previous["steps"], "failure": previous["failure"], "dihedral": dihedral,
+                        "settings": asdict(s), "wall_s_this_call": 0.0})
+        return summary
     i, j, _ = covalent_bonds(structure.numbers, structure.positions)
     bonds = np.stack([i, j], axis=1)
     start_lengths = np.linalg.norm(structure.positions[j] - structure.positions[i], axis=1)
@@ -105,9 +115,15 @@ def run_dihedral_metadynamics(system, structure, dihedral, steps: int, out_dir, 
     meta = app.Metadynamics(system, [variable], s.temperature * unit.kelvin, s.bias_factor,
                             s.height_kj_mol * unit.kilojoules_per_mole, s.pace, saveFrequency=s.chunk_steps,
                             biasDir=str(out / "bias"))
+    # OpenMM draws each Metadynamics' file id from numpy's global generator: an id equal to the earlier run's would
+    # make it ignore (and later overwrite) that run's bias, so check that the bias on disk was loaded.
+    if previous is not None and not np.any(meta._totalBias):
+        raise ConfigError(f"the bias of the earlier run in {out / 'bias'} was not loaded (file id clash: "
+                          f"{meta._id}); rerun to draw another id")
     integrator = openmm.LangevinMiddleIntegrator(s.temperature * unit.kelvin, s.friction_per_ps / unit.picosecond,
                                                  s.timestep_fs * 1e-3 * unit.picoseconds)
-    integrator.setRandomNumberSeed(s.seed)
+    # a resumed run draws new noise (the same seed would replay the noise of the run's start)
+    integrator.setRandomNumberSeed(s.seed + (previous["steps"] if previous else 0))
     topology = app.Topology()
     residue = topology.addResidue("MOL", topology.addChain())
     for k, z in enumerate(structure.numbers):
@@ -140,11 +156,16 @@ def run_dihedral_metadynamics(system, structure, dihedral, steps: int, out_dir, 
         history["time_ps"].append(done * s.timestep_fs / 1000)
         history["fes"].append(np.asarray(fes, dtype=np.float64).ravel() - np.min(fes))
         history["dihedral_deg"].append(dihedral_degrees(pos, dihedral))
+        # the chunk's files, then progress.json last, each replaced atomically: a kill leaves the last chunk's
+        # checkpoint (OpenMM has already saved that chunk's hills, so at most chunk_steps / pace hills are kept
+        # twice when the kill falls between its bias file and progress.json)
         np.savez(out / "history.tmp.npz", **{k: np.asarray(v) for k, v in history.items()})
         simulation.saveState(str(out / "state.tmp.xml"))
         os.replace(out / "history.tmp.npz", history_file)
         os.replace(out / "state.tmp.xml", out / "state.xml")
-        progress_file.write_text(json.dumps({"steps": done, "settings": asdict(s), "dihedral": dihedral}))
+        (out / "progress.tmp.json").write_text(json.dumps({"steps": done, "settings": asdict(s),
+                                                           "dihedral": dihedral, "failure": failure}))
+        os.replace(out / "progress.tmp.json", progress_file)
         if progress:
             rate = (time.perf_counter() - t0) / (done - first)
             print(f"  metadynamics: {done * s.timestep_fs / 1000:.0f} / {steps * s.timestep_fs / 1000:.0f} ps, "

@@ -35,10 +35,16 @@ class ModelComputation:
     Picklable, because OpenMM serializes a System's PythonForce by pickling it (``XmlSerializer``, ``copy``, and
     openmmtools, which copies Systems for every thermodynamic state): the pickle holds the model as a package
     (safetensors + JSON, the bytes of `save_package`), never the torch objects, and is loaded back with
-    `Potential.load` — data only, no code."""
+    `Potential.load`. (The serialized System is still a pickle: load such XML, or openmmtools' storage, only from
+    sources you trust. The device is kept as given, e.g. ``cuda:0``.)"""
 
-    def __init__(self, potential: Potential, numbers, periodic: bool, charge: float = 0.0):
+    def __init__(self, potential: Potential, numbers, periodic: bool, charge: float = 0.0,
+                 molecule_in_box: bool = False):
+        """``molecule_in_box``: the atoms are one molecule inside a periodic System (ML/MM): OpenMM passes the box,
+        the molecule is made whole by the minimum image from its first atom (platforms may hand over wrapped
+        coordinates) and evaluated as a molecule, without periodic images."""
         self.potential, self.numbers, self.periodic = potential, np.asarray(numbers), periodic
+        self.molecule_in_box = molecule_in_box
         self.info = {"charge": charge} if charge else {}
         self._forces, self._cell = None, None
 
@@ -53,7 +59,8 @@ class ModelComputation:
             package = path.read_bytes()
         return {"package": package, "dtype": str(self.potential.dtype).removeprefix("torch."),
                 "device": str(self.potential.device), "fast": self.potential.fast is not None,
-                "numbers": self.numbers, "periodic": self.periodic, "info": self.info}
+                "numbers": self.numbers, "periodic": self.periodic, "info": self.info,
+                "molecule_in_box": self.molecule_in_box}
 
     def __setstate__(self, state):
         import tempfile
@@ -64,14 +71,17 @@ class ModelComputation:
             path.write_bytes(state["package"])
             potential = Potential.load(path, dtype=state["dtype"], device=state["device"],
                                        fast="auto" if state["fast"] else False)
-        self.__init__(potential, state["numbers"], state["periodic"], state["info"].get("charge", 0.0))
+        self.__init__(potential, state["numbers"], state["periodic"], state["info"].get("charge", 0.0),
+                      state.get("molecule_in_box", False))
 
     def structure(self, state) -> Structure:
         _, unit = _openmm()
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * units.nm
         cell = np.zeros((3, 3))
-        if self.periodic:
+        if self.periodic or self.molecule_in_box:
             cell = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)) * units.nm
+        if self.molecule_in_box:
+            positions, cell = whole_molecule(positions, cell), np.zeros((3, 3))
         return Structure(numbers=self.numbers, positions=positions, cell=cell, pbc=self.periodic,
                          info=dict(self.info))
 
@@ -88,8 +98,21 @@ class ModelComputation:
         return energy / units.kJ_per_mol, np.asarray(forces, dtype=np.float64) / units.kJ_per_mol * units.nm
 
 
+def whole_molecule(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """``positions`` (Å) of one molecule in a periodic ``cell`` (rows), each atom moved to its image nearest the
+    first atom. Refused when the molecule spans half the box (the nearest image would then be ambiguous)."""
+    frac = np.linalg.solve(cell.T, (positions - positions[0]).T).T
+    frac -= np.round(frac)
+    whole = positions[0] + frac @ cell
+    heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    if np.ptp(whole, axis=0).max() >= 0.5 * heights.min():
+        raise ConfigError(f"the ML molecule spans {np.ptp(whole, axis=0).max():.1f} Å, half the box's "
+                          f"{heights.min():.1f} Å or more: use a larger box")
+    return whole
+
+
 def openmm_force(model, numbers, periodic: bool = False, particles=None, dtype: str = "float64",
-                 device: str = "cpu", charge: float = 0.0):
+                 device: str = "cpu", charge: float = 0.0, molecule_in_box: bool = False):
     """An ``openmm.PythonForce`` holding ``model`` (a package path, ``builtin:NAME`` or a `Potential`) for atoms of
     atomic ``numbers``; ``particles``: their indices in the System when the model covers only part of it (ML/MM).
     A model that does not know an element of ``numbers`` is refused here, before any step."""
@@ -105,8 +128,11 @@ def openmm_force(model, numbers, periodic: bool = False, particles=None, dtype: 
                           f"the OpenMM atoms also have {[chemical_symbols[z] for z in unknown]}")
     if particles is not None and len(particles) != len(numbers):
         raise ConfigError(f"{len(particles)} particle indices for {len(numbers)} atoms")
-    force = openmm.PythonForce(ModelComputation(potential, numbers, periodic, charge))
-    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    if periodic and molecule_in_box:
+        raise ConfigError("periodic (a periodic model input) and molecule_in_box (a molecule in a periodic System) "
+                          "exclude each other")
+    force = openmm.PythonForce(ModelComputation(potential, numbers, periodic, charge, molecule_in_box))
+    force.setUsesPeriodicBoundaryConditions(bool(periodic or molecule_in_box))
     force.setName("ffspace")
     if particles is not None:
         force.setParticles([int(i) for i in particles])

@@ -113,13 +113,11 @@ def mixed_system(system, topology, ml_atoms, model, dtype: str = "float64", devi
                         force.addExclusion(ml_atoms[a], ml_atoms[b])
         elif name not in _KEEP:
             raise ConfigError(f"mixed_system does not know how to split a {name} between ML and MM atoms")
-    periodic = system.usesPeriodicBoundaryConditions()
+    # The ML part is one molecule, evaluated without periodic images. In a periodic System its atoms may reach the
+    # force wrapped into the box one by one (GPU platforms wrap; no bond ties them once the MM bonds are gone), so
+    # the force takes the box and makes the molecule whole by the minimum image first.
     force = openmm_force(model, numbers, periodic=False, particles=ml_atoms, dtype=dtype, device=device,
-                         charge=charge)
-    if periodic:
-        # The ML part is one molecule: OpenMM hands it its wrapped-free positions (PythonForce particles keep the
-        # atoms' unwrapped coordinates), so the model sees it as a molecule, without the water box's periodicity.
-        force.setUsesPeriodicBoundaryConditions(False)
+                         charge=charge, molecule_in_box=system.usesPeriodicBoundaryConditions())
     force.setForceGroup(ml_force_group)
     mixed.addForce(force)
     return mixed

@@ -4,7 +4,8 @@ openmmtools copies Systems), an exported graph-learned MM, or anything else.
 
 Replicas run Langevin dynamics between exchange attempts (Gibbs sampling of the state permutation, openmmtools'
 default); the storage file (netCDF, every iteration) is what a killed run resumes from: openmmtools reloads the
-sampler from it and runs the remaining iterations. The summary gives the exchange acceptance between neighbouring
+sampler from it (its stored moves and temperatures: give the same settings when resuming) and runs the remaining
+iterations. The summary gives the exchange acceptance between neighbouring
 temperatures and the coldest state's samples of a chosen dihedral (positions are stored every iteration).
 """
 
@@ -46,7 +47,8 @@ def run_temperature_replica_exchange(system, structure, temperatures, iterations
         reporter = multistate.MultiStateReporter(str(storage), open_mode="a")
         sampler = multistate.ReplicaExchangeSampler.from_storage(reporter)
         stored = [float(s.temperature.value_in_unit(unit.kelvin)) for s in reporter.read_thermodynamic_states()[0]]
-        if not np.allclose(stored, temperatures):
+        if len(stored) != len(temperatures) or not np.allclose(stored, temperatures):
+            reporter.close()
             raise ConfigError(f"{storage} holds a run at {stored} K, not {temperatures} K: use a new out_dir")
     else:
         thermo = [states.ThermodynamicState(system=system, temperature=t * unit.kelvin) for t in temperatures]
@@ -57,11 +59,13 @@ def run_temperature_replica_exchange(system, structure, temperatures, iterations
         sampler = multistate.ReplicaExchangeSampler(mcmc_moves=move, number_of_iterations=iterations)
         reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=1)
         sampler.create(thermodynamic_states=thermo, sampler_states=[start] * len(temperatures), storage=reporter)
-    remaining = iterations - sampler.iteration
-    if remaining > 0:
-        sampler.extend(remaining)
-    summary = _summary(reporter, temperatures, structure, dihedral, steps_per_iteration * timestep_fs / 1000)
-    reporter.close()
+    try:
+        remaining = iterations - sampler.iteration
+        if remaining > 0:
+            sampler.extend(remaining)
+        summary = _summary(reporter, temperatures, structure, dihedral, steps_per_iteration * timestep_fs / 1000)
+    finally:
+        reporter.close()
     (out / "remd.json").write_text(json.dumps(summary, indent=2))
     return summary
 

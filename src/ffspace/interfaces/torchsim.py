@@ -8,7 +8,7 @@ stress from `Potential.compute` (the fast path's kernels where the family has th
     import torch_sim as ts
     from ffspace.interfaces.torchsim import TorchSimModel
     model = TorchSimModel("model.safetensors", dtype="float64")
-    final = ts.integrate(system=[atoms_a, atoms_b], model=model, integrator=ts.Integrator.nvt_langevin,
+    final = ts.integrate(system=[atoms_a, atoms_b], model=model, integrator=ts.nvt_langevin,
                          n_steps=1000, timestep=0.0005, temperature=300)   # timestep in ps
 """
 
