@@ -29,7 +29,7 @@ RESULTS = ROOT / "benchmarks/results/bench_aspirin/aspirin"
 
 def run(system, topology, positions, steps: int, check_every: int, bonds, start_lengths, label: str):
     import openmm
-    from openmm import app, unit
+    from openmm import unit
 
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.0005 * unit.picoseconds)
     integrator.setRandomNumberSeed(7)
@@ -99,7 +99,7 @@ def main(argv=None):
                 app.PDBFile.writeFile(solvated.topology, final, f)
     (out / "mlmm.json").write_text(json.dumps(result, indent=2))
     mm, ml = result["MM"]["ms_per_step"], result["ML/MM"]["ms_per_step"]
-    print(f"\n| system | atoms | ps run | failure | ms per step | µs per atom-step |\n|---|---|---|---|---|---|")
+    print("\n| system | atoms | ps run | failure | ms per step | µs per atom-step |\n|---|---|---|---|---|---|")
     for label in ("MM", "ML/MM"):
         r = result[label]
         print(f"| {label} | {n_atoms} | {r['steps'] * 0.0005:.1f} | {r['failure'] or 'none'} | "
