@@ -98,7 +98,8 @@ def run_dihedral_metadynamics(system, structure, dihedral, steps: int, out_dir, 
     if previous is None and stray:
         raise ConfigError(f"{out / 'bias'} holds bias files ({stray[:3]}) but no finished chunk of a run: they are "
                           "from a run killed before its first checkpoint, or from elsewhere; remove them")
-    if previous is not None and previous.get("failure"):  # a failed run stays failed: never resumed from wreckage
+    if previous is not None and (previous.get("failure") or previous["steps"] >= steps):
+        # a failed run stays failed (never resumed from wreckage); a finished one is only summarized
         history = dict(np.load(history_file))
         summary = summarize({k: list(v) for k, v in history.items()}, s)
         summary.update({"steps": previous["steps"], "failure": previous["failure"], "dihedral": dihedral,
