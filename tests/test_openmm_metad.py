@@ -24,6 +24,18 @@ def _system(mol):
     return export_openmm(_graph_mm(), mol).system
 
 
+def _no_forces(mol):
+    """A System of the molecule's masses and no force: at 5000 K the atoms fly apart."""
+    system = openmm.System()
+    for z in mol.numbers:
+        system.addParticle(12.0 if z > 1 else 1.0)
+    return system
+
+
+HOT = MetaDSettings(temperature=5000.0, pace=50, chunk_steps=400, timestep_fs=1.0, hydrogen_mass=0.0,
+                    friction_per_ps=0.001)
+
+
 def test_a_killed_metadynamics_run_resumes_from_its_checkpoint(tmp_path):
     mol = ethanol(1, rattle=0.0)
     first = run_dihedral_metadynamics(_system(mol), mol, DIHEDRAL, 400, tmp_path, SETTINGS, progress=False)
@@ -48,19 +60,11 @@ def test_a_killed_metadynamics_run_resumes_from_its_checkpoint(tmp_path):
 
 def test_a_molecule_falling_apart_is_reported_with_its_bond(tmp_path):
     """No forces at 5000 K: the atoms fly apart and the run stops at the first chunk with the broken bond."""
-    import openmm as mm
-    from openmm import unit
-
     mol = ethanol(1, rattle=0.0)
-    system = mm.System()
-    for z in mol.numbers:
-        system.addParticle(12.0 if z > 1 else 1.0)
-    hot = MetaDSettings(temperature=5000.0, pace=50, chunk_steps=400, timestep_fs=1.0, hydrogen_mass=0.0,
-                        friction_per_ps=0.001)
-    result = run_dihedral_metadynamics(system, mol, DIHEDRAL, 1200, tmp_path, hot, progress=False)
-    assert result["failure"] is not None and result["steps"] == 400
-    assert len(result["failure"]["bond"]) == 2 and abs(result["failure"]["length"] - result["failure"]["start_length"]) > 0.5
-    assert unit is not None
+    result = run_dihedral_metadynamics(_no_forces(mol), mol, DIHEDRAL, 1200, tmp_path, HOT, progress=False)
+    failure = result["failure"]
+    assert failure is not None and result["steps"] == 400
+    assert len(failure["bond"]) == 2 and abs(failure["length"] - failure["start_length"]) > 0.5
 
 
 def test_dihedral_angle_sign_and_value():
@@ -71,16 +75,9 @@ def test_dihedral_angle_sign_and_value():
 
 
 def test_a_failed_run_is_not_resumed_and_stray_bias_files_are_refused(tmp_path):
-    import openmm as mm
-
     mol = ethanol(1, rattle=0.0)
-    system = mm.System()
-    for z in mol.numbers:
-        system.addParticle(12.0 if z > 1 else 1.0)
-    hot = MetaDSettings(temperature=5000.0, pace=50, chunk_steps=400, timestep_fs=1.0, hydrogen_mass=0.0,
-                        friction_per_ps=0.001)
-    failed = run_dihedral_metadynamics(system, mol, DIHEDRAL, 1200, tmp_path / "a", hot, progress=False)
-    again = run_dihedral_metadynamics(system, mol, DIHEDRAL, 1200, tmp_path / "a", hot, progress=False)
+    failed = run_dihedral_metadynamics(_no_forces(mol), mol, DIHEDRAL, 1200, tmp_path / "a", HOT, progress=False)
+    again = run_dihedral_metadynamics(_no_forces(mol), mol, DIHEDRAL, 1200, tmp_path / "a", HOT, progress=False)
     assert again["failure"] == failed["failure"] and again["steps"] == failed["steps"] == 400
     (tmp_path / "b" / "bias").mkdir(parents=True)
     np.save(tmp_path / "b" / "bias" / "bias_7_1.npy", np.zeros(61))
