@@ -1,5 +1,6 @@
 """Shared fixtures: the shipped dataset and one small trained model reused across tests."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,17 @@ from ffspace.data import read_dataset
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 BUILTIN = REPO / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"
+
+
+def pytest_configure(config):
+    """FFSPACE_TEST_DEVICE=cuda runs the shared physics suite (ffspace.testing.physics) on that device."""
+    device = os.environ.get("FFSPACE_TEST_DEVICE")
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise pytest.UsageError(f"FFSPACE_TEST_DEVICE={device}, but torch.cuda.is_available() is False")
+        from ffspace.testing import physics
+
+        physics.DEVICE = device
 
 
 def shared_data(*parts) -> Path:

@@ -1,4 +1,4 @@
-"""The physics suite every model must pass (float64, CPU). Shipped inside the package (NequIP's habit).
+"""The physics suite every model must pass (float64; on the CPU, or on another device through ``DEVICE``). Shipped inside the package (NequIP's habit).
 
 Each ``check_*`` takes a model and raises AssertionError with the measured numbers when it fails.
 `run_physics_suite` runs them all. Models with random weights are fine: the checks are about
@@ -15,6 +15,10 @@ from ..graph.batch import batch_structures
 from ..potential import Potential
 
 F64 = torch.float64
+
+# The device the checks evaluate on. tests/conftest.py sets it from FFSPACE_TEST_DEVICE, so the same suite runs on a
+# GPU machine (`FFSPACE_TEST_DEVICE=cuda pytest tests/test_physics.py`); results come back to the CPU for comparison.
+DEVICE = "cpu"
 
 
 # The elements the suite's structures carry: those of every model ffspace ships or benchmarks (H, C, O) and N.
@@ -52,11 +56,12 @@ def periodic_box(seed: int = 0, n_molecules: int = 4, box: float = 6.0, nitrogen
 
 
 def _pot(model) -> Potential:
-    return Potential(model, dtype=F64)
+    return Potential(model, dtype=F64, device=DEVICE)
 
 
 def _eval(pot: Potential, structures, stress=False):
-    return pot.compute(batch_structures(structures, pot.cutoff, dtype=F64), forces=True, stress=stress)
+    out = pot.compute(batch_structures(structures, pot.cutoff, dtype=F64), forces=True, stress=stress)
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in out.items()}
 
 
 def _rotation(seed: int) -> np.ndarray:
@@ -166,7 +171,7 @@ def check_batching(model, tol: float = 1e-9, periodic: bool = True) -> None:
         assert float((f - alone["forces"]).abs().max()) < 1e-8, f"structure {k}: batched forces differ"
         offset += s.n_atoms
     # Cross-talk: the energy of structure 0 must not depend on the positions of any other structure.
-    batch = batch_structures(structures, pot.cutoff, dtype=F64)
+    batch = batch_structures(structures, pot.cutoff, dtype=F64).to(device=pot.device, dtype=F64)
     pos = batch.positions.clone().requires_grad_(True)
     from dataclasses import replace
 
