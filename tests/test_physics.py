@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffspace.models import (MODEL_REGISTRY, ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet, GraphMM,
-                            LearnedCoulomb, PaiNN, SchNet, Sum)
+from ffspace.models import (MODEL_REGISTRY, ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet,
+                            FieldResponse, GraphMM, LearnedCoulomb, PaiNN, SchNet, Sum)
 from ffspace.testing import physics
 
 ELEMENTS = physics.ELEMENTS
@@ -61,6 +61,13 @@ def _d4():
 def _coulomb():
     model = LearnedCoulomb(ELEMENTS, cutoff=3.5, features=16, layers=1)
     model.charge_net.energy_scale.fill_(1.0)  # sizeable charges, so the checks test real electrostatics
+    return model
+
+
+def _field():
+    model = FieldResponse(ELEMENTS, cutoff=3.5, features=16, layers=1)
+    with torch.no_grad():  # sizeable charges and anisotropic polarizabilities, so the checks bite
+        model.heads.readout[-1].weight.normal_(0.0, 0.5)
     return model
 
 
@@ -121,6 +128,9 @@ CASES = {
     "hybrid_zbl": lambda: Sum([AtomicReference(REFERENCE), _schnet(), ZBL(cutoff=3.0, covalent_scale=1.6)]),
     "hybrid_coulomb": lambda: Sum([AtomicReference(REFERENCE), _painn(), _coulomb()]),
     "hybrid_d4": lambda: Sum([AtomicReference(REFERENCE), _schnet(), _d4()]),
+    # The suite puts every molecule in a field (physics.FIELD) for these: the response terms are checked too.
+    "field": lambda: Sum([AtomicReference(REFERENCE), _schnet(), _field()]),
+    "hybrid_field_mace": lambda: Sum([AtomicReference(REFERENCE), _mace(layers=2), _field()]),
 }
 NEEDS_TMP = {"hybrid_frozen_prior"}
 
@@ -164,6 +174,8 @@ def _molecules_only(model) -> str | None:
             return "the D4 prior refuses periodic cells (dftd4's truncated lattice sums), by design"
         if isinstance(t, GraphMM):
             return "graph-learned MM is a molecular force field (all-pairs nonbonded, no cutoff), by design"
+        if isinstance(t, FieldResponse):
+            return "the field response is defined for molecules (a periodic cell has no Σ q r dipole), by design"
     return None
 
 

@@ -21,6 +21,8 @@ hartree = _ase.Hartree  # eV per Hartree
 # --- length -------------------------------------------------------------------------------
 angstrom = 1.0
 bohr = _ase.Bohr  # Å per bohr
+DEBYE_E_A = _ase.Debye  # e·Å per debye (0.20819)
+FIELD_AU_V_A = _ase.Hartree / _ase.Bohr  # V/Å per atomic unit of electric field (51.422)
 nm = 10.0  # Å per nm
 
 # --- time, mass, temperature --------------------------------------------------------------
@@ -37,6 +39,7 @@ MV2_TO_EV = 1.0 / _ase.fs**2
 
 # Coulomb constant e²/(4π ε0) in eV·Å.
 COULOMB_EV_A = 1.0 / (4.0 * 3.141592653589793 * _ase._eps0) * _ase._e / 1e-10
+# A polarizability α in e·Å²/V (= e²Å²/eV) is α·COULOMB_EV_A in Å³ (the polarizability volume α/(4πε₀)).
 
 # Converting *to* eV from named units (multiply a value in that unit by the factor).
 ENERGY_TO_EV = {

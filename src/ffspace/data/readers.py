@@ -56,11 +56,12 @@ def _structure(keys: dict, **kwargs) -> Structure:
 
 def read_extxyz(path, energy_key: str | None = "REF_energy", forces_key: str | None = "REF_forces",
                 stress_key: str | None = None, required: tuple[str, ...] = ("energy", "forces"),
-                energy_unit: str = "eV", length_unit: str = "Å") -> Dataset:
+                energy_unit: str = "eV", length_unit: str = "Å", dipole_key: str | None = "REF_dipole") -> Dataset:
     """Read an extended-XYZ file with explicitly named label keys.
 
     ``required`` lists which labels must be present in every frame (``energy``, ``forces``,
-    ``stress``); a key set to None is not read at all. Units are converted to eV and Å.
+    ``stress``, ``dipole``); a key set to None is not read at all. Units are converted to eV and Å. A dipole
+    (e·Å, in the file's length unit) goes to ``info["dipole"]``, an external field (V/Å) stays ``info["field"]``.
     """
     import ase.io
 
@@ -74,7 +75,7 @@ def read_extxyz(path, energy_key: str | None = "REF_energy", forces_key: str | N
     if not frames:
         raise DataError("file holds no structures", file=str(path))
     e_f, l_f = units.energy_factor(energy_unit), units.length_factor(length_unit)
-    wanted = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    wanted = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "dipole": dipole_key}
     structures = []
     for k, atoms in enumerate(frames):
         labels = {}
@@ -93,9 +94,16 @@ def read_extxyz(path, energy_key: str | None = "REF_energy", forces_key: str | N
         forces = None if labels["forces"] is None else np.asarray(labels["forces"], dtype=float) * e_f / l_f
         stress = None if labels["stress"] is None else np.asarray(labels["stress"], dtype=float) * e_f / l_f**3
         names = {name: key for name, key in wanted.items() if key}
+        info = {key: value for key, value in atoms.info.items() if key != dipole_key}
+        if labels["dipole"] is not None:
+            try:
+                info["dipole"] = np.asarray(labels["dipole"], dtype=float) * l_f
+            except (TypeError, ValueError):
+                raise DataError(f"dipole {labels['dipole']!r} is not three numbers (e·Å)", file=str(path), frame=k,
+                                field=dipole_key) from None
         structures.append(_structure(names, numbers=atoms.numbers, positions=atoms.positions * l_f,
                                      cell=np.array(atoms.cell) * l_f, pbc=atoms.pbc, energy=energy,
-                                     forces=forces, stress=stress, info=dict(atoms.info),
+                                     forces=forces, stress=stress, info=info,
                                      source=str(path), frame=k))
     return Dataset(structures, name=str(path), label_fields={"energy": energy_key, "forces": forces_key})
 

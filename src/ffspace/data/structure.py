@@ -11,6 +11,10 @@ from ase.data import chemical_symbols
 from ..errors import DataError
 
 
+# Vectors a structure may carry in ``info``: name -> unit.
+VECTOR_INFO = {"field": "V/Å, uniform external electric field", "dipole": "e·Å, reference dipole moment"}
+
+
 @dataclass
 class Structure:
     """One configuration.
@@ -19,6 +23,10 @@ class Structure:
     rows (zeros when not periodic); pbc: (3,) bools. Labels are optional: energy (eV), forces
     (N, 3) eV/Å, stress (3, 3) eV/Å³ with ASE's sign. ``source`` and ``frame`` say where the
     structure was read from, so every later error can point back at the input.
+
+    Two optional vectors live in ``info`` (so every reader, writer and store carries them as they are):
+    ``info["field"]``, a uniform external electric field (3,) in V/Å that the structure is in (an input, like
+    the cell), and ``info["dipole"]``, the reference dipole moment (3,) in e·Å (a label; 1 D = 0.20819 e·Å).
     """
 
     numbers: np.ndarray
@@ -46,6 +54,13 @@ class Structure:
         if self.stress is not None:
             s = np.array(self.stress, dtype=np.float64)
             self.stress = voigt_to_matrix(s) if s.shape == (6,) else (s.reshape(3, 3) if s.shape == (9,) else s)
+        for key in VECTOR_INFO:
+            if key in self.info and self.info[key] is not None:
+                try:
+                    self.info[key] = np.array(self.info[key], dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise self._error(f"{key} {self.info[key]!r} is not a vector of numbers "
+                                      f"({VECTOR_INFO[key]})", key) from None
         self.validate()
 
     # ------------------------------------------------------------------------------------
@@ -84,6 +99,14 @@ class Structure:
                 raise self._error(f"stress has shape {self.stress.shape}, expected (3, 3) or Voigt (6,)", "stress")
             if not np.isfinite(self.stress).all():
                 raise self._error("non-finite stress", "stress")
+        for key, unit in VECTOR_INFO.items():
+            value = self.info.get(key)
+            if value is None:
+                continue
+            if np.shape(value) != (3,):
+                raise self._error(f"{key} has shape {np.shape(value)}, expected (3,) ({unit})", key)
+            if not np.isfinite(value).all():
+                raise self._error(f"{key} {np.asarray(value).tolist()} is not finite ({unit})", key)
         if "charge" in self.info:
             charge = self.info["charge"]
             if isinstance(charge, bool) or not isinstance(charge, (int, float, np.integer, np.floating)) \
@@ -155,7 +178,8 @@ class Structure:
                       pbc=self.pbc.copy(), energy=self.energy,
                       forces=None if self.forces is None else self.forces.copy(),
                       stress=None if self.stress is None else self.stress.copy(),
-                      info=dict(self.info), source=self.source, frame=self.frame)
+                      info={k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self.info.items()},
+                      source=self.source, frame=self.frame)
         values.update(changes)
         return Structure(**values)
 

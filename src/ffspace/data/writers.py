@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .structure import matrix_to_voigt
+from .structure import VECTOR_INFO, matrix_to_voigt
 
 
 def write_extxyz(path, structures, energy_key: str = "REF_energy", forces_key: str = "REF_forces",
-                 stress_key: str = "REF_stress", append: bool = False) -> None:
-    """Write structures with labels under explicit keys (never ASE's ambiguous calculator fields)."""
+                 stress_key: str = "REF_stress", append: bool = False, dipole_key: str = "REF_dipole") -> None:
+    """Write structures with labels under explicit keys (never ASE's ambiguous calculator fields: ASE would read
+    a plain ``dipole`` back as a calculator result)."""
     import ase.io
 
     frames = []
@@ -21,6 +22,8 @@ def write_extxyz(path, structures, energy_key: str = "REF_energy", forces_key: s
         for k, v in s.info.items():
             if isinstance(v, (str, int, float, bool, np.integer, np.floating)):
                 atoms.info[k] = v
+            elif k in VECTOR_INFO and v is not None:  # field (V/Å), dipole (e·Å): three numbers
+                atoms.info[dipole_key if k == "dipole" else k] = np.asarray(v, dtype=float)
         if s.energy is not None:
             atoms.info[energy_key] = float(s.energy)
         if s.forces is not None:

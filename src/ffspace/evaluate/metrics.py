@@ -32,6 +32,14 @@ def error_metrics(pred: dict, structures) -> dict:
             "forces_rmse_meV_A": float(np.sqrt((df**2).mean()) / units.meV),
             "forces_mae_kcal_mol_A": float(np.abs(df).mean() / units.kcal_per_mol),
         })
+    have = [k for k, s in enumerate(structures) if s.info.get("dipole") is not None]
+    if "dipole" in pred and have:
+        dd = pred["dipole"][have] - np.stack([structures[k].info["dipole"] for k in have])
+        out.update({
+            "dipole_mae_D": float(np.abs(dd).mean() / units.DEBYE_E_A),
+            "dipole_rmse_D": float(np.sqrt((dd**2).mean()) / units.DEBYE_E_A),
+            "dipole_mae_e_A": float(np.abs(dd).mean()),
+        })
     return out
 
 
@@ -61,11 +69,14 @@ def _described(m: dict):
     if "forces_mae_meV_A" in m:
         yield ("forces", f"{m['forces_mae_meV_A']:.2f} meV/Å ({m['forces_mae_kcal_mol_A']:.3f} kcal/mol/Å)",
                f"{m['forces_rmse_meV_A']:.2f} meV/Å")
+    if "dipole_mae_D" in m:
+        yield ("dipole", f"{m['dipole_mae_D']:.4f} D ({m['dipole_mae_e_A']:.5f} e·Å)", f"{m['dipole_rmse_D']:.4f} D")
 
 
 def format_metrics(m: dict) -> str:
     """One line: ``E MAE ... ; F MAE ...``."""
-    return "; ".join(f"{q[0].upper()} MAE {mae}, RMSE {rmse}" for q, mae, rmse in _described(m))
+    symbol = {"energy": "E", "forces": "F", "dipole": "μ"}
+    return "; ".join(f"{symbol[q]} MAE {mae}, RMSE {rmse}" for q, mae, rmse in _described(m))
 
 
 def metrics_table(m: dict) -> str:

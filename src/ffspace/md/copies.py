@@ -69,7 +69,8 @@ class MoleculeCopies:
 
     def __call__(self, positions):
         fast = getattr(self.potential, "fast", None)
-        if fast is not None and fast.state == "checked":  # the first call (in __init__) has checked the fast path
+        field = self.template.info.get("field")  # the C kernels know no field: copies in a field run eagerly
+        if fast is not None and fast.state == "checked" and field is None:  # checked by the first call (__init__)
             if self._direct is None:
                 self._direct = fast.direct(self.template.numbers, self.template.cell, self.template.pbc, self.n,
                                            charge=self._charge) or False
@@ -82,7 +83,7 @@ class MoleculeCopies:
             frame.numbers, frame.positions = self.template.numbers, pos
             frame.cell, frame.pbc = self.template.cell, self.template.pbc
             frame.energy = frame.forces = frame.stress = None
-            frame.info = {"charge": self._charge}
+            frame.info = {"charge": self._charge, "field": field}
             graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
         try:
             energies, forces, deviations = self._evaluate(graphs)

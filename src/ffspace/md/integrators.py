@@ -17,7 +17,7 @@ class MDState:
         self.positions = structure.positions.copy()
         self.cell = structure.cell.copy()
         self.pbc = structure.pbc.copy()
-        self.info = {k: v for k, v in structure.info.items() if k == "charge"}
+        self.info = {k: v for k, v in structure.info.items() if k in ("charge", "field")}
         self.masses = np.asarray(atomic_masses[self.numbers] if masses is None else masses, dtype=np.float64)
         self.velocities = np.zeros_like(self.positions) if velocities is None else np.asarray(velocities, float)
         self.forces = None

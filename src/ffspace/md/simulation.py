@@ -29,10 +29,12 @@ class PotentialForces:
     def __init__(self, potential, state: MDState, skin: float = 1.0):
         self.potential, self.state = potential, state
         self.verlet = VerletList(potential.cutoff, skin)
+        field = state.info.get("field")  # V/Å, constant; `set_field` changes it (a time-dependent field)
         self.batcher = StructureBatcher(state.numbers, state.cell, state.pbc, state.info.get("charge", 0.0),
-                                        dtype=potential.dtype, device=potential.device)
+                                        dtype=potential.dtype, device=potential.device, field=field)
         self.pairs = self.distances = None
-        fast = getattr(potential, "fast", None)
+        # the C kernels know no field: a structure in a field runs through the model's autograd path
+        fast = getattr(potential, "fast", None) if field is None else None
         # The C kernel straight from numpy (no torch batch), once the fast path's first call has been checked
         self._direct = (fast.direct(state.numbers, state.cell, state.pbc, charge=float(state.info.get("charge", 0.0)))
                         if fast is not None else None)
@@ -81,7 +83,7 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
            out_dir=None, traj_interval: int = 10, thermo_interval: int = 1, skin: float = 1.0,
            monitor: BlowUpMonitor | None = None, progress: bool = False, checkpoint_interval: int = 500,
            max_force: float = 50.0, min_distance: float = 0.5, bond_tolerance: float | None = 0.5,
-           owner: str | None = None, overwrite: bool = False) -> MDResult:
+           owner: str | None = None, overwrite: bool = False, field=None) -> MDResult:
     """Run MD from ``structure``; the settings are checked as `MDRunSettings` (a `ConfigError` names a bad one).
 
     Velocities start from Maxwell–Boltzmann at ``init_temperature`` (default: ``temperature``). The run stops
@@ -92,6 +94,9 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
     ``checkpoint_interval`` steps, and a rerun with the same settings resumes from the last checkpoint. The folder
     must be new or this run's: ``owner`` names the run (default: the model's weights and the start structure),
     ``overwrite`` replaces another run's MD there.
+
+    ``field`` (V/Å; a field-dependent model only): a constant (3,) vector, or a function of the time in fs returning
+    one (a time-dependent field, evaluated at each force call's time); default: the structure's ``info["field"]``.
     """
     check_run_settings(steps=steps, timestep_fs=timestep_fs, ensemble=ensemble, temperature=temperature,
                        init_temperature=init_temperature, friction=friction, seed=seed, traj_interval=traj_interval,
@@ -102,6 +107,12 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
                           "(Structure.from_ase converts an ASE Atoms)")
     potential.check_elements([structure])
     rng = np.random.default_rng(seed)
+    if field is not None and not getattr(potential, "field_dependent", False):
+        raise ConfigError("MD in an external field needs a field-dependent model (trained with model.field=true)")
+    field_at = field if callable(field) else None
+    if field is not None:
+        structure = structure.copy()
+        structure.info["field"] = np.asarray(field_at(0.0) if field_at else field, dtype=np.float64)
     state = MDState(structure)
     state.velocities = maxwell_boltzmann(state.masses, temperature if init_temperature is None else init_temperature,
                                          rng)
@@ -114,6 +125,8 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
         settings = dict(timestep_fs=timestep_fs, ensemble=ensemble, temperature=temperature, friction=friction,
                         seed=seed, init_temperature=init_temperature, traj_interval=traj_interval,
                         thermo_interval=thermo_interval, skin=skin, dtype=str(potential.dtype))
+        if field_at is not None:
+            settings["field"] = repr(field_at)  # a function: its name (a changed body is not detected)
         output = MDOutput(out_dir, checkpoint.fingerprint(structure, potential, settings),
                           owner or checkpoint.fingerprint(structure, potential, {}), traj_interval, checkpoint_interval,
                           overwrite)
@@ -139,6 +152,8 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
             record()
         bar = progress_bar(total=steps, initial=state.step, desc=f"MD {ensemble}", unit="step", enabled=progress)
         while state.step < steps:
+            if field_at is not None:  # the field at the time of this step's force call
+                forces.batcher.set_field(field_at(state.time_fs + timestep_fs))
             integrator.step(state, forces)
             state.step += 1
             state.time_fs += timestep_fs

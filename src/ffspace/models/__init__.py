@@ -8,6 +8,7 @@ from .descriptor import DescriptorNet
 from .dimenet import DimeNet
 from .dispersion import D4Dispersion
 from .electrostatics import LearnedCoulomb
+from .field import FieldResponse
 from .graph_mm import GraphMM
 from .mm import ClassicalMM
 from .painn import PaiNN
@@ -29,5 +30,5 @@ if peers.installed("torchani"):
     except ImportError as exc:  # pragma: no cover
         peers.broken["torchani"] = f"{type(exc).__name__}: {exc}"
 
-__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DeepPotential", "DescriptorNet", "DimeNet", "FFModel", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
+__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DeepPotential", "DescriptorNet", "DimeNet", "FFModel", "FieldResponse", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]

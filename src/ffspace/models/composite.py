@@ -45,6 +45,8 @@ class Sum(FFModel):
         self.terms = nn.ModuleList(built)
         self.cutoff = max((t.cutoff for t in built), default=0.0)
         self.long_range = any(getattr(t, "long_range", False) for t in built)
+        # a term that reads the structures' external field (`FieldResponse`) makes the whole model take one
+        self.field_dependent = any(getattr(t, "field_dependent", False) for t in built)
         elements = set()
         for t in built:
             elements |= set(t.elements)

@@ -98,9 +98,16 @@ class Potential:
                                 f"{[chemical_symbols[z] for z in self.elements]})",
                                 file=s.source, frame=s.frame, field="numbers")
 
+    @property
+    def field_dependent(self) -> bool:
+        """Whether the model takes an external electric field (a `FieldResponse` term)."""
+        return bool(getattr(self.model, "field_dependent", False))
+
     def compute(self, batch: Batch, forces: bool = True, stress: bool = False, training: bool = False,
-                fast: bool = True) -> dict:
-        """Return ``energy`` (G,), ``energies`` (N,) and, when asked, ``forces`` (N, 3) and ``stress`` (G, 3, 3).
+                fast: bool = True, dipole: bool = False, polarizability: bool = False) -> dict:
+        """Return ``energy`` (G,), ``energies`` (N,) and, when asked, ``forces`` (N, 3) and ``stress`` (G, 3, 3);
+        for a field-dependent model also ``dipole`` μ = −∂E/∂ℰ (G, 3) e·Å and ``polarizability`` α = −∂²E/∂ℰ²
+        (G, 3, 3) e·Å²/V, at the batch's fields (zero where it has none), forces included in the same call.
 
         ``training=True`` keeps the graph of the force computation so a loss on forces can be
         back-propagated (double backward). It also sets the model's train/eval mode, so models may cache
@@ -110,13 +117,17 @@ class Potential:
         if self.model.training != training:
             self.model.train(training)
         batch = batch.to(device=self.device, dtype=self.dtype)
-        if fast and self.fast is not None and forces and not stress and not training:
+        field = self._field(batch, dipole or polarizability)
+        if fast and self.fast is not None and forces and not stress and not training and field is None:
             out = self.fast.compute(batch)
             if out is not None:
                 return out
         positions = batch.positions.detach().requires_grad_(forces or stress)
         cell = batch.cell
         inputs = [positions]
+        if field is not None:
+            field = field.detach().requires_grad_(dipole or polarizability)
+            batch = replace(batch, field=field)
         if stress:
             # Homogeneous strain ε applied to positions and cell; σ = (1/V) ∂E/∂ε.
             strain = torch.zeros((batch.n_graphs, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
@@ -128,11 +139,20 @@ class Potential:
         energies = self.model(model_batch)
         energy = structure_totals(energies, batch)
         out = {"energy": energy, "energies": energies}
-        if forces or stress:
+        response = dipole or polarizability
+        if forces or stress or response:
+            # one backward pass for forces, stress and dipole
+            wrt = (inputs if forces or stress else []) + ([field] if response else [])
             if energy.requires_grad:
-                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+                grads = torch.autograd.grad(energy.sum(), wrt, create_graph=training or polarizability,
+                                            allow_unused=True)
             else:  # a model of constants only (e.g. reference energies): no geometry dependence at all
-                grads = [None] * len(inputs)
+                grads = [None] * len(wrt)
+            if response:
+                *grads, g_field = grads
+                out["dipole"] = -g_field if g_field is not None else torch.zeros_like(field)
+                if polarizability:
+                    out["polarizability"] = self._polarizability(out["dipole"], field, training)
             if forces:
                 g = grads[0] if grads[0] is not None else torch.zeros_like(batch.positions)
                 out["forces"] = -g
@@ -147,18 +167,48 @@ class Potential:
             out = {k: v.detach() for k, v in out.items()}
         return out
 
+    def _field(self, batch: Batch, response: bool):
+        """The batch's fields for the model (None when the model takes none); refuses a field for a model trained
+        without one, and a response asked of such a model."""
+        if not self.field_dependent:
+            if response:
+                raise ConfigError("dipole or polarizability asked of a model without a field response (train it "
+                                  "with model.field=true on data with dipole labels)")
+            if batch.field is not None and bool((batch.field != 0).any()):
+                raise DataError("this model was trained without an external electric field and cannot take one: a "
+                                "structure carries a non-zero info['field'] (train with model.field=true)",
+                                field="field")
+            return None
+        if batch.field is None:  # no field: zero, where a response (the permanent dipole) is asked for
+            return torch.zeros((batch.n_graphs, 3), dtype=self.dtype, device=self.device) if response else None
+        return batch.field
+
+    @staticmethod
+    def _polarizability(dipole, field, training: bool):
+        """α_ab = ∂μ_a/∂ℰ_b (G, 3, 3), one backward pass per component a (structures do not couple)."""
+        if not dipole.requires_grad:  # a response linear in the field (charges only): α = 0
+            return torch.zeros(dipole.shape + (3,), dtype=dipole.dtype, device=dipole.device)
+        rows = []
+        for a in range(3):
+            (g,) = torch.autograd.grad(dipole[:, a].sum(), [field], create_graph=training, retain_graph=True,
+                                       allow_unused=True)
+            rows.append(torch.zeros_like(field) if g is None else g)
+        return torch.stack(rows, 1)
+
     def batch(self, structures, labels: bool = False) -> Batch:
         self.check_elements(structures)
         return collate([graph_of(s, self.cutoff) for s in structures], dtype=self.dtype, device=self.device,
                        labels=labels)
 
     def predict(self, graphs_or_structures, batch_size: int = 32, stress: bool = False) -> dict:
-        """Energies (G,), per-atom energies and forces (N_total, ...) and, if asked, stress, as float64 numpy.
+        """Energies (G,), per-atom energies and forces (N_total, ...), if asked stress, and for a field-dependent
+        model the dipoles (G, 3) e·Å, as float64 numpy.
 
         Accepts pre-computed `GraphData` (fast: no neighbor search) or `Structure` objects.
         """
-        return predict_arrays(self, graphs_or_structures, ("energy", "energies", "forces", "stress"), batch_size,
-                              stress=stress)
+        options = {"dipole": True} if self.field_dependent else {}
+        return predict_arrays(self, graphs_or_structures, ("energy", "energies", "forces", "stress", "dipole"),
+                              batch_size, stress=stress, **options)
 
     def __call__(self, structures, stress: bool = False, batch_size: int = 32) -> dict:
         """Evaluate a list of `Structure`; energies as a list, forces and per-atom energies per structure."""

@@ -44,6 +44,18 @@ class SamplerConfig(BaseModel):
     distances: list[float] = Field([3.0, 4.0, 5.0, 6.0, 8.0], description="dimers: centre-of-mass distances, Å")
 
 
+class FieldSamplingConfig(BaseModel):
+    """Uniform external fields for the sampled geometries (field-dependent models, issue 33): each geometry is
+    labelled in ``copies`` random fields (isotropic directions, strengths uniform in [0, ``max_v_per_a``]) and, with
+    ``keep_zero``, without one."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    copies: int = Field(2, ge=1, description="random fields per geometry")
+    max_v_per_a: float = Field(0.1, gt=0, le=5.0, description="largest field strength, V/Å (0.1 V/Å ≈ 0.002 a.u.)")
+    keep_zero: bool = Field(True, description="also label each geometry without a field")
+
+
 class LabelerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -80,6 +92,7 @@ class LabelConfig(BaseModel):
 
     input: InputConfig
     samplers: list[SamplerConfig] = [SamplerConfig()]
+    fields: FieldSamplingConfig | None = Field(None, description="label the geometries in external fields too")
     labeler: LabelerConfig = LabelerConfig()
     workers: int = Field(1, ge=1, description="local worker processes")
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://host:8786")

@@ -1,8 +1,15 @@
-"""DFT labels through PySCF: any functional and basis, density fitting, D3/D4 dispersion, charge and spin.
+"""DFT labels through PySCF: any functional and basis, density fitting, D3/D4 dispersion, charge and spin, and a
+uniform external electric field.
 
 Energies come out of PySCF in Hartree and gradients in Hartree/bohr; they are converted to eV and
 eV/Å here, through `ffspace.units`. An SCF that does not converge is a `LabelFailure` carrying the
 reason, never a label.
+
+A structure with ``info["field"]`` ℰ (V/Å) is labelled in that field: −μ̂·ℰ is added to the Hamiltonian (electrons
++ℰ·r in the core Hamiltonian, nuclei −Σ Z_A ℰ·R_A), the forces carry the field's terms (the moving basis functions'
+⟨∇μ|r|ν⟩ and the nuclei's Z_A ℰ), and the dipole of the polarized density is written to ``info["dipole"]`` (e·Å).
+The origin of r is the molecule's centre of geometry, where `ffspace.models.field` puts it too (only a charged
+molecule's energy depends on it). Every label carries the dipole, with or without a field.
 """
 
 from __future__ import annotations
@@ -90,13 +97,54 @@ class PySCFLabeler:
             mf = mf.density_fit()
         cycles = {"n": 0}
         mf.callback = lambda env: cycles.__setitem__("n", cycles["n"] + 1)
+        origin = mol.atom_coords().mean(0)  # bohr: the centre of geometry
+        field = _field_au(structure)
+        if field is not None:
+            _apply_field(mf, mol, field, origin)
         energy_ha = mf.kernel()
         if not mf.converged:
-            raise LabelFailure(f"SCF not converged in {self.max_cycle} cycles (conv_tol {self.conv_tol})",
+            strength = "" if field is None else f", in a field of {np.linalg.norm(structure.info['field']):.3g} V/Å"
+            raise LabelFailure(f"SCF not converged in {self.max_cycle} cycles (conv_tol {self.conv_tol}){strength}",
                                structure, {"scf_cycles": cycles["n"], "last_energy_Ha": float(energy_ha)})
-        gradient = mf.nuc_grad_method().kernel()  # Hartree/bohr
+        grad = mf.nuc_grad_method()
+        if field is not None:
+            _field_gradient_hcore(grad, mol, field, origin)
+        gradient = np.asarray(grad.kernel())  # Hartree/bohr
+        if field is not None:  # the nuclei's energy −Z_A ℰ·(R_A − origin)
+            gradient = gradient - mol.atom_charges()[:, None] * field[None, :]
+        dipole = np.asarray(mf.dip_moment(unit="AU", origin=origin, verbose=0)) * units.bohr  # e·Å
         info = dict(structure.info)
         info.update({"label_method": self.method, "label_program": "pyscf",
-                     "label_wall_s": round(time.perf_counter() - t0, 3), "scf_cycles": cycles["n"]})
+                     "label_wall_s": round(time.perf_counter() - t0, 3), "scf_cycles": cycles["n"], "dipole": dipole})
         return structure.copy(energy=float(energy_ha) * units.hartree,
-                              forces=-np.asarray(gradient) * units.hartree / units.bohr, info=info)
+                              forces=-gradient * units.hartree / units.bohr, info=info)
+
+
+def _field_au(structure: Structure):
+    """The structure's external field in atomic units (Hartree/(e·bohr)), None when it has none or it is zero."""
+    field = structure.info.get("field")
+    if field is None or not np.any(field):
+        return None
+    return np.asarray(field, dtype=np.float64) / units.FIELD_AU_V_A
+
+
+def _apply_field(mf, mol, field, origin) -> None:
+    """+ℰ·(r − origin) for the electrons in the core Hamiltonian, −Σ Z_A ℰ·(R_A − origin) for the nuclei."""
+    with mol.with_common_orig(origin):
+        h_field = np.einsum("x,xij->ij", field, mol.intor("int1e_r", comp=3))
+    core, nuclear = mf.get_hcore, mf.energy_nuc
+    e_nuc = -float(field @ (mol.atom_charges() @ (mol.atom_coords() - origin)))
+    mf.get_hcore = lambda *args, **kwargs: core(*args, **kwargs) + h_field
+    mf.energy_nuc = lambda *args, **kwargs: nuclear(*args, **kwargs) + e_nuc
+
+
+def _field_gradient_hcore(grad, mol, field, origin) -> None:
+    """The core Hamiltonian's derivative in the gradient gets the field's ⟨∇_x μ|ℰ·(r − origin)|ν⟩ (PySCF's
+    gradient objects return −⟨∇μ|h|ν⟩; int1e_irp is ⟨μ|r_k ∇_x|ν⟩, component 3k + x, so the bra derivative is its
+    transpose)."""
+    nao = mol.nao_nr()
+    with mol.with_common_orig(origin):
+        irp = mol.intor("int1e_irp", comp=9, hermi=0).reshape(3, 3, nao, nao)
+    ip_field = np.einsum("k,kxij->xji", field, irp)
+    core = grad.get_hcore
+    grad.get_hcore = lambda *args, **kwargs: core(*args, **kwargs) - ip_field

@@ -97,7 +97,24 @@ def sample_start(cfg: LabelConfig, start: Structure, k: int) -> list[Structure]:
                 calc = FFSpaceCalculator(sc.driver, dtype="float64")
             frames += md_sample(start, calc, sc.n_frames, sc.temperature, sc.interval,
                                 sc.timestep_fs, sc.equilibration_steps, seed=seed, progress=cfg.progress)
+    if cfg.fields is not None:
+        frames = in_fields(frames, cfg.fields, seed=cfg.seed + 1000 * k + 999)
     return frames
+
+
+def in_fields(frames: list[Structure], fields, seed: int) -> list[Structure]:
+    """Each frame in ``fields.copies`` random uniform fields (and without one, with ``fields.keep_zero``)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        if fields.keep_zero:
+            out.append(f)
+        for _ in range(fields.copies):
+            direction = rng.normal(size=3)
+            g = f.copy()
+            g.info["field"] = direction / np.linalg.norm(direction) * rng.uniform(0.0, fields.max_v_per_a)
+            out.append(g)
+    return out
 
 
 def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = None) -> str:
@@ -107,6 +124,8 @@ def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = Non
             inp.pop(key)
     relevant = {"input": inp, "samplers": [s.model_dump() for s in cfg.samplers],
                 "seed": cfg.seed}
+    if cfg.fields is not None:  # entered only when set: older stores keep their samples
+        relevant["fields"] = cfg.fields.model_dump()
     if cfg.input.smiles_file and Path(cfg.input.smiles_file).is_file():  # the molecules, not the file's name
         relevant["smiles_file_sha256"] = hashlib.sha256(Path(cfg.input.smiles_file).read_bytes()).hexdigest()
     if starts is not None:  # given start structures replace the ones cfg.input and cfg.seed would make

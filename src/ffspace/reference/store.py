@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.structure import Structure
+from ..data.structure import VECTOR_INFO, Structure
 from ..errors import DataError
 
 
@@ -25,6 +25,9 @@ def structure_key(structure: Structure, method: dict) -> str:
     h.update(np.round(structure.positions, 6).astype(np.float64).tobytes())
     h.update(np.round(structure.cell, 6).astype(np.float64).tobytes())
     h.update(structure.pbc.astype(np.uint8).tobytes())
+    field = structure.info.get("field")
+    if field is not None and np.any(field):  # the same geometry in another field is another label
+        h.update(b"field" + np.round(np.asarray(field, dtype=np.float64), 9).tobytes())
     return h.hexdigest()[:32]
 
 
@@ -36,7 +39,9 @@ def _to_record(key: str, s: Structure) -> dict:
             "pbc": s.pbc.tolist(), "energy": s.energy,
             "forces": None if s.forces is None else s.forces.tolist(),
             "stress": None if s.stress is None else s.stress.tolist(),
-            "info": {k: clean(v) for k, v in s.info.items() if isinstance(clean(v), (str, int, float, bool))}}
+            "info": {k: (np.asarray(v, dtype=float).tolist() if k in VECTOR_INFO else clean(v))
+                     for k, v in s.info.items()
+                     if k in VECTOR_INFO and v is not None or isinstance(clean(v), (str, int, float, bool))}}
 
 
 def _from_record(r: dict, source: str, frame: int) -> Structure:

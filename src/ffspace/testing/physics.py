@@ -55,12 +55,30 @@ def periodic_box(seed: int = 0, n_molecules: int = 4, box: float = 6.0, nitrogen
     return Structure(numbers=numbers, positions=positions, cell=cell, pbc=True)
 
 
+# The uniform field (V/Å) the suite puts every molecule in for a model that takes one (`FieldResponse`), so that the
+# response terms are part of every check (rotations turn it with the atoms).
+FIELD = np.array([0.1, -0.2, 0.15])
+
+
+def _in_field(pot: Potential, structures) -> list:
+    """``structures``, each molecule without a field put in `FIELD` when the model takes a field."""
+    if not pot.field_dependent:
+        return list(structures)
+    out = []
+    for s in structures:
+        if s.info.get("field") is None and not s.pbc.any():
+            s = s.copy()
+            s.info["field"] = FIELD.copy()
+        out.append(s)
+    return out
+
+
 def _pot(model) -> Potential:
     return Potential(model, dtype=F64, device=DEVICE)
 
 
 def _eval(pot: Potential, structures, stress=False):
-    out = pot.compute(batch_structures(structures, pot.cutoff, dtype=F64), forces=True, stress=stress)
+    out = pot.compute(batch_structures(_in_field(pot, structures), pot.cutoff, dtype=F64), forces=True, stress=stress)
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in out.items()}
 
 
@@ -115,7 +133,7 @@ def check_finite_difference_stress(model, structure: Structure | None = None, h:
 def check_invariances(model, structure: Structure | None = None, tol: float = 1e-9) -> None:
     """Rotation, translation and permutation of like atoms leave E unchanged and move F with the atoms."""
     pot = _pot(model)
-    s = structure or molecule()
+    s = _in_field(pot, [structure or molecule()])[0]
     ref = _eval(pot, [s])
     e0, f0 = float(ref["energy"][0]), ref["forces"].numpy()
     # The model must depend on geometry at all, or the invariance checks below prove nothing.
@@ -124,6 +142,8 @@ def check_invariances(model, structure: Structure | None = None, tol: float = 1e
 
     rot = _rotation(7)
     r = s.copy(positions=s.positions @ rot.T, cell=s.cell @ rot.T)
+    if s.info.get("field") is not None:  # the field turns with the molecule
+        r.info["field"] = s.info["field"] @ rot.T
     out = _eval(pot, [r])
     assert abs(float(out["energy"][0]) - e0) < tol * max(1, abs(e0)), "energy not rotation invariant"
     assert np.abs(out["forces"].numpy() - f0 @ rot.T).max() < 1e-7, "forces not rotation equivariant"
@@ -171,7 +191,7 @@ def check_batching(model, tol: float = 1e-9, periodic: bool = True) -> None:
         assert float((f - alone["forces"]).abs().max()) < 1e-8, f"structure {k}: batched forces differ"
         offset += s.n_atoms
     # Cross-talk: the energy of structure 0 must not depend on the positions of any other structure.
-    batch = batch_structures(structures, pot.cutoff, dtype=F64).to(device=pot.device, dtype=F64)
+    batch = batch_structures(_in_field(pot, structures), pot.cutoff, dtype=F64).to(device=pot.device, dtype=F64)
     pos = batch.positions.clone().requires_grad_(True)
     from dataclasses import replace
 
@@ -218,7 +238,7 @@ def check_nve_conservation(model, steps: int = 500, timestep_fs: float = 0.1, re
 
     pot = _pot(model)
     # Conservation, not stability, is checked here: random-weight models may bend bonds far.
-    result = run_md(pot, molecule(seed=5, rattle=0.02), steps=steps, timestep_fs=timestep_fs, ensemble="nve",
+    result = run_md(pot, _in_field(pot, [molecule(seed=5, rattle=0.02)])[0], steps=steps, timestep_fs=timestep_fs, ensemble="nve",
                     temperature=300.0, seed=0, monitor=BlowUpMonitor(max_force=1e4, min_distance=0.05,
                                                                      bond_tolerance=None))
     assert result.status == "completed", f"NVE run failed: {result.report}"

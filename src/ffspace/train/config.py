@@ -28,6 +28,8 @@ class TrainConfig(BaseModel):
     energy_weight: float = Field(1.0, ge=0, description="weight of the per-atom energy error (eV/atom)²")
     forces_weight: float = Field(10.0, ge=0, description="weight of the force error (eV/Å)²")
     stress_weight: float = Field(0.0, ge=0)
+    dipole_weight: float = Field(0.0, ge=0, description="weight of the dipole error (e·Å)², for a model with "
+                                 "model.field=true on data with dipole labels (info['dipole'])")
     grad_clip: float | None = Field(10.0, gt=0)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
@@ -52,7 +54,7 @@ class TrainConfig(BaseModel):
 
     # Settings added after runs, checkpoints and benchmark caches were made: they enter a run's identity only when
     # set, so that those runs resume and the cached results stay valid.
-    _LATER = {"init_from": None, "init_reference": "refit", "freeze": [], "lr_scale": {}}
+    _LATER = {"init_from": None, "init_reference": "refit", "freeze": [], "lr_scale": {}, "dipole_weight": 0.0}
 
     def identity(self, exclude=()) -> dict:
         """The settings that identify a run (`model_dump` without ``exclude``, and without the later settings at

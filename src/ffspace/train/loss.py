@@ -7,10 +7,12 @@ from torch.nn import functional as F
 
 
 class Loss:
-    """w_E · ⟨((E − E_ref)/N)²⟩ + w_F · ⟨(F − F_ref)²⟩ + w_σ · ⟨(σ − σ_ref)²⟩ (or Huber instead of squares)."""
+    """w_E · ⟨((E − E_ref)/N)²⟩ + w_F · ⟨(F − F_ref)²⟩ + w_σ · ⟨(σ − σ_ref)²⟩ + w_μ · ⟨(μ − μ_ref)²⟩ (e·Å; or Huber
+    instead of squares)."""
 
-    def __init__(self, energy_weight=1.0, forces_weight=10.0, stress_weight=0.0, kind="mse", huber_delta=0.01):
-        self.w = {"energy": energy_weight, "forces": forces_weight, "stress": stress_weight}
+    def __init__(self, energy_weight=1.0, forces_weight=10.0, stress_weight=0.0, kind="mse", huber_delta=0.01,
+                 dipole_weight=0.0):
+        self.w = {"energy": energy_weight, "forces": forces_weight, "stress": stress_weight, "dipole": dipole_weight}
         self.kind, self.delta = kind, huber_delta
 
     def _err(self, pred, ref):
@@ -32,6 +34,10 @@ class Loss:
             mask = batch.has_stress
             if mask.any():
                 parts["stress"] = self._err(out["stress"][mask], batch.stress[mask])
+        if self.w["dipole"] and batch.dipole is not None and "dipole" in out:
+            mask = batch.has_dipole
+            if mask.any():
+                parts["dipole"] = self._err(out["dipole"][mask], batch.dipole[mask])
         if not parts:
             if share is not None:  # a worker's part of a batch may lack labels the rest of the batch has
                 return out["energy"].sum() * 0.0, {}

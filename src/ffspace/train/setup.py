@@ -13,6 +13,7 @@ from ..models.composite import AtomicReference, Sum
 from ..models.dispersion import D4Dispersion
 from ..models.electrostatics import LearnedCoulomb
 from ..models.mm import ClassicalMM
+from ..models.field import FieldResponse
 from ..models.zbl import ZBL
 
 
@@ -20,7 +21,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     """``Sum(AtomicReference(fitted), learned[, ZBL])`` for the elements of ``dataset``.
 
     ``model_config`` is ``{"family": "painn", ..., "zbl": false, "coulomb": false, "prior": null}``;
-    ``coulomb`` adds learned charges with long-range electrostatics; ``prior`` makes a Δ-model: ``"mm"``
+    ``coulomb`` adds learned charges with long-range electrostatics; ``field`` adds the response to a uniform
+    external electric field (`FieldResponse`: dipole and polarizability from learned charges and polarizabilities); ``prior`` makes a Δ-model: ``"mm"``
     fits a classical MM term jointly with the ML correction, a model-package path adds that trained model
     frozen (and the reference energies and scale are fitted to what it leaves unexplained); ``dispersion``
     names a functional (e.g. ``"pbe"``) and adds a fixed DFT-D4 prior with its damping (molecules only). The learned term's energy
@@ -31,6 +33,7 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     family = cfg.pop("family", None)
     zbl = cfg.pop("zbl", False)
     coulomb = cfg.pop("coulomb", False)
+    field = cfg.pop("field", False)
     prior = cfg.pop("prior", None)
     dispersion = cfg.pop("dispersion", None)
     if family not in MODEL_REGISTRY or family in ("sum", "reference"):
@@ -61,6 +64,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
             terms.append(D4Dispersion(method=dispersion))
         if coulomb:  # ML short range + learned, charge-conserving charges with Coulomb / Ewald long range
             terms.append(LearnedCoulomb(elements, cutoff=min(4.0, float(cfg.get("cutoff", 4.0)))))
+        if field:  # the response to a uniform external field: learned charges and polarizabilities (molecules)
+            terms.append(FieldResponse(elements, cutoff=min(4.0, float(cfg.get("cutoff", 4.0)))))
     return Sum(terms)
 
 

@@ -86,6 +86,13 @@ class Trainer:
                               "(set data.stress_key to the key your file uses)")
         self.potential = Potential(model, dtype=self.config.dtype, device=self.config.device)
         self.model = self.potential.model
+        if self.config.dipole_weight > 0:
+            # A dipole weight without dipole labels or without a field response would be a silent zero loss term.
+            if not self.potential.field_dependent:
+                raise ConfigError("train.dipole_weight > 0 needs a model with a field response (model.field=true)")
+            if not any(s.info.get("dipole") is not None for s in train_set):
+                raise ConfigError("train.dipole_weight > 0 but no training structure has a dipole label "
+                                  "(info['dipole'], read from REF_dipole)")
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
         if hasattr(train_set, "in_file_order"):  # on disk: passes read each block once (the epochs shuffle)
@@ -102,7 +109,7 @@ class Trainer:
                              else [graph_of(s, cutoff) for s in train_set])
         self.val_graphs = [graph_of(s, cutoff) for s in val_set]
         self.loss = Loss(self.config.energy_weight, self.config.forces_weight, self.config.stress_weight,
-                         self.config.loss, self.config.huber_delta)
+                         self.config.loss, self.config.huber_delta, self.config.dipole_weight)
         params = self.model.parameters()
         if self.config.freeze or self.config.lr_scale:
             params = parameter_groups(self.model, self.config.lr_scale, self.config.freeze)
@@ -268,6 +275,11 @@ class Trainer:
             if have:
                 ref = np.stack([self.val_set[k].stress for k in have])
                 loss += w["stress"] * float(((pred["stress"][have] - ref) ** 2).mean())
+        if w["dipole"]:
+            have = [k for k, s in enumerate(self.val_set) if s.info.get("dipole") is not None]
+            if have:
+                ref = np.stack([self.val_set[k].info["dipole"] for k in have])
+                loss += w["dipole"] * float(((pred["dipole"][have] - ref) ** 2).mean())
         metrics["loss"] = loss
         return metrics
 
@@ -277,9 +289,11 @@ class Trainer:
         frames = [self.train_set[k] for k in idx]
         own = [self.train_set[k] for k in mine]
         n_stress = sum(s.stress is not None for s in frames)
+        n_dipole = sum(s.info.get("dipole") is not None for s in frames)
         return {"energy": len(own) / len(frames),
                 "forces": sum(s.n_atoms for s in own) / sum(s.n_atoms for s in frames),
-                "stress": sum(s.stress is not None for s in own) / n_stress if n_stress else 0.0}
+                "stress": sum(s.stress is not None for s in own) / n_stress if n_stress else 0.0,
+                "dipole": sum(s.info.get("dipole") is not None for s in own) / n_dipole if n_dipole else 0.0}
 
     def _reported(self, term: str, idx) -> bool:
         """Whether the loss of the whole batch ``idx`` has this term (its weight is set and its labels exist)."""
@@ -287,6 +301,8 @@ class Trainer:
             return False
         if term == "stress":
             return any(self.train_set[k].stress is not None for k in idx)
+        if term == "dipole":
+            return any(self.train_set[k].info.get("dipole") is not None for k in idx)
         return True
 
     def _train_step(self, idx, spent: float):
@@ -301,7 +317,7 @@ class Trainer:
             batch = collate([self.train_graphs[k] for k in mine], dtype=self.potential.dtype,
                             device=self.potential.device)
             out = self.potential.compute(batch, forces=cfg.forces_weight > 0, stress=cfg.stress_weight > 0,
-                                         training=True)
+                                         training=True, dipole=cfg.dipole_weight > 0)
             share = self._share(idx, mine) if workers > 1 else None
             loss, parts = self.loss(out, batch, share)
             loss.backward()
