@@ -287,6 +287,17 @@ def test_survival_detects_a_molecule_falling_apart(ethanol_data):
         assert f["elements"] in ("C-H", "H-C", "O-H", "H-O", "C-C", "C-O", "O-C"), f
 
 
+def test_reactive_mode_lets_bonds_break_and_still_catches_collisions(ethanol_data):
+    """``bond_tolerance=None`` (issue 33's reactive mode): the molecule falling apart above survives, since only
+    collisions and non-finite values fail a reactive run; a collision still fails it and is named."""
+    pot = Potential(Sum([AtomicReference({1: -10.0, 6: -40.0, 8: -60.0})]), dtype=torch.float64)
+    mol = ethanol_data[0]
+    r = stability.survival(pot, mol, 1200.0, seeds=3, time_ps=0.05, bond_tolerance=None, min_distance=0.0)
+    assert r["survived"] == 3
+    r = stability.survival(pot, mol, 300.0, seeds=2, time_ps=0.002, bond_tolerance=None, min_distance=1.2)
+    assert r["survived"] == 0 and all(f["reason"] == "too close" for f in r["failure"])
+
+
 def test_water_molecules_regroups_a_box_listed_element_by_element():
     box = systems.generated_water_box(64)
     order = np.argsort(-box.numbers, kind="stable")  # all O first, then all H, as DeePMD lists them

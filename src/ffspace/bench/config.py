@@ -115,7 +115,8 @@ class StabilityConfig(BaseModel):
     friction: float = Field(0.01, ge=0, description="Langevin friction, 1/fs")
     time_ps_at: dict[float, float] = Field(default_factory=dict, description="run length per temperature (K: ps), "
                                            "overriding time_ps, e.g. {1200: 20}; slow models stop at slow_time_ps")
-    bond_tolerance: float = Field(0.5, gt=0, description="Å a bond may deviate from its start before failure")
+    bond_tolerance: Optional[float] = Field(0.5, gt=0, description="Å a bond may deviate from its start before "
+                                            "failure; null: reactive mode (bonds may break and form)")
     min_distance: float = Field(0.6, ge=0, description="Å: two atoms closer than this fail the run (0: no check)")
     dihedral: Optional[list[int]] = Field(None, min_length=4, max_length=4, description="atom indices of the "
                                           "dihedral whose distribution is recorded; default: the torsion about a "

@@ -229,8 +229,10 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
     first = next(iter(next(iter(rows.values()))["runs"].values()))
     lines = ["", f"### {name}: MD stability", "",
              f"Langevin MD ({first['timestep_fs']} fs steps, {first['seeds']} seeds per temperature, from the first "
-             f"test structure). A seed fails when a covalent bond deviates more than {first['bond_tolerance_A']} Å "
-             "from its starting length or the energy is not finite. Cells: seeds surviving / seeds, and the median "
+             "test structure). A seed fails when "
+             + (f"a covalent bond deviates more than {first['bond_tolerance_A']} Å from its starting length, "
+                if first.get("bond_tolerance_A") is not None else "(reactive mode: bonds may break and form) ")
+             + "two atoms come closer than the minimum distance or the energy is not finite. Cells: seeds surviving / seeds, and the median "
              "time to failure (ps) of those that failed. NVE: velocity Verlet from 300 K, largest |energy drift| of "
              "the seeds.", "",
              "| model | run length (ps) | " + " | ".join(f"{t} K" for t in temps) + " | NVE drift (meV/atom/ps) |",

@@ -5,7 +5,8 @@ A run fails when a covalent bond perceived at the start (closer than 1.2 × the 
 its start length by more than ``tolerance`` (0.5 Å; Fu et al., "Forces are not enough", TMLR 2023, use the same
 deviation from equilibrium lengths), when two atoms come closer than ``min_distance`` (0.6 Å), or when its energy
 or positions are not finite. A reaction the reference method would also make (a proton transfer) counts as a
-failure too: the rules measure staying near the start's bonding.
+failure too: the rules measure staying near the start's bonding. In reactive mode (``tolerance`` None) bonds may
+break and form: only collisions and non-finite values fail a run.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def closest_pairs(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def failed(pos: np.ndarray, energies: np.ndarray, bonds: np.ndarray, lengths: np.ndarray,
-           tolerance: float = BOND_TOLERANCE, min_distance: float = MIN_DISTANCE) -> np.ndarray:
-    """(n,) bool for copies at ``pos`` (n, N, 3) with ``energies`` (n,): a bond deviation above ``tolerance``, two
-    atoms closer than ``min_distance``, or non-finite energy / positions."""
+           tolerance: float | None = BOND_TOLERANCE, min_distance: float = MIN_DISTANCE) -> np.ndarray:
+    """(n,) bool for copies at ``pos`` (n, N, 3) with ``energies`` (n,): a bond deviation above ``tolerance`` (None:
+    reactive, not checked), two atoms closer than ``min_distance``, or non-finite energy / positions."""
     bad = ~np.isfinite(energies) | ~np.isfinite(pos).all((1, 2))
-    if len(bonds):
+    if len(bonds) and tolerance is not None:
         d = np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1)
         bad |= ~(np.abs(d - lengths) <= tolerance).all(1)
     if min_distance > 0:
@@ -50,14 +51,14 @@ def failed(pos: np.ndarray, energies: np.ndarray, bonds: np.ndarray, lengths: np
 
 
 def why(pos: np.ndarray, energy: float, numbers: np.ndarray, bonds: np.ndarray, lengths: np.ndarray,
-        tolerance: float = BOND_TOLERANCE) -> dict:
+        tolerance: float | None = BOND_TOLERANCE) -> dict:
     """What made the copy at ``pos`` (N, 3) fail: non-finite values, its most deviating bond (atoms, elements,
     lengths) when that one left the tolerance, or else the two atoms that came closest."""
     from ase.data import chemical_symbols
 
     if not (np.isfinite(energy) and np.isfinite(pos).all()):
         return {"reason": "non-finite"}
-    if len(bonds):
+    if len(bonds) and tolerance is not None:
         d = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=-1)
         b = int(np.argmax(np.abs(d - lengths)))
         i, j = (int(a) for a in bonds[b])
