@@ -13,7 +13,7 @@ harmonic spectrum of the reference level (issue 33, acceptance 1 and 2).
 3. Harmonic reference: the geometry optimised with the reference labeler (ASE BFGS to 1e-4 eV/Å), its Hessian and
    dipole derivatives by central differences of the labeler's forces and dipoles (±0.005 Å, 18 labels), normal
    modes and intensities (km/mol). The model's harmonic spectrum at its own minimum, the same way.
-4. MD: ``--seeds`` runs of ``--ps`` ps NVE at 300 K after 1 ps of Langevin, 0.25 fs steps, the model's dipole at every
+4. MD: ``--seeds`` runs of ``--ps`` ps NVE at 300 K after 1 ps of Langevin, 0.5 fs steps, the model's dipole at every
    step; the classical lineshape |FT μ̇|² averaged over the runs; each band's peak and area between the
    midpoints of the harmonic frequencies.
 Writes ``<out>/ir_water.json`` and ``<out>/ir_water.png``, prints markdown tables. Model and spectra need no GPU.
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--ps", type=float, default=10.0)
-    p.add_argument("--timestep", type=float, default=0.25)
+    p.add_argument("--timestep", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
