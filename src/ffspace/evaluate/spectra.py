@@ -127,26 +127,15 @@ def dipole_trajectory(potential, structure, steps: int, timestep_fs: float = 0.5
     """Langevin equilibration at ``temperature``, then NVE for ``steps`` steps recording the dipole μ = −∂E/∂ℰ
     (e·Å) and the total energy at every step, from one model call per step (forces and dipole together). For a
     field-dependent model (`ffspace.models.field`); the structure's own field, if any, stays on."""
-    import torch
-
-    from ..graph.batch import graph_of, collate
     from ..md.integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
+    from ..md.simulation import PotentialForces
 
     if not potential.field_dependent:
         raise ValueError("an IR spectrum from MD needs the dipole: train the model with model.field=true")
     rng = np.random.default_rng(seed)
     state = MDState(structure)
     state.velocities = maxwell_boltzmann(state.masses, temperature, rng)
-    record = {}
-
-    def forces(positions):
-        frame = structure.copy(positions=positions)
-        batch = collate([graph_of(frame, potential.cutoff)], dtype=potential.dtype, device=potential.device,
-                        labels=False)
-        out = potential.compute(batch, forces=True, dipole=True)
-        record["dipole"] = out["dipole"][0].to(torch.float64).cpu().numpy()
-        return float(out["energy"][0]), out["forces"].to(torch.float64).cpu().numpy()
-
+    forces = PotentialForces(potential, state, dipole=True)  # MD's Verlet list, the dipole from the same call
     state.energy, state.forces = forces(state.positions)
     thermostat = Langevin(timestep_fs, temperature, friction, seed=seed)
     for _ in range(equilibration_steps):
@@ -155,6 +144,6 @@ def dipole_trajectory(potential, structure, steps: int, timestep_fs: float = 0.5
     dipoles, etot = np.zeros((steps, 3)), np.zeros(steps)
     for k in range(steps):
         verlet.step(state, forces)
-        dipoles[k], etot[k] = record["dipole"], state.energy + state.kinetic_energy()
+        dipoles[k], etot[k] = forces.dipole, state.energy + state.kinetic_energy()
     return {"dipoles": dipoles, "etot_eV": etot, "timestep_fs": timestep_fs, "temperature_K": temperature}
 

@@ -24,17 +24,19 @@ from .output import MDOutput, thermo_columns
 class PotentialForces:
     """positions → (energy, forces) for one structure, reusing a Verlet neighbor list across steps. After each
     call, ``pairs`` holds the Verlet pairs (i, j, shifts) and ``distances`` their lengths (Å) at the positions of
-    the call, for the blow-up monitor."""
+    the call, for the blow-up monitor. With ``dipole`` (a field-dependent model), each call also leaves the dipole
+    (3,) e·Å of the same model call in ``dipole``."""
 
-    def __init__(self, potential, state: MDState, skin: float = 1.0):
-        self.potential, self.state = potential, state
+    def __init__(self, potential, state: MDState, skin: float = 1.0, dipole: bool = False):
+        self.potential, self.state, self.want_dipole = potential, state, dipole
+        self.dipole = None
         self.verlet = VerletList(potential.cutoff, skin)
         field = state.info.get("field")  # V/Å, constant; `set_field` changes it (a time-dependent field)
         self.batcher = StructureBatcher(state.numbers, state.cell, state.pbc, state.info.get("charge", 0.0),
                                         dtype=potential.dtype, device=potential.device, field=field)
         self.pairs = self.distances = None
-        # the C kernels know no field: a structure in a field runs through the model's autograd path
-        fast = getattr(potential, "fast", None) if field is None else None
+        # the C kernels know no field and no dipole: those runs go through the model's autograd path
+        fast = getattr(potential, "fast", None) if field is None and not dipole else None
         # The C kernel straight from numpy (no torch batch), once the fast path's first call has been checked
         self._direct = (fast.direct(state.numbers, state.cell, state.pbc, charge=float(state.info.get("charge", 0.0)))
                         if fast is not None else None)
@@ -59,7 +61,9 @@ class PotentialForces:
             energies, forces = self._direct(positions, i[keep], j[keep], shifts[keep])
             return float(energies[0]), forces
         batch = self.batcher(positions, i[keep], j[keep], shifts[keep])
-        out = self.potential.compute(batch, forces=True)
+        out = self.potential.compute(batch, forces=True, **({"dipole": True} if self.want_dipole else {}))
+        if self.want_dipole:
+            self.dipole = out["dipole"][0].double().cpu().numpy()
         return float(out["energy"][0]), out["forces"].double().cpu().numpy()
 
 
