@@ -2,7 +2,7 @@
 harmonic spectrum of the reference level (issue 33, acceptance 1 and 2).
 
     OMP_NUM_THREADS=2 python benchmarks/ir_water.py [--data benchmarks/data/water_field/water_field_pbe0_def2svpd.extxyz]
-        [--out runs/ir_water] [--minutes 10] [--family mace] [--seeds 8] [--ps 10]
+        [--out runs/ir_water] [--minutes 10] [--family mace] [--field true|input] [--seeds 8] [--ps 10]
 
 1. The labels of `benchmarks/configs/label_water_field.yaml` (PBE0/def2-SVPD, each geometry without a field and in
    two random fields ≤ 0.2 V/Å) are split by geometry (a geometry's frames in all its fields stay together) into
@@ -68,14 +68,19 @@ def optimise(evaluate, structure, fmax: float = 1e-4, steps: int = 200):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "ir_water")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/ir_water (runs/ir_water_input with "
+                   "--field input)")
     p.add_argument("--family", default="mace")
+    p.add_argument("--field", choices=["true", "input"], default="true",
+                   help="model.field: the response term (true), or also the field as an equivariant input (input)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--ps", type=float, default=10.0)
     p.add_argument("--timestep", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "runs" / ("ir_water" if args.field == "true" else "ir_water_input")
 
     import torch
 
@@ -99,8 +104,13 @@ def main(argv=None) -> int:
     # -- 1. the field-dependent model -------------------------------------------------------------------------
     sizes = {"mace": {"channels": 32, "hidden_lmax": 1, "lmax": 2, "layers": 2, "correlation": 3},
              "painn": {"features": 64, "layers": 3}, "schnet": {"features": 64, "layers": 3}}
-    spec = {"family": args.family, "cutoff": 4.0, "field": True, **sizes.get(args.family, {})}
+    spec = {"family": args.family, "cutoff": 4.0, "field": True if args.field == "true" else "input",
+            **sizes.get(args.family, {})}
     package = args.out / "train" / "model.safetensors"
+    made_with = args.out / "model_spec.json"
+    if package.exists() and (not made_with.exists() or json.loads(made_with.read_text()) != spec):
+        sys.exit(f"{package} was trained with other settings than {spec} ({made_with}): give another --out")
+    made_with.write_text(json.dumps(spec))
     if not package.exists():
         model = build_model_for_data(spec, train, seed=0)
         cfg = TrainConfig(epochs=100000, max_time_min=args.minutes, batch_size=8, lr=5e-3, schedule="cosine",

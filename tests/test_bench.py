@@ -388,6 +388,29 @@ def test_an_extrapolation_set_may_name_its_own_label_keys():
         _read_set(ds, shipped)
 
 
+def test_a_training_set_may_be_several_files(tmp_path):
+    """train: [a, b] is one set, a's frames then b's, split as one file would be; an empty list names the field."""
+    from ffspace.bench.config import BenchDataset
+    from ffspace.bench.runner import splits
+    from ffspace.data import read_dataset
+    from ffspace.data.writers import write_extxyz
+
+    shipped = Path(__file__).resolve().parents[1] / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"
+    data = list(read_dataset(shipped))
+    write_extxyz(tmp_path / "a.extxyz", data[:30])
+    write_extxyz(tmp_path / "b.extxyz", data[30:50])
+    both = BenchDataset(name="two", train=[str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz")], n_val=5,
+                        n_test=10)
+    one = tmp_path / "ab.extxyz"
+    write_extxyz(one, data[:50])
+    got = [np.concatenate([s.positions for s in part]) for part in splits(both)]
+    want = [np.concatenate([s.positions for s in part]) for part in splits(both.model_copy(update={"train": str(one)}))]
+    assert [len(g) for g in got] == [9 * 35, 9 * 5, 9 * 10]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(ValueError, match="train is an empty list"):
+        BenchDataset(name="none", train=[])
+
+
 def test_a_prior_may_be_a_model_of_the_same_benchmark(tmp_path):
     """``prior: model:NAME`` trains on the package of model NAME of the same dataset (frozen Δ prior); the cache key
     carries that package's hash, so a retrained prior retrains the model; a prior not trained yet is a clear error."""

@@ -147,6 +147,70 @@ def test_training_on_dipoles_fits_them(tmp_path):
     assert end["dipole_mae_e_A"] < 0.5 * np.abs(start - ref).mean()
 
 
+def _input_model(family: str, seed: int = 0):
+    """A model that takes the field only as an equivariant input of the family (no response term), with
+    sizeable field weights."""
+    from ffspace.models import MACE, PaiNN
+
+    torch.manual_seed(seed)
+    net = (MACE(ELEMENTS, cutoff=4.0, channels=8, lmax=2, layers=2, hidden_lmax=1, field_input=True)
+           if family == "mace" else PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2, field_input=True))
+    weights = net.field_weights if isinstance(net.field_weights, torch.nn.ParameterList) else [net.field_weights]
+    with torch.no_grad():
+        for w in weights:
+            w.normal_(0.0, 0.3)
+    return Sum([AtomicReference(REFERENCE), net])
+
+
+@pytest.mark.parametrize("family", ["mace", "painn"])
+def test_the_field_as_an_equivariant_input_has_mu_and_alpha_and_turns_with_the_molecule(family):
+    pytest.importorskip("e3nn")
+    # eager throughout (fast=False): without a field the MACE-style model would take its C kernel, and the check
+    # below is that the input adds exactly nothing to the same computation
+    pot = Potential(_input_model(family), dtype=torch.float64, fast=False)
+    assert pot.field_dependent
+    s = _in(physics.ethanol(), [0.1, -0.2, 0.15])
+    out = _compute(pot, s, forces=True, dipole=True, polarizability=True)
+    mu, alpha = out["dipole"][0].numpy(), out["polarizability"][0].numpy()
+    h = 1e-4
+    fd_mu, fd_alpha = np.zeros(3), np.zeros((3, 3))
+    for b in range(3):
+        plus, minus = (_in(s, s.info["field"] + sign * h * np.eye(3)[b]) for sign in (1, -1))
+        fd_mu[b] = -(float(_compute(pot, plus, forces=False)["energy"][0])
+                     - float(_compute(pot, minus, forces=False)["energy"][0])) / (2 * h)
+        fd_alpha[:, b] = (_compute(pot, plus, forces=False, dipole=True)["dipole"][0].numpy()
+                          - _compute(pot, minus, forces=False, dipole=True)["dipole"][0].numpy()) / (2 * h)
+    assert np.abs(mu).max() > 1e-2 and np.abs(alpha).max() > 1e-3  # the input alone makes a response
+    assert np.abs(fd_mu - mu).max() <= 1e-5 * max(1.0, np.abs(mu).max())
+    assert np.abs(fd_alpha - alpha).max() <= 1e-5 * max(1.0, np.abs(alpha).max())
+    assert physics.check_finite_difference_forces(pot.model, s) <= 1e-6
+    rot = physics._rotation(4)
+    r = s.copy(positions=s.positions @ rot.T)
+    r.info["field"] = s.info["field"] @ rot.T
+    b = _compute(pot, r, forces=True, dipole=True, polarizability=True)
+    assert abs(float(out["energy"][0] - b["energy"][0])) < 1e-9 * abs(float(out["energy"][0]))
+    assert np.allclose(b["dipole"][0].numpy(), mu @ rot.T, atol=1e-9)
+    assert np.allclose(b["polarizability"][0].numpy(), rot @ alpha @ rot.T, atol=1e-9)
+    # without a field the input adds exactly nothing: the field-free surface (and the fast paths) stay as they were
+    zero = _compute(pot, _in(s, [0.0, 0.0, 0.0]), forces=True)
+    none = _compute(pot, s.copy(info={}), forces=True)
+    assert float(zero["energy"][0]) == float(none["energy"][0])
+
+
+def test_field_input_is_refused_for_a_family_without_vector_features():
+    from ffspace.data import Dataset
+    from ffspace.train import build_model_for_data
+
+    rng = np.random.default_rng(0)
+    data = Dataset([physics.molecule(seed=k).copy(energy=-1.0 * k, forces=rng.normal(size=(9, 3))) for k in range(3)])
+    with pytest.raises(ConfigError, match="equivariant family"):
+        build_model_for_data({"family": "schnet", "cutoff": 4.0, "field": "input"}, data)
+    with pytest.raises(ConfigError, match="model.field must be"):
+        build_model_for_data({"family": "painn", "cutoff": 4.0, "field": "yes"}, data)
+    model = build_model_for_data({"family": "painn", "cutoff": 4.0, "features": 8, "layers": 1, "field": "input"}, data)
+    assert model.field_dependent and model.terms[1].field_input and isinstance(model.terms[-1], FieldResponse)
+
+
 pyscf = pytest.importorskip("pyscf", reason="PySCF (the DFT labeler) is not installed")
 
 

@@ -69,6 +69,29 @@ def test_dft_forces_match_finite_differences():
     assert labeled.info["label_method"] == "PBE/def2-SVP"
 
 
+def test_broken_symmetry_dft_breaks_a_bond_homolytically():
+    """UKS from the mixed guess (and along its instabilities): an O–H bond stretched to 3 Å dissociates to the two
+    radicals, near equilibrium it is the closed shell, and the forces are −dE/dr (the same state on either side)."""
+    pytest.importorskip("pyscf")
+    from ffspace.reference.dft import PySCFLabeler
+
+    p = WATER.positions.copy()
+    p[1] = p[0] + 3.0 * (p[1] - p[0]) / np.linalg.norm(p[1] - p[0])
+    stretched = WATER.copy(positions=p)
+    closed = PySCFLabeler("PBE", "def2-SVP", density_fit=True)
+    broken = PySCFLabeler("PBE", "def2-SVP", density_fit=True, broken_symmetry=True)
+    labeled = _check_forces_by_finite_differences(broken, stretched, [(1, 1), (1, 2)], h=1e-3, tol=5e-4)
+    # at 3 Å the molecule is nearly OH· + H· (UKS doublets); a closed shell would lie eV above (it does not even
+    # converge there)
+    doublet = PySCFLabeler("PBE", "def2-SVP", density_fit=True, multiplicity=2)
+    radicals = (doublet.label(Structure(numbers=[8, 1], positions=p[[0, 2]])).energy
+                + doublet.label(Structure(numbers=[1], positions=[[0.0, 0.0, 0.0]])).energy)
+    assert abs(labeled.energy - radicals) < 0.15
+    assert abs(broken.label(WATER).energy - closed.label(WATER).energy) < 1e-4
+    assert labeled.info["label_method"] == "UPBE/def2-SVP (broken symmetry)"
+    assert broken.provenance()["broken_symmetry"] and "broken_symmetry" not in closed.provenance()
+
+
 def test_shipped_dataset_is_what_the_labeler_gives(ethanol_data):
     """The shipped file's labels are reproducible by the labeler (spot check of three frames)."""
     lab = XTBLabeler()

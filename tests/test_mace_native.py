@@ -178,6 +178,37 @@ def test_priors_beside_the_kernel_run_by_autograd(ethanol_data):
         assert pot.fast.direct(frame.numbers, 10.0 * np.eye(3), np.ones(3, dtype=bool)) is None
 
 
+def test_the_morse_prior_on_the_direct_path_equals_the_eager_model(ethanol_data):
+    """MACE-style + the reactive Morse prior, copies called straight from numpy, against the eager model, at
+    geometries displaced until bonds stretch past the switch and atoms approach."""
+    from ffspace.md.copies import MoleculeCopies
+    from ffspace.models import MorsePairs
+
+    torch.manual_seed(4)
+    morse = MorsePairs([1, 6, 8])
+    with torch.no_grad():  # off its start values, so every table entry matters
+        for p in morse.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}), morse, _model([1, 6, 8], seed=6, channels=8)])
+    pot = Potential(model, dtype=torch.float64)
+    _kernel_or_skip(pot.model.terms[2])
+    rng = np.random.default_rng(1)
+    fast = MoleculeCopies.thermal(pot, ethanol_data[0], 2, 300.0, rng)
+    eager = MoleculeCopies(Potential(model, dtype=torch.float64, fast=False), ethanol_data[0], fast.positions(),
+                           fast.velocities())
+    start = fast.state.positions.copy()
+    for step in range(6):
+        positions = start + (0.03 + 0.06 * step) * rng.standard_normal(start.shape)
+        per_copy = positions.reshape(2, -1, 3)  # (the copies are independent: only distances within one count)
+        gaps = np.linalg.norm(per_copy[:, :, None] - per_copy[:, None], axis=-1) + 9 * np.eye(per_copy.shape[1])
+        assert gaps.min() > 0.3, "a displacement brought atoms into contact: the comparison would be of NaNs"
+        _, forces = fast(positions)
+        _, reference = eager(positions)
+        assert fast._direct, "the direct path did not run"
+        np.testing.assert_allclose(fast.energies, eager.energies, atol=1e-7, rtol=0)
+        np.testing.assert_allclose(forces, reference, atol=1e-8 * max(1.0, np.abs(reference).max()), rtol=0)
+
+
 @pytest.mark.parametrize("nested,in_c", [(False, True), (True, True), (False, False)],
                          ids=["fitted_jointly", "frozen_package", "numpy_without_compiler"])
 def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, in_c, monkeypatch):

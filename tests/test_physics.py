@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ffspace.models import (MODEL_REGISTRY, ZBL, AtomicReference, ClassicalMM, D4Dispersion, DescriptorNet,
-                            FieldResponse, GraphMM, LearnedCoulomb, PaiNN, SchNet, Sum)
+                            FieldResponse, GraphMM, LearnedCoulomb, MorsePairs, PaiNN, SchNet, Sum)
 from ffspace.testing import physics
 
 ELEMENTS = physics.ELEMENTS
@@ -71,8 +71,25 @@ def _field():
     return model
 
 
-def _painn():
-    return PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2)
+def _morse():
+    model = MorsePairs(ELEMENTS, cutoff=3.0)
+    with torch.no_grad():  # off the start values, so every pair table entry differs
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _painn(**kw):
+    return PaiNN(ELEMENTS, cutoff=4.0, features=16, layers=2, **kw)
+
+
+def _field_input(model):
+    """``model`` (built with field_input=True) with sizeable field weights, so the field checks bite."""
+    with torch.no_grad():
+        for w in (model.field_weights if isinstance(model.field_weights, torch.nn.ParameterList)
+                  else [model.field_weights]):
+            w.normal_(0.0, 0.3)
+    return model
 
 
 def _schnet():
@@ -125,12 +142,18 @@ CASES = {
     # Hybrids, as model.prior / model.zbl / model.coulomb / model.dispersion compose them.
     "hybrid_mm_prior": lambda: Sum([AtomicReference(REFERENCE), ClassicalMM(ELEMENTS, cutoff=4.0), _painn()]),
     "hybrid_frozen_prior": _frozen_prior,
+    "morse": lambda: Sum([AtomicReference(REFERENCE), _morse()]),
+    "hybrid_morse": lambda: Sum([AtomicReference(REFERENCE), _morse(), _schnet()]),
     "hybrid_zbl": lambda: Sum([AtomicReference(REFERENCE), _schnet(), ZBL(cutoff=3.0, covalent_scale=1.6)]),
     "hybrid_coulomb": lambda: Sum([AtomicReference(REFERENCE), _painn(), _coulomb()]),
     "hybrid_d4": lambda: Sum([AtomicReference(REFERENCE), _schnet(), _d4()]),
     # The suite puts every molecule in a field (physics.FIELD) for these: the response terms are checked too.
     "field": lambda: Sum([AtomicReference(REFERENCE), _schnet(), _field()]),
     "hybrid_field_mace": lambda: Sum([AtomicReference(REFERENCE), _mace(layers=2), _field()]),
+    # the field as an equivariant input of the family itself (model.field='input')
+    "field_input_mace": lambda: Sum([AtomicReference(REFERENCE), _field_input(_mace(layers=2, hidden_lmax=1,
+                                                                                   field_input=True))]),
+    "field_input_painn": lambda: Sum([AtomicReference(REFERENCE), _field_input(_painn(field_input=True))]),
 }
 NEEDS_TMP = {"hybrid_frozen_prior"}
 

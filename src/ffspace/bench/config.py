@@ -28,7 +28,8 @@ class BenchDataset(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
-    train: str = Field(..., description="file/folder, or builtin:<name> for shipped data")
+    train: str | list[str] = Field(..., description="file/folder, or builtin:<name> for shipped data; a list of them "
+                                                   "is one training set (e.g. two temperatures)")
     test: str | None = Field(None, description="separate test file; otherwise split from `train`")
     format: Literal["extxyz", "md17", "deepmd", "ase-db"] | None = None
     energy_key: str | None = None
@@ -44,6 +45,12 @@ class BenchDataset(BaseModel):
                                                "energies (a reaction path, a dihedral scan; forces not needed): "
                                                "each model's energies along it, mean offset removed, and a plot")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_training_file(self):
+        if isinstance(self.train, list) and not self.train:
+            raise ValueError(f"dataset {self.name}: train is an empty list (give a file, or a list of files)")
+        return self
 
 
 class BenchModel(BaseModel):

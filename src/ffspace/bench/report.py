@@ -154,9 +154,10 @@ def markdown(results: dict, plots: list[str]) -> str:
              f"{results['machine']['torch_threads']} torch threads, device {results['machine']['device']}.  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if isinstance(v, str)), ""]
     for name, ds in results["datasets"].items():
+        train_files = "` + `".join(ds["train"]) if isinstance(ds["train"], list) else ds["train"]
         lines += [f"## {name}: accuracy and cost", "",
                   f"{ds['n_train']} training / {ds['n_val']} validation / {ds['n_test']} test structures "
-                  f"(`{ds['train']}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
+                  f"(`{train_files}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
                   "Errors are test-set MAE; cost is warm energy + forces on one test structure (a call on a torch batch; "
                   "the MD step: a full step of `ffspace md`, where timed); peak memory is "
                   "the timing process's peak resident memory (Python, torch, the model and its calls; for a "

@@ -86,7 +86,10 @@ def _installed(names) -> dict:
     return found
 
 
-def _read(ds: BenchDataset, spec: str) -> Dataset:
+def _read(ds: BenchDataset, spec: str | list[str]) -> Dataset:
+    if isinstance(spec, list):  # several files, one set, in the order given
+        parts = [_read(ds, one) for one in spec]
+        return sum(parts[1:], parts[0])
     return read_dataset(resolve_data_path(spec), format=ds.format, energy_key=ds.energy_key,
                         forces_key=ds.forces_key)
 

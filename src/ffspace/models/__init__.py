@@ -11,6 +11,7 @@ from .electrostatics import LearnedCoulomb
 from .field import FieldResponse
 from .graph_mm import GraphMM
 from .mm import ClassicalMM
+from .morse import MorsePairs
 from .painn import PaiNN
 from .schnet import SchNet
 from .zbl import ZBL
@@ -30,5 +31,5 @@ if peers.installed("torchani"):
     except ImportError as exc:  # pragma: no cover
         peers.broken["torchani"] = f"{type(exc).__name__}: {exc}"
 
-__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DeepPotential", "DescriptorNet", "DimeNet", "FFModel", "FieldResponse", "GraphMM", "LearnedCoulomb", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
+__all__ = ["MODEL_REGISTRY", "AtomicReference", "ClassicalMM", "D4Dispersion", "DeepPotential", "DescriptorNet", "DimeNet", "FFModel", "FieldResponse", "GraphMM", "LearnedCoulomb", "MorsePairs", "PaiNN", "SchNet", "Sum", "ZBL", "build_model",
            "scatter_sum"]

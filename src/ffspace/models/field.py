@@ -34,6 +34,10 @@ from .schnet import SchNet, ShiftedSoftplus
 # first-row atoms, so a fit starts from a sane response.
 _A0, _B0 = 0.035, 0.012
 
+# Fields reach the equivariant families' inputs (``field_input``) in units of 0.1 V/Å, the strength of the
+# fields of the labels and spectroscopy (≤ 0.2 V/Å), so the features they make are of order one.
+FIELD_SCALE = 0.1
+
 
 class _AtomicHeads(SchNet):
     """A SchNet whose readout gives three numbers per atom (raw charge, atomic and bond polarizability)."""

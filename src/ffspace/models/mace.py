@@ -31,6 +31,7 @@ from torch import nn
 
 from .base import FFModel, register
 from .chunking import edge_sum, local_edges
+from .field import FIELD_SCALE
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -160,7 +161,7 @@ def _pad(edge_values: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor]) -
 class MACE(FFModel):
     def __init__(self, elements, cutoff: float = 5.0, channels: int = 64, lmax: int = 2, layers: int = 2,
                  correlation: int = 3, n_rbf: int = 8, radial_hidden: int = 64, avg_neighbors: float = 10.0,
-                 hidden_lmax: int = 0, energy_scale: float = 1.0):
+                 hidden_lmax: int = 0, energy_scale: float = 1.0, field_input: bool = False):
         super().__init__()
         from e3nn import o3
 
@@ -175,6 +176,12 @@ class MACE(FFModel):
                            lmax=lmax, layers=layers, correlation=correlation, n_rbf=n_rbf,
                            radial_hidden=radial_hidden, avg_neighbors=float(avg_neighbors),
                            hidden_lmax=int(hidden_lmax), energy_scale=float(energy_scale))
+        if field_input:  # only then, so packages without it keep their config as it was
+            if lmax == 0 or (correlation == 1 and hidden_lmax == 0):
+                raise ValueError("field_input needs l ≥ 1 features that reach the energy (lmax ≥ 1, and correlation "
+                                 "≥ 2 or hidden_lmax = 1): the field enters A at l ≥ 1 only")
+            self.config["field_input"] = True
+        self.field_input = bool(field_input)
         self._init_elements(elements)
         self.cutoff, self.correlation, self.lmax = float(cutoff), int(correlation), int(lmax)
         self.channels, self.avg_neighbors = int(channels), float(avg_neighbors)
@@ -228,6 +235,28 @@ class MACE(FFModel):
         self.readouts = nn.ModuleList([nn.Linear(k, 1) for _ in range(layers - 1)] +
                                       [nn.Sequential(nn.Linear(k, 16), nn.SiLU(), nn.Linear(16, 1))])
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+        if self.field_input:
+            # The external field as one more "neighbour" of every atom (issue 33): its solid harmonics
+            # |ℰ|^l Y_lm(ℰ̂), l ≥ 1, enter A with a weight per element, channel and l, so the products of the
+            # contraction couple the field with the geometry equivariantly. Polynomials in ℰ: smooth at ℰ = 0
+            # with the derivatives μ and α need, and exactly zero without a field (the fast paths stay exact).
+            # Zero weights at the start: training begins from the field-free model.
+            self.solid_harmonics = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(lmax), normalize=False,
+                                                         normalization="component")
+            self.field_weights = nn.ParameterList(nn.Parameter(torch.zeros(n_el, k, lmax + 1)) for _ in range(layers))
+
+    @property
+    def field_dependent(self) -> bool:
+        return self.field_input
+
+    def _field_basis(self, batch, t: int, species: torch.Tensor):
+        """Layer t's field contribution to A (N, K, D), or None without a field input or field."""
+        field = getattr(batch, "field", None)
+        if not self.field_input or field is None:
+            return None
+        y = self.solid_harmonics(field[batch.graph_index] / FIELD_SCALE)  # (N, D); l = 0 is the constant 1
+        y = torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:]], 1)
+        return self.field_weights[t][species][:, :, self.l_of_m] * y.unsqueeze(1)
 
     def _aggregate(self, x: torch.Tensor, sh_pad: torch.Tensor, layout) -> torch.Tensor:
         """A_i,k,lm = Σ_j x_ij,k,l · Y_lm(r̂_ij) as a batched matrix product over padded neighbour lists.
@@ -327,6 +356,9 @@ class MACE(FFModel):
             (a,) = edge_sum(blocks, lambda *args, t=t: self._edge_sum(t, *args, pre=pre), i, n,
                             (j, radial_in, fcut, sh), (uh, vu))
             a = a / self.avg_neighbors
+            fa = self._field_basis(batch, t, species)
+            if fa is not None:
+                a = a + fa.to(a.dtype)
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
             aa = self.pair_products(a)
             b = (self.invariants(a, aa) * weights[species]).sum(-1)  # (N, K)

@@ -27,6 +27,11 @@ from .topology import BREAK_SCALE, MAX_NEIGHBOURS, molecule_index, neighbour_tab
 
 
 
+# Largest move of any atom (Å, per Cartesian component) between two calls for the second to be a step of the same
+# trajectory (bonds held): a 0.5 fs step moves a hydrogen at 1200 K by ~0.03 Å, two frames of a dataset by far more.
+HOLD_DISPLACEMENT = 0.25
+
+
 def _inv_softplus(x: float) -> float:
     return math.log(math.expm1(x))
 
@@ -58,11 +63,16 @@ def _has_key(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 @register("mm")
 class ClassicalMM(FFModel):
-    def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.2, max_degree: int = 4,
+    def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.35, max_degree: int = 4,
                  switch_width: float = 1.0, lj_14: float = 0.5, coulomb_14: float = 1 / 1.2,
                  energy_scale: float = 1.0, break_scale: float | None = None):
         # energy_scale is accepted for a uniform interface with the learned families; MM parameters carry
         # physical units, so it is recorded but not used.
+        # bond_scale 1.35: hot frames stretch bonds to 1.26 (3BPA train_mixedT) and 1.28 (ffspace's 1200 K set)
+        # × (R_i + R_j), and no unbonded pair comes closer than 1.40 in them (1.43 in rMD17 aspirin). At 1.2 a
+        # frame evaluated on its own lost its stretched bond: its two atoms turned into a nonbonded pair at 1.3 Å
+        # and the fitted MM prior's forces were off by 32 eV/Å on 7 of 3BPA's 500 mixed-temperature test frames.
+        # Packages keep the scale they were fitted with.
         super().__init__()
         # The default holds for packages written before break_scale existed too.
         break_scale = max(BREAK_SCALE, bond_scale) if break_scale is None else break_scale
@@ -101,7 +111,9 @@ class ClassicalMM(FFModel):
         """Bonds, per-atom neighbour tables and types from the current geometry (no gradient flows here).
 
         Outside training a bond of the previous call holds until ``break_scale`` · (R_i + R_j) (same atoms
-        and structure sizes): without this hysteresis a vibrating bond that crosses ``bond_scale`` drops out
+        and structure sizes, and no atom moved more than `HOLD_DISPLACEMENT` since that call: a step of a
+        trajectory, not another frame evaluated after it, whose result must not depend on what came before):
+        without this hysteresis a vibrating bond that crosses ``bond_scale`` drops out
         of the topology, its bond, angle and torsion terms vanish and the pair turns into a nonbonded one at
         short range, an energy jump of many eV. Fitted MM at 1200 K launched hydrogens 3 Å in one 0.5 fs step
         that way. Training sees each frame's own perception, so a fit never depends on the batch order."""
@@ -117,10 +129,12 @@ class ClassicalMM(FFModel):
 
     def _with_held_bonds(self, batch, pair, r, reach, bonded):
         held = getattr(self, "_held_bonds", None)
+        positions = batch.positions.detach()
         if held is not None and same_tensor(held[0], batch.numbers) and same_tensor(held[1], batch.n_atoms) \
-                and held[2].device == pair.device:
+                and held[2].device == pair.device and len(held) > 3 and held[3].shape == positions.shape \
+                and bool(((positions - held[3].to(positions.dtype)).abs() < HOLD_DISPLACEMENT).all()):
             bonded = bonded | (torch.isin(pair, held[2]) & (r < self.break_scale * reach))
-        self._held_bonds = (batch.numbers.clone(), batch.n_atoms.clone(), pair[bonded].clone())
+        self._held_bonds = (batch.numbers.clone(), batch.n_atoms.clone(), pair[bonded].clone(), positions.clone())
         return bonded
 
     # -- energy terms -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from torch import nn
 
 from .base import FFModel, register, scatter_sum
 from .chunking import edge_sum, local_edges
+from .field import FIELD_SCALE
 from .radial import BesselBasis, cosine_cutoff
 
 
@@ -53,10 +54,13 @@ class _Update(nn.Module):
 @register("painn")
 class PaiNN(FFModel):
     def __init__(self, elements, cutoff: float = 5.0, features: int = 128, layers: int = 3, n_rbf: int = 20,
-                 energy_scale: float = 1.0):
+                 energy_scale: float = 1.0, field_input: bool = False):
         super().__init__()
         self.config = dict(elements=sorted(int(z) for z in elements), cutoff=float(cutoff), features=features,
                            layers=layers, n_rbf=n_rbf, energy_scale=float(energy_scale))
+        if field_input:  # only then, so packages without it keep their config as it was
+            self.config["field_input"] = True
+        self.field_input = bool(field_input)
         self._init_elements(elements)
         self.cutoff = float(cutoff)
         self.embedding = nn.Embedding(len(self.elements), features)
@@ -65,6 +69,15 @@ class PaiNN(FFModel):
         self.updates = nn.ModuleList(_Update(features) for _ in range(layers))
         self.readout = nn.Sequential(nn.Linear(features, features // 2), nn.SiLU(), nn.Linear(features // 2, 1))
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale), dtype=torch.float64))
+        if self.field_input:
+            # The external field as the starting vector features (issue 33): v_i = w(Z_i) ℰ, zero without a
+            # field, so the messages couple it with the geometry equivariantly. Zero weights at the start:
+            # training begins from the field-free model.
+            self.field_weights = nn.Parameter(torch.zeros(len(self.elements), features))
+
+    @property
+    def field_dependent(self) -> bool:
+        return self.field_input
 
     def forward(self, batch) -> torch.Tensor:
         i, j, vec, blocks = local_edges(self, batch)
@@ -73,6 +86,10 @@ class PaiNN(FFModel):
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         s = self.embedding(self.species(batch.numbers))
         v = s.new_zeros((s.shape[0], 3, s.shape[1]))
+        field = getattr(batch, "field", None)
+        if self.field_input and field is not None:
+            f = (field[batch.graph_index] / FIELD_SCALE).to(s.dtype)  # (N, 3)
+            v = v + f.unsqueeze(-1) * self.field_weights[self.species(batch.numbers)].unsqueeze(1)
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, i, j, rbf, fcut, direction, blocks)
             s, v = update(s, v)

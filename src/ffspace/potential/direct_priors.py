@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from .. import units
 from ..data.bonds import bond_reach
 from ..models.electrostatics import conserve_charge_per_molecule
-from ..models.mm import ClassicalMM
+from ..models.mm import HOLD_DISPLACEMENT, ClassicalMM
+from ..models.morse import MorsePairs
 from ..models.topology import MAX_NEIGHBOURS, molecule_index, topology_from_bonds
 from ..models.zbl import _PHI_C, _PHI_D, ZBL
 
@@ -35,6 +36,8 @@ def direct_prior(term, numbers: np.ndarray, copies: int, charge: float = 0.0):
         return FixedTopologyMM(term, numbers, copies, charge)
     if isinstance(term, ZBL):
         return PairZBL(term, numbers, copies)
+    if isinstance(term, MorsePairs):
+        return PairMorse(term, numbers, copies)
     return None
 
 
@@ -71,6 +74,37 @@ class PairZBL:
         grad = []
         _pair_gradient(grad, i, j, vec, r, de_dr)
         return np.bincount(i // self.n_atoms, energy, minlength=self.copies), -_summed(grad, len(positions))
+
+
+class PairMorse:
+    """`MorsePairs` over the Verlet pairs (each once), its tables read once in float64."""
+
+    def __init__(self, term: MorsePairs, numbers: np.ndarray, copies: int):
+        self.term, self.copies, self.n_atoms = term, copies, len(numbers)
+        self.species = np.tile(term.species(torch.as_tensor(np.asarray(numbers, dtype=np.int64))).numpy(), copies)
+        with torch.no_grad():
+            self.r0 = term.r0.detach().double().cpu().numpy()
+            self.depth = F.softplus(term.depth.detach().double()).cpu().numpy()
+            self.width = F.softplus(term.width.detach().double()).cpu().numpy()
+        self.pair_index = term.pair_index.cpu().numpy()
+
+    def __call__(self, positions: np.ndarray, i: np.ndarray, j: np.ndarray):
+        t = self.term
+        i, j = _unique_pairs(i, j)
+        vec = positions[j] - positions[i]
+        r = np.linalg.norm(vec, axis=1)
+        near = r < t.cutoff  # beyond the cutoff a pair contributes exactly zero
+        i, j, vec, r = i[near], j[near], vec[near], r[near]
+        pair = self.pair_index[self.species[i], self.species[j]]
+        d, a = self.depth[pair], self.width[pair]
+        x = np.exp(-a * (r - self.r0[pair]))
+        morse = d * (x * x - 2 * x)
+        switch, dswitch = _switch(r, t.cutoff - t.switch_width, t.cutoff)
+        de_dr = 2 * a * d * (x - x * x) * switch + morse * dswitch
+        grad = []
+        _pair_gradient(grad, i, j, vec, r, de_dr)
+        return (np.bincount(i // self.n_atoms, morse * switch, minlength=self.copies),
+                -_summed(grad, len(positions)))
 
 
 def _switch(r, r_on, r_off):
@@ -128,16 +162,21 @@ class FixedTopologyMM:
         self.bond_keys = None  # sorted keys i·M + j (i < j) of the bonds the topology was built from
         self.species = term.species(torch.as_tensor(self.numbers)).numpy()
         self.rebuilds = 0  # how many times the topology was (re)built: once, plus once per bond change
+        self.last_positions = None  # of the previous call: bonds are held only along a trajectory (`ClassicalMM`)
         self.lib = _mm_kernel()  # the terms in C (ffspace/kernels/mm.c), or None: the numpy version
 
     # -- topology ---------------------------------------------------------------------------------
-    def _bonded(self, i, j, d):
-        """Keys of the pairs bonded at distances ``d`` by the model's rules, with hysteresis on the held bonds."""
+    def _bonded(self, i, j, d, positions):
+        """Keys of the pairs bonded at distances ``d`` by the model's rules, with hysteresis on the held bonds
+        (when no atom moved more than `HOLD_DISPLACEMENT` since the previous call, as in `ClassicalMM.topology`)."""
         t, m = self.term, len(self.numbers)
         reach = bond_reach(self.numbers[i], self.numbers[j], 1.0)
         key = i * m + j
         bonded = d < t.bond_scale * reach
-        if self.bond_keys is not None and self.bond_keys.size:
+        step = self.last_positions is not None and self.last_positions.shape == positions.shape \
+            and bool((np.abs(positions - self.last_positions) < HOLD_DISPLACEMENT).all())
+        self.last_positions = positions.copy()
+        if step and self.bond_keys is not None and self.bond_keys.size:
             at = np.searchsorted(self.bond_keys, key).clip(max=self.bond_keys.size - 1)
             bonded |= (self.bond_keys[at] == key) & (d < t.break_scale * reach)
         return np.sort(key[bonded])
@@ -184,7 +223,7 @@ class FixedTopologyMM:
         i, j = _unique_pairs(i, j)
         vec = positions[j] - positions[i]
         dist = _norm(vec)
-        bond_keys = self._bonded(i, j, dist)
+        bond_keys = self._bonded(i, j, dist, positions)
         if self.bond_keys is None or not np.array_equal(bond_keys, self.bond_keys):
             self._build(bond_keys)
         if self.lib is not None:

@@ -73,6 +73,9 @@ class LabelerConfig(BaseModel):
     conv_tol: float = Field(1e-10, gt=0, description="SCF energy convergence, Hartree")
     max_cycle: int = Field(100, ge=1)
     grid_level: int = Field(3, ge=0, le=9)
+    unrestricted: bool = Field(False, description="UKS for a closed shell too (open shells are UKS anyway)")
+    broken_symmetry: bool = Field(False, description="UKS from a guess with the HOMO and LUMO mixed at 45°: "
+                                  "homolytic bond breaking (dissociation curves)")
 
     def build(self):
         if self.method == "xtb":
@@ -84,7 +87,8 @@ class LabelerConfig(BaseModel):
 
         return PySCFLabeler(self.functional, self.basis, density_fit=self.density_fit, dispersion=self.dispersion,
                             charge=self.charge, multiplicity=self.multiplicity, conv_tol=self.conv_tol,
-                            max_cycle=self.max_cycle, grid_level=self.grid_level)
+                            max_cycle=self.max_cycle, grid_level=self.grid_level, unrestricted=self.unrestricted,
+                            broken_symmetry=self.broken_symmetry)
 
 
 class LabelConfig(BaseModel):

@@ -34,7 +34,7 @@ class PySCFLabeler:
     def __init__(self, functional: str = "PBE", basis: str = "def2-SVP", density_fit: bool = True,
                  dispersion: str | None = None, charge: int = 0, multiplicity: int = 1, conv_tol: float = 1e-10,
                  conv_tol_grad: float | None = None, max_cycle: int = 100, grid_level: int = 3,
-                 max_memory_mb: int = 4000):
+                 max_memory_mb: int = 4000, unrestricted: bool = False, broken_symmetry: bool = False):
         try:
             import pyscf  # noqa: F401
         except ImportError:
@@ -43,13 +43,19 @@ class PySCFLabeler:
         self.dispersion, self.charge, self.multiplicity = dispersion, int(charge), int(multiplicity)
         self.conv_tol, self.conv_tol_grad, self.max_cycle = conv_tol, conv_tol_grad, max_cycle
         self.grid_level, self.max_memory_mb = grid_level, max_memory_mb
+        # A bond that breaks homolytically needs UKS from a guess whose α and β HOMOs lean to different atoms (a
+        # restricted singlet dissociates to ions, eV too high); near equilibrium the SCF falls back to the closed
+        # shell, so one recipe labels a whole dissociation curve.
+        self.broken_symmetry = bool(broken_symmetry)
+        self.unrestricted = bool(unrestricted) or self.broken_symmetry or self.multiplicity > 1
         if self.multiplicity < 1:
             raise ValueError(f"multiplicity must be ≥ 1 (2S + 1), got {multiplicity}")
 
     @property
     def method(self) -> str:
         disp = f"-{self.dispersion.upper()}" if self.dispersion else ""
-        return f"{self.functional}{disp}/{self.basis}"
+        spin = "U" if self.unrestricted and self.multiplicity == 1 else ""  # open shells are UKS anyway
+        return f"{spin}{self.functional}{disp}/{self.basis}" + (" (broken symmetry)" if self.broken_symmetry else "")
 
     def provenance(self) -> dict:
         import pyscf
@@ -57,7 +63,10 @@ class PySCFLabeler:
         return {"method": self.method, "program": "pyscf", "program_version": pyscf.__version__,
                 "functional": self.functional, "basis": self.basis, "density_fit": self.density_fit,
                 "dispersion": self.dispersion, "charge": self.charge, "multiplicity": self.multiplicity,
-                "conv_tol": self.conv_tol, "grid_level": self.grid_level}
+                "conv_tol": self.conv_tol, "grid_level": self.grid_level,
+                # only where set, so the label stores' keys of every closed-shell recipe stay what they were
+                **({"unrestricted": True} if self.unrestricted and self.multiplicity == 1 else {}),
+                **({"broken_symmetry": True} if self.broken_symmetry else {})}
 
     def _molecule(self, structure: Structure):
         from pyscf import gto
@@ -84,7 +93,11 @@ class PySCFLabeler:
 
         mol = self._molecule(structure)
         t0 = time.perf_counter()
-        mf = dft.RKS(mol) if self.multiplicity == 1 else dft.UKS(mol)
+        mf = dft.UKS(mol) if self.unrestricted else dft.RKS(mol)
+        if self.unrestricted and self.multiplicity == 1:
+            # PySCF's UKS guess breaks the spin symmetry of its own accord (init_guess_breaksym): a closed shell
+            # starts symmetric here, and only the mixed guess below breaks it, the same way every time.
+            mf.init_guess_breaksym = 0
         mf.xc = self.functional
         mf.grids.level = self.grid_level
         mf.conv_tol = self.conv_tol
@@ -95,13 +108,19 @@ class PySCFLabeler:
             mf.disp = self.dispersion
         if self.density_fit:
             mf = mf.density_fit()
+        if self.broken_symmetry:
+            # second-order SCF: near a bond's Coulson–Fischer point DIIS wanders between the near-degenerate
+            # states and may not converge in 100 cycles; Newton steps do
+            mf = mf.newton()
         cycles = {"n": 0}
         mf.callback = lambda env: cycles.__setitem__("n", cycles["n"] + 1)
         origin = mol.atom_coords().mean(0)  # bohr: the centre of geometry
         field = _field_au(structure)
         if field is not None:
             _apply_field(mf, mol, field, origin)
-        energy_ha = mf.kernel()
+        energy_ha = mf.kernel(_broken_symmetry_guess(mf) if self.broken_symmetry else None)
+        if self.broken_symmetry and mf.converged:
+            energy_ha = _follow_instabilities(mf, energy_ha)
         if not mf.converged:
             strength = "" if field is None else f", in a field of {np.linalg.norm(structure.info['field']):.3g} V/Å"
             raise LabelFailure(f"SCF not converged in {self.max_cycle} cycles (conv_tol {self.conv_tol}){strength}",
@@ -118,6 +137,35 @@ class PySCFLabeler:
                      "label_wall_s": round(time.perf_counter() - t0, 3), "scf_cycles": cycles["n"], "dipole": dipole})
         return structure.copy(energy=float(energy_ha) * units.hartree,
                               forces=-gradient * units.hartree / units.bohr, info=info)
+
+
+def _broken_symmetry_guess(mf):
+    """(α, β) starting densities with the HOMO and LUMO of the first Fock matrix mixed at 45°, one way for α and
+    the other for β (Gaussian's guess=mix): a singlet may then polarize its spins where that lowers the energy."""
+    dm = mf.init_guess_by_minao(breaksym=0)  # spin-symmetric (α = β): the closed shell's first Fock matrix
+    energies, coeffs = mf.eig(mf.get_fock(dm=dm), mf.get_ovlp())
+    c = np.asarray(coeffs[0])
+    n_alpha, n_beta = mf.nelec
+    if n_alpha != n_beta or n_alpha >= c.shape[1]:
+        return dm
+    homo, lumo = c[:, n_alpha - 1].copy(), c[:, n_alpha].copy()
+    ca, cb = c.copy(), c.copy()
+    ca[:, n_alpha - 1], cb[:, n_alpha - 1] = (homo + lumo) / np.sqrt(2), (homo - lumo) / np.sqrt(2)
+    return np.stack([ca[:, :n_alpha] @ ca[:, :n_alpha].T, cb[:, :n_beta] @ cb[:, :n_beta].T])
+
+
+def _follow_instabilities(mf, energy_ha: float, rounds: int = 4) -> float:
+    """Restart the SCF along its internal instabilities until the solution is stable (PySCF's stability analysis):
+    near a bond's Coulson–Fischer point the mixed guess may still settle on the higher, symmetric state, and two
+    geometries 0.001 Å apart then land on states 1 eV apart. Returns the final energy (Hartree)."""
+    for _ in range(rounds):
+        mo, _, stable, _ = mf.stability(return_status=True)
+        if stable:
+            break
+        energy_ha = mf.kernel(mf.make_rdm1(mo, mf.mo_occ))
+        if not mf.converged:
+            break
+    return energy_ha
 
 
 def _field_au(structure: Structure):

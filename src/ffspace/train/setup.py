@@ -14,6 +14,7 @@ from ..models.dispersion import D4Dispersion
 from ..models.electrostatics import LearnedCoulomb
 from ..models.mm import ClassicalMM
 from ..models.field import FieldResponse
+from ..models.morse import MorsePairs
 from ..models.zbl import ZBL
 
 
@@ -22,8 +23,10 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
 
     ``model_config`` is ``{"family": "painn", ..., "zbl": false, "coulomb": false, "prior": null}``;
     ``coulomb`` adds learned charges with long-range electrostatics; ``field`` adds the response to a uniform
-    external electric field (`FieldResponse`: dipole and polarizability from learned charges and polarizabilities); ``prior`` makes a Δ-model: ``"mm"``
-    fits a classical MM term jointly with the ML correction, a model-package path adds that trained model
+    external electric field (`FieldResponse`: dipole and polarizability from learned charges and polarizabilities),
+    and ``field="input"`` also gives the field to an equivariant family as an input vector (MACE, PaiNN); ``prior`` makes a Δ-model: ``"mm"``
+    fits a classical MM term jointly with the ML correction, ``"morse"`` its reactive mode (pairwise Morse bonds
+    without a topology, so bonds may break and form), a model-package path adds that trained model
     frozen (and the reference energies and scale are fitted to what it leaves unexplained); ``dispersion``
     names a functional (e.g. ``"pbe"``) and adds a fixed DFT-D4 prior with its damping (molecules only). The learned term's energy
     scale is the force RMS of the data, so a unit-variance network output has the right size.
@@ -33,7 +36,10 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     family = cfg.pop("family", None)
     zbl = cfg.pop("zbl", False)
     coulomb = cfg.pop("coulomb", False)
-    field = cfg.pop("field", False)
+    field = cfg.pop("field", False) or False
+    if field not in (False, True, "input"):
+        raise ConfigError(f"model.field must be false, true (a learned response term) or 'input' (the response "
+                          f"term and the field as an equivariant input of the family); got {field!r}")
     prior = cfg.pop("prior", None)
     dispersion = cfg.pop("dispersion", None)
     if family not in MODEL_REGISTRY or family in ("sum", "reference"):
@@ -45,7 +51,16 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     refuse_constant_labels(dataset)  # scale and reference energies from constant labels would be meaningless
     elements = dataset.elements
     _fill_avg_neighbors(family, cfg, dataset)
-    fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm") else None
+    if field == "input":
+        import inspect
+
+        if "field_input" not in inspect.signature(MODEL_REGISTRY[family].__init__).parameters:
+            takes = sorted(f for f, c in MODEL_REGISTRY.items()
+                           if "field_input" in inspect.signature(c.__init__).parameters)
+            raise ConfigError(f"model.field='input' feeds the field to an equivariant family ({', '.join(takes)}); "
+                              f"{family!r} takes it through the response term only (model.field=true)")
+        cfg["field_input"] = True
+    fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm", "morse") else None
     targets = _residuals(dataset, fixed_prior) if fixed_prior is not None else dataset
     ref = reference_energies(targets, elements)
     scale = _force_rms(targets)
@@ -56,6 +71,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
             terms.append(fixed_prior)
         elif prior == "mm":  # Δ-learning with an MM prior fitted jointly with the ML correction
             terms.append(ClassicalMM(elements, cutoff=6.0))
+        elif prior == "morse":  # the reactive mode of the prior: pairwise Morse bonds, no topology to break
+            terms.append(MorsePairs(elements))
         if family != "zbl":
             terms.append(build_model({"family": family, "elements": elements, "energy_scale": scale, **cfg}))
         if zbl or family == "zbl":
