@@ -7,7 +7,7 @@ import torch
 
 from ffspace.data.structure import Structure
 from ffspace.evaluate.spectra import (KM_PER_MOL_PER_E2_AMU, bands, dipole_spectrum, dipole_trajectory,
-                                      finite_difference_response, harmonic_modes)
+                                      finite_difference_response, harmonic_modes, without_rigid_motion)
 
 
 def test_a_diatomic_spring_has_the_textbook_frequency_and_intensity():
@@ -80,3 +80,23 @@ def test_dipole_trajectory_records_a_conserved_nve_run():
                                                                             layers=1)]), dtype=torch.float64)
     with pytest.raises(ValueError, match="model.field=true"):
         dipole_trajectory(plain, water, steps=10)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_rigid_motion_is_taken_out_and_vibrations_kept(linear):
+    """Zero momentum and angular momentum after, and a pure vibration (a symmetric stretch) unchanged."""
+    rng = np.random.default_rng(1)
+    if linear:  # CO2 along x: its axis has no moment of inertia
+        x = np.array([[0.0, 0, 0], [1.16, 0, 0], [-1.16, 0, 0]])
+        m = np.array([12.0, 16.0, 16.0])
+        stretch = np.array([[0.0, 0, 0], [1, 0, 0], [-1, 0, 0]])
+    else:  # water
+        x = np.array([[0.0, 0, 0.12], [0, 0.76, -0.47], [0, -0.76, -0.47]])
+        m = np.array([16.0, 1.0, 1.0])
+        stretch = np.array([[0.0, 0, 0.0], [0, 0.76, -0.59], [0, -0.76, -0.59]])
+        stretch[0] = -(m[1:, None] * stretch[1:]).sum(0) / m[0]  # no momentum
+    v = without_rigid_motion(x, rng.normal(size=(3, 3)), m)
+    r = x - (m[:, None] * x).sum(0) / m.sum()
+    assert np.abs((m[:, None] * v).sum(0)).max() < 1e-12
+    assert np.abs((m[:, None] * np.cross(r, v)).sum(0)).max() < 1e-12
+    assert np.allclose(without_rigid_motion(x, stretch, m), stretch, atol=1e-12)
