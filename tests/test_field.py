@@ -37,12 +37,8 @@ def _in(s, field):
     return out
 
 
-def test_dipole_and_polarizability_equal_finite_differences_of_the_model():
-    pot = Potential(_field_model(), dtype=torch.float64)
-    s = _in(physics.molecule(), [0.1, -0.2, 0.3])
-    out = _compute(pot, s, forces=True, dipole=True, polarizability=True)
-    mu, alpha = out["dipole"][0].numpy(), out["polarizability"][0].numpy()
-    h = 1e-4
+def _field_differences(pot, s, h: float = 1e-4):
+    """μ = −∂E/∂ℰ and α = ∂μ/∂ℰ of the model by central differences in the field of ``s``."""
     fd_mu, fd_alpha = np.zeros(3), np.zeros((3, 3))
     for b in range(3):
         plus, minus = (_in(s, s.info["field"] + sign * h * np.eye(3)[b]) for sign in (1, -1))
@@ -50,6 +46,15 @@ def test_dipole_and_polarizability_equal_finite_differences_of_the_model():
                      - float(_compute(pot, minus, forces=False)["energy"][0])) / (2 * h)
         fd_alpha[:, b] = (_compute(pot, plus, forces=False, dipole=True)["dipole"][0].numpy()
                           - _compute(pot, minus, forces=False, dipole=True)["dipole"][0].numpy()) / (2 * h)
+    return fd_mu, fd_alpha
+
+
+def test_dipole_and_polarizability_equal_finite_differences_of_the_model():
+    pot = Potential(_field_model(), dtype=torch.float64)
+    s = _in(physics.molecule(), [0.1, -0.2, 0.3])
+    out = _compute(pot, s, forces=True, dipole=True, polarizability=True)
+    mu, alpha = out["dipole"][0].numpy(), out["polarizability"][0].numpy()
+    fd_mu, fd_alpha = _field_differences(pot, s)
     assert np.abs(mu).max() > 1e-2 and np.abs(alpha).max() > 1e-2  # sizeable: the check means something
     assert np.abs(fd_mu - mu).max() <= 1e-5 * max(1.0, np.abs(mu).max())
     assert np.abs(fd_alpha - alpha).max() <= 1e-5 * max(1.0, np.abs(alpha).max())
@@ -172,14 +177,7 @@ def test_the_field_as_an_equivariant_input_has_mu_and_alpha_and_turns_with_the_m
     s = _in(physics.ethanol(), [0.1, -0.2, 0.15])
     out = _compute(pot, s, forces=True, dipole=True, polarizability=True)
     mu, alpha = out["dipole"][0].numpy(), out["polarizability"][0].numpy()
-    h = 1e-4
-    fd_mu, fd_alpha = np.zeros(3), np.zeros((3, 3))
-    for b in range(3):
-        plus, minus = (_in(s, s.info["field"] + sign * h * np.eye(3)[b]) for sign in (1, -1))
-        fd_mu[b] = -(float(_compute(pot, plus, forces=False)["energy"][0])
-                     - float(_compute(pot, minus, forces=False)["energy"][0])) / (2 * h)
-        fd_alpha[:, b] = (_compute(pot, plus, forces=False, dipole=True)["dipole"][0].numpy()
-                          - _compute(pot, minus, forces=False, dipole=True)["dipole"][0].numpy()) / (2 * h)
+    fd_mu, fd_alpha = _field_differences(pot, s)
     assert np.abs(mu).max() > 1e-2 and np.abs(alpha).max() > 1e-3  # the input alone makes a response
     assert np.abs(fd_mu - mu).max() <= 1e-5 * max(1.0, np.abs(mu).max())
     assert np.abs(fd_alpha - alpha).max() <= 1e-5 * max(1.0, np.abs(alpha).max())
