@@ -249,14 +249,13 @@ class MACE(FFModel):
     def field_dependent(self) -> bool:
         return self.field_input
 
-    def _field_basis(self, batch, t: int, species: torch.Tensor):
-        """Layer t's field contribution to A (N, K, D), or None without a field input or field."""
+    def _field_harmonics(self, batch):
+        """The field's solid harmonics at every atom (N, D), l = 0 zeroed; None without a field input or field."""
         field = getattr(batch, "field", None)
         if not self.field_input or field is None:
             return None
-        y = self.solid_harmonics(field[batch.graph_index] / FIELD_SCALE)  # (N, D); l = 0 is the constant 1
-        y = torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:]], 1)
-        return self.field_weights[t][species][:, :, self.l_of_m] * y.unsqueeze(1)
+        y = self.solid_harmonics(field[batch.graph_index] / FIELD_SCALE)  # l = 0 is the constant 1
+        return torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:]], 1)
 
     def _aggregate(self, x: torch.Tensor, sh_pad: torch.Tensor, layout) -> torch.Tensor:
         """A_i,k,lm = Σ_j x_ij,k,l · Y_lm(r̂_ij) as a batched matrix product over padded neighbour lists.
@@ -348,6 +347,7 @@ class MACE(FFModel):
         pre = self._layout(i, n, sh) if blocks is None else None
         h = self.embedding(species)
         v = None  # (N, K, 3) vector node features, from the second layer on
+        field_y = self._field_harmonics(batch)
         energy = h.new_zeros(n)
         for t, (up, a_mix, weights, mix, skip, readout) in enumerate(zip(
                 self.up, self.a_mix, self.contraction, self.mix, self.skip, self.readouts)):
@@ -356,9 +356,8 @@ class MACE(FFModel):
             (a,) = edge_sum(blocks, lambda *args, t=t: self._edge_sum(t, *args, pre=pre), i, n,
                             (j, radial_in, fcut, sh), (uh, vu))
             a = a / self.avg_neighbors
-            fa = self._field_basis(batch, t, species)
-            if fa is not None:
-                a = a + fa.to(a.dtype)
+            if field_y is not None:  # layer t's weights on the field's harmonics (computed once for all layers)
+                a = a + (self.field_weights[t][species][:, :, self.l_of_m] * field_y.unsqueeze(1)).to(a.dtype)
             a = torch.einsum("nkd,dkq->nqd", a, a_mix[self.l_of_m])
             aa = self.pair_products(a)
             b = (self.invariants(a, aa) * weights[species]).sum(-1)  # (N, K)
