@@ -7,10 +7,11 @@
    (both O–H 0.85–1.15 Å, H–O–H 90–120°) and 160 with one O–H bond stretched anywhere in 0.7–4.3 Å (the other
    0.88–1.08 Å, angle 80–130°); the test curve: one O–H from 0.8 to 4.0 Å in 0.1 Å steps with the other bond at
    0.9686 Å and the angle at 104.0° (no frame of the pool lies on it: their other coordinates are drawn).
-2. Labels: UKS PBE/def2-SVP (density fitting) from a broken-symmetry guess followed along its instabilities
-   (`labeler.broken_symmetry`), the rMD17 level made able to break a bond homolytically (a restricted singlet would
-   dissociate to ions, eV too high, and does not converge beyond ~2 Å); in the crash-safe store kept in the
-   repository, so a rerun labels nothing again (~3 s per label near equilibrium, 6–9 s stretched, on 2 cores).
+2. Labels: UKS PBE/def2-SVP (density fitting), the lower of two broken-symmetry starts each followed along its
+   instabilities (`labeler.broken_symmetry`), the rMD17 level made able to break a bond homolytically (a restricted
+   singlet would dissociate to ions, eV too high, and does not converge beyond ~2 Å); in the crash-safe store kept
+   in the repository, so a rerun labels nothing again (273 labels in 52 min on one core, ~11 s each on
+   average).
 3. Models, each trained for ``--minutes`` on 200 frames of the pool (20 validate, 20 test), cutoff 5 Å: ours
    (MACE-style), ours + the reactive Morse prior (`model.prior: morse`), and ours + the fitted MM prior, whose
    bonds hold by design (it is the prior a reactive run must not use; here to measure what it costs).

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ffspace.data.structure import Structure
-from ffspace.evaluate.spectra import (KM_PER_MOL_PER_E2_AMU, bands, dipole_spectrum, dipole_trajectory,
-                                      finite_difference_response, harmonic_modes, without_rigid_motion)
+from ffspace.evaluate.spectra import (KM_PER_MOL_PER_E2_AMU, bands, dipole_spectrum, dipole_trajectories,
+                                      dipole_trajectory, finite_difference_response, harmonic_modes,
+                                      without_rigid_motion)
 
 
 def test_a_diatomic_spring_has_the_textbook_frequency_and_intensity():
@@ -80,6 +81,28 @@ def test_dipole_trajectory_records_a_conserved_nve_run():
                                                                             layers=1)]), dtype=torch.float64)
     with pytest.raises(ValueError, match="model.field=true"):
         dipole_trajectory(plain, water, steps=10)
+
+
+def test_dipole_trajectories_run_copies_as_one_batch():
+    """Three copies in one batch: each its own conserved NVE run, different from the others, and each step's
+    dipoles those of the model at the copies' own geometries."""
+    from ffspace.models import AtomicReference, FieldResponse, SchNet, Sum
+    from ffspace.potential import Potential
+    from ffspace.testing import physics
+
+    torch.manual_seed(0)
+    model = Sum([AtomicReference({1: -13.6, 8: -2041.0}), SchNet([1, 8], cutoff=4.0, features=16, layers=1),
+                 FieldResponse([1, 8], cutoff=3.5, features=16, layers=1)])
+    pot = Potential(model, dtype=torch.float64)
+    water = physics.molecule("H2O", rattle=0.0)
+    run = dipole_trajectories(pot, water, copies=3, steps=100, timestep_fs=0.25, equilibration_steps=40, seed=2)
+    assert run["dipoles"].shape == (3, 100, 3) and run["etot_eV"].shape == (3, 100)
+    assert np.ptp(run["etot_eV"], axis=1).max() < 1e-3
+    assert np.abs(run["dipoles"][0] - run["dipoles"][1]).max() > 1e-4
+    spectrum = dipole_spectrum(run["dipoles"], 0.25, smoothing_cm=0)  # (runs, T, 3) is a list of runs
+    assert np.allclose(spectrum["intensity"], dipole_spectrum(list(run["dipoles"]), 0.25, smoothing_cm=0)["intensity"])
+    with pytest.raises(ValueError, match="at least 1"):
+        dipole_trajectories(pot, water, copies=0, steps=10)
 
 
 @pytest.mark.parametrize("linear", [False, True])

@@ -83,9 +83,12 @@ def finite_difference_response(evaluate, structure, step: float = 0.005) -> tupl
 
 
 def dipole_spectrum(dipoles, timestep_fs: float, max_cm: float = 4500.0, smoothing_cm: float = 10.0) -> dict:
-    """The classical IR lineshape of one or several dipole trajectories (each (T, 3) e·Å, sampled every
-    ``timestep_fs``): |FT μ̇|² (Hann window), averaged over trajectories, Gaussian-smoothed (σ = ``smoothing_cm``).
+    """The classical IR lineshape of one or several dipole trajectories (each (T, 3) e·Å, or an array (runs, T, 3),
+    sampled every ``timestep_fs``): |FT μ̇|² (Hann window), averaged over trajectories, Gaussian-smoothed
+    (σ = ``smoothing_cm``).
     Returns ``frequencies`` (cm⁻¹) and ``intensity`` (arbitrary units, area-comparable between bands)."""
+    if isinstance(dipoles, np.ndarray) and dipoles.ndim == 3:  # (runs, T, 3), as `dipole_trajectories` gives
+        dipoles = list(dipoles)
     runs = [np.asarray(d, dtype=np.float64) for d in (dipoles if isinstance(dipoles, (list, tuple)) else [dipoles])]
     length = min(len(d) for d in runs)
     if length < 16:
@@ -125,37 +128,63 @@ def bands(spectrum: dict, windows: list[tuple[float, float]]) -> list[dict]:
 def dipole_trajectory(potential, structure, steps: int, timestep_fs: float = 0.5, temperature: float = 300.0,
                       equilibration_steps: int = 2000, friction: float = 0.01, seed: int = 0,
                       remove_rotation: bool = True) -> dict:
-    """Langevin equilibration at ``temperature``, then NVE for ``steps`` steps recording the dipole μ = −∂E/∂ℰ
-    (e·Å) and the total energy at every step, from one model call per step (forces and dipole together). For a
-    field-dependent model (`ffspace.models.field`); the structure's own field, if any, stays on.
+    """One run of `dipole_trajectories`: ``dipoles`` (steps, 3) e·Å and ``etot_eV`` (steps,)."""
+    run = dipole_trajectories(potential, structure, 1, steps, timestep_fs, temperature, equilibration_steps,
+                              friction, seed, remove_rotation)
+    return {**run, "dipoles": run["dipoles"][0], "etot_eV": run["etot_eV"][0]}
 
-    ``remove_rotation``: the NVE part starts with the overall translation and rotation taken out of the velocities
-    (angular momentum zero, and it is conserved), so the bands are the vibrations' — what harmonic frequencies
-    describe. A freely rotating gas-phase molecule adds rotational P/R sidebands ~100 cm⁻¹ either side of each
-    band: for water they merged the symmetric and antisymmetric stretches (111 cm⁻¹ apart) and moved the bend's
-    peak 3 % up."""
-    from ..md.integrators import Langevin, MDState, VelocityVerlet, maxwell_boltzmann
-    from ..md.simulation import PotentialForces
+
+def dipole_trajectories(potential, structure, copies: int, steps: int, timestep_fs: float = 0.5,
+                        temperature: float = 300.0, equilibration_steps: int = 2000, friction: float = 0.01,
+                        seed: int = 0, remove_rotation: bool = True) -> dict:
+    """``copies`` independent runs of one molecule, integrated together with one batched model call per step
+    (`MoleculeCopies`): Langevin equilibration at ``temperature`` (each copy its own bath), then NVE for ``steps``
+    steps recording each copy's dipole μ = −∂E/∂ℰ (e·Å) and total energy at every step, from the same model call
+    as the forces. For a field-dependent model (`ffspace.models.field`); the structure's own field, if any, stays
+    on. Returns ``dipoles`` (copies, steps, 3) and ``etot_eV`` (copies, steps).
+
+    Why many copies: an isolated molecule in NVE keeps the energy each normal mode had when the thermostat let go
+    (a mode's energy is exponentially distributed around kT), and a band's area is proportional to it. One run's
+    relative band areas are therefore off by O(100 %); the average over n copies converges as 1/√n.
+
+    ``remove_rotation``: the NVE part starts with each copy's overall translation and rotation taken out of its
+    velocities (angular momentum zero, and it is conserved), so the bands are the vibrations' — what harmonic
+    frequencies describe. A freely rotating gas-phase molecule adds rotational P/R sidebands ~100 cm⁻¹ either side
+    of each band: for water they merged the symmetric and antisymmetric stretches (111 cm⁻¹ apart) and moved the
+    bend's peak 3 % up."""
+    from ..md.copies import MoleculeCopies
+    from ..md.integrators import Langevin, VelocityVerlet
 
     if not potential.field_dependent:
         raise ValueError("an IR spectrum from MD needs the dipole: train the model with model.field=true")
-    rng = np.random.default_rng(seed)
-    state = MDState(structure)
-    state.velocities = maxwell_boltzmann(state.masses, temperature, rng)
-    forces = PotentialForces(potential, state, dipole=True)  # MD's Verlet list, the dipole from the same call
-    state.energy, state.forces = forces(state.positions)
-    thermostat = Langevin(timestep_fs, temperature, friction, seed=seed)
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
+    batch = MoleculeCopies.thermal(potential, structure, copies, temperature, np.random.default_rng(seed),
+                                   dipole=True)
+    thermostat = Langevin(timestep_fs, temperature, friction, seed=seed, groups=batch.groups())
+    _check_finite(batch, "the start")
     for _ in range(equilibration_steps):
-        thermostat.step(state, forces)
+        thermostat.step(batch.state, batch)
+        _check_finite(batch, "equilibration")
     if remove_rotation:
-        state.velocities = without_rigid_motion(state.positions, state.velocities, state.masses)
+        masses = batch.state.masses.reshape(copies, -1)
+        batch.state.velocities = np.concatenate([without_rigid_motion(x, v, m) for x, v, m in
+                                                 zip(batch.positions(), batch.velocities(), masses)])
     verlet = VelocityVerlet(timestep_fs)
-    dipoles, etot = np.zeros((steps, 3)), np.zeros(steps)
+    dipoles, etot = np.zeros((copies, steps, 3)), np.zeros((copies, steps))
     for k in range(steps):
-        verlet.step(state, forces)
-        dipoles[k], etot[k] = forces.dipole, state.energy + state.kinetic_energy()
+        verlet.step(batch.state, batch)
+        _check_finite(batch, "NVE")
+        dipoles[:, k], etot[:, k] = batch.dipoles, batch.energies + batch.kinetic()
     return {"dipoles": dipoles, "etot_eV": etot, "timestep_fs": timestep_fs, "temperature_K": temperature}
 
+
+def _check_finite(batch, stage: str) -> None:
+    """A copy whose energy or dipole went non-finite is integrated with zeroed forces (`MoleculeCopies`): its
+    spectrum would be garbage (and NaN the average), so the run stops at that step with the copies named."""
+    bad = np.nonzero(~np.isfinite(batch.energies) | ~np.isfinite(batch.dipoles).all(1))[0]
+    if len(bad):
+        raise FloatingPointError(f"dipole MD: non-finite energy for copies {bad[:10].tolist()} during {stage}")
 
 
 def without_rigid_motion(positions: np.ndarray, velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:

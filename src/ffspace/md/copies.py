@@ -23,11 +23,14 @@ class MoleculeCopies:
     Called with the (n·atoms, 3) positions, returns (summed energy, forces) for the integrators and keeps
     each copy's energy in ``energies`` (NaN for a copy whose geometry broke the model: it is detected
     and removed by the caller, never integrated with non-finite forces). A potential that also returns a
-    per-atom ``force_deviation`` (a committee) leaves each copy's largest in ``deviations``.
+    per-atom ``force_deviation`` (a committee) leaves each copy's largest in ``deviations``. With ``dipole`` (a
+    field-dependent model), each call also leaves every copy's dipole μ = −∂E/∂ℰ, (n, 3) e·Å, in ``dipoles``.
     """
 
-    def __init__(self, potential, structure: Structure, positions: np.ndarray, velocities: np.ndarray):
-        self.potential, self.template = potential, structure
+    def __init__(self, potential, structure: Structure, positions: np.ndarray, velocities: np.ndarray,
+                 dipole: bool = False):
+        self.potential, self.template, self.want_dipole = potential, structure, dipole
+        self.dipoles = None  # (n, 3) e·Å, with ``dipole``
         self.n, self.atoms = positions.shape[0], structure.n_atoms
         # The copies overlap in space (each is its own graph), so this is not a valid `Structure`: MDState
         # only needs the arrays.
@@ -46,20 +49,22 @@ class MoleculeCopies:
         self.state.energy, self.state.forces = self(self.state.positions)  # ready for the first step
 
     @classmethod
-    def thermal(cls, potential, structure: Structure, n: int, temperature: float, rng) -> "MoleculeCopies":
+    def thermal(cls, potential, structure: Structure, n: int, temperature: float, rng,
+                dipole: bool = False) -> "MoleculeCopies":
         """``n`` copies at the structure's geometry, each with its own Maxwell–Boltzmann velocities at
         ``temperature`` K drawn from ``rng`` (copy by copy, so copy k's draw does not depend on n)."""
         from ase.data import atomic_masses
 
         masses = atomic_masses[structure.numbers]
         velocities = np.stack([maxwell_boltzmann(masses, temperature, rng) for _ in range(n)])
-        return cls(potential, structure, np.repeat(structure.positions[None], n, 0), velocities)
+        return cls(potential, structure, np.repeat(structure.positions[None], n, 0), velocities, dipole=dipole)
 
     def survivors(self, keep: np.ndarray, integrator=None) -> "MoleculeCopies":
         """The copies where ``keep`` (n,) is true, as a new batch with their positions, velocities and ``ids``;
         a thermostat passed as ``integrator`` gets the new batch's ``groups()`` (and keeps the per-atom
         temperatures of the kept copies, if it has them)."""
-        kept = MoleculeCopies(self.potential, self.template, self.positions()[keep], self.velocities()[keep])
+        kept = MoleculeCopies(self.potential, self.template, self.positions()[keep], self.velocities()[keep],
+                              dipole=self.want_dipole)
         kept.ids = [c for c, ok in zip(self.ids, keep) if ok]
         if integrator is not None:
             integrator.groups = kept.groups()
@@ -69,8 +74,10 @@ class MoleculeCopies:
 
     def __call__(self, positions):
         fast = getattr(self.potential, "fast", None)
-        field = self.template.info.get("field")  # the C kernels know no field: copies in a field run eagerly
-        if fast is not None and fast.state == "checked" and field is None:  # checked by the first call (__init__)
+        # the C kernels know no field and no dipole: copies in a field, or recording dipoles, run eagerly
+        field = self.template.info.get("field")
+        eager = field is not None or self.want_dipole
+        if fast is not None and fast.state == "checked" and not eager:  # checked by the first call (__init__)
             if self._direct is None:
                 self._direct = fast.direct(self.template.numbers, self.template.cell, self.template.pbc, self.n,
                                            charge=self._charge) or False
@@ -86,17 +93,21 @@ class MoleculeCopies:
             frame.info = {"charge": self._charge, "field": field}
             graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
         try:
-            energies, forces, deviations = self._evaluate(graphs)
+            energies, forces, deviations, dipoles = self._evaluate(graphs)
         except Exception:  # noqa: BLE001 - one copy's geometry broke the model: find it, fail only it
             energies, forces = np.full(self.n, np.nan), np.full((self.n * self.atoms, 3), np.nan)
-            deviations = np.full(self.n, np.nan)
+            deviations, dipoles = np.full(self.n, np.nan), np.full((self.n, 3), np.nan)
             for k, g in enumerate(graphs):
                 try:
-                    e, f, d = self._evaluate([g])
+                    e, f, d, mu = self._evaluate([g])
                 except Exception:  # noqa: BLE001
                     continue
                 energies[k], forces[k * self.atoms:(k + 1) * self.atoms], deviations[k] = e[0], f, d[0]
+                if mu is not None:
+                    dipoles[k] = mu[0]
         self.energies, self.deviations = energies, deviations
+        if self.want_dipole:
+            self.dipoles = dipoles
         # The integrator needs finite numbers; a non-finite copy is detected through `energies` and removed.
         return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -137,7 +148,7 @@ class MoleculeCopies:
 
     def _evaluate(self, graphs):
         batch = collate(graphs, dtype=self.potential.dtype, device=self.potential.device, labels=False)
-        out = self.potential.compute(batch, forces=True)
+        out = self.potential.compute(batch, forces=True, **({"dipole": True} if self.want_dipole else {}))
         forces = out["forces"].double().cpu().numpy()
         energies = out["energy"].cpu().numpy().copy()
         bad = ~np.isfinite(forces.reshape(len(graphs), self.atoms, 3)).all((1, 2))
@@ -145,7 +156,8 @@ class MoleculeCopies:
         deviations = np.full(len(graphs), np.nan)
         if "force_deviation" in out:
             deviations = out["force_deviation"].double().cpu().numpy().reshape(len(graphs), self.atoms).max(1)
-        return energies, forces, deviations
+        dipoles = out["dipole"].double().cpu().numpy() if self.want_dipole else None
+        return energies, forces, deviations, dipoles
 
     def groups(self) -> np.ndarray:
         return np.repeat(np.arange(self.n), self.atoms)

@@ -74,8 +74,9 @@ class LabelerConfig(BaseModel):
     max_cycle: int = Field(100, ge=1)
     grid_level: int = Field(3, ge=0, le=9)
     unrestricted: bool = Field(False, description="UKS for a closed shell too (open shells are UKS anyway)")
-    broken_symmetry: bool = Field(False, description="UKS from a guess with the HOMO and LUMO mixed at 45°: "
-                                  "homolytic bond breaking (dissociation curves)")
+    broken_symmetry: bool = Field(False, description="UKS from two starts, the HOMO and LUMO mixed at 45° and the "
+                                  "triplet with one spin flipped, the lower kept: homolytic bond breaking "
+                                  "(dissociation curves)")
 
     def build(self):
         if self.method == "xtb":

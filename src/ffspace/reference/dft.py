@@ -66,7 +66,9 @@ class PySCFLabeler:
                 "conv_tol": self.conv_tol, "grid_level": self.grid_level,
                 # only where set, so the label stores' keys of every closed-shell recipe stay what they were
                 **({"unrestricted": True} if self.unrestricted and self.multiplicity == 1 else {}),
-                **({"broken_symmetry": True} if self.broken_symmetry else {})}
+                # (the recipe's name: labels of the first, HOMO/LUMO-mix-only recipe, wrong in ~5 % of water's
+                # far-stretched frames, are never reused)
+                **({"broken_symmetry": "lowest of HOMO/LUMO mix and triplet flip"} if self.broken_symmetry else {})}
 
     def _molecule(self, structure: Structure):
         from pyscf import gto
@@ -88,15 +90,14 @@ class PySCFLabeler:
             raise DataError(f"PySCF cannot build the molecule with basis {self.basis}: {exc}",
                             file=structure.source, frame=structure.frame, field="numbers") from None
 
-    def label(self, structure: Structure) -> Structure:
+    def _scf(self, mol, cycles: dict, field, origin):
+        """A configured (not yet run) SCF object for ``mol``; its cycles are counted in ``cycles["n"]``."""
         from pyscf import dft
 
-        mol = self._molecule(structure)
-        t0 = time.perf_counter()
         mf = dft.UKS(mol) if self.unrestricted else dft.RKS(mol)
         if self.unrestricted and self.multiplicity == 1:
             # PySCF's UKS guess breaks the spin symmetry of its own accord (init_guess_breaksym): a closed shell
-            # starts symmetric here, and only the mixed guess below breaks it, the same way every time.
+            # starts symmetric here, and only the broken-symmetry guesses break it, the same way every time.
             mf.init_guess_breaksym = 0
         mf.xc = self.functional
         mf.grids.level = self.grid_level
@@ -108,19 +109,61 @@ class PySCFLabeler:
             mf.disp = self.dispersion
         if self.density_fit:
             mf = mf.density_fit()
+        if field is not None:  # before `newton()`: its solver builds the core Hamiltonian from the inner object
+            _apply_field(mf, mol, field, origin)
         if self.broken_symmetry:
             # second-order SCF: near a bond's Coulson–Fischer point DIIS wanders between the near-degenerate
             # states and may not converge in 100 cycles; Newton steps do
             mf = mf.newton()
-        cycles = {"n": 0}
         mf.callback = lambda env: cycles.__setitem__("n", cycles["n"] + 1)
+        return mf
+
+    def _triplet_flip_guess(self, mf):
+        """(α, β) densities of the converged triplet (no field: it is only a start) with its highest α electron
+        moved to β: the two unpaired electrons of a broken bond, one of each spin."""
+        from pyscf import dft
+
+        triplet = mf.mol.copy()
+        triplet.spin = 2
+        triplet.build()
+        scf = dft.UKS(triplet)
+        scf.xc, scf.grids.level, scf.max_cycle = self.functional, self.grid_level, self.max_cycle
+        if self.dispersion:
+            scf.disp = self.dispersion
+        scf = scf.density_fit() if self.density_fit else scf
+        scf.kernel()
+        (ca, cb), (n_alpha, n_beta) = scf.mo_coeff, scf.nelec
+        alpha = ca[:, :n_alpha - 1]
+        beta = np.hstack([cb[:, :n_beta], ca[:, n_alpha - 1:n_alpha]])
+        return np.stack([alpha @ alpha.T, beta @ beta.T])
+
+    def label(self, structure: Structure) -> Structure:
+        mol = self._molecule(structure)
+        t0 = time.perf_counter()
         origin = mol.atom_coords().mean(0)  # bohr: the centre of geometry
         field = _field_au(structure)
-        if field is not None:
-            _apply_field(mf, mol, field, origin)
-        energy_ha = mf.kernel(_broken_symmetry_guess(mf) if self.broken_symmetry else None)
-        if self.broken_symmetry and mf.converged:
-            energy_ha = _follow_instabilities(mf, energy_ha)
+        if self.broken_symmetry:
+            # Two starting points, the lower solution kept (the variational principle: both are S_z = 0 UKS
+            # states, and the ground state is the lowest). The HOMO/LUMO mix breaks the right pair near a bond's
+            # Coulson–Fischer point; far out (water's O–H beyond ~3.3 Å) the closed-shell HOMO is a lone pair and
+            # the mix settled on the ionic OH⁺ + H⁻ state, 8–11 eV too high and internally stable, in 12 of 240
+            # frames. One spin flipped in the converged triplet starts from the two radicals and finds the
+            # neutral asymptote.
+            runs = []
+            two_spins = self.multiplicity == 1 and mol.nelectron >= 2  # a triplet needs two electrons
+            guesses = (_broken_symmetry_guess,) + ((self._triplet_flip_guess,) if two_spins else ())
+            for guess in guesses:
+                cycles = {"n": 0}
+                mf = self._scf(mol, cycles, field, origin)
+                energy_ha = mf.kernel(guess(mf))
+                if mf.converged:
+                    energy_ha = _follow_instabilities(mf, energy_ha)
+                runs.append((not mf.converged, energy_ha, len(runs), mf, cycles))
+            _, energy_ha, _, mf, cycles = min(runs)  # a converged run first, then the lowest energy
+        else:
+            cycles = {"n": 0}
+            mf = self._scf(mol, cycles, field, origin)
+            energy_ha = mf.kernel()
         if not mf.converged:
             strength = "" if field is None else f", in a field of {np.linalg.norm(structure.info['field']):.3g} V/Å"
             raise LabelFailure(f"SCF not converged in {self.max_cycle} cycles (conv_tol {self.conv_tol}){strength}",
