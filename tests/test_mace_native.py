@@ -209,14 +209,17 @@ def test_the_morse_prior_on_the_direct_path_equals_the_eager_model(ethanol_data)
         np.testing.assert_allclose(forces, reference, atol=1e-8 * max(1.0, np.abs(reference).max()), rtol=0)
 
 
-@pytest.mark.parametrize("nested,in_c", [(False, True), (True, True), (False, False)],
-                         ids=["fitted_jointly", "frozen_package", "numpy_without_compiler"])
-def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, in_c, monkeypatch):
+@pytest.mark.parametrize("nested,in_c,bond_form", [(False, True, "harmonic"), (True, True, "harmonic"),
+                                                    (False, False, "harmonic"), (False, True, "morse"),
+                                                    (False, False, "morse")],
+                         ids=["fitted_jointly", "frozen_package", "numpy_without_compiler", "morse_bonds",
+                              "morse_bonds_numpy"])
+def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, in_c, bond_form, monkeypatch):
     """Copies of a molecule under MACE-style + MM prior + ZBL, called straight from numpy: energies and forces those
     of the eager model at geometries displaced far enough to break and form bonds (the fixed topology is rebuilt by
     the model's rules, with the same hysteresis), and a copy whose atoms collapse is failed alone (NaN). A frozen Δ
     prior package is a sum of its own (reference energies + MM): its terms take the same path. The MM terms run in C
-    (kernels/mm.c), or in numpy where that cannot be built."""
+    (kernels/mm.c), or in numpy where that cannot be built; with harmonic or Morse bonds."""
     from ffspace.md.copies import MoleculeCopies
     from ffspace.models import ZBL, ClassicalMM
     from ffspace.potential.direct_priors import FixedTopologyMM
@@ -226,7 +229,7 @@ def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, i
     if not in_c:
         monkeypatch.setattr(direct_priors, "_mm_kernel", lambda: None)
     torch.manual_seed(3)
-    mm = ClassicalMM([1, 6, 8], cutoff=4.0)
+    mm = ClassicalMM([1, 6, 8], cutoff=4.0, bond_form=bond_form)
     with torch.no_grad():  # off its start values, so every parameter table matters
         for p in mm.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -1,8 +1,10 @@
 """Fitted classical MM: a bond holds while it vibrates (outside training), so MD sees a continuous energy."""
 
 import numpy as np
+import pytest
 import torch
 from ase.build import molecule
+from ase.data import covalent_radii
 
 from ffspace.data import Structure
 from ffspace.models import ClassicalMM
@@ -82,3 +84,62 @@ def test_exclusions_match_the_walks_of_every_edge():
         assert torch.equal(_has_key(keys, i * n + j), (expanded == j.unsqueeze(-1)).any(-1))
     assert walks[0].numel() == 24 and _has_key(walks[2], i * n + j).sum() > 0  # 12 bonds, both directions
     assert not _has_key(torch.empty(0, dtype=torch.long), i * n + j).any()
+
+
+def test_morse_bonds_share_the_harmonic_curvature_and_soften_when_stretched(tmp_path):
+    """`bond_form="morse"`: D (1 − e^{−a x})², a = √(k/D), has the fitted harmonic bond's curvature at r0 and an
+    energy that falls further below the harmonic one the more the bond stretches; a package keeps the form and the
+    fitted depths. (Its forces on the MD path are compared with autograd in tests/test_mace_native.py.)"""
+    from ffspace.potential.package import load_package, save_package
+
+    harmonic = ClassicalMM(ELEMENTS, cutoff=4.0)
+    morse = ClassicalMM(ELEMENTS, cutoff=4.0, bond_form="morse")
+    with torch.no_grad():
+        morse.bond_depth.fill_(1.5)  # D = 1 + softplus(1.5) = 2.70 eV: a shallow well, so the softening shows
+    pots = {name: Potential(m, dtype=torch.float64) for name, m in (("harmonic", harmonic), ("morse", morse))}
+    r0 = covalent_radii[6] + covalent_radii[1]  # every bond type's start value: R_i + R_j
+    radii = r0 + np.array([-0.004, 0.0, 0.004, 0.15, 0.3])  # all below the perception limit 1.35 × r0
+    scans = {name: _stretch_scan(pot, radii) for name, pot in pots.items()}
+    # Curvature at r0 from the three central points: the same (the cubic term cancels in the central difference).
+    curvature = {name: (e[0] - 2 * e[1] + e[2]) / 0.004**2 for name, e in scans.items()}
+    np.testing.assert_allclose(curvature["morse"], curvature["harmonic"], rtol=1e-3)
+    # Stretched: the Morse bond's energy falls below the harmonic one's, more so the further it is stretched.
+    gap = (scans["harmonic"] - scans["morse"])[3:]
+    assert 0 < gap[0] < gap[1]
+    # The package round trip keeps the form and the depths.
+    save_package(tmp_path / "mm", morse)
+    loaded, _ = load_package(tmp_path / "mm", dtype=torch.float64)
+    mm = next(m for m in loaded.modules() if isinstance(m, ClassicalMM))
+    assert mm.bond_form == "morse"
+    torch.testing.assert_close(mm.bond_depth.double(), morse.bond_depth.double(), rtol=0, atol=0)
+    again = _stretch_scan(Potential(loaded, dtype=torch.float64), radii)
+    np.testing.assert_allclose(again, scans["morse"], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("bond_form", ["harmonic", "morse"])
+@pytest.mark.parametrize("in_c", [True, False], ids=["c", "numpy"])
+def test_the_direct_path_of_the_prior_equals_autograd(bond_form, in_c, monkeypatch):
+    """`FixedTopologyMM` (the MD path of the prior: numpy, or C in kernels/mm.c) against the eager model's autograd on
+    two copies of a rattled ethanol, with every parameter table off its start values; needs no MACE kernel."""
+    from ffspace.potential import direct_priors
+
+    if not in_c:
+        monkeypatch.setattr(direct_priors, "_mm_kernel", lambda: None)
+    torch.manual_seed(1)
+    mm = ClassicalMM(ELEMENTS, cutoff=4.0, bond_form=bond_form).double()
+    with torch.no_grad():
+        for p in mm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mm.eval()
+    copies = [ethanol(seed, rattle=0.15) for seed in (0, 1)]
+    direct = direct_priors.FixedTopologyMM(mm, copies[0].numbers, len(copies))
+    if in_c and direct.lib is None:
+        pytest.skip("no C compiler here: the numpy version is tested by the other case")
+    positions = np.concatenate([s.positions for s in copies])
+    n = len(positions)
+    i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
+    same_copy = (i // len(copies[0].numbers) == j // len(copies[0].numbers)) & (i != j)
+    energy, forces = direct(positions, i[same_copy], j[same_copy])
+    reference = Potential(mm, dtype=torch.float64)(copies)
+    np.testing.assert_allclose(energy, reference["energy"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(forces, np.concatenate(reference["forces"]), rtol=0, atol=1e-8)

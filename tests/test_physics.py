@@ -130,6 +130,7 @@ CASES = {
     "mace_torch": _mace_torch,
     "torchani": _torchani,
     "mm": lambda: ClassicalMM(ELEMENTS, cutoff=4.0),
+    "mm_morse_bonds": lambda: ClassicalMM(ELEMENTS, cutoff=4.0, bond_form="morse"),
     "graph_mm": lambda: randomized_graph_mm(GraphMM(ELEMENTS, features=16, layers=2)),
     "coulomb": _coulomb,
     "d4": _d4,

@@ -49,8 +49,9 @@ class ModelSection(BaseModel):
     zbl: bool = Field(False, description="add a ZBL repulsion prior (switched off below bonding distances)")
     coulomb: bool = Field(False, description="add learned charge-conserving charges with Coulomb/Ewald electrostatics")
     dispersion: str | None = Field(None, description="D4 dispersion prior with this functional's damping, e.g. pbe")
-    prior: str | None = Field(None, description="Δ-learning prior: 'mm' (fitted jointly), 'morse' (its reactive "
-                                        "mode: pairwise Morse bonds, no topology) or a model package path (frozen)")
+    prior: str | None = Field(None, description="Δ-learning prior: 'mm' (fitted jointly), 'mm_morse' (the same with "
+                                        "Morse bonds), 'morse' (its reactive mode: pairwise Morse bonds, no "
+                                        "topology) or a model package path (frozen)")
 
 
 class EvalConfig(BaseModel):

@@ -36,6 +36,20 @@ void mm_bonds(int64_t nb, const int64_t *a, const int64_t *b, const double *k, c
     }
 }
 
+/* Morse bonds D (1 - e^{-w (r - r0)})^2, w = sqrt(k / D): the harmonic bond's curvature at r0, softening beyond. */
+void mm_morse_bonds(int64_t nb, const int64_t *a, const int64_t *b, const double *k, const double *r0,
+                    const double *depth, const double *pos, int64_t copy_atoms, double *energy, double *grad) {
+    for (int64_t t = 0; t < nb; t++) {
+        double v[3];
+        sub(pos, b[t], a[t], v);
+        double r = sqrt(dot(v, v)), w = sqrt(k[t] / depth[t]), decay = exp(-w * (r - r0[t]));
+        energy[a[t] / copy_atoms] += depth[t] * (1.0 - decay) * (1.0 - decay);
+        double s = 2.0 * depth[t] * w * (1.0 - decay) * decay / r;
+        add(grad, b[t], v, s);
+        add(grad, a[t], v, -s);
+    }
+}
+
 void mm_angles(int64_t na, const int64_t *a, const int64_t *c, const int64_t *b, const double *k, const double *cos0,
                const double *pos, int64_t copy_atoms, double *energy, double *grad) {
     for (int64_t t = 0; t < na; t++) {

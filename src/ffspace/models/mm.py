@@ -2,7 +2,10 @@
 
 Topology is perceived from the geometry (a bond where r < ``bond_scale`` · (R_i + R_j), covalent radii;
 outside training a bond, once formed, holds until ``break_scale`` · (R_i + R_j), see `ClassicalMM.topology`) and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
-harmonic bonds; cosine-harmonic angles k (cos θ − cos θ0)² (smooth even for linear angles); torsions
+harmonic bonds k (r − r0)², or (``bond_form="morse"``) Morse bonds D (1 − e^{−a (r − r0)})² with a = √(k/D), the
+same curvature at r0 and a fitted well depth D ≥ 1 eV, whose restoring force softens with the stretch as a real
+bond's does (a harmonic bond fitted near equilibrium pushes 2–4× too hard on the most stretched hot frames, see
+docs/benchmarks.md, 3BPA); cosine-harmonic angles k (cos θ − cos θ0)² (smooth even for linear angles); torsions
 Σ_{n=1..3} V_n cos(nφ); impropers k h² on three-coordinated centres (h: normalised triple product, zero
 when planar); Lennard-Jones (Lorentz–Berthelot) and Coulomb between type charges made neutral per
 structure, with 1-2 and 1-3 pairs excluded, 1-4 pairs scaled (AMBER: 0.5 LJ, 1/1.2 Coulomb), and both
@@ -30,6 +33,10 @@ from .topology import BREAK_SCALE, MAX_NEIGHBOURS, molecule_index, neighbour_tab
 # Largest move of any atom (Å, per Cartesian component) between two calls for the second to be a step of the same
 # trajectory (bonds held): a 0.5 fs step moves a hydrogen at 1200 K by ~0.03 Å, two frames of a dataset by far more.
 HOLD_DISPLACEMENT = 0.25
+
+# Lowest well depth (eV) of a Morse bond: covalent bonds of H, C, N, O hold 2.5–11 eV, and a floor keeps the
+# fit from turning a weakly sampled bond type into one that lets go at a modest stretch.
+MIN_BOND_DEPTH = 1.0
 
 
 def _inv_softplus(x: float) -> float:
@@ -65,7 +72,7 @@ def _has_key(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 class ClassicalMM(FFModel):
     def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.35, max_degree: int = 4,
                  switch_width: float = 1.0, lj_14: float = 0.5, coulomb_14: float = 1 / 1.2,
-                 energy_scale: float = 1.0, break_scale: float | None = None):
+                 energy_scale: float = 1.0, break_scale: float | None = None, bond_form: str = "harmonic"):
         # energy_scale is accepted for a uniform interface with the learned families; MM parameters carry
         # physical units, so it is recorded but not used.
         # bond_scale 1.35: hot frames stretch bonds to 1.26 (3BPA train_mixedT) and 1.28 (ffspace's 1200 K set)
@@ -82,6 +89,11 @@ class ClassicalMM(FFModel):
                            bond_scale=float(bond_scale), break_scale=float(break_scale), max_degree=int(max_degree),
                            switch_width=float(switch_width), lj_14=float(lj_14), coulomb_14=float(coulomb_14),
                            energy_scale=float(energy_scale))
+        if bond_form not in ("harmonic", "morse"):
+            raise ValueError(f"bond_form must be 'harmonic' or 'morse'; got {bond_form!r}")
+        if bond_form != "harmonic":  # recorded only when set: earlier packages and cache keys stay as they were
+            self.config["bond_form"] = bond_form
+        self.bond_form = bond_form
         self._init_elements(elements)
         self.cutoff, self.bond_scale, self.max_degree = float(cutoff), float(bond_scale), int(max_degree)
         self.break_scale = float(break_scale)
@@ -96,6 +108,8 @@ class ClassicalMM(FFModel):
         r0 = (radius[:, None] + radius[None, :]).reshape(-1)
         self.bond_r0 = nn.Parameter(r0.clone().float())
         self.bond_k = nn.Parameter(torch.full((nt * nt,), _inv_softplus(20.0)))
+        if bond_form == "morse":  # D = MIN_BOND_DEPTH + softplus(bond_depth), starting near a C–H bond's 4.3 eV
+            self.bond_depth = nn.Parameter(torch.full((nt * nt,), _inv_softplus(4.0 - MIN_BOND_DEPTH)))
         self.angle_cos0 = nn.Parameter(torch.full((nt ** 3,), math.cos(math.radians(109.5))))
         self.angle_k = nn.Parameter(torch.full((nt ** 3,), _inv_softplus(5.0)))
         self.torsion_v = nn.Parameter(torch.full((nt ** 4, 3), 0.02))
@@ -160,7 +174,7 @@ class ClassicalMM(FFModel):
         bi, bj, rb, vb = i[bonded], j[bonded], r[bonded], vec[bonded]
         ti, tj = t[bi], t[bj]
         bt = torch.minimum(ti, tj) * nt + torch.maximum(ti, tj)
-        e_bond = F.softplus(self.bond_k[bt]) * (rb - self.bond_r0[bt]) ** 2
+        e_bond = self.bond_energy(rb, bt)
         energy = energy + scatter_sum(0.5 * e_bond, bi, n)
 
         # Displacement vectors along bonds must respect periodic images: use the edge vectors.
@@ -229,6 +243,18 @@ class ClassicalMM(FFModel):
         pair = torch.where(keep, (lj + coul) * switch, torch.zeros_like(r))
         energy = energy + scatter_sum(0.5 * pair, i, n)
         return energy
+
+    def bond_depth_of(self, bond_types: torch.Tensor) -> torch.Tensor:
+        """Morse well depths D (eV) of these bond types."""
+        return MIN_BOND_DEPTH + F.softplus(self.bond_depth[bond_types])
+
+    def bond_energy(self, r: torch.Tensor, bond_types: torch.Tensor) -> torch.Tensor:
+        """k (r − r0)², or D (1 − e^{−a (r − r0)})² with a = √(k/D) (the same curvature at r0), per bond."""
+        k, stretch = F.softplus(self.bond_k[bond_types]), r - self.bond_r0[bond_types]
+        if self.bond_form == "harmonic":
+            return k * stretch**2
+        depth = self.bond_depth_of(bond_types)
+        return depth * (1 - torch.exp(-torch.sqrt(k / depth) * stretch)) ** 2
 
     def charges(self, batch, types, bond_i, bond_j) -> torch.Tensor:
         """Type charges made to sum to the structure's total charge, molecule by molecule (bonds i–j)."""

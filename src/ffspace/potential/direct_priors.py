@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .. import units
 from ..data.bonds import bond_reach
 from ..models.electrostatics import conserve_charge_per_molecule
-from ..models.mm import HOLD_DISPLACEMENT, ClassicalMM
+from ..models.mm import HOLD_DISPLACEMENT, MIN_BOND_DEPTH, ClassicalMM
 from ..models.morse import MorsePairs
 from ..models.topology import MAX_NEIGHBOURS, molecule_index, topology_from_bonds
 from ..models.zbl import _PHI_C, _PHI_D, ZBL
@@ -199,6 +199,9 @@ class FixedTopologyMM:
             ti, tj = types[bonds[:, 0]], types[bonds[:, 1]]
             bt = torch.minimum(ti, tj) * nt + torch.maximum(ti, tj)
             self.bonds = (_columns(bonds), F.softplus(p["bond_k"][bt]).numpy(), p["bond_r0"][bt].numpy())
+            # Morse well depths per bond, None for harmonic bonds
+            self.bond_depth = (MIN_BOND_DEPTH + F.softplus(p["bond_depth"][bt])).numpy() \
+                if t.bond_form == "morse" else None
             a, c, b = top.angles.unbind(1)
             at = types[c] * nt * nt + torch.minimum(types[a], types[b]) * nt + torch.maximum(types[a], types[b])
             self.angles = (_columns(top.angles), F.softplus(p["angle_k"][at]).numpy(), p["angle_cos0"][at].numpy())
@@ -232,12 +235,19 @@ class FixedTopologyMM:
         energy = np.zeros(self.copies)
         per_copy = (lambda owners, e: np.bincount(owners // self.n_atoms, e, minlength=self.copies))
 
-        # bonds: k (r − r0)²
+        # bonds: k (r − r0)², or D (1 − e^{−a (r − r0)})² with a = √(k/D)
         (a, b), k, r0 = self.bonds
         bv = positions[b] - positions[a]
         r = _norm(bv)
-        energy += per_copy(a, k * (r - r0) ** 2)
-        _pair_gradient(grad, a, b, bv, r, 2.0 * k * (r - r0))
+        if self.bond_depth is None:
+            energy += per_copy(a, k * (r - r0) ** 2)
+            _pair_gradient(grad, a, b, bv, r, 2.0 * k * (r - r0))
+        else:
+            depth = self.bond_depth
+            width = np.sqrt(k / depth)
+            decay = np.exp(-width * (r - r0))
+            energy += per_copy(a, depth * (1 - decay) ** 2)
+            _pair_gradient(grad, a, b, bv, r, 2.0 * depth * width * (1 - decay) * decay)
 
         # angles a–c–b: k (cos θ − cos θ0)², cos θ = u·v / |u||v|
         (a, c, b), k, cos0 = self.angles
@@ -320,7 +330,11 @@ class FixedTopologyMM:
         energy, grad = np.zeros(self.copies), np.zeros_like(positions)
         out = (positions.ctypes.data, n, energy.ctypes.data, grad.ctypes.data)
         (a, b), k, r0 = self.bonds
-        lib.mm_bonds(len(a), a.ctypes.data, b.ctypes.data, k.ctypes.data, r0.ctypes.data, *out)
+        if self.bond_depth is None:
+            lib.mm_bonds(len(a), a.ctypes.data, b.ctypes.data, k.ctypes.data, r0.ctypes.data, *out)
+        else:
+            lib.mm_morse_bonds(len(a), a.ctypes.data, b.ctypes.data, k.ctypes.data, r0.ctypes.data,
+                               self.bond_depth.ctypes.data, *out)
         (a, c, b), k, cos0 = self.angles
         lib.mm_angles(len(a), a.ctypes.data, c.ctypes.data, b.ctypes.data, k.ctypes.data, cos0.ctypes.data, *out)
         (n0, centre, n1, n2), k = self.impropers
@@ -353,11 +367,12 @@ def _mm_kernel():
     p, n = ctypes.c_void_p, ctypes.c_int64
     out = [p, n, p, p]  # positions, atoms per copy, energy per copy, gradient
     lib.mm_bonds.argtypes = [n, p, p, p, p, *out]
+    lib.mm_morse_bonds.argtypes = [n, p, p, p, p, p, *out]
     lib.mm_angles.argtypes = [n, p, p, p, p, p, *out]
     lib.mm_impropers.argtypes = [n, p, p, p, p, p, *out]
     lib.mm_torsions.argtypes = [n, p, p, p, p, p, *out]
     lib.mm_pairs.argtypes = [n, p, p, p, p, p, p, p, ctypes.c_double, ctypes.c_double, ctypes.c_double, *out]
-    for fn in (lib.mm_bonds, lib.mm_angles, lib.mm_impropers, lib.mm_torsions, lib.mm_pairs):
+    for fn in (lib.mm_bonds, lib.mm_morse_bonds, lib.mm_angles, lib.mm_impropers, lib.mm_torsions, lib.mm_pairs):
         fn.restype = None
     return lib
 

@@ -50,8 +50,8 @@ def linear_term(model):
     others = [t.family for t in terms if t is not linear[0] and any(p.requires_grad for p in t.parameters())]
     if others:
         raise ConfigError(f"model family {linear[0].family!r} is fitted by linear least squares, but the model also "
-                          f"has trainable term(s) {others} (prior: mm or coulomb need gradient descent); use a frozen "
-                          "package as the prior (model.prior: path/to/model.safetensors) instead")
+                          f"has trainable term(s) {others} (prior: mm, mm_morse, morse or coulomb need gradient "
+                          "descent); use a frozen package as the prior (model.prior: path/to/model.safetensors) instead")
     return linear[0]
 
 

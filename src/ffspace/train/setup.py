@@ -25,7 +25,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
     ``coulomb`` adds learned charges with long-range electrostatics; ``field`` adds the response to a uniform
     external electric field (`FieldResponse`: dipole and polarizability from learned charges and polarizabilities),
     and ``field="input"`` also gives the field to an equivariant family as an input vector (MACE, PaiNN); ``prior`` makes a Δ-model: ``"mm"``
-    fits a classical MM term jointly with the ML correction, ``"morse"`` its reactive mode (pairwise Morse bonds
+    fits a classical MM term jointly with the ML correction (``"mm_morse"``: the same with Morse bonds, whose
+    restoring force softens with the stretch), ``"morse"`` its reactive mode (pairwise Morse bonds
     without a topology, so bonds may break and form), a model-package path adds that trained model
     frozen (and the reference energies and scale are fitted to what it leaves unexplained); ``dispersion``
     names a functional (e.g. ``"pbe"``) and adds a fixed DFT-D4 prior with its damping (molecules only). The learned term's energy
@@ -60,7 +61,7 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
             raise ConfigError(f"model.field='input' feeds the field to an equivariant family ({', '.join(takes)}); "
                               f"{family!r} takes it through the response term only (model.field=true)")
         cfg["field_input"] = True
-    fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm", "morse") else None
+    fixed_prior = _load_fixed_prior(prior) if prior not in (None, "mm", "mm_morse", "morse") else None
     targets = _residuals(dataset, fixed_prior) if fixed_prior is not None else dataset
     ref = reference_energies(targets, elements)
     scale = _force_rms(targets)
@@ -69,8 +70,8 @@ def build_model_for_data(model_config: dict, dataset, seed: int = 0):
         terms = [AtomicReference(ref)]
         if fixed_prior is not None:  # Δ-learning: the learned terms fit what the frozen prior misses
             terms.append(fixed_prior)
-        elif prior == "mm":  # Δ-learning with an MM prior fitted jointly with the ML correction
-            terms.append(ClassicalMM(elements, cutoff=6.0))
+        elif prior in ("mm", "mm_morse"):  # Δ-learning with an MM prior fitted jointly with the ML correction
+            terms.append(ClassicalMM(elements, cutoff=6.0, bond_form="morse" if prior == "mm_morse" else "harmonic"))
         elif prior == "morse":  # the reactive mode of the prior: pairwise Morse bonds, no topology to break
             terms.append(MorsePairs(elements))
         if family != "zbl":
