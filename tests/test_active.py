@@ -256,3 +256,36 @@ def test_uncertainty_monitor_stops_md_driven_out_of_the_training_data(committee_
 def test_uncertainty_monitor_needs_a_committee(trained_package):
     with pytest.raises(TypeError, match="committee"):
         UncertaintyMonitor(Potential.load(trained_package), stop=1.0)
+
+
+def test_members_start_from_a_package_with_their_own_budget(committee_dir, splits, tmp_path):
+    """``committee.init_from`` / ``warm_minutes``: round 0's members fine-tune a given package on their subsamples
+    (their first epoch already at its accuracy, not a fresh model's) under the warm budget, not the full one; a
+    package that is not there is a clear error naming the setting."""
+    from ffspace.active.config import load_active_config
+    from ffspace.active.loop import _start_packages
+    from ffspace.errors import ConfigError
+    from ffspace.train import TrainConfig
+
+    train, val, _ = splits
+    start = committee_dir[1][0]
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, schedule="cosine", progress=False, max_time_min=30)
+    warm = train_committee(train, val, MODEL, cfg, tmp_path / "warm", members=2, subsample=0.7, seed=5,
+                           warm_start=[start] * 2, warm_minutes=0.5)
+    fresh = train_committee(train, val, MODEL, cfg, tmp_path / "fresh", members=2, subsample=0.7, seed=5)
+
+    def first_epoch(package):
+        first = json.loads((package.parent / "metrics.jsonl").read_text().splitlines()[0])
+        return first["val_forces_mae_meV_A"]
+
+    for w, f in zip(warm, fresh):
+        assert first_epoch(w) < 0.7 * first_epoch(f)
+        assert "max_time_min: 0.5" in (w.parent / "config.yaml").read_text()
+        assert "max_time_min: 30" in (f.parent / "config.yaml").read_text()
+
+    small = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "active_small.yaml"
+    active = load_active_config(small, [f"committee.init_from={start}", "committee.warm_minutes=2"])
+    assert _start_packages(active) == [start] * active.committee.members
+    missing = load_active_config(small, [f"committee.init_from={tmp_path / 'none.safetensors'}"])
+    with pytest.raises(ConfigError, match="committee.init_from"):
+        _start_packages(missing)

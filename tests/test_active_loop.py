@@ -284,3 +284,20 @@ def test_stability_goal_stops_once_the_hottest_exploration_survives(tmp_path):
     assert result["stop_reason"].startswith("stable: every exploration trajectory"), result["stop_reason"]
     assert rounds[-1]["md"] == {"300": {"runs": 2, "survived": 2, "failures": []}}
     assert all(r["md"]["300"]["survived"] < 2 for r in rounds[:-1])
+
+
+def test_labels_in_two_processes_equal_those_in_one(tmp_path):
+    """``label_workers: 2``: the start labels and a round's picks labelled by two processes side by side are the
+    labels of one process, frame for frame."""
+    pytest.importorskip("tblite")
+    pytest.importorskip("rdkit")
+    from ffspace.active.loop import run_active
+
+    stores = []
+    for workers in (1, 2):
+        out = tmp_path / f"workers_{workers}"
+        run_active(load_active_config(SMALL, [f"out={out}", "max_rounds=1", f"label_workers={workers}"]))
+        stores.append({json.loads(line)["key"]: json.loads(line)["energy"]
+                       for line in (out / "store" / "labels.jsonl").read_text().splitlines()})
+    assert len(stores[0]) > 40 and stores[0].keys() == stores[1].keys()
+    np.testing.assert_allclose([stores[1][k] for k in stores[0]], list(stores[0].values()), rtol=0, atol=1e-8)

@@ -18,6 +18,12 @@ class CommitteeConfig(BaseModel):
     members: int = Field(4, ge=2, description="models per committee")
     subsample: float = Field(0.8, gt=0, le=1, description="fraction of the labels each member trains on")
     warm_start: bool = Field(True, description="round k's members start from round k−1's")
+    init_from: str | None = Field(None, description="model package round 0's members start from (one trained on "
+                                                    "the start labels): each member then fine-tunes it on its own "
+                                                    "subsample instead of training from scratch")
+    warm_minutes: float | None = Field(None, gt=0, description="training budget in minutes of a member that starts "
+                                                               "from a package (init_from or the previous round's); "
+                                                               "default: train.max_time_min")
     workers: int = Field(1, ge=1, description="members trained at once, each in its own process with an equal "
                                               "share of the CPU threads (the same members; for small molecules, "
                                               "whose steps cannot use a second thread, it keeps every core busy)")
@@ -91,6 +97,9 @@ class ActiveConfig(BaseModel):
     val_every: int = Field(10, ge=2, description="every n-th label picked by the loop goes to validation too")
     max_rounds: int = Field(10, ge=1)
     max_labels: int = Field(200, ge=1, description="label budget, the initial labels included")
+    label_workers: int = Field(1, ge=1, description="labelling processes side by side, each with an equal share of "
+                                                    "the CPU threads (a DFT label of a small molecule uses a second "
+                                                    "thread poorly)")
     seed: int = 0
     progress: bool = True
 

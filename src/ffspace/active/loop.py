@@ -29,7 +29,7 @@ from ..data.dataset import Dataset
 from ..data.readers import read_dataset, read_extxyz
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..outputs import atomic_path, write_json
 from ..reference.config import LabelConfig
 from ..reference.job import sampled_frames, start_structures
@@ -61,7 +61,8 @@ def initial_labels(cfg: ActiveConfig, starts, labeler, store: LabelStore) -> Dat
         return read_dataset(cfg.initial_dataset, **cfg.initial_keys)
     job = LabelConfig(input=cfg.input, samplers=[cfg.initial], labeler=cfg.labeler, seed=cfg.seed,
                       progress=cfg.progress)
-    return label_structures(sampled_frames(job, cfg.out, starts), labeler, store, progress=cfg.progress)
+    return label_structures(sampled_frames(job, cfg.out, starts), labeler, store, workers=cfg.label_workers,
+                            progress=cfg.progress)
 
 
 def split_start_labels(initial: Dataset, cfg: ActiveConfig) -> tuple[Dataset, Dataset]:
@@ -121,7 +122,8 @@ def run_active(cfg: ActiveConfig) -> dict:
                         file=cfg.initial_dataset or str(out))
     train_set, val_set = split_start_labels(initial, cfg)
     train_cfg = cfg.train_config()
-    summaries, previous, stop_reason = [], None, f"max_rounds ({cfg.max_rounds}) reached"
+    summaries, stop_reason = [], f"max_rounds ({cfg.max_rounds}) reached"
+    previous = _start_packages(cfg)
     for k in range(cfg.max_rounds):
         folder = out / f"round_{k:02d}"
         folder.mkdir(exist_ok=True)
@@ -154,7 +156,7 @@ def run_active(cfg: ActiveConfig) -> dict:
     final_paths = train_committee(train_set, val_set, cfg.model, train_cfg, out / "final" / "committee",
                                   members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed,
                                   warm_start=previous if cfg.committee.warm_start else None,
-                                  workers=cfg.committee.workers)
+                                  workers=cfg.committee.workers, warm_minutes=cfg.committee.warm_minutes)
     _write_frames(out / "labels.extxyz", list(train_set) + list(val_set))
     result = {"rounds": summaries, "stop_reason": stop_reason, "labels": len(train_set) + len(val_set),
               "train_labels": len(train_set), "val_labels": len(val_set),
@@ -164,11 +166,21 @@ def run_active(cfg: ActiveConfig) -> dict:
     return result
 
 
+def _start_packages(cfg) -> list[Path] | None:
+    """What round 0's members start from: ``committee.init_from`` for each of them, or nothing (fresh models)."""
+    if cfg.committee.init_from is None:
+        return None
+    package = Path(cfg.committee.init_from)
+    if not package.is_file():
+        raise ConfigError(f"committee.init_from: no model package at {package}")
+    return [package] * cfg.committee.members
+
+
 def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store, previous, n_labels):
     paths = train_committee(train_set, val_set, cfg.model, train_cfg, folder / "committee",
                             members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
-                            warm_start=previous if (previous and cfg.committee.warm_start) else None,
-                            workers=cfg.committee.workers)
+                            warm_start=previous if (previous and (cfg.committee.warm_start or k == 0)) else None,
+                            workers=cfg.committee.workers, warm_minutes=cfg.committee.warm_minutes)
     committee = Committee.load(paths)
     temperatures = cfg.explore.temperatures[:k + 1] if cfg.explore.ramp else cfg.explore.temperatures
     explored_path = folder / "explored.json"
@@ -199,7 +211,7 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
         _write_json(folder / "picked.json", [{key: v for key, v in r.items() if key not in ("positions", "numbers")}
                                              for r in picked])
         _write_frames(picks_path, frames)
-    new = _labeled_picks(folder, labeler, store)
+    new = _labeled_picks(folder, labeler, store, workers=cfg.label_workers)
     md = survival(records)
     summary = {"round": k, "temperatures_K": temperatures, "train_labels": len(train_set), "explored": stats,
                "md": md, "labeled": len(new), "labels_total": n_labels + len(new),
@@ -225,12 +237,13 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
     return summary, new, paths
 
 
-def _labeled_picks(folder: Path, labeler, store: LabelStore) -> Dataset:
+def _labeled_picks(folder: Path, labeler, store: LabelStore, workers: int = 1) -> Dataset:
     path = folder / "picked.extxyz"
     if not path.exists() or path.stat().st_size == 0:  # an empty file: the round decided to pick nothing
         return Dataset([], name=str(path))
     frames = list(read_extxyz(path, required=()))
     try:
-        return label_structures(frames, labeler, store, progress=False)
+        # one frame per task: a DFT label takes minutes, and a killed run loses only the frames in flight
+        return label_structures(frames, labeler, store, workers=workers, progress=False, chunk=1)
     except DataError:  # every pick failed to label (recorded in the store's failures)
         return Dataset([], name=str(path))
