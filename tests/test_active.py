@@ -259,9 +259,9 @@ def test_uncertainty_monitor_needs_a_committee(trained_package):
 
 
 def test_members_start_from_a_package_with_their_own_budget(committee_dir, splits, tmp_path):
-    """``committee.init_from`` / ``warm_minutes``: round 0's members fine-tune a given package on their subsamples
-    (their first epoch already at its accuracy, not a fresh model's) under the warm budget, not the full one; a
-    package that is not there is a clear error naming the setting."""
+    """``committee.init_from`` / ``warm_minutes`` / ``warm_lr``: round 0's members fine-tune a given package on their
+    subsamples (their first epoch already at its accuracy, not a fresh model's) under the warm budget and learning
+    rate, not the full ones; a package that is not there is a clear error naming the setting."""
     from ffspace.active.config import load_active_config
     from ffspace.active.loop import _start_packages
     from ffspace.errors import ConfigError
@@ -271,7 +271,7 @@ def test_members_start_from_a_package_with_their_own_budget(committee_dir, split
     start = committee_dir[1][0]
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, schedule="cosine", progress=False, max_time_min=30)
     warm = train_committee(train, val, MODEL, cfg, tmp_path / "warm", members=2, subsample=0.7, seed=5,
-                           warm_start=[start] * 2, warm_minutes=0.5)
+                           warm_start=[start] * 2, warm_minutes=0.5, warm_lr=2e-4)
     fresh = train_committee(train, val, MODEL, cfg, tmp_path / "fresh", members=2, subsample=0.7, seed=5)
 
     def first_epoch(package):
@@ -282,9 +282,13 @@ def test_members_start_from_a_package_with_their_own_budget(committee_dir, split
         assert first_epoch(w) < 0.7 * first_epoch(f)
         assert "max_time_min: 0.5" in (w.parent / "config.yaml").read_text()
         assert "max_time_min: 30" in (f.parent / "config.yaml").read_text()
+        assert "lr: 0.0002" in (w.parent / "config.yaml").read_text()
+        assert "lr: 0.001" in (f.parent / "config.yaml").read_text()
 
     small = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "active_small.yaml"
-    active = load_active_config(small, [f"committee.init_from={start}", "committee.warm_minutes=2"])
+    active = load_active_config(small, [f"committee.init_from={start}", "committee.warm_minutes=2",
+                                        "committee.warm_lr=0.001"])
+    assert active.committee.warm_lr == 0.001
     assert _start_packages(active) == [start] * active.committee.members
     missing = load_active_config(small, [f"committee.init_from={tmp_path / 'none.safetensors'}"])
     with pytest.raises(ConfigError, match="committee.init_from"):

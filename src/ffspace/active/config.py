@@ -24,6 +24,10 @@ class CommitteeConfig(BaseModel):
     warm_minutes: float | None = Field(None, gt=0, description="training budget in minutes of a member that starts "
                                                                "from a package (init_from or the previous round's); "
                                                                "default: train.max_time_min")
+    warm_lr: float | None = Field(None, gt=0, description="peak learning rate of a member that starts from a package; "
+                                                          "default: train.lr (a from-scratch rate can undo the "
+                                                          "start: round 0 of active_stability_3bpa lost accuracy "
+                                                          "at 0.005 from its first epoch on)")
     workers: int = Field(1, ge=1, description="members trained at once, each in its own process with an equal "
                                               "share of the CPU threads (the same members; for small molecules, "
                                               "whose steps cannot use a second thread, it keeps every core busy)")
