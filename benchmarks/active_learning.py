@@ -249,7 +249,8 @@ class _Baseline:
         paths = train_committee(train, val_k, cfg.model, cfg.train_config(), self.out / self.name / f"point_{k:02d}",
                                 members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
                                 warm_start=self.previous if (self.previous and cfg.committee.warm_start) else None,
-                                workers=cfg.committee.workers)
+                                workers=cfg.committee.workers, warm_minutes=cfg.committee.warm_minutes,
+                                warm_lr=cfg.committee.warm_lr)
         self.previous = paths
         return paths
 

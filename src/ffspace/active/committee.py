@@ -96,9 +96,10 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
 
     ``warm_start``: packages to start member k from (the previous round's committee); otherwise each member
     is built fresh for the data; ``warm_minutes`` replaces the training budget of a warm-started member (a
-    fine-tuning needs a fraction of a training from scratch) and ``warm_lr`` its peak learning rate. Every member trains with `Trainer` in its own
-    folder, so a killed committee resumes where it stopped. A finished member is not trained again unless its data, settings or
-    start weights changed (its ``fingerprint`` file says what it trains on): then it is retrained from scratch.
+    fine-tuning needs a fraction of a training from scratch) and ``warm_lr`` its peak learning rate. Every member
+    trains with `Trainer` in its own folder, so a killed committee resumes where it stopped. A finished member is
+    not trained again unless its data, settings or start weights changed (its ``fingerprint`` file says what it
+    trains on): then it is retrained from scratch.
 
     ``workers`` > 1 trains that many members at once, each in its own process with an equal share of this
     process's CPU threads (at least one). Small molecules leave a second thread nearly idle inside one
