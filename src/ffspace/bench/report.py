@@ -248,7 +248,9 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
             failed = [f for f in r["failure_ps"] if f is not None]
             cells.append(f"{r['survived']}/{r['seeds']}" + (f" ({statistics.median(failed):.2g})" if failed else ""))
         nve = st.get("nve") or {}
-        drift = _f(nve.get("max_abs_drift_meV_per_atom_ps"), 3) if nve.get("status") == "ok" else nve.get("status", "—")
+        # two significant figures: a float64 run's drift is ~1e-4 meV/atom/ps, which three decimals would show as 0
+        worst = nve.get("max_abs_drift_meV_per_atom_ps")
+        drift = ("—" if worst is None else f"{worst:.2g}") if nve.get("status") == "ok" else nve.get("status", "—")
         lengths = sorted({r["time_ps"] for r in st["runs"].values()})
         lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells) + f" | {drift} |")
     causes = [f"{mname}: {why}" for mname, st in rows.items() if (why := _failure_causes(st))]

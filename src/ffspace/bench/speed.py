@@ -151,6 +151,11 @@ def _cap_address_space(args: dict, pot) -> int:
 
     # Start the thread pool before the cap (creating threads later could fail under it for other reasons).
     torch.ones(256, 256) @ torch.ones(256, 256)
+    # Load what large graphs import lazily (activation checkpointing in ffspace.models.chunking imports
+    # torch._dynamo): a module import that fails under the cap dies with "SystemError: error return without
+    # exception set" instead of a MemoryError, and the cap is for the calls' arrays, not for loading code.
+    import torch._dynamo  # noqa: F401
+    import torch.utils.checkpoint  # noqa: F401
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     virtual = _virtual_size()
     if virtual and pot.device.type != "cuda":
