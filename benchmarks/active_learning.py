@@ -250,7 +250,7 @@ class _Baseline:
                                 members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
                                 warm_start=self.previous if (self.previous and cfg.committee.warm_start) else None,
                                 workers=cfg.committee.workers, warm_minutes=cfg.committee.warm_minutes,
-                                warm_lr=cfg.committee.warm_lr)
+                                warm_lr=cfg.committee.warm_lr, warm_keep=cfg.committee.warm_keep)
         self.previous = paths
         return paths
 

@@ -113,7 +113,8 @@ def main(argv=None):
             model = train_committee(train + new_train, val + new_val, cfg.model, cfg.train_config(),
                                     args.out / f"round_{k:02d}_n{args.n}" / f"{rule}_seed{seed}",
                                     members=1, subsample=1.0, seed=seed, warm_start=[paths[0]],
-                                    warm_minutes=cfg.committee.warm_minutes, warm_lr=cfg.committee.warm_lr)[0]
+                                    warm_minutes=cfg.committee.warm_minutes, warm_lr=cfg.committee.warm_lr,
+                                    warm_keep=cfg.committee.warm_keep)[0]
             pred = predict(Potential(load_package(model)[0]), list(test))
             maes.append(error_metrics(pred, test)["forces_mae_meV_A"])
         hardness = "—" if picks_mae is None else f"{picks_mae:.1f}"

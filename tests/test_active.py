@@ -260,7 +260,7 @@ def test_uncertainty_monitor_needs_a_committee(trained_package):
 
 
 def test_members_start_from_a_package_with_their_own_budget(committee_dir, splits, tmp_path):
-    """``committee.init_from`` / ``warm_minutes`` / ``warm_lr``: round 0's members fine-tune a given package on their
+    """``committee.init_from`` / ``warm_minutes`` / ``warm_lr`` / ``warm_keep``: round 0's members fine-tune a given package on their
     subsamples (their first epoch already at its accuracy, not a fresh model's) under the warm budget and learning
     rate, not the full ones; a package that is not there is a clear error naming the setting."""
     from ffspace.active.config import load_active_config
@@ -285,6 +285,9 @@ def test_members_start_from_a_package_with_their_own_budget(committee_dir, split
         assert "max_time_min: 30" in (f.parent / "config.yaml").read_text()
         assert yaml.safe_load((w.parent / "config.yaml").read_text())["train"]["lr"] == 2e-4
         assert yaml.safe_load((f.parent / "config.yaml").read_text())["train"]["lr"] == 1e-3
+        # a warm member keeps its last epoch (committee.warm_keep); a fresh one its best
+        assert yaml.safe_load((w.parent / "config.yaml").read_text())["train"]["keep"] == "last"
+        assert yaml.safe_load((f.parent / "config.yaml").read_text())["train"]["keep"] == "best"
 
     small = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "active_small.yaml"
     active = load_active_config(small, [f"committee.init_from={start}", "committee.warm_minutes=2",

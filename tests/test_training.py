@@ -212,6 +212,23 @@ def test_resume_may_extend_epochs(tmp_path, ethanol_data):
     assert fit(3)["epochs"] == 3
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_package_keeps_the_best_or_the_last_epoch(tmp_path, ethanol_data, keep):
+    """``train.keep``: the package holds the epoch with the lowest validation loss, or the last epoch's weights
+    (a fine-tuning toward data unlike its validation set)."""
+    from ffspace.potential.package import read_metadata
+
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+    cfg = TrainConfig(epochs=4, batch_size=5, lr=0.05, progress=False, keep=keep)
+    summary = Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+    written = read_metadata(tmp_path / "model.safetensors")["extra"]["epoch"]
+    assert written == (4 if keep == "last" else summary["best"]["epoch"])
+    assert ("kept" in summary) == (keep == "last")
+    # the default, "best", does not enter a run's identity: runs made before the option existed still resume
+    assert "keep" not in TrainConfig().identity() and TrainConfig(keep="last").identity()["keep"] == "last"
+
+
 def test_delta_learning_with_a_frozen_mm_prior(tmp_path, ethanol_data):
     """An MM model trained first, then frozen under an ML correction: the prior's weights do not move."""
     from safetensors.torch import load_file

@@ -90,13 +90,16 @@ class Committee:
 
 def train_committee(train_set, val_set, model_config: dict, train_config, run_dir, members: int = 4,
                     subsample: float = 0.8, seed: int = 0, warm_start=None, workers: int = 1,
-                    warm_minutes: float | None = None, warm_lr: float | None = None) -> list[Path]:
+                    warm_minutes: float | None = None, warm_lr: float | None = None,
+                    warm_keep: str = "last") -> list[Path]:
     """Train ``members`` models, each from its own seed on its own random ``subsample`` of ``train_set``
     (without replacement; 1.0 uses all of it), and return their package paths ``run_dir/member_<k>/model.safetensors``.
 
     ``warm_start``: packages to start member k from (the previous round's committee); otherwise each member
     is built fresh for the data; ``warm_minutes`` replaces the training budget of a warm-started member (a
-    fine-tuning needs a fraction of a training from scratch) and ``warm_lr`` its peak learning rate. Every member
+    fine-tuning needs a fraction of a training from scratch), ``warm_lr`` its peak learning rate and ``warm_keep``
+    which weights it keeps (`TrainConfig.keep`: its last epoch's by default, since the validation set is mostly
+    the start frames and a fine-tuning that learns the explored frames scores a little worse there). Every member
     trains with `Trainer` in its own folder, so a killed committee resumes where it stopped. A finished member is
     not trained again unless its data, settings or start weights changed (its ``fingerprint`` file says what it
     trains on): then it is retrained from scratch.
@@ -117,6 +120,8 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
         train_config = train_config.model_copy(update={"max_time_min": float(warm_minutes)})
     if warm_start is not None and warm_lr is not None:
         train_config = train_config.model_copy(update={"lr": float(warm_lr)})
+    if warm_start is not None:
+        train_config = train_config.model_copy(update={"keep": warm_keep})
     paths, pending = [], []
     for k in range(members):
         folder = run_dir / f"member_{k}"

@@ -28,6 +28,11 @@ class CommitteeConfig(BaseModel):
                                                           "default: train.lr (a from-scratch rate can undo the "
                                                           "start: round 0 of active_stability_3bpa lost accuracy "
                                                           "at 0.005 from its first epoch on)")
+    warm_keep: Literal["best", "last"] = Field("last", description="the weights a member that starts from a "
+                                               "package keeps: its last epoch's (default), or its best on the "
+                                               "validation set. The validation set is mostly start frames: on "
+                                               "active_stability_3bpa's round 1 it was best at epoch 1, before the "
+                                               "member had learned the explored frames")
     workers: int = Field(1, ge=1, description="members trained at once, each in its own process with an equal "
                                               "share of the CPU threads (the same members; for small molecules, "
                                               "whose steps cannot use a second thread, it keeps every core busy)")

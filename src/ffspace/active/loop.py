@@ -157,7 +157,7 @@ def run_active(cfg: ActiveConfig) -> dict:
                                   members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed,
                                   warm_start=previous if cfg.committee.warm_start else None,
                                   workers=cfg.committee.workers, warm_minutes=cfg.committee.warm_minutes,
-                                  warm_lr=cfg.committee.warm_lr)
+                                  warm_lr=cfg.committee.warm_lr, warm_keep=cfg.committee.warm_keep)
     _write_frames(out / "labels.extxyz", list(train_set) + list(val_set))
     result = {"rounds": summaries, "stop_reason": stop_reason, "labels": len(train_set) + len(val_set),
               "train_labels": len(train_set), "val_labels": len(val_set),
@@ -182,7 +182,7 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
                             members=cfg.committee.members, subsample=cfg.committee.subsample, seed=cfg.seed + k,
                             warm_start=previous if (previous and (cfg.committee.warm_start or k == 0)) else None,
                             workers=cfg.committee.workers, warm_minutes=cfg.committee.warm_minutes,
-                            warm_lr=cfg.committee.warm_lr)
+                            warm_lr=cfg.committee.warm_lr, warm_keep=cfg.committee.warm_keep)
     committee = Committee.load(paths)
     temperatures = cfg.explore.temperatures[:k + 1] if cfg.explore.ramp else cfg.explore.temperatures
     explored_path = folder / "explored.json"

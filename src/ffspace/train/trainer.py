@@ -61,12 +61,13 @@ class Trainer:
     """Fits ``model`` (per-atom energies) to energies and forces of ``train_set``.
 
     Everything a run produces lands in ``run_dir``: config.yaml (resolved), versions.json,
-    metrics.jsonl|csv, checkpoint.pt (every epoch) and model.safetensors (best EMA weights).
+    metrics.jsonl|csv, checkpoint.pt (every epoch) and model.safetensors (best EMA weights, or the last epoch's with
+    ``keep: last``).
     Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint (epochs,
     time budget and early-stop patience may change between the two; anything else is refused). A ``run_dir``
     holding another run's files is refused before anything is written, unless ``overwrite`` (which starts
     afresh there); ``owner`` lets a caller that manages the folder (a committee) claim it under its own key.
-    After `fit`, ``trainer.model`` holds the best EMA weights, the same as model.safetensors.
+    After `fit`, ``trainer.model`` holds the kept EMA weights, the same as model.safetensors.
     With ``train.workers`` > 1, `fit` runs the epochs in that many data-parallel processes (see `distributed`).
     """
 
@@ -235,7 +236,7 @@ class Trainer:
         return True
 
     def _load_best(self):
-        """After training, the model holds the best EMA weights, the same as model.safetensors."""
+        """After training, the model holds the kept EMA weights (`TrainConfig.keep`), the same as model.safetensors."""
         from safetensors.torch import load_file
 
         path = self.run_dir / "model.safetensors"
@@ -444,7 +445,7 @@ class Trainer:
             row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
             row.update(self._train_epoch())
             val = self.validate() if lead else {"loss": math.nan}
-            if lead and val["loss"] < self.best_val:
+            if lead and (val["loss"] < self.best_val or cfg.keep == "last"):
                 with self._with_ema():
                     save_package(self.run_dir / "model.safetensors", self.model,
                                  extra={"epoch": self.epoch + 1, "val": val, "run_config": self.resolved})
@@ -476,6 +477,8 @@ class Trainer:
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
         summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
                    "model": str(self.run_dir / "model.safetensors")}
+        if cfg.keep == "last":  # the package holds the last epoch's weights, not the best one's
+            summary["kept"] = self.history[-1] if self.history else {}
         if lead:
             write_json(self.run_dir / "summary.json", summary, fsync=False)
         return summary
