@@ -38,7 +38,8 @@ def test_selection_takes_uncertain_frames_spread_over_trajectories():
     assert all("deviation" in p["reason"] for p in picked)
     assert stats == {"recorded": 42, "known": 10, "candidates": 31, "lost": 1, "trajectories": 4,
                      "stopped_uncertain": 1, "stopped_collapsed": 0, "stopped_bond_broken": 0,
-                     "stopped_non_finite": 0, "picked": 5, "picked_broken": 0, "picked_trajectories": 3}
+                     "stopped_non_finite": 0, "picked": 5, "picked_broken": 0, "picked_before_loss": 0,
+                     "picked_trajectories": 3}
 
 
 def test_random_selection_is_seeded_and_keeps_the_diversity_rules():
@@ -119,6 +120,20 @@ def test_stability_goal_labels_the_frames_where_bonds_broke_first():
     assert stats["picked_broken"] == 1 and stats["stopped_bond_broken"] == 1
     plain, _ = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=2)
     assert "b" not in {p["trajectory"] for p in plain}  # the accuracy goal ignores it (deviation below lower)
+
+
+def test_stability_goal_labels_the_last_known_frame_before_a_trajectory_was_lost():
+    """A trajectory lost to the committee (deviation past ``upper``) gives its last frame below ``upper``, even a
+    calm one (below ``lower``: the jump came between two records), after the broken bonds and before the rest."""
+    records = [_record("a", s, 0.5) for s in range(10, 110, 10)]
+    records += [_record("d", 10, 0.2), _record("d", 20, 0.01), _record("d", 30, 3.0, "uncertain")]
+    picked, stats = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=2, broken_first=True)
+    assert (picked[0]["trajectory"], picked[0]["step"]) == ("d", 20)
+    assert "before trajectory d was lost" in picked[0]["reason"] and "3.00 eV/Å at step 30" in picked[0]["reason"]
+    assert stats["picked_before_loss"] == 1 and stats["stopped_uncertain"] == 1
+    assert len(picked) == 3 and len({(p["trajectory"], p["step"]) for p in picked}) == 3  # no frame twice
+    plain, _ = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=2)
+    assert ("d", 20) not in {(p["trajectory"], p["step"]) for p in plain}  # the accuracy goal: by deviation only
 
 
 def test_survival_summary_names_what_broke():

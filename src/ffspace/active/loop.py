@@ -213,6 +213,9 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
         _write_json(folder / "picked.json", [{key: v for key, v in r.items() if key not in ("positions", "numbers")}
                                              for r in picked])
         _write_frames(picks_path, frames)
+    else:  # resumed: the picks are the ones written (and being labelled), even if the selection rule changed since
+        picked = json.loads((folder / "picked.json").read_text())
+        stats = {**stats, "picked": len(picked)}
     new = _labeled_picks(folder, labeler, store, workers=cfg.label_workers)
     md = survival(records)
     summary = {"round": k, "temperatures_K": temperatures, "train_labels": len(train_set), "explored": stats,

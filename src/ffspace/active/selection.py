@@ -41,7 +41,10 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
     ``broken_first`` (the stability goal): the frames where a trajectory ended with a broken bond are taken
     before any candidate, whatever the committee's deviation there (the members may agree on a dissociation):
     a stretched bond is a real, if hot, geometry that the reference method labels, and its restoring force is
-    the lesson the model is missing. Collapsed and non-finite frames stay out (their geometry is invention)."""
+    the lesson the model is missing. Collapsed and non-finite frames stay out (their geometry is invention). A
+    trajectory lost to the committee ("uncertain": a deviation past ``upper``) gives its last recorded frame below
+    ``upper`` next: the edge of what the committee knows on the path that failed (round 1 of
+    active_stability_3bpa lost one 1200 K copy 0.55 ps in, from a frame that "highest" did not rank)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     # A frame where a trajectory ended (lost, collapsed, non-finite) is never labeled: its geometry is the
@@ -87,6 +90,18 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         picked.append({**r, "reason": f"trajectory {r['trajectory']} ended here: {bond}"})
         per_traj[r["trajectory"]] += 1
         steps_of[r["trajectory"]].append(r["step"])
+    uncertain = {r["trajectory"]: r for r in records if r["stopped"] == "uncertain"} if broken_first else {}
+    edges = _last_known_before_loss([r for r in records if r["trajectory"] in uncertain], upper)
+    n_edges = 0
+    for r in sorted(edges, key=lambda r: r["time_ps"] if "time_ps" in r else r["step"]):
+        if len(picked) >= per_round or not allowed(r):
+            continue
+        lost_at = uncertain[r["trajectory"]]
+        picked.append({**r, "reason": f"last frame below {upper} eV/Å before trajectory {r['trajectory']} was lost "
+                                      f"(deviation {lost_at['deviation_eV_A']:.2f} eV/Å at step {lost_at['step']})"})
+        per_traj[r["trajectory"]] += 1
+        steps_of[r["trajectory"]].append(r["step"])
+        n_edges += 1
 
     while len(picked) < per_round:
         r = order.next(allowed)
@@ -107,6 +122,7 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         steps_of[t].append(r["step"])
     stats["picked"] = len(picked)
     stats["picked_broken"] = len(broken[:per_round])
+    stats["picked_before_loss"] = n_edges
     stats["picked_trajectories"] = len(per_traj)
     return picked, stats
 
