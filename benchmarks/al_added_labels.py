@@ -14,27 +14,37 @@ the run's ``initial_keys``), in eV and eV/Å. A round that has not finished is l
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ffspace.active.config import load_active_config
-from ffspace.active.loop import _labeled_picks
+from ffspace.data.readers import read_extxyz
 from ffspace.data.writers import write_extxyz
-from ffspace.reference.store import LabelStore
+from ffspace.reference.store import LabelStore, structure_key
 
 
 def added_labels(cfg) -> list:
-    """The labelled picks of every finished round of the run in ``cfg.out``, in round order."""
-    out, labeler = Path(cfg.out), cfg.labeler.build()
+    """The labelled picks of every finished round of the run in ``cfg.out``, in round order, read from its store.
+    A pick the store lacks (neither labelled nor failed: another labeler's settings or program version) is an
+    error, never a new calculation: this script must not spend hours of DFT by accident."""
+    out, method = Path(cfg.out), cfg.labeler.build().provenance()
     store, frames = LabelStore(out / "store"), []
     for folder in sorted(out.glob("round_*")):
         if not (folder / "summary.json").exists():
             print(f"{folder.name}: not finished, left out", file=sys.stderr)
             continue
-        picks = json.loads((folder / "picked.json").read_text())
-        labelled = list(_labeled_picks(folder, labeler, store))
-        print(f"{folder.name}: {len(labelled)} labelled of {len(picks)} picks", file=sys.stderr)
+        path = folder / "picked.extxyz"
+        picks = list(read_extxyz(path, required=())) if path.exists() and path.stat().st_size else []
+        keys = [structure_key(s, method) for s in picks]
+        missing = [i for i, k in enumerate(keys) if k not in store and k not in store.failures]
+        if missing:
+            raise SystemExit(f"{path}: picks {missing} are not in {store.folder} under this labeler "
+                             f"({method}); was the run labelled with other settings or program versions?")
+        labelled = [store.get(k, frame=i) for i, k in enumerate(keys) if k in store]
+        for s, pick in zip(labelled, [p for p, k in zip(picks, keys) if k in store]):
+            s.info = {**pick.info, **s.info}  # the pick's round, trajectory and temperature with the label
+        print(f"{folder.name}: {len(labelled)} labelled of {len(picks)} picks "
+              f"({len(picks) - len(labelled)} failed)", file=sys.stderr)
         frames += labelled
     return frames
 

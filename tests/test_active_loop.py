@@ -131,9 +131,29 @@ def test_stability_goal_labels_the_last_known_frame_before_a_trajectory_was_lost
     assert (picked[0]["trajectory"], picked[0]["step"]) == ("d", 20)
     assert "before trajectory d was lost" in picked[0]["reason"] and "3.00 eV/Å at step 30" in picked[0]["reason"]
     assert stats["picked_before_loss"] == 1 and stats["stopped_uncertain"] == 1
-    assert len(picked) == 3 and len({(p["trajectory"], p["step"]) for p in picked}) == 3  # no frame twice
+    assert [p["kind"] for p in picked] == ["before_loss", "candidate", "candidate"]
     plain, _ = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=2)
     assert ("d", 20) not in {(p["trajectory"], p["step"]) for p in plain}  # the accuracy goal: by deviation only
+    # an edge frame that is also the top candidate is picked once, even with no separation asked
+    hot = [_record("e", 10, 0.9), _record("e", 20, 5.0, "uncertain"), _record("f", 10, 0.1)]
+    for records in (hot, hot[:2]):  # with other candidates, and with none left but the edge
+        picked, stats = select(records, lower=0.05, upper=1.0, per_round=3, per_trajectory=3, min_separation=0,
+                               broken_first=True)
+        keys = [(p["trajectory"], p["step"]) for p in picked]
+        assert keys[0] == ("e", 10) and len(keys) == len(set(keys)) == len(records) - 1, keys
+        assert stats["picked_before_loss"] == 1
+
+
+def test_pick_counts_read_back_from_written_picks():
+    """A resumed round reports the picks it wrote (picked.json), not a new selection's: picks written before they
+    carried a ``kind`` count as bond-broken frames or candidates."""
+    from ffspace.active.selection import pick_counts
+
+    old = [{"trajectory": "a", "stopped": "bond broken"}, {"trajectory": "a", "stopped": None},
+           {"trajectory": "b", "stopped": None}]
+    assert pick_counts(old) == {"picked": 3, "picked_broken": 1, "picked_before_loss": 0, "picked_trajectories": 2}
+    new = [{"trajectory": "c", "stopped": None, "kind": "before_loss"}]
+    assert pick_counts(old + new)["picked_before_loss"] == 1
 
 
 def test_survival_summary_names_what_broke():

@@ -213,18 +213,31 @@ def test_resume_may_extend_epochs(tmp_path, ethanol_data):
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
-def test_package_keeps_the_best_or_the_last_epoch(tmp_path, ethanol_data, keep):
-    """``train.keep``: the package holds the epoch with the lowest validation loss, or the last epoch's weights
-    (a fine-tuning toward data unlike its validation set)."""
+def test_package_keeps_the_best_or_the_last_epoch(tmp_path, ethanol_data, monkeypatch, keep):
+    """``train.keep``: the package (and the trainer's model) holds the epoch with the lowest validation loss, or the
+    last epoch's weights, with no early stop (a fine-tuning toward data unlike its validation set). The validation
+    losses are scripted so that the best epoch is the second of five, and patience would stop at the fourth."""
     from ffspace.potential.package import read_metadata
 
+    scripted = iter([1.0, 0.5, 0.7, 0.9, 0.8])
+    real = Trainer.validate
+
+    def validate(self):
+        return {**real(self), "loss": next(scripted)}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
     train, val = ethanol_data[:20], ethanol_data[20:25]
     model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
-    cfg = TrainConfig(epochs=4, batch_size=5, lr=0.05, progress=False, keep=keep)
-    summary = Trainer(model, train, val, cfg, run_dir=tmp_path).fit()
+    cfg = TrainConfig(epochs=5, batch_size=5, lr=0.05, progress=False, keep=keep, early_stop_patience=2)
+    trainer = Trainer(model, train, val, cfg, run_dir=tmp_path)
+    summary = trainer.fit()
+    assert summary["best"]["epoch"] == 2
+    assert summary["epochs"] == (5 if keep == "last" else 4)  # best: 2 epochs without improvement stop it
     written = read_metadata(tmp_path / "model.safetensors")["extra"]["epoch"]
-    assert written == (4 if keep == "last" else summary["best"]["epoch"])
+    assert written == (5 if keep == "last" else 2)
     assert ("kept" in summary) == (keep == "last")
+    package = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(v, package[k]) for k, v in trainer.model.state_dict().items())
     # the default, "best", does not enter a run's identity: runs made before the option existed still resume
     assert "keep" not in TrainConfig().identity() and TrainConfig(keep="last").identity()["keep"] == "last"
 

@@ -115,6 +115,8 @@ def train_committee(train_set, val_set, model_config: dict, train_config, run_di
         raise ValueError(f"subsample must be in (0, 1], got {subsample}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if warm_keep not in ("best", "last"):
+        raise ValueError(f"warm_keep must be 'best' or 'last', got {warm_keep!r}")
     run_dir = Path(run_dir)
     if warm_start is not None and warm_minutes is not None:
         train_config = train_config.model_copy(update={"max_time_min": float(warm_minutes)})

@@ -102,7 +102,8 @@ class ActiveConfig(BaseModel):
                                 "'stability' once a round that explored at every temperature of explore.temperatures "
                                 "(the last, hottest, included) saw every trajectory run its full length: no broken "
                                 "bond, collapse, non-finite value or committee deviation above select.upper")
-    n_val: int = Field(2, ge=1, description="initial labels kept for validation (early stopping, EMA choice)")
+    n_val: int = Field(2, ge=1, description="initial labels kept for validation (a fresh member's early "
+                                         "stopping and kept epoch; a warm member keeps its last, committee.warm_keep)")
     val_every: int = Field(10, ge=2, description="every n-th label picked by the loop goes to validation too")
     max_rounds: int = Field(10, ge=1)
     max_labels: int = Field(200, ge=1, description="label budget, the initial labels included")

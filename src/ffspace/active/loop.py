@@ -2,7 +2,8 @@
 does not know → label them, until the goal is reached or the label budget is spent. Goal "accuracy": every
 explored frame below the lower threshold. Goal "stability": once the exploration has reached the hottest
 temperature, every trajectory ran to its end (no broken bond, collapse, non-finite value or lost committee); the
-frames where bonds broke are labeled first. Each round's summary says, per temperature, which trajectories
+frames where bonds broke are labeled first, then the last frame below ``select.upper`` of each trajectory the
+committee lost. Each round's summary says, per temperature, which trajectories
 ended, when and on which bond, and what was labeled; a frame the labeler fails on (SCF not converged) is recorded
 in the store's failures and the round goes on with the others.
 
@@ -39,7 +40,7 @@ from ..units import meV
 from .committee import Committee, train_committee
 from .config import ActiveConfig
 from .explore import describe_failure, explore, survival
-from .selection import select
+from .selection import pick_counts, select
 
 
 def _write_json(path: Path, value) -> None:
@@ -215,7 +216,7 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
         _write_frames(picks_path, frames)
     else:  # resumed: the picks are the ones written (and being labelled), even if the selection rule changed since
         picked = json.loads((folder / "picked.json").read_text())
-        stats = {**stats, "picked": len(picked)}
+        stats = {**stats, **pick_counts(picked)}
     new = _labeled_picks(folder, labeler, store, workers=cfg.label_workers)
     md = survival(records)
     summary = {"round": k, "temperatures_K": temperatures, "train_labels": len(train_set), "explored": stats,

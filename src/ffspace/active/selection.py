@@ -79,29 +79,29 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
 
     def allowed(r):
         t = r["trajectory"]
-        return per_traj[t] < per_trajectory and not any(abs(r["step"] - s) < min_separation * record_every
-                                                        for s in steps_of[t])
+        # a frame already picked is out even at min_separation 0 (an edge frame may also be a candidate)
+        return per_traj[t] < per_trajectory and not any(s == r["step"] or abs(r["step"] - s) < min_separation
+                                                        * record_every for s in steps_of[t])
 
     broken = [r for r in records if r["stopped"] == "bond broken"] if broken_first else []
     for r in sorted(broken, key=lambda r: r["time_ps"] if "time_ps" in r else r["step"])[:per_round]:
         f = r.get("failure", {})
         bond = (f"{f['elements']} bond {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to {f['length_A']:.2f} Å "
                 f"(start {f['start_length_A']:.2f} Å)" if "atoms" in f else "a bond broke")
-        picked.append({**r, "reason": f"trajectory {r['trajectory']} ended here: {bond}"})
+        picked.append({**r, "kind": "broken", "reason": f"trajectory {r['trajectory']} ended here: {bond}"})
         per_traj[r["trajectory"]] += 1
         steps_of[r["trajectory"]].append(r["step"])
     uncertain = {r["trajectory"]: r for r in records if r["stopped"] == "uncertain"} if broken_first else {}
     edges = _last_known_before_loss([r for r in records if r["trajectory"] in uncertain], upper)
-    n_edges = 0
     for r in sorted(edges, key=lambda r: r["time_ps"] if "time_ps" in r else r["step"]):
         if len(picked) >= per_round or not allowed(r):
             continue
         lost_at = uncertain[r["trajectory"]]
-        picked.append({**r, "reason": f"last frame below {upper} eV/Å before trajectory {r['trajectory']} was lost "
+        picked.append({**r, "kind": "before_loss",
+                       "reason": f"last frame below {upper} eV/Å before trajectory {r['trajectory']} was lost "
                                       f"(deviation {lost_at['deviation_eV_A']:.2f} eV/Å at step {lost_at['step']})"})
         per_traj[r["trajectory"]] += 1
         steps_of[r["trajectory"]].append(r["step"])
-        n_edges += 1
 
     while len(picked) < per_round:
         r = order.next(allowed)
@@ -117,14 +117,19 @@ def select(records: list[dict], lower: float, upper: float, per_round: int, per_
         reason = (f"last frame below the upper threshold ({upper} eV/Å) before trajectory {t} was lost"
                   if fallback else f"deviation {r['deviation_eV_A']:.3f} eV/Å in [{lower}, {upper}]: "
                   f"pick {rank} {how} among {len(candidates)} candidates")
-        picked.append({**r, "reason": reason})
+        picked.append({**r, "kind": "fallback" if fallback else "candidate", "reason": reason})
         per_traj[t] += 1
         steps_of[t].append(r["step"])
-    stats["picked"] = len(picked)
-    stats["picked_broken"] = len(broken[:per_round])
-    stats["picked_before_loss"] = n_edges
-    stats["picked_trajectories"] = len(per_traj)
-    return picked, stats
+    return picked, {**stats, **pick_counts(picked)}
+
+
+def pick_counts(picked: list[dict]) -> dict:
+    """How many picks, of which kind, over how many trajectories. Picks written before they carried a ``kind``
+    were bond-broken frames or candidates (the rule then)."""
+    kind = [p.get("kind", "broken" if p.get("stopped") == "bond broken" else "candidate") for p in picked]
+    return {"picked": len(picked), "picked_broken": kind.count("broken"),
+            "picked_before_loss": kind.count("before_loss"),
+            "picked_trajectories": len({p["trajectory"] for p in picked})}
 
 
 def _weighted_order(pool: list[dict], seed: int) -> list[dict]:

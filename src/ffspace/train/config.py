@@ -53,7 +53,9 @@ class TrainConfig(BaseModel):
                                        "'terms.1.*': 0.1}")
     keep: Literal["best", "last"] = Field("best", description="the weights the package holds: the epoch with the "
                                           "lowest validation loss, or the last epoch (a fine-tuning on data unlike "
-                                          "the validation set, e.g. an active-learning member on hot frames)")
+                                          "the validation set, e.g. an active-learning member on hot frames; it "
+                                          "then runs its whole schedule, without early stopping). A linear model "
+                                          "fitted by least squares has one solution: this does not apply")
 
     # Settings added after runs, checkpoints and benchmark caches were made: they enter a run's identity only when
     # set, so that those runs resume and the cached results stay valid.

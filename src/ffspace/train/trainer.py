@@ -434,7 +434,8 @@ class Trainer:
         stop_reason = "max epochs"
         last_epoch_s = self.history[-1]["epoch_s"] if self.history else 0.0
         while self.epoch < cfg.epochs:
-            if self.bad_epochs >= cfg.early_stop_patience:
+            # keep: last takes the end of the schedule whatever the validation says, so it does not stop early
+            if cfg.keep == "best" and self.bad_epochs >= cfg.early_stop_patience:
                 stop_reason = "early stop"
                 break
             if cfg.max_time_min and self.elapsed + last_epoch_s > cfg.max_time_min * 60:
