@@ -194,7 +194,7 @@ def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path,
 def test_fine_tuning_settings_leave_other_runs_identities_alone():
     """The fine-tuning and dipole settings enter a run's identity (checkpoints, bench caches, committees) only when set:
     runs made before they existed resume, and cached benchmark results stay valid."""
-    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight"}
+    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep"}
     assert set(TrainConfig().identity()) == set(TrainConfig.model_fields) - later
     assert TrainConfig(dipole_weight=10.0).identity()["dipole_weight"] == 10.0
     assert TrainConfig(lr_scale={"terms.1.*": 0.1}).identity()["lr_scale"] == [["terms.1.*", 0.1]]
