@@ -7,8 +7,9 @@ that a model can be trained on the start data plus these (a bench dataset's ``tr
     python benchmarks/al_added_labels.py benchmarks/configs/active_stability_3bpa.yaml \\
         --out benchmarks/data/3bpa_al/added_labels.extxyz
 
-The labels are written under ``--energy-key`` / ``--forces-key`` (default the start dataset's own keys, taken from
-the run's ``initial_keys``), in eV and eV/Å. A round that has not finished is left out and said so.
+``--last-round N`` leaves out the later rounds, so the training set of an earlier acceptance run can be remade. The
+labels are written under ``--energy-key`` / ``--forces-key`` (default the start dataset's own keys, taken from the
+run's ``initial_keys``), in eV and eV/Å. A round that has not finished is left out and said so.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from ffspace.data.writers import write_extxyz
 from ffspace.reference.store import LabelStore, structure_key
 
 
-def added_labels(cfg) -> list:
-    """The labelled picks of every finished round of the run in ``cfg.out``, in round order, read from its store.
+def added_labels(cfg, last_round: int | None = None) -> list:
+    """The labelled picks of every finished round of the run in ``cfg.out`` (up to ``last_round`` when given), in
+    round order, read from its store.
     A pick the store lacks (neither labelled nor failed: another labeler's settings or program version) is an
     error, never a new calculation: this script must not spend hours of DFT by accident."""
     out, method = Path(cfg.out), cfg.labeler.build().provenance()
     store, frames = LabelStore(out / "store"), []
     for folder in sorted(out.glob("round_*")):
+        if last_round is not None and int(folder.name.split("_")[1]) > last_round:
+            continue
         if not (folder / "summary.json").exists():
             print(f"{folder.name}: not finished, left out", file=sys.stderr)
             continue
@@ -53,12 +57,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", type=Path, help="the run's `ffspace active` config")
     ap.add_argument("--out", type=Path, required=True, help="extxyz file to write")
+    ap.add_argument("--last-round", type=int, default=None,
+                    help="leave out the rounds after this one (to remake an earlier training set)")
     ap.add_argument("--energy-key", default=None)
     ap.add_argument("--forces-key", default=None)
     args = ap.parse_args(argv)
     cfg = load_active_config(args.config)
     keys = cfg.initial_keys or {}
-    frames = added_labels(cfg)
+    frames = added_labels(cfg, args.last_round)
     if not frames:
         raise SystemExit(f"{cfg.out}: no finished round has labels to write")
     write_extxyz(args.out, frames, energy_key=args.energy_key or keys.get("energy_key", "REF_energy"),

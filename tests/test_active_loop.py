@@ -1,5 +1,6 @@
 """``ffspace active``: selection rules, and the loop killed during labeling and during training, then resumed."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -298,6 +299,15 @@ def test_stability_goal_logs_what_broke_and_goes_on_past_a_failing_labeler(tmp_p
     assert summary["label_failures"] == 1 and summary["labeled"] == len(picked) - 1
     assert len(LabelStore(out / "store").failures) == 1
     assert result["stop_reason"] == "max_rounds (1) reached"  # not "stable": the hottest temperature is not reached
+    # benchmarks/al_added_labels.py exports the labelled picks from the store (the failed one left out), and
+    # --last-round leaves out later rounds; it labels nothing (the calls are counted below)
+    spec = importlib.util.spec_from_file_location("al_added_labels", SMALL.parents[1] / "al_added_labels.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    added = export.added_labels(cfg)
+    assert len(added) == summary["labeled"] and all(s.info["round"] == 0 for s in added)
+    assert all(np.isfinite(s.forces).all() and s.energy is not None for s in added)
+    assert export.added_labels(cfg, last_round=-1) == []
     before = dict(calls)
     run_active(cfg)  # the finished round is read back: nothing labeled again, the failed frame not retried
     assert calls == before
