@@ -158,7 +158,8 @@ def test_pick_counts_read_back_from_written_picks():
 
 
 def test_survival_summary_names_what_broke():
-    from ffspace.active.explore import describe_failure, survival
+    from ffspace.active.explore import survival
+    from ffspace.md.failure import describe_failure
 
     broken = {**_record("b", 40, 0.01, "bond broken"), "time_ps": 0.02,
               "failure": {"reason": "stretched", "atoms": [2, 8], "elements": "O-H", "start_length_A": 0.97,

@@ -235,6 +235,7 @@ def test_a_model_that_raises_fails_its_copies_instead_of_the_benchmark(ethanol_d
     r = stability.survival(pot, ethanol_data[0], 300.0, seeds=2, time_ps=0.01)
     assert r["survived"] == 0 and r["failure_ps"] == [0.0005, 0.0005]
     assert r["failure"] == [{"reason": "non-finite"}] * 2
+    assert stability.verdict(r) == "0/2 survived 0.01 ps; lost: non-finite at 0.00 ps, non-finite at 0.00 ps"
 
 
 def test_survival_detects_atoms_that_come_too_close(ethanol_data):
@@ -246,6 +247,7 @@ def test_survival_detects_atoms_that_come_too_close(ethanol_data):
     for f in r["failure"]:
         assert f["reason"] == "too close" and f["distance_A"] < 1.2 and f["elements"] in ("C-H", "H-C", "O-H", "H-O")
         assert len(f["atoms"]) == 2
+    assert stability.verdict(r).count("too close (") == 2
 
 
 def test_surviving_runs_are_compared_with_the_training_frames(ethanol_data, trained_package):
@@ -285,6 +287,12 @@ def test_survival_detects_a_molecule_falling_apart(ethanol_data):
         sign = {"stretched": 1, "compressed": -1}[f["reason"]]  # (an H in free flight can pass through its C)
         assert sign * (f["length_A"] - f["start_length_A"]) > 0.5, f
         assert f["elements"] in ("C-H", "H-C", "O-H", "H-O", "C-C", "C-O", "O-C"), f
+    # the bench's log line: each loss with its bond, in order of time
+    first = min(range(3), key=lambda k: r["failure_ps"][k])
+    f = r["failure"][first]
+    assert stability.verdict(r).startswith(
+        f"0/3 survived 0.2 ps; lost: {f['elements']} {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to "
+        f"{f['length_A']:.2f} Å at {r['failure_ps'][first]:.2f} ps")
 
 
 def test_reactive_mode_lets_bonds_break_and_still_catches_collisions(ethanol_data):

@@ -117,13 +117,3 @@ def survival(records: list[dict]) -> dict[str, dict]:
             row["failures"].append({"trajectory": name, "time_ps": r.get("time_ps"), "stopped": r["stopped"],
                                     **r.get("failure", {})})
     return out
-
-
-def describe_failure(f: dict) -> str:
-    """One failure of `survival` in words: "O-H 8–15 stretched to 1.52 Å at 1.25 ps"."""
-    at = f" at {f['time_ps']:.2f} ps" if f.get("time_ps") is not None else ""
-    if "length_A" in f:
-        return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to {f['length_A']:.2f} Å{at}"
-    if "distance_A" in f:
-        return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} too close ({f['distance_A']:.2f} Å){at}"
-    return f"{f['stopped']}{at}"

@@ -31,6 +31,7 @@ from ..data.readers import read_dataset, read_extxyz
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..errors import ConfigError, DataError
+from ..md.failure import describe_failure
 from ..outputs import atomic_path, write_json
 from ..reference.config import LabelConfig
 from ..reference.job import sampled_frames, start_structures
@@ -39,7 +40,7 @@ from ..reference.store import LabelStore
 from ..units import meV
 from .committee import Committee, train_committee
 from .config import ActiveConfig
-from .explore import describe_failure, explore, survival
+from .explore import explore, survival
 from .selection import pick_counts, select
 
 

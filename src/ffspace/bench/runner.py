@@ -442,9 +442,11 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         runs[f"{temperature:g}"] = _cached(
             run_dir / f"stability_{temperature:g}K.json", run_key,
             lambda: stability.survival(pot, start, temperature, c.seeds, time_ps, c.timestep_fs, c.friction,
-                                       c.bond_tolerance, progress=sys.stderr.isatty(), min_distance=c.min_distance,
-                                       dihedral=dihedral, sample_fs=c.sample_fs, reference=reference,
-                                       checkpoint=partial))
+                                       c.bond_tolerance, min_distance=c.min_distance, dihedral=dihedral,
+                                       sample_fs=c.sample_fs, reference=reference, checkpoint=partial,
+                                       progress=True))
+        print(f"[bench] stability {run_dir.name} at {temperature:g} K: {stability.verdict(runs[f'{temperature:g}'])}",
+              file=sys.stderr)
     result = {"ms_per_step_float32": cost, "time_ps": max(length(t) for t in c.temperatures), "dtype": c.dtype,
               "runs": runs, "reference": {**reference, "dihedral_atoms": list(dihedral) if dihedral else None,
                                           "frames": len(frames)}}
@@ -453,7 +455,7 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         partial = run_dir / f"stability_nve.{hashlib.sha256(json.dumps(nve_key).encode()).hexdigest()[:12]}.partial.npz"
         result["nve"] = _cached(run_dir / "stability_nve.json", nve_key, lambda: stability.nve_drift(
             pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance, checkpoint=partial,
-            progress=sys.stderr.isatty()))
+            progress=True))
     return result
 
 

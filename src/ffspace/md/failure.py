@@ -71,3 +71,14 @@ def why(pos: np.ndarray, energy: float, numbers: np.ndarray, bonds: np.ndarray, 
     return {"reason": "too close", "atoms": [i, j],
             "elements": f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]}",
             "distance_A": float(distance[0])}
+
+
+def describe_failure(f: dict) -> str:
+    """One failure in words: "O-H 8–15 stretched to 1.52 Å at 1.25 ps". ``f`` is a record of `why` (with
+    ``time_ps`` when known), or an exploration's record, whose ``stopped`` says why it ended when no bond did."""
+    at = f" at {f['time_ps']:.2f} ps" if f.get("time_ps") is not None else ""
+    if "length_A" in f:
+        return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to {f['length_A']:.2f} Å{at}"
+    if "distance_A" in f:
+        return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} too close ({f['distance_A']:.2f} Å){at}"
+    return f"{f.get('stopped') or f.get('reason', 'failed')}{at}"
