@@ -15,6 +15,7 @@ run's ``initial_keys``), in eV and eV/Å. A round that has not finished is left 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def added_labels(cfg, last_round: int | None = None) -> list:
     error, never a new calculation: this script must not spend hours of DFT by accident."""
     out, method = Path(cfg.out), cfg.labeler.build().provenance()
     store, frames = LabelStore(out / "store"), []
-    for folder in sorted(out.glob("round_*")):
-        if last_round is not None and int(folder.name.split("_")[1]) > last_round:
+    rounds = sorted((int(m[1]), f) for f in out.glob("round_*") if (m := re.fullmatch(r"round_(\d+)", f.name)))
+    for k, folder in rounds:
+        if last_round is not None and k > last_round:
             continue
         if not (folder / "summary.json").exists():
             print(f"{folder.name}: not finished, left out", file=sys.stderr)

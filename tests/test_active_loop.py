@@ -305,11 +305,12 @@ def test_stability_goal_logs_what_broke_and_goes_on_past_a_failing_labeler(tmp_p
     spec = importlib.util.spec_from_file_location("al_added_labels", SMALL.parents[1] / "al_added_labels.py")
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
+    before = dict(calls)
     added = export.added_labels(cfg)
     assert len(added) == summary["labeled"] and all(s.info["round"] == 0 for s in added)
     assert all(np.isfinite(s.forces).all() and s.energy is not None for s in added)
-    assert export.added_labels(cfg, last_round=-1) == []
-    before = dict(calls)
+    assert len(export.added_labels(cfg, last_round=0)) == len(added) and export.added_labels(cfg, last_round=-1) == []
+    assert calls == before
     run_active(cfg)  # the finished round is read back: nothing labeled again, the failed frame not retried
     assert calls == before
 

@@ -172,6 +172,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             pos = copies.positions()
             samples.append((np.asarray(copies.ids), np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1),
                             dihedral_angles(pos, dihedral) if dihedral is not None else np.zeros(len(pos))))
+    bar.close()  # (a run where every copy failed left the loop early)
     if checkpoint is not None:  # finished: the caller keeps the result
         Path(checkpoint).unlink(missing_ok=True)
     result = {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
