@@ -33,7 +33,12 @@ import shutil
 import sys
 from pathlib import Path
 
-SKIPPED = {"checkpoint.pt"}  # (half-written files: any *.tmp)
+SKIPPED = {"checkpoint.pt"}
+
+
+def _half_written(path: Path) -> bool:
+    """A temporary file: *.tmp, or ffspace's atomic writes in flight (`.NAME.tmp-PID.SUFFIX`)."""
+    return path.suffix == ".tmp" or (path.name.startswith(".") and ".tmp-" in path.name)
 
 
 def _is_timing(rel: Path) -> bool:
@@ -43,7 +48,7 @@ def _is_timing(rel: Path) -> bool:
 def _finished_files(run: Path, timings: bool = True):
     """The files of `run` that belong to finished steps (with or without the timings)."""
     for path in sorted(run.rglob("*")):
-        if not path.is_file() or path.name in SKIPPED or path.suffix == ".tmp":
+        if not path.is_file() or path.name in SKIPPED or _half_written(path):
             continue
         rel = path.relative_to(run)
         if rel.parts[0] == "systems":  # water boxes: rebuilt from the cell on every run
@@ -60,7 +65,7 @@ def _finished_files(run: Path, timings: bool = True):
 def _finished_active_files(run: Path, timings: bool = True):
     """The files of an active-learning benchmark run worth keeping (`timings` does not apply)."""
     for path in sorted(run.rglob("*")):
-        if not path.is_file() or path.name in SKIPPED or path.suffix == ".tmp" or path.name == "explored.json":
+        if not path.is_file() or path.name in SKIPPED or _half_written(path) or path.name == "explored.json":
             continue
         rel = path.relative_to(run)
         member = next((run.joinpath(*rel.parts[:i + 1]) for i, part in enumerate(rel.parts[:-1])

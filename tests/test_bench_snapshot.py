@@ -33,6 +33,7 @@ def test_save_keeps_finished_steps_and_restore_leaves_timings_out(tmp_path):
 
 
 ACTIVE_FILES = ["test_store/labels.jsonl", "test.extxyz", "active/store/labels.jsonl",
+                "active/store/labels-0000.jsonl.gz", "active/store/.labels-0001.jsonl.tmp-123.gz",  # sealing
                 "active/round_00/summary.json", "active/round_00/explored.json", "active/round_00/picked.extxyz",
                 "active/round_00/committee/member_0/model.safetensors", "active/round_00/committee/member_0/done",
                 "active/round_00/committee/member_0/checkpoint.pt",
@@ -46,7 +47,8 @@ def test_active_kind_keeps_labels_and_finished_members_only(tmp_path):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text(name)
     main(["save", str(run), str(kept), "--kind", "active"])
-    expected = {"test_store/labels.jsonl", "test.extxyz", "active/store/labels.jsonl", "active/round_00/summary.json",
+    expected = {"test_store/labels.jsonl", "test.extxyz", "active/store/labels.jsonl",
+                "active/store/labels-0000.jsonl.gz", "active/round_00/summary.json",
                 "active/round_00/picked.extxyz", "active/round_00/committee/member_0/model.safetensors",
                 "active/round_00/committee/member_0/done"}
     assert _tree(kept) == expected

@@ -1,5 +1,6 @@
 """Reference data: DFT and xTB labels, the crash-safe store, local and Dask execution, bad input."""
 
+import gzip
 import json
 import os
 import signal
@@ -196,6 +197,37 @@ def test_store_survives_two_kills_that_tear_the_last_line(tmp_path):
     assert set(store.labels) == {"a", "b"}
     store.add("c", mol)
     assert [json.loads(x)["key"] for x in store.labels_path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_store_seals_full_files_into_compressed_shards(tmp_path):
+    """Past ``shard_bytes`` the labels move into sealed gzip shards (what keeps a store in a repository under its
+    file-size limit), read back in order with the open file; a crash between writing a shard and removing
+    ``labels.jsonl`` repeats no label, in memory or in the next shard."""
+    mol = Structure(numbers=[1, 1], positions=[[0, 0, 0], [0.74, 0, 0]], energy=-1.0, forces=[[0, 0, 0]] * 2)
+    store = LabelStore(tmp_path / "store", shard_bytes=1000)
+    keys = [f"k{i:02d}" for i in range(12)]
+    for i, k in enumerate(keys):
+        store.add(k, mol.copy(energy=-float(i)))
+    shards = store.shards()
+    assert len(shards) >= 2
+    assert all(p.stat().st_size < 1000 for p in [*shards, store.labels_path] if p.exists())
+    again = LabelStore(tmp_path / "store", shard_bytes=1000)
+    assert list(again.labels) == keys and again.get("k07").energy == -7.0
+    sealed = set(again.labels) - set(again._load(again.labels_path))
+    assert sealed == {json.loads(x)["key"] for p in shards for x in gzip.decompress(p.read_bytes()).splitlines()}
+    # killed after the shard was written, before labels.jsonl went: its labels are in both places
+    store = LabelStore(tmp_path / "store", shard_bytes=None)
+    store.add("k12", mol)
+    kept = store.labels_path.read_bytes()
+    store.seal()
+    store.labels_path.write_bytes(kept)
+    store = LabelStore(tmp_path / "store", shard_bytes=None)
+    assert list(store.labels) == keys + ["k12"]
+    store.add("k13", mol)
+    store.seal()
+    last = gzip.decompress(store.shards()[-1].read_bytes()).splitlines()
+    assert [json.loads(x)["key"] for x in last] == ["k13"] and not store.labels_path.exists()
+    assert LabelStore(tmp_path / "store", shard_bytes=None).seal() is None  # nothing left to seal
 
 
 def test_store_dedupes_identical_frames(tmp_path):

@@ -3,10 +3,15 @@
 Killing a labeling job loses at most the calculations in flight; rerunning skips every structure
 whose key is already stored. The key hashes the labeling method with the geometry, so identical
 frames are never labeled twice and a relabel at another level of theory gets new keys.
+
+A store kept in a repository must stay in files of a few MiB: once ``labels.jsonl`` passes ``shard_bytes``
+its labels move into the next sealed, gzip-compressed shard (``labels-0000.jsonl.gz``, ...), read back with
+it, and ``labels.jsonl`` starts again.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -16,6 +21,9 @@ import numpy as np
 
 from ..data.structure import VECTOR_INFO, Structure
 from ..errors import DataError
+from ..outputs import atomic_path
+
+SHARD_BYTES = 4 << 20  # uncompressed: a sealed shard (gzip) is several times smaller, far under a 5 MiB file limit
 
 
 def structure_key(structure: Structure, method: dict) -> str:
@@ -64,22 +72,31 @@ def _last_line_end(f, chunk: int = 1 << 16) -> int:
 
 
 class LabelStore:
-    """``labels.jsonl`` (finished labels) and ``failures.jsonl`` (calculations that gave no label) in a folder."""
+    """``labels.jsonl`` (finished labels, with the sealed shards ``labels-*.jsonl.gz``) and ``failures.jsonl``
+    (calculations that gave no label) in a folder. ``shard_bytes=None`` never seals."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, shard_bytes: int | None = SHARD_BYTES):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.labels_path = self.folder / "labels.jsonl"
         self.failures_path = self.folder / "failures.jsonl"
-        self.labels: dict[str, dict] = self._load(self.labels_path)
+        self.shard_bytes = shard_bytes
+        self.labels: dict[str, dict] = {}
+        for shard in self.shards():
+            self.labels.update(self._load(shard))
+        self._sealed = set(self.labels)
+        self.labels.update(self._load(self.labels_path))  # (a crash while sealing may repeat a label: same key)
         self.failures: dict[str, dict] = self._load(self.failures_path)
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("labels-[0-9][0-9][0-9][0-9].jsonl.gz"))
 
     @staticmethod
     def _load(path: Path) -> dict:
         out = {}
         if not path.exists():
             return out
-        with open(path, "rb") as f:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             data = f.read()
         lines = data.split(b"\n")
         for k, line in enumerate(lines):
@@ -119,6 +136,23 @@ class LabelStore:
         record = _to_record(key, structure)
         self._append(self.labels_path, record)
         self.labels[key] = record
+        if self.shard_bytes and self.labels_path.stat().st_size >= self.shard_bytes:
+            self.seal()
+
+    def seal(self) -> Path | None:
+        """Move the labels of ``labels.jsonl`` into the next compressed shard and start it empty; the new shard,
+        or None when there was nothing to seal. The shard is written whole (temporary file, fsync, rename) before
+        ``labels.jsonl`` goes, so a crash in between leaves a label in both places, never in neither, and the
+        next seal leaves out what a shard already holds."""
+        fresh = [r for k, r in self._load(self.labels_path).items() if k not in self._sealed]
+        if fresh:
+            shards = self.shards()
+            path = self.folder / f"labels-{int(shards[-1].name[7:11]) + 1 if shards else 0:04d}.jsonl.gz"
+            with atomic_path(path) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as f:  # (mtime 0: same labels, same bytes)
+                f.write(b"".join((json.dumps(r) + "\n").encode() for r in fresh))
+            self._sealed.update(r["key"] for r in fresh)
+        self.labels_path.unlink(missing_ok=True)
+        return path if fresh else None
 
     def add_failure(self, key: str, reason: str, details: dict | None = None) -> None:
         record = {"key": key, "reason": reason, **(details or {})}
