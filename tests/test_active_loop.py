@@ -157,6 +157,27 @@ def test_pick_counts_read_back_from_written_picks():
     assert pick_counts(old + new)["picked_before_loss"] == 1
 
 
+def test_edge_picks_stay_in_training():
+    """Every 10th added label validates, except a pick at the edge (a broken bond, the last frame before a loss):
+    that one trains, and validation takes the next one in line only at its own turn."""
+    from ffspace.active.loop import split_new_labels
+    from ffspace.data.dataset import Dataset
+    from ffspace.data.structure import Structure
+
+    def frame(i, kind=None):
+        return Structure(numbers=[1], positions=[[0.0, 0.0, float(i)]], info={"step": i, **({"pick_kind": kind}
+                                                                                         if kind else {})})
+
+    plain = Dataset([frame(i) for i in range(20)])
+    train, val = split_new_labels(plain, 500, 10)
+    assert [s.info["step"] for s in val] == [9, 19] and len(train) == 18
+    edges = Dataset([frame(i, {9: "before_loss", 19: "broken", 3: "candidate"}.get(i)) for i in range(20)])
+    train, val = split_new_labels(edges, 500, 10)
+    assert len(val) == 0 and len(train) == 20
+    train, val = split_new_labels(Dataset([frame(i, "candidate") for i in range(20)]), 500, 10)
+    assert [s.info["step"] for s in val] == [9, 19]
+
+
 def test_survival_summary_names_what_broke():
     from ffspace.active.explore import survival
     from ffspace.md.failure import describe_failure
@@ -310,6 +331,11 @@ def test_stability_goal_logs_what_broke_and_goes_on_past_a_failing_labeler(tmp_p
     assert len(added) == summary["labeled"] and all(s.info["round"] == 0 for s in added)
     assert all(np.isfinite(s.forces).all() and s.energy is not None for s in added)
     assert len(export.added_labels(cfg, last_round=0)) == len(added) and export.added_labels(cfg, last_round=-1) == []
+    # the loop knows each label's kind of pick (picked.json), so the broken-bond frames stay in training
+    from ffspace.active.loop import _labeled_picks
+    kinds = [s.info.get("pick_kind") for s in _labeled_picks(out / "round_00", cfg.labeler.build(),
+                                                              LabelStore(out / "store"))]
+    assert len(kinds) == summary["labeled"] and kinds.count("broken") >= 1 and None not in kinds
     assert calls == before
     run_active(cfg)  # the finished round is read back: nothing labeled again, the failed frame not retried
     assert calls == before

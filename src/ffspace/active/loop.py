@@ -73,11 +73,18 @@ def split_start_labels(initial: Dataset, cfg: ActiveConfig) -> tuple[Dataset, Da
     return initial.split([-1, cfg.n_val], seed=cfg.seed)
 
 
+EDGE_KINDS = ("broken", "before_loss")  # picks on a path that MD really took into a failure
+
+
 def split_new_labels(new: Dataset, n_before: int, val_every: int) -> tuple[Dataset, Dataset]:
     """New labels → (train, validation): every ``val_every``-th label of the run goes to validation, so
     validation follows the explored data instead of staying with the start frames. Deterministic in the
-    labels' order, so a resumed run splits the same way."""
-    to_val = [(n_before + i + 1) % val_every == 0 for i in range(len(new))]
+    labels' order, so a resumed run splits the same way. A pick at the edge (info ``pick_kind`` in
+    `EDGE_KINDS`: where a bond broke, or the last frame before a trajectory was lost) stays in training: it is
+    the frame the next committee most needs, and in validation no member would ever learn it (3BPA, stop 50:
+    one such frame, put 9 eV too low by every member of the next round)."""
+    to_val = [(n_before + i + 1) % val_every == 0 and s.info.get("pick_kind") not in EDGE_KINDS
+              for i, s in enumerate(new)]
     return (Dataset([s for s, v in zip(new, to_val) if not v], name=new.name),
             Dataset([s for s, v in zip(new, to_val) if v], name=new.name))
 
@@ -251,6 +258,13 @@ def _labeled_picks(folder: Path, labeler, store: LabelStore, workers: int = 1) -
     frames = list(read_extxyz(path, required=()))
     try:
         # one frame per task: a DFT label takes minutes, and a killed run loses only the frames in flight
-        return label_structures(frames, labeler, store, workers=workers, progress=False, chunk=1)
+        labeled = label_structures(frames, labeler, store, workers=workers, progress=False, chunk=1)
     except DataError:  # every pick failed to label (recorded in the store's failures)
         return Dataset([], name=str(path))
+    kinds = {(p.get("trajectory"), p.get("step")): p.get("kind")
+             for p in json.loads((folder / "picked.json").read_text())} if (folder / "picked.json").exists() else {}
+    for s in labeled:  # what kind of pick each label is (picked.json, written with the picks), for the split
+        kind = kinds.get((s.info.get("trajectory"), s.info.get("step")))
+        if kind:
+            s.info["pick_kind"] = kind
+    return labeled
