@@ -33,12 +33,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from ffspace.outputs import is_atomic_temporary
+
 SKIPPED = {"checkpoint.pt"}
 
 
 def _half_written(path: Path) -> bool:
-    """A temporary file: *.tmp, or ffspace's atomic writes in flight (`.NAME.tmp-PID.SUFFIX`)."""
-    return path.suffix == ".tmp" or (path.name.startswith(".") and ".tmp-" in path.name)
+    """A temporary file: *.tmp, or one of ffspace's atomic writes in flight."""
+    return path.suffix == ".tmp" or is_atomic_temporary(path)
 
 
 def _is_timing(rel: Path) -> bool:

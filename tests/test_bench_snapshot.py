@@ -54,3 +54,11 @@ def test_active_kind_keeps_labels_and_finished_members_only(tmp_path):
     assert _tree(kept) == expected
     main(["restore", str(again), str(kept), "--kind", "active"])
     assert _tree(again) == expected
+
+
+def test_an_atomic_write_in_flight_is_never_kept(tmp_path):
+    from ffspace.outputs import atomic_path, is_atomic_temporary
+
+    with atomic_path(tmp_path / "store" / "labels-0001.jsonl.gz") as tmp:
+        assert is_atomic_temporary(tmp)
+    assert not is_atomic_temporary(tmp_path / "store" / "labels-0001.jsonl.gz")

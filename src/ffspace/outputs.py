@@ -26,6 +26,12 @@ from .errors import ConfigError
 OWNER_FILE = ".ffspace-run.json"
 
 
+def is_atomic_temporary(path) -> bool:
+    """Whether ``path`` is an `atomic_path` write still in flight (``.NAME.tmp-PID.SUFFIX``): never a result."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp-" in name
+
+
 @contextmanager
 def atomic_path(path, fsync: bool = True):
     """Yield a temporary path next to ``path`` for a writer to fill; on success it replaces ``path`` atomically.
@@ -36,7 +42,7 @@ def atomic_path(path, fsync: bool = True):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # (is_atomic_temporary knows this)
         with open(tmp, "wb"):
             pass  # created by a plain open, so its mode is what the umask gives
     except OSError as exc:
