@@ -520,3 +520,37 @@ def test_a_finished_full_length_run_is_kept_when_a_later_timing_calls_the_model_
     (run_dir / "stability_300K.json").unlink()
     monkeypatch.undo()
     assert runner._stability(cfg, run_dir, weights, frames[0], slow_row, frames)["runs"]["300"]["time_ps"] == 0.005
+
+
+def test_nve_reports_the_largest_one_step_change_and_the_geometry_there(ethanol_data):
+    """A discontinuous energy (an injected +1 eV step whenever the C–C bond is longer than at the start, forces
+    untouched) shows up as a one-step change of the NVE total of ±1000 meV, which the drift slope hides; the same
+    surface without the step changes by meV. The geometry at the change names the bond and the closest contact."""
+    from ffspace.models import ClassicalMM
+
+    start = ethanol_data[0]
+    c = [k for k, z in enumerate(start.numbers) if z == 6]
+    cc = float(np.linalg.norm(start.positions[c[0]] - start.positions[c[1]]))
+
+    class Stepped(Potential):
+        def compute(self, batch, **kwargs):
+            out = super().compute(batch, **{**kwargs, "fast": False})
+            pos = batch.positions.detach().reshape(-1, start.n_atoms, 3)
+            step = (torch.linalg.norm(pos[:, c[0]] - pos[:, c[1]], dim=-1) > cc).to(out["energy"].dtype)
+            out["energy"] = out["energy"] + step
+            out["energies"] = out["energies"].reshape(-1, start.n_atoms).index_add(
+                1, torch.tensor([0]), step[:, None]).reshape(-1)
+            return out
+
+    mm = ClassicalMM([1, 6, 8], cutoff=4.0)
+    smooth = stability.nve_drift(Potential(mm, dtype=torch.float64, fast=False), start, 300.0, seeds=2,
+                                 time_ps=0.05)
+    assert smooth["max_abs_step_change_meV"] < 50.0
+    r = stability.nve_drift(Stepped(mm, dtype=torch.float64, fast=False), start, 300.0, seeds=2, time_ps=0.05)
+    assert r["per_seed_status"] == ["ok", "ok"]
+    for jump, at, geometry in zip(r["largest_step_change_meV"], r["largest_step_change_at_ps"],
+                                  r["geometry_at_largest_change"]):
+        assert abs(abs(jump) - 1000.0) < 50.0 and 0 < at <= 0.05
+        assert geometry["most_stretched_bond"]["elements"] in ("C-H", "H-C", "O-H", "H-O", "C-C", "C-O", "O-C")
+        assert geometry["closest_unbonded"]["of_covalent_reach"] > 1.3
+    assert r["max_abs_step_change_meV"] > 900.0

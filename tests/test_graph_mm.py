@@ -201,7 +201,8 @@ def test_parameter_cache_hits_in_md_and_follows_weights_and_topology(monkeypatch
 
 
 def test_a_bond_holds_while_stretched_in_md():
-    """Hysteresis: a bond perceived below 1.3 (R_i + R_j) stays bonded up to 1.5×, so the energy is continuous."""
+    """A held bond: perceived below 1.3 (R_i + R_j), it stays bonded up to 1.5× along a trajectory, so the energy
+    is continuous."""
     pot = Potential(_model(4), dtype=torch.float64)
     atoms = molecule("CH4")
     s = Structure(numbers=atoms.numbers, positions=atoms.positions)
@@ -230,3 +231,25 @@ def test_inference_mode_does_not_poison_later_force_calls():
     with torch.inference_mode():
         pot.model(pot.batch([s]).to(dtype=torch.float64))
     assert np.isfinite(pot([s])["forces"]).all()
+
+
+def test_no_bond_forms_along_a_trajectory_but_another_frame_gets_its_own_topology():
+    """Along a trajectory the cached topology holds (as in an MM engine): two hydrogens of CH4 squeezed past
+    bond_scale · (R_H + R_H) = 0.81 Å in small steps stay unbonded, so the energy changes smoothly; evaluated as frames
+    on their own, the H–H bond forms and the energy jumps (so the first check can fail)."""
+    atoms = molecule("CH4")
+    s = Structure(numbers=atoms.numbers, positions=atoms.positions)
+    mid, axis = (s.positions[1] + s.positions[2]) / 2, s.positions[1] - s.positions[2]
+    axis /= np.linalg.norm(axis)
+
+    def scan(fresh):
+        pot, out = Potential(_model(), dtype=torch.float64), []
+        for d in np.linspace(1.78, 0.7, 60):
+            pos = s.positions.copy()
+            pos[1], pos[2] = mid + axis * d / 2, mid - axis * d / 2
+            call = Potential(_model(), dtype=torch.float64) if fresh else pot
+            out.append(float(call([s.copy(positions=pos)])["energy"][0]))
+        return np.abs(np.diff(out))
+
+    held, fresh = scan(False), scan(True)
+    assert held.max() < 0.5 and fresh.max() > 3 * held.max(), (held.max(), fresh.max())

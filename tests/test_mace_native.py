@@ -217,7 +217,7 @@ def test_the_morse_prior_on_the_direct_path_equals_the_eager_model(ethanol_data)
 def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, in_c, bond_form, monkeypatch):
     """Copies of a molecule under MACE-style + MM prior + ZBL, called straight from numpy: energies and forces those
     of the eager model at geometries displaced far enough to break and form bonds (the fixed topology is rebuilt by
-    the model's rules, with the same hysteresis), and a copy whose atoms collapse is failed alone (NaN). A frozen Δ
+    the model's rules, holding the same bonds along a trajectory), and a copy whose atoms collapse is failed alone (NaN). A frozen Δ
     prior package is a sum of its own (reference energies + MM): its terms take the same path. The MM terms run in C
     (kernels/mm.c), or in numpy where that cannot be built; with harmonic or Morse bonds."""
     from ffspace.md.copies import MoleculeCopies
@@ -264,3 +264,44 @@ def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, i
     if in_c and mm_direct.lib is None:
         pytest.skip("no C compiler here: the numpy version ran")
     assert (mm_direct.lib is not None) == in_c
+
+
+def test_no_bond_forms_along_a_trajectory_on_the_direct_path():
+    """The MD fast path holds the MM prior's topology as the eager model does (each from its own model): two hydrogens
+    of one CH4 copy squeezed past the H–H perception radius (0.837 Å) in small steps stay unbonded, the energy changes
+    smoothly and equals the eager one, while the other copy, launched far away, is perceived afresh."""
+    import copy
+
+    from ase.build import molecule
+
+    from ffspace.data import Structure
+    from ffspace.md.copies import MoleculeCopies
+    from ffspace.models import ClassicalMM
+
+    atoms = molecule("CH4")
+    frame = Structure(numbers=atoms.numbers, positions=atoms.positions)
+    model = Sum([AtomicReference({1: -13.6, 6: -1029.0, 8: -2041.0}), ClassicalMM([1, 6, 8], cutoff=4.0),
+                 _model([1, 6, 8], seed=6, channels=8)])
+    pot = Potential(model, dtype=torch.float64)
+    _kernel_or_skip(pot.model.terms[2])
+    start = np.concatenate([frame.positions, frame.positions])
+    per_copy = start.reshape(2, -1, 3)
+    fast = MoleculeCopies(pot, frame, per_copy, np.zeros_like(per_copy))
+    eager = MoleculeCopies(Potential(copy.deepcopy(model), dtype=torch.float64, fast=False), frame, per_copy,
+                           np.zeros_like(per_copy))
+    mid, axis = (frame.positions[1] + frame.positions[2]) / 2, frame.positions[1] - frame.positions[2]
+    axis /= np.linalg.norm(axis)
+    energies = []
+    for k, d in enumerate(np.linspace(1.78, 0.75, 40)):
+        positions = start.copy()
+        positions[1], positions[2] = mid + axis * d / 2, mid - axis * d / 2
+        if k == 39:
+            positions[5:] += 3.0  # copy 1 launched: not a step of its trajectory
+        fast(positions)
+        eager(positions)
+        assert fast._direct, "the direct path did not run"
+        np.testing.assert_allclose(fast.energies, eager.energies, atol=1e-7, rtol=0)
+        energies.append(fast.energies[0])
+    assert np.max(np.abs(np.diff(energies))) < 0.5
+    fresh = Potential(copy.deepcopy(model), dtype=torch.float64, fast=False)([frame.copy(positions=positions[:5])])
+    assert abs(float(fresh["energy"][0]) - energies[-1]) > 1.0  # perceived afresh, the H–H bond forms

@@ -35,18 +35,43 @@ def _stretch_scan(pot, radii, fresh=False):
 
 def test_a_bond_holds_while_stretched_and_breaks_past_break_scale():
     pot = _mm()
-    # Perceived below 1.2 × (0.76 + 0.31) = 1.284 Å; held up to 1.5 × 1.07 = 1.605 Å.
+    # Perceived below 1.35 × (0.76 + 0.31) = 1.444 Å; held up to 1.5 × 1.07 = 1.605 Å.
     held = _stretch_scan(pot, np.linspace(1.09, 1.58, 50))
     assert np.isfinite(held).all() and np.max(np.abs(np.diff(held))) < 0.3
     # Without the history (as in training, where every frame is perceived on its own) the bond vanishes at
-    # 1.284 Å: the jump the hysteresis removes, so the check above can fail.
+    # 1.444 Å: the jump the held topology removes, so the check above can fail.
     fresh = _stretch_scan(pot, np.linspace(1.09, 1.58, 50), fresh=True)
     assert np.max(np.abs(np.diff(fresh))) > 1.0
-    # Past 1.605 Å the bond breaks, and is not re-formed on the way back until below 1.284 Å.
+    # Past 1.605 Å the bond breaks, and along the trajectory it does not form again.
     beyond = _stretch_scan(pot, [1.58, 1.62, 1.58])
     assert abs(beyond[2] - held[-1]) > 1.0
     # Other atoms: the held bonds of CH4 do not apply, the molecule gets its own perception.
     assert np.isfinite(pot([ethanol(0)])["energy"]).all()
+
+
+def _squeeze_scan(pot, distances, fresh=False):
+    """Energies of CH4 with its hydrogens 1 and 2 brought together symmetrically to each of ``distances`` (Å)."""
+    atoms = molecule("CH4")
+    s = Structure(numbers=atoms.numbers, positions=atoms.positions)
+    mid, axis = (s.positions[1] + s.positions[2]) / 2, s.positions[1] - s.positions[2]
+    axis /= np.linalg.norm(axis)
+    out = []
+    for d in distances:
+        pos = s.positions.copy()
+        pos[1], pos[2] = mid + axis * d / 2, mid - axis * d / 2
+        out.append(float((_mm() if fresh else pot)([s.copy(positions=pos)])["energy"][0]))
+    return np.array(out)
+
+
+def test_no_bond_forms_along_a_trajectory():
+    """Two unbonded atoms that come within bond_scale · (R_i + R_j) in MD stay unbonded (as in an MM engine): a bond
+    formed on the way, with its angles and exclusions, jumped the energy of 3BPA by 11.7 eV in one NVE step."""
+    distances = np.linspace(1.78, 0.7, 60)  # H–H of CH4 down past 1.35 × 2 × 0.31 = 0.837 Å
+    held = _squeeze_scan(_mm(), distances)
+    assert np.max(np.abs(np.diff(held))) < 0.5
+    # A frame on its own is perceived afresh: the H–H bond forms and the energy jumps, so the check above can fail.
+    fresh = _squeeze_scan(None, distances, fresh=True)
+    assert np.max(np.abs(np.diff(fresh))) > 3.0
 
 
 def test_old_packages_without_break_scale_get_the_default():
@@ -143,3 +168,28 @@ def test_the_direct_path_of_the_prior_equals_autograd(bond_form, in_c, monkeypat
     reference = Potential(mm, dtype=torch.float64)(copies)
     np.testing.assert_allclose(energy, reference["energy"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(forces, np.concatenate(reference["forces"]), rtol=0, atol=1e-8)
+
+
+def test_bonds_are_held_structure_by_structure():
+    """Each structure of a batch continues its own trajectory: another structure of the batch launched far away
+    (a failing MD copy) or removed (the survivors of a run) does not make the others' topology perceived afresh."""
+    atoms = molecule("CH4")
+    s = Structure(numbers=atoms.numbers, positions=atoms.positions)
+    mid, axis = (s.positions[1] + s.positions[2]) / 2, s.positions[1] - s.positions[2]
+    axis /= np.linalg.norm(axis)
+    path = []
+    for d in np.linspace(1.78, 0.75, 40):  # past the H–H perception radius, 0.837 Å
+        pos = s.positions.copy()
+        pos[1], pos[2] = mid + axis * d / 2, mid - axis * d / 2
+        path.append(s.copy(positions=pos))
+    alone = _mm()
+    held = [float(alone([f])["energy"][0]) for f in path][-1]
+    fresh = float(_mm()([path[-1]])["energy"][0])
+    assert abs(held - fresh) > 1.0  # so the checks below can fail
+    other = ethanol(0)
+    launched = other.copy(positions=other.positions + 3.0)
+    pot = _mm()
+    for f in path[:-1]:
+        pot([other, f])
+    np.testing.assert_allclose(float(pot([launched, path[-1]])["energy"][1]), held, atol=1e-9)
+    np.testing.assert_allclose(float(pot([path[-1]])["energy"][0]), held, atol=1e-9)  # the other one removed

@@ -235,9 +235,11 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
                 if first.get("bond_tolerance_A") is not None else "(reactive mode: bonds may break and form) ")
              + "two atoms come closer than the minimum distance or the energy is not finite. Cells: seeds surviving / seeds, and the median "
              "time to failure (ps) of those that failed. NVE: velocity Verlet from 300 K, largest |energy drift| of "
-             "the seeds.", "",
-             "| model | run length (ps) | " + " | ".join(f"{t} K" for t in temps) + " | NVE drift (meV/atom/ps) |",
-             "|---|---|" + "---|" * len(temps) + "---|"]
+             "the seeds, and the largest one-step change of a seed's total energy (meV; a smooth surface moves it "
+             "by a few meV, a discontinuous one by eV).", "",
+             "| model | run length (ps) | " + " | ".join(f"{t} K" for t in temps)
+             + " | NVE drift (meV/atom/ps) | NVE largest step (meV) |",
+             "|---|---|" + "---|" * len(temps) + "---|---|"]
     for mname, st in rows.items():
         cells = []
         for t in temps:
@@ -251,8 +253,10 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
         # two significant figures: a float64 run's drift is ~1e-4 meV/atom/ps, which three decimals would show as 0
         worst = nve.get("max_abs_drift_meV_per_atom_ps")
         drift = ("—" if worst is None else f"{worst:.2g}") if nve.get("status") == "ok" else nve.get("status", "—")
+        step = nve.get("max_abs_step_change_meV")  # absent from results made before it was recorded
         lengths = sorted({r["time_ps"] for r in st["runs"].values()})
-        lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells) + f" | {drift} |")
+        lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells)
+                     + f" | {drift} | {'—' if step is None else f'{step:.0f}'} |")
     causes = [f"{mname}: {why}" for mname, st in rows.items() if (why := _failure_causes(st))]
     if causes:
         lines += ["", "What failed (the bond furthest from its start length when the seed failed, or the two atoms "

@@ -455,7 +455,7 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         partial = run_dir / f"stability_nve.{hashlib.sha256(json.dumps(nve_key).encode()).hexdigest()[:12]}.partial.npz"
         result["nve"] = _cached(run_dir / "stability_nve.json", nve_key, lambda: stability.nve_drift(
             pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance, checkpoint=partial,
-            progress=True))
+            progress=True, min_distance=c.min_distance))
     return result
 
 

@@ -240,26 +240,35 @@ def verdict(result: dict) -> str:
 
 def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds: int = 5, time_ps: float = 2.0,
               timestep_fs: float = 0.5, seed: int = 0, bond_tolerance: float = 0.5, checkpoint=None,
-              checkpoint_ps: float = 1.0, progress: bool = False) -> dict:
-    """Velocity-Verlet NVE of ``seeds`` copies: the slope of each copy's total energy (meV/atom/ps).
+              checkpoint_ps: float = 1.0, progress: bool = False, min_distance: float = MIN_DISTANCE) -> dict:
+    """Velocity-Verlet NVE of ``seeds`` copies: the slope of each copy's total energy (meV/atom/ps), and its largest
+    one-step change (meV) with when it came (ps).
 
-    A copy that fails (as in `survival`) gets a status instead of a slope; the others still count. With
-    ``checkpoint`` (a file path) a killed run resumes from its last save (every ``checkpoint_ps``).
+    A slope hides a discontinuous energy surface: a prior whose topology switches, or a cutoff without a smooth
+    envelope, puts eV into the trajectory in one step at each crossing, and hot copies then fly apart a few steps
+    later. The largest one-step change shows it (a smooth float64 surface at 0.5 fs moves the total by meV). It is
+    taken up to the step a copy fails. A copy that fails (as in `survival`) gets a status and what failed instead of
+    a slope; the others still count. With ``checkpoint`` (a file path) a killed run resumes from its last save
+    (every ``checkpoint_ps``). A model that holds a topology along a trajectory (the MM prior) perceives it afresh at
+    the resumed geometry: the same bonds, unless one was stretched past ``bond_scale`` · (R_i + R_j) at that instant.
     """
     bonds, d0 = rules.start_bonds(structure)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, rng)
     integrator = VelocityVerlet(timestep_fs)
     steps = max(2, int(round(time_ps * units.ps / timestep_fs)))
-    failed_at = np.full(seeds, -1)
-    times, totals = [], []
+    failed_at, why = np.full(seeds, -1), [None] * seeds
+    times, totals = [0.0], [copies.energies + copies.kinetic()]
+    largest, geometry_at = np.zeros(seeds), [None] * seeds  # running largest |one-step change| and its geometry
+    # "jumps": checkpoints written before the largest one-step changes were recorded hold no such state
     settings = json.dumps([structure.positions.tolist(), temperature, seeds, time_ps, timestep_fs, seed,
-                           bond_tolerance])
+                           bond_tolerance, min_distance, "jumps"])
     done = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         with np.load(checkpoint) as z:
             if str(z["settings"]) == settings:
-                done, failed_at = int(z["step"]), z["failed_at"]
+                done, failed_at, why = int(z["step"]), z["failed_at"], json.loads(str(z["why"]))
+                largest, geometry_at = z["largest"], json.loads(str(z["geometry_at"]))
                 times, totals = list(z["times"]), list(z["totals"])
                 copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
                 copies.state.forces, copies.state.energy, copies.energies = (z["forces"], float(z["energy"]),
@@ -270,29 +279,80 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     for step in progress_bar(range(done, steps), desc=f"NVE {seeds} seeds", enabled=progress, log_every_s=300.0):
         if checkpoint is not None and step > done and step % save_every == 0:
             with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, settings=settings, step=step, failed_at=failed_at, times=np.array(times),
-                         totals=np.array(totals), positions=copies.positions(), velocities=copies.velocities(),
-                         forces=copies.state.forces, energy=copies.state.energy, energies=copies.energies)
+                np.savez(fh, settings=settings, step=step, failed_at=failed_at, why=json.dumps(why),
+                         largest=largest, geometry_at=json.dumps(geometry_at),
+                         times=np.array(times), totals=np.array(totals), positions=copies.positions(),
+                         velocities=copies.velocities(), forces=copies.state.forces, energy=copies.state.energy,
+                         energies=copies.energies)
         integrator.step(copies.state, copies)
-        bad = rules.failed(copies.positions(), copies.energies, bonds, d0, bond_tolerance) & (failed_at < 0)
-        failed_at[bad] = step + 1
+        pos = copies.positions()
+        bad = rules.failed(pos, copies.energies, bonds, d0, bond_tolerance, min_distance) & (failed_at < 0)
+        for k in np.nonzero(bad)[0]:
+            failed_at[k] = step + 1
+            why[k] = {**rules.why(pos[k], float(copies.energies[k]), structure.numbers, bonds, d0, bond_tolerance),
+                      "time_ps": (step + 1) * timestep_fs / units.ps}
         times.append((step + 1) * timestep_fs / units.ps)
         totals.append(copies.energies + copies.kinetic())
+        change = np.abs(totals[-1] - totals[-2])
+        # copies alive before this step (the failing step counts), whose change is the largest so far
+        for k in np.nonzero(((failed_at < 0) | (failed_at == step + 1)) & np.isfinite(change)
+                            & (change > largest))[0]:
+            largest[k] = change[k]
+            geometry_at[k] = contacts(pos[k], structure.numbers, bonds)
         if (failed_at >= 0).all():
             break
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     times, totals = np.array(times), np.array(totals)
-    drifts, status = [], []
+    drifts, status, jumps, jump_at = [], [], [], []
     for k in range(seeds):
+        # up to the failing step: the change that broke the copy counts, what it did after does not
+        total = totals[: (failed_at[k] + 1 if failed_at[k] >= 0 else len(totals)), k]
+        change = np.diff(total)
+        finite = np.isfinite(change)
+        at = int(np.argmax(np.where(finite, np.abs(change), -1.0))) if finite.any() else None
+        jumps.append(None if at is None else float(change[at] / units.meV))
+        jump_at.append(None if at is None else float(times[at + 1]))
         if failed_at[k] >= 0:
             drifts.append(None)
-            status.append(f"failed at step {failed_at[k]}")
+            status.append(f"failed at step {failed_at[k]}: {rules.describe_failure(why[k])}")
         else:
             slope = np.polyfit(times, totals[:, k], 1)[0]  # eV/ps
             drifts.append(float(slope / structure.n_atoms / units.meV))
             status.append("ok")
     finite = [abs(d) for d in drifts if d is not None]
+    biggest = [abs(j) for j in jumps if j is not None]
     return {"status": "ok" if finite else "all failed", "per_seed_status": status, "temperature_K": temperature,
             "time_ps": time_ps, "timestep_fs": timestep_fs, "drift_meV_per_atom_ps": drifts,
-            "max_abs_drift_meV_per_atom_ps": max(finite) if finite else None}
+            "max_abs_drift_meV_per_atom_ps": max(finite) if finite else None,
+            "largest_step_change_meV": jumps, "largest_step_change_at_ps": jump_at,
+            "max_abs_step_change_meV": max(biggest) if biggest else None, "geometry_at_largest_change": geometry_at,
+            "failures": why}
+
+
+def contacts(pos: np.ndarray, numbers: np.ndarray, bonds: np.ndarray) -> dict:
+    """The two pairs of a geometry that a topology rule is most likely to change on: the bond of the start most
+    stretched and the unbonded pair closest, each relative to its covalent reach R_i + R_j (a bond perceived below
+    1.2–1.35 ×, as `ffspace.models.mm` and `ffspace.data.bonds` do)."""
+    from ase.data import chemical_symbols
+
+    from ..data.bonds import bond_reach
+
+    def pair(i, j, d):
+        return {"atoms": [int(i), int(j)], "elements": f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]}",
+                "distance_A": float(d), "of_covalent_reach": float(d / bond_reach(numbers[i], numbers[j], 1.0))}
+
+    i, j = np.triu_indices(len(numbers), 1)
+    d = np.linalg.norm(pos[j] - pos[i], axis=-1)
+    ratio = d / bond_reach(numbers[i], numbers[j], 1.0)
+    n = len(numbers)
+    is_bond = np.isin(i * n + j, np.minimum(bonds[:, 0], bonds[:, 1]) * n + np.maximum(bonds[:, 0], bonds[:, 1])) \
+        if len(bonds) else np.zeros(len(i), dtype=bool)
+    out = {}
+    if is_bond.any():
+        b = np.nonzero(is_bond)[0][np.argmax(ratio[is_bond])]
+        out["most_stretched_bond"] = pair(i[b], j[b], d[b])
+    if (~is_bond).any():
+        c = np.nonzero(~is_bond)[0][np.argmin(ratio[~is_bond])]
+        out["closest_unbonded"] = pair(i[c], j[c], d[c])
+    return out

@@ -29,8 +29,8 @@ from . import mm_terms
 from ..data.bonds import bond_reach
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge_per_molecule
-from .topology import (BREAK_SCALE, MolecularTopology, find_bonds, molecule_index, same_tensor as _same,
-                       topology_from_bonds)
+from .topology import (BREAK_SCALE, MolecularTopology, find_bonds, is_step, molecule_index,
+                       same_tensor as _same, topology_from_bonds)
 
 MAX_DEGREE = 6
 TETRAHEDRAL = math.radians(109.47)
@@ -44,8 +44,8 @@ CHARGE = 0.2  # e per unit of output
 ATOM_ENERGY = 0.1  # eV per unit of output
 
 
-# A bond forms below bond_scale · (R_i + R_j) (1.3 by default: vibrating bonds at 500 K stay below it) but, once in a
-# cached topology, holds until BREAK_SCALE · (R_i + R_j) (topology.py).
+# A bond forms below bond_scale · (R_i + R_j) (1.3 by default: vibrating bonds at 500 K stay below it) but, along a
+# trajectory, a cached topology holds: its bonds until BREAK_SCALE · (R_i + R_j), and no new one forms (topology.py).
 
 
 @dataclass
@@ -58,14 +58,35 @@ class _AssignmentCache:
     weights: list
     topo: MolecularTopology
     params: dict
+    positions: torch.Tensor  # of the last call: whether the next one is a step of the same trajectory
+    step: bool = False  # whether the last call was a step of the trajectory of the one before
 
     @classmethod
     def of(cls, model, batch, topo, params):
         charge = None if batch.total_charge is None else batch.total_charge.detach().clone()
         return cls(batch.numbers.clone(), batch.n_atoms.clone(), charge,
-                   [p.detach().clone() for p in model.parameters()], topo, params)
+                   [p.detach().clone() for p in model.parameters()], topo, params, batch.positions.detach().clone())
 
     def serves(self, model, batch, bonds) -> bool:
+        """Along a trajectory (`is_step`) while the held bonds are shorter than BREAK_SCALE · (R_i + R_j), new
+        bonds perceived or not (an MM engine's topology is fixed: a bond forming is an energy jump of eV); for
+        another frame, when its bonds are those held."""
+        step = is_step(self.positions, batch.positions.detach()) and _same(self.numbers, batch.numbers) \
+            and _same(self.n_atoms, batch.n_atoms)
+        self.positions = batch.positions.detach().clone()
+        self.step = step
+        return self._holds(model, batch, bonds, step)
+
+    def held_bonds(self, batch) -> torch.Tensor:
+        """The held bonds still shorter than BREAK_SCALE · (R_i + R_j): the topology of a step that `serves` could
+        not serve (a held bond broke, or the weights changed), in place of a fresh perception that would add bonds."""
+        held = self.topo.bonds
+        with torch.no_grad():
+            r = torch.linalg.norm(batch.positions[held[:, 1]] - batch.positions[held[:, 0]], dim=-1)
+            reach = bond_reach(batch.numbers[held[:, 0]], batch.numbers[held[:, 1]], BREAK_SCALE).to(r.dtype)
+        return held[r < reach]
+
+    def _holds(self, model, batch, bonds, step: bool) -> bool:
         if not (_same(self.numbers, batch.numbers) and _same(self.n_atoms, batch.n_atoms)
                 and _same(self.charge, batch.total_charge)):
             return False
@@ -77,8 +98,9 @@ class _AssignmentCache:
             return False
         held = self.topo.bonds
         n = batch.numbers.shape[0]
-        if not bool(torch.isin(bonds[:, 0] * n + bonds[:, 1], held[:, 0] * n + held[:, 1]).all()):
-            return False  # a new bond formed
+        if not step and not (bonds.shape == held.shape and bool(torch.equal(
+                torch.sort(bonds[:, 0] * n + bonds[:, 1]).values, torch.sort(held[:, 0] * n + held[:, 1]).values))):
+            return False  # another frame, of another topology
         with torch.no_grad():
             r = torch.linalg.norm(batch.positions[held[:, 1]] - batch.positions[held[:, 0]], dim=-1)
             reach = bond_reach(batch.numbers[held[:, 0]], batch.numbers[held[:, 1]], BREAK_SCALE).to(r.dtype)
@@ -159,6 +181,8 @@ class GraphMM(FFModel):
             return self.parameters_for(batch, topology_from_bonds(bonds, batch.n_atoms))
         cached = getattr(self, "_cache", None)
         if cached is None or not cached.serves(self, batch, bonds):
+            if cached is not None and cached.step:
+                bonds = cached.held_bonds(batch)
             with torch.no_grad():
                 topo, params = self.parameters_for(batch, topology_from_bonds(bonds, batch.n_atoms))
             self._cache = cached = _AssignmentCache.of(self, batch, topo, params)

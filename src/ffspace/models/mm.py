@@ -1,7 +1,8 @@
 """Classical molecular mechanics with parameters fitted to QM labels by the ffspace trainer.
 
 Topology is perceived from the geometry (a bond where r < ``bond_scale`` · (R_i + R_j), covalent radii;
-outside training a bond, once formed, holds until ``break_scale`` · (R_i + R_j), see `ClassicalMM.topology`) and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
+along a trajectory the topology is held: a bond lasts until ``break_scale`` · (R_i + R_j) and none forms, see
+`ClassicalMM.topology`) and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
 harmonic bonds k (r − r0)², or (``bond_form="morse"``) Morse bonds D (1 − e^{−a (r − r0)})² with a = √(k/D), the
 same curvature at r0 and a fitted well depth D ≥ 1 eV, whose restoring force softens with the stretch as a real
 bond's does (a harmonic bond fitted near equilibrium pushes 2–4× too hard on the most stretched hot frames, see
@@ -26,13 +27,8 @@ from ..data.bonds import bond_reach
 from .base import FFModel, register, scatter_sum
 from .electrostatics import conserve_charge_per_molecule
 from .radial import smoothstep_switch
-from .topology import BREAK_SCALE, MAX_NEIGHBOURS, molecule_index, neighbour_table, same_tensor
-
-
-
-# Largest move of any atom (Å, per Cartesian component) between two calls for the second to be a step of the same
-# trajectory (bonds held): a 0.5 fs step moves a hydrogen at 1200 K by ~0.03 Å, two frames of a dataset by far more.
-HOLD_DISPLACEMENT = 0.25
+from .topology import (BREAK_SCALE, MAX_NEIGHBOURS, HeldBonds, held_pairs, local_keys, molecule_index,
+                       neighbour_table)
 
 # Lowest well depth (eV) of a Morse bond: covalent bonds of H, C, N, O hold 2.5–11 eV, and a floor keeps the
 # fit from turning a weakly sampled bond type into one that lets go at a modest stretch.
@@ -124,31 +120,43 @@ class ClassicalMM(FFModel):
     def topology(self, batch, r):
         """Bonds, per-atom neighbour tables and types from the current geometry (no gradient flows here).
 
-        Outside training a bond of the previous call holds until ``break_scale`` · (R_i + R_j) (same atoms
-        and structure sizes, and no atom moved more than `HOLD_DISPLACEMENT` since that call: a step of a
-        trajectory, not another frame evaluated after it, whose result must not depend on what came before):
-        without this hysteresis a vibrating bond that crosses ``bond_scale`` drops out
-        of the topology, its bond, angle and torsion terms vanish and the pair turns into a nonbonded one at
-        short range, an energy jump of many eV. Fitted MM at 1200 K launched hydrogens 3 Å in one 0.5 fs step
-        that way. Training sees each frame's own perception, so a fit never depends on the batch order."""
+        Outside training, a structure that continues a trajectory (the same atoms as a structure of a recent
+        call, none moved more than `HOLD_DISPLACEMENT`: a step, not another frame evaluated after it, whose result
+        must not depend on what came before; matched structure by structure, `HeldBonds`) keeps its topology, as
+        an MM engine does: a held bond lasts until ``break_scale`` · (R_i + R_j), and no new bond forms. Any change of
+        the topology is a jump of the energy: its bond, angle and torsion terms appear or vanish and the pair
+        turns into a nonbonded one or back. A vibrating bond that crossed ``bond_scale`` launched hydrogens 3 Å
+        in one 0.5 fs step of fitted MM at 1200 K, and two ring carbons of 3BPA that came within 1.35 ·
+        (R_i + R_j) (an unbonded contact no training frame has) formed a bond with its angles and exclusions:
+        +11.7 eV in one step of hot NVE (docs/benchmarks.md). Held, the pair stays nonbonded and its repulsion
+        is continuous. Training sees each frame's own perception, so a fit never depends on the batch order."""
         i, j = batch.edge_index
         n = batch.numbers.shape[0]
         reach = bond_reach(batch.numbers[i], batch.numbers[j], 1.0).to(r.dtype)
         bonded = r.detach() < self.bond_scale * reach
         if not self.training:
-            bonded = self._with_held_bonds(batch, i * n + j, r.detach(), reach, bonded)
+            bonded = self._with_held_bonds(batch, i, j, r.detach(), reach, bonded)
         nbr, degree = neighbour_table(i[bonded], j[bonded], n)
         types = self.species(batch.numbers) * (self.max_degree + 1) + degree.clamp(max=self.max_degree)
         return nbr, degree, types
 
-    def _with_held_bonds(self, batch, pair, r, reach, bonded):
-        held = getattr(self, "_held_bonds", None)
-        positions = batch.positions.detach()
-        if held is not None and same_tensor(held[0], batch.numbers) and same_tensor(held[1], batch.n_atoms) \
-                and held[2].device == pair.device and len(held) > 3 and held[3].shape == positions.shape \
-                and bool(((positions - held[3].to(positions.dtype)).abs() < HOLD_DISPLACEMENT).all()):
-            bonded = bonded | (torch.isin(pair, held[2]) & (r < self.break_scale * reach))
-        self._held_bonds = (batch.numbers.clone(), batch.n_atoms.clone(), pair[bonded].clone(), positions.clone())
+    def held_bonds(self) -> HeldBonds:
+        """The bonds this model holds along trajectories (shared by the eager model and its MD fast path)."""
+        if getattr(self, "_held", None) is None:
+            self._held = HeldBonds()
+        return self._held
+
+    def _with_held_bonds(self, batch, i, j, r, reach, bonded):
+        store = self.held_bonds()
+        numbers, sizes = batch.numbers.cpu().numpy(), batch.n_atoms.cpu().numpy()
+        positions = batch.positions.detach().cpu().numpy()
+        held = store.lookup(numbers, positions, sizes)
+        if any(h is not None for h in held):
+            lo, hi = torch.minimum(i, j).cpu().numpy(), torch.maximum(i, j).cpu().numpy()
+            on_step, is_held = (torch.as_tensor(a, device=r.device) for a in held_pairs(held, lo, hi, sizes))
+            bonded = torch.where(on_step, is_held & (r < self.break_scale * reach), bonded)
+        once = bonded & (i < j)
+        store.remember(numbers, positions, sizes, local_keys(i[once].cpu().numpy(), j[once].cpu().numpy(), sizes))
         return bonded
 
     # -- energy terms -----------------------------------------------------------------------

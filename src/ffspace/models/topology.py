@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import permutations
 
+import numpy as np
 import torch
 
 from ..data.bonds import bond_reach
@@ -162,7 +163,104 @@ def same_tensor(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
 
 
-# Outside training, a bond once perceived holds until BREAK_SCALE · (R_i + R_j) (graph_mm, mm): hysteresis, so that
-# MD never sees a bond flicker in and out of the topology (its terms vanish and the pair becomes a short-range
-# nonbonded one: an energy jump of many eV).
+# Outside training, along a trajectory, the topology is held (graph_mm, mm): a bond once perceived lasts until
+# BREAK_SCALE · (R_i + R_j) and no new bond forms, so that MD never sees a bond flicker in and out of the topology
+# (its terms vanish or appear and the pair becomes a short-range nonbonded one or back: an energy jump of many eV).
 BREAK_SCALE = 1.5
+
+# Largest move of any atom (Å, per Cartesian component) between two calls for the second to be a step of the same
+# trajectory (topology held): a 0.5 fs step moves a hydrogen at 1200 K by ~0.03 Å, two frames of a dataset by far more.
+HOLD_DISPLACEMENT = 0.25
+
+
+class HeldBonds:
+    """The bonds of each structure of recent calls, for the next call's structure that continues its trajectory.
+
+    A structure continues an earlier one when it has the same atoms in the same order and no atom moved more than
+    `HOLD_DISPLACEMENT`. Structures are matched one by one, not batch by batch: a batch of MD copies whose failed
+    copies were removed, or whose copies were evaluated one at a time after one of them broke the model, still holds
+    each surviving copy's own bonds, and a copy launched across the box does not make the others' topology perceived
+    afresh. Bonds are kept per structure as sorted local keys lo · n + hi (lo < hi, atom indices within the
+    structure, n its size). The structures of the last call are kept, and older ones that no later call continued,
+    up to ``capacity`` atoms in all (a batch evaluated one structure at a time needs them)."""
+
+    def __init__(self, capacity: int = 65536):
+        self.capacity = capacity
+        self.groups: dict[bytes, tuple[np.ndarray, list]] = {}  # atoms → (positions (E, n, 3), local keys per entry)
+
+    def lookup(self, numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> list:
+        """Per structure of a call (atomic ``numbers`` and ``positions`` of all atoms, structures of ``sizes``
+        atoms in order): the local bond keys of the earlier structure it continues, or None (perceive afresh)."""
+        out = [None] * len(sizes)
+        for atoms, members, x in _grouped(numbers, positions, sizes):
+            held = self.groups.get(atoms)
+            if held is None:
+                continue
+            moved = np.abs(x[:, None] - held[0][None]).max(axis=(2, 3))  # (structures, held entries)
+            best = moved.argmin(1)
+            for g, s in enumerate(members):
+                if moved[g, best[g]] < HOLD_DISPLACEMENT:
+                    out[s] = held[1][best[g]]
+        return out
+
+    def remember(self, numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray, keys: list) -> None:
+        """Keep the local bond ``keys`` of each structure of this call (as `lookup` takes them)."""
+        for atoms, members, x in _grouped(numbers, positions, sizes):
+            kept_x, kept_keys = x.copy(), [keys[s] for s in members]
+            old = self.groups.pop(atoms, None)
+            if old is not None:  # older entries that no structure of this call continues
+                stale = np.nonzero((np.abs(old[0][:, None] - x[None]).max(axis=(2, 3)) >= HOLD_DISPLACEMENT).all(1))[0]
+                kept_x = np.concatenate([kept_x, old[0][stale]])
+                kept_keys += [old[1][e] for e in stale]
+            room = max(len(members), self.capacity // x.shape[1])
+            self.groups[atoms] = (kept_x[:room], kept_keys[:room])
+        while len(self.groups) > 1 and sum(x.size // 3 for x, _ in self.groups.values()) > self.capacity:
+            del self.groups[next(iter(self.groups))]  # the molecule least recently seen
+
+
+def _grouped(numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray):
+    """(atoms as bytes, structure indices, their positions (G, n, 3)) per kind of structure of a call."""
+    sizes = np.asarray(sizes)
+    if len(sizes) and (sizes == sizes[0]).all():  # MD copies: one reshape, no loop when all are one molecule
+        z = numbers.reshape(len(sizes), -1)
+        if (z == z[0]).all():
+            yield z[0].tobytes(), list(range(len(sizes))), positions.reshape(len(sizes), -1, 3)
+            return
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    kinds: dict[bytes, list] = {}
+    for s, (a, n) in enumerate(zip(starts.tolist(), sizes.tolist())):
+        kinds.setdefault(numbers[a:a + n].tobytes(), []).append(s)
+    for atoms, members in kinds.items():
+        yield atoms, members, np.stack([positions[starts[s]:starts[s] + sizes[s]] for s in members])
+
+
+def local_keys(lo: np.ndarray, hi: np.ndarray, sizes: np.ndarray) -> list:
+    """Sorted unique local keys lo · n + hi per structure, from bonds given as atom indices of the whole call
+    (lo < hi, structures of ``sizes`` atoms in order)."""
+    sizes = np.asarray(sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    owner = np.searchsorted(np.cumsum(sizes), lo, side="right")
+    keys = (lo - starts[owner]) * sizes[owner] + (hi - starts[owner])
+    return [np.unique(keys[owner == s]) for s in range(len(sizes))]
+
+
+def held_pairs(held: list, lo: np.ndarray, hi: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs lo < hi (atom indices of the whole call): whether their structure continues a held one, and whether
+    the pair is one of its held bonds."""
+    sizes = np.asarray(sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    owner = np.searchsorted(np.cumsum(sizes), lo, side="right")
+    on_step = np.array([h is not None for h in held], dtype=bool)[owner] if len(held) else np.zeros(len(lo), bool)
+    is_held = np.zeros(len(lo), dtype=bool)
+    for s in np.nonzero([h is not None and len(h) for h in held])[0]:
+        mine = owner == s
+        key = (lo[mine] - starts[s]) * sizes[s] + (hi[mine] - starts[s])
+        at = np.searchsorted(held[s], key).clip(max=len(held[s]) - 1)
+        is_held[mine] = held[s][at] == key
+    return on_step, is_held
+
+
+def is_step(previous, positions: torch.Tensor) -> bool:
+    """Whether ``positions`` are a step of the trajectory whose previous call had ``previous`` (None: no such call)."""
+    return previous is not None and previous.shape == positions.shape and previous.device == positions.device \
+        and bool(((positions - previous.to(positions.dtype)).abs() < HOLD_DISPLACEMENT).all())

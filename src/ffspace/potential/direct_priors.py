@@ -4,9 +4,9 @@ on numpy positions and Verlet pairs without building a torch batch.
 On a batch, the MM prior re-perceives its topology every call (bonds, neighbour walks for the 1-2/1-3/1-4
 exclusions, types, per-molecule charges): about 80 % of its cost in MD, where the topology almost never changes.
 Here the topology is built once from the bonds and rebuilt only when the bonded set changes by the model's own
-rules (a bond forms below ``bond_scale`` · (R_i + R_j); a held bond breaks above ``break_scale`` · (R_i + R_j),
-the hysteresis of `ClassicalMM.topology`), and the energy terms are evaluated over fixed index lists in float64
-numpy with hand-derived gradients (torch's per-operation overhead was most of a 21-atom step). Energies and forces
+rules (`ClassicalMM.topology`: along a trajectory a held bond breaks above ``break_scale`` · (R_i + R_j) and none
+forms; a copy that continues no held trajectory is perceived afresh, bonds below ``bond_scale`` · (R_i + R_j)),
+and the energy terms are evaluated over fixed index lists in float64 numpy with hand-derived gradients (torch's per-operation overhead was most of a 21-atom step). Energies and forces
 equal the eager model's autograd ones (tests/test_mace_native.py compares them on many geometries). Molecules only:
 a periodic structure keeps the batch path.
 """
@@ -22,9 +22,9 @@ from torch.nn import functional as F
 from .. import units
 from ..data.bonds import bond_reach
 from ..models.electrostatics import conserve_charge_per_molecule
-from ..models.mm import HOLD_DISPLACEMENT, MIN_BOND_DEPTH, ClassicalMM
+from ..models.mm import MIN_BOND_DEPTH, ClassicalMM
 from ..models.morse import MorsePairs
-from ..models.topology import MAX_NEIGHBOURS, molecule_index, topology_from_bonds
+from ..models.topology import MAX_NEIGHBOURS, held_pairs, local_keys, molecule_index, topology_from_bonds
 from ..models.zbl import _PHI_C, _PHI_D, ZBL
 
 
@@ -153,7 +153,7 @@ def _dot(u, v):
 
 
 class FixedTopologyMM:
-    """`ClassicalMM` on ``copies`` copies of one molecule with its topology held until a bond forms or breaks."""
+    """`ClassicalMM` on ``copies`` copies of one molecule, its topology rebuilt only when the bonds change."""
 
     def __init__(self, term: ClassicalMM, numbers: np.ndarray, copies: int, charge: float = 0.0):
         self.term, self.copies, self.charge = term, copies, float(charge)
@@ -162,24 +162,23 @@ class FixedTopologyMM:
         self.bond_keys = None  # sorted keys i·M + j (i < j) of the bonds the topology was built from
         self.species = term.species(torch.as_tensor(self.numbers)).numpy()
         self.rebuilds = 0  # how many times the topology was (re)built: once, plus once per bond change
-        self.last_positions = None  # of the previous call: bonds are held only along a trajectory (`ClassicalMM`)
         self.lib = _mm_kernel()  # the terms in C (ffspace/kernels/mm.c), or None: the numpy version
 
     # -- topology ---------------------------------------------------------------------------------
     def _bonded(self, i, j, d, positions):
-        """Keys of the pairs bonded at distances ``d`` by the model's rules, with hysteresis on the held bonds
-        (when no atom moved more than `HOLD_DISPLACEMENT` since the previous call, as in `ClassicalMM.topology`)."""
+        """Keys of the pairs bonded at distances ``d`` by the model's rules: per copy, perceived afresh, or, where the
+        copy continues a trajectory the model holds bonds for (`HeldBonds`, shared with the eager model), its held
+        bonds shorter than ``break_scale`` · (R_i + R_j) and no new one, as in `ClassicalMM.topology`."""
         t, m = self.term, len(self.numbers)
         reach = bond_reach(self.numbers[i], self.numbers[j], 1.0)
-        key = i * m + j
         bonded = d < t.bond_scale * reach
-        step = self.last_positions is not None and self.last_positions.shape == positions.shape \
-            and bool((np.abs(positions - self.last_positions) < HOLD_DISPLACEMENT).all())
-        self.last_positions = positions.copy()
-        if step and self.bond_keys is not None and self.bond_keys.size:
-            at = np.searchsorted(self.bond_keys, key).clip(max=self.bond_keys.size - 1)
-            bonded |= (self.bond_keys[at] == key) & (d < t.break_scale * reach)
-        return np.sort(key[bonded])
+        store, sizes = t.held_bonds(), np.full(self.copies, self.n_atoms)
+        held = store.lookup(self.numbers, positions, sizes)
+        if any(h is not None for h in held):
+            on_step, is_held = held_pairs(held, i, j, sizes)
+            bonded = np.where(on_step, is_held & (d < t.break_scale * reach), bonded)
+        store.remember(self.numbers, positions, sizes, local_keys(i[bonded], j[bonded], sizes))
+        return np.sort((i * m + j)[bonded])
 
     def _build(self, bond_keys: np.ndarray) -> None:
         t, m, nt = self.term, len(self.numbers), self.term.n_types
