@@ -27,7 +27,8 @@ from ffspace.potential import Potential
 def _pair(p: dict | None) -> str:
     if not p:
         return "—"
-    return f"{p['elements']} {p['atoms'][0]}–{p['atoms'][1]} {p['distance_A']:.3f} Å ({p['of_covalent_reach']:.3f} ×)"
+    i, j = p["atoms"]
+    return f"{p['elements']} {i}–{j} {p['distance_A']:.3f} Å ({p['of_covalent_reach']:.3f} ×)"
 
 
 def main() -> None:

@@ -217,8 +217,8 @@ def test_the_morse_prior_on_the_direct_path_equals_the_eager_model(ethanol_data)
 def test_priors_on_the_direct_path_equal_the_eager_model(ethanol_data, nested, in_c, bond_form, monkeypatch):
     """Copies of a molecule under MACE-style + MM prior + ZBL, called straight from numpy: energies and forces those
     of the eager model at geometries displaced far enough to break and form bonds (the fixed topology is rebuilt by
-    the model's rules, holding the same bonds along a trajectory), and a copy whose atoms collapse is failed alone (NaN). A frozen Δ
-    prior package is a sum of its own (reference energies + MM): its terms take the same path. The MM terms run in C
+    the model's rules, holding the same bonds along a trajectory), and a copy whose atoms collapse is failed alone
+    (NaN). A frozen Δ prior package is a sum of its own (reference energies + MM): its terms take the same path. The MM terms run in C
     (kernels/mm.c), or in numpy where that cannot be built; with harmonic or Morse bonds."""
     from ffspace.md.copies import MoleculeCopies
     from ffspace.models import ZBL, ClassicalMM

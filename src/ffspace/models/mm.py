@@ -2,7 +2,8 @@
 
 Topology is perceived from the geometry (a bond where r < ``bond_scale`` · (R_i + R_j), covalent radii;
 along a trajectory the topology is held: a bond lasts until ``break_scale`` · (R_i + R_j) and none forms, see
-`ClassicalMM.topology`) and atoms are typed by element and number of bonded neighbours (a hybridisation proxy). Terms:
+`ClassicalMM.topology`) and atoms are typed by element and number of bonded neighbours (a hybridisation proxy).
+Terms:
 harmonic bonds k (r − r0)², or (``bond_form="morse"``) Morse bonds D (1 − e^{−a (r − r0)})² with a = √(k/D), the
 same curvature at r0 and a fitted well depth D ≥ 1 eV, whose restoring force softens with the stretch as a real
 bond's does (a harmonic bond fitted near equilibrium pushes 2–4× too hard on the most stretched hot frames, see

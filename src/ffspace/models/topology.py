@@ -174,19 +174,23 @@ HOLD_DISPLACEMENT = 0.25
 
 
 class HeldBonds:
-    """The bonds of each structure of recent calls, for the next call's structure that continues its trajectory.
+    """The bonds of each structure of recent calls, for a later call's structure that continues its trajectory.
 
     A structure continues an earlier one when it has the same atoms in the same order and no atom moved more than
     `HOLD_DISPLACEMENT`. Structures are matched one by one, not batch by batch: a batch of MD copies whose failed
     copies were removed, or whose copies were evaluated one at a time after one of them broke the model, still holds
-    each surviving copy's own bonds, and a copy launched across the box does not make the others' topology perceived
-    afresh. Bonds are kept per structure as sorted local keys lo · n + hi (lo < hi, atom indices within the
-    structure, n its size). The structures of the last call are kept, and older ones that no later call continued,
-    up to ``capacity`` atoms in all (a batch evaluated one structure at a time needs them)."""
+    each surviving copy's own bonds, and a copy launched across the box (or with non-finite positions, never kept)
+    does not make the others' topology perceived afresh. Bonds are kept per structure as sorted local keys
+    lo · n + hi (lo < hi, atom indices within the structure, n its size). A structure that no later call continues
+    is forgotten after as many calls as the largest call of its trajectory had structures (enough for those to be
+    evaluated one at a time), so an evaluation depends on recent calls only; at most ``capacity`` atoms are kept
+    besides the last call's."""
 
     def __init__(self, capacity: int = 65536):
         self.capacity = capacity
-        self.groups: dict[bytes, tuple[np.ndarray, list]] = {}  # atoms → (positions (E, n, 3), local keys per entry)
+        # atoms → (positions (E, n, 3), local keys per entry, calls left (E,) before an entry that no call
+        # continues is dropped)
+        self.groups: dict[bytes, tuple[np.ndarray, list, np.ndarray]] = {}
 
     def lookup(self, numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> list:
         """Per structure of a call (atomic ``numbers`` and ``positions`` of all atoms, structures of ``sizes``
@@ -196,26 +200,47 @@ class HeldBonds:
             held = self.groups.get(atoms)
             if held is None:
                 continue
-            moved = np.abs(x[:, None] - held[0][None]).max(axis=(2, 3))  # (structures, held entries)
+            moved = _moved(x, held[0])  # (structures, held entries); inf where anything is not finite
             best = moved.argmin(1)
-            for g, s in enumerate(members):
-                if moved[g, best[g]] < HOLD_DISPLACEMENT:
-                    out[s] = held[1][best[g]]
+            for g in np.nonzero(moved[np.arange(len(members)), best] < HOLD_DISPLACEMENT)[0]:
+                out[members[g]] = held[1][best[g]]
         return out
 
     def remember(self, numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray, keys: list) -> None:
         """Keep the local bond ``keys`` of each structure of this call (as `lookup` takes them)."""
+        touched = set()
         for atoms, members, x in _grouped(numbers, positions, sizes):
-            kept_x, kept_keys = x.copy(), [keys[s] for s in members]
+            finite = np.isfinite(x).all(axis=(1, 2))
+            kept_x, kept_keys = x[finite], [keys[s] for s, ok in zip(members, finite) if ok]
+            left = np.full(len(kept_keys), len(sizes))
             old = self.groups.pop(atoms, None)
-            if old is not None:  # older entries that no structure of this call continues
-                stale = np.nonzero((np.abs(old[0][:, None] - x[None]).max(axis=(2, 3)) >= HOLD_DISPLACEMENT).all(1))[0]
+            if old is not None:
+                moved = _moved(kept_x, old[0])
+                if len(kept_x) and len(old[0]):  # a continued trajectory keeps the lifetime it had
+                    continues = moved.min(1) < HOLD_DISPLACEMENT
+                    left[continues] = np.maximum(left[continues], old[2][moved.argmin(1)[continues]])
+                # older entries that no structure of this call continues, while they last
+                stale = np.nonzero((moved >= HOLD_DISPLACEMENT).all(0) & (old[2] > 1))[0]
                 kept_x = np.concatenate([kept_x, old[0][stale]])
                 kept_keys += [old[1][e] for e in stale]
-            room = max(len(members), self.capacity // x.shape[1])
-            self.groups[atoms] = (kept_x[:room], kept_keys[:room])
-        while len(self.groups) > 1 and sum(x.size // 3 for x, _ in self.groups.values()) > self.capacity:
-            del self.groups[next(iter(self.groups))]  # the molecule least recently seen
+                left = np.concatenate([left, old[2][stale] - 1])
+            room = max(int(finite.sum()), self.capacity // max(x.shape[1], 1))
+            self.groups[atoms] = (kept_x[:room], kept_keys[:room], left[:room])
+            touched.add(atoms)
+        # beyond the capacity: the molecules least recently seen go first, never one of this call
+        for atoms in [a for a in self.groups if a not in touched]:
+            if sum(g[0].size // 3 for g in self.groups.values()) <= self.capacity:
+                break
+            del self.groups[atoms]
+
+
+def _moved(x: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """(len(x), len(held)) largest displacement of any atom between each structure of x and each held one (inf for
+    non-finite positions)."""
+    if len(x) == 0 or len(held) == 0:
+        return np.full((len(x), len(held)), np.inf)
+    moved = np.abs(x[:, None] - held[None]).max(axis=(2, 3))
+    return np.where(np.isfinite(moved), moved, np.inf)
 
 
 def _grouped(numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray):
@@ -234,30 +259,36 @@ def _grouped(numbers: np.ndarray, positions: np.ndarray, sizes: np.ndarray):
         yield atoms, members, np.stack([positions[starts[s]:starts[s] + sizes[s]] for s in members])
 
 
+def _owners(lo: np.ndarray, sizes: np.ndarray):
+    """Each pair's structure, its atom index within it, and a span M (> any local key) for keys owner · M + local."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    ends = np.cumsum(sizes)
+    owner = np.searchsorted(ends, lo, side="right")
+    span = int(sizes.max()) ** 2 if len(sizes) else 1
+    return owner, (ends - sizes), span
+
+
 def local_keys(lo: np.ndarray, hi: np.ndarray, sizes: np.ndarray) -> list:
     """Sorted unique local keys lo · n + hi per structure, from bonds given as atom indices of the whole call
     (lo < hi, structures of ``sizes`` atoms in order)."""
-    sizes = np.asarray(sizes)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    owner = np.searchsorted(np.cumsum(sizes), lo, side="right")
-    keys = (lo - starts[owner]) * sizes[owner] + (hi - starts[owner])
-    return [np.unique(keys[owner == s]) for s in range(len(sizes))]
+    sizes = np.asarray(sizes, dtype=np.int64)
+    owner, starts, span = _owners(lo, sizes)
+    keys = np.unique(owner * span + (lo - starts[owner]) * sizes[owner] + (hi - starts[owner]))
+    cuts = np.searchsorted(keys, np.arange(len(sizes) + 1) * span)
+    return [keys[cuts[s]:cuts[s + 1]] - s * span for s in range(len(sizes))]
 
 
 def held_pairs(held: list, lo: np.ndarray, hi: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For pairs lo < hi (atom indices of the whole call): whether their structure continues a held one, and whether
     the pair is one of its held bonds."""
-    sizes = np.asarray(sizes)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    owner = np.searchsorted(np.cumsum(sizes), lo, side="right")
-    on_step = np.array([h is not None for h in held], dtype=bool)[owner] if len(held) else np.zeros(len(lo), bool)
-    is_held = np.zeros(len(lo), dtype=bool)
-    for s in np.nonzero([h is not None and len(h) for h in held])[0]:
-        mine = owner == s
-        key = (lo[mine] - starts[s]) * sizes[s] + (hi[mine] - starts[s])
-        at = np.searchsorted(held[s], key).clip(max=len(held[s]) - 1)
-        is_held[mine] = held[s][at] == key
-    return on_step, is_held
+    sizes = np.asarray(sizes, dtype=np.int64)
+    owner, starts, span = _owners(lo, sizes)
+    on_step = np.array([h is not None for h in held], dtype=bool)[owner] if len(lo) else np.zeros(0, dtype=bool)
+    known = np.concatenate([h + s * span for s, h in enumerate(held) if h is not None] or [np.zeros(0, np.int64)])
+    if known.size == 0:
+        return on_step, np.zeros(len(lo), dtype=bool)
+    key = owner * span + (lo - starts[owner]) * sizes[owner] + (hi - starts[owner])
+    return on_step, known[np.searchsorted(known, key).clip(max=known.size - 1)] == key
 
 
 def is_step(previous, positions: torch.Tensor) -> bool:

@@ -6,8 +6,8 @@ exclusions, types, per-molecule charges): about 80 % of its cost in MD, where th
 Here the topology is built once from the bonds and rebuilt only when the bonded set changes by the model's own
 rules (`ClassicalMM.topology`: along a trajectory a held bond breaks above ``break_scale`` · (R_i + R_j) and none
 forms; a copy that continues no held trajectory is perceived afresh, bonds below ``bond_scale`` · (R_i + R_j)),
-and the energy terms are evaluated over fixed index lists in float64 numpy with hand-derived gradients (torch's per-operation overhead was most of a 21-atom step). Energies and forces
-equal the eager model's autograd ones (tests/test_mace_native.py compares them on many geometries). Molecules only:
+and the energy terms are evaluated over fixed index lists in float64 numpy with hand-derived gradients (torch's
+per-operation overhead was most of a 21-atom step). Energies and forces equal the eager model's autograd ones (tests/test_mace_native.py compares them on many geometries). Molecules only:
 a periodic structure keeps the batch path.
 """
 
