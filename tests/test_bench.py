@@ -522,6 +522,61 @@ def test_a_finished_full_length_run_is_kept_when_a_later_timing_calls_the_model_
     assert runner._stability(cfg, run_dir, weights, frames[0], slow_row, frames)["runs"]["300"]["time_ps"] == 0.005
 
 
+def test_the_nve_energy_trace_gives_the_full_record_slope_and_largest_change_from_running_sums():
+    """The NVE run keeps running sums, not every step's total (a 100 ps checkpoint held 16 MB): the slope equals a
+    least-squares fit of the full record, and the largest change (signed, with its time) that of the full record
+    taken up to each copy's failing step. What a failed copy does after that step does not count, ties keep the
+    earliest change, and a copy whose every change is non-finite has none. A checkpoint round trip resumes exactly."""
+    import io
+
+    rng = np.random.default_rng(3)
+    times = np.arange(2001) * 0.0005
+    totals = -18000.0 + 0.004 * times[:, None] * np.arange(1, 6) + 1e-4 * rng.standard_normal((2001, 5))
+    totals[700:, 1] += 0.05  # a jump in copy 1 at step 700
+    totals[1500, 2] -= 0.2  # copy 2 breaks at step 1500 ...
+    totals[1501:, 2] = totals[1500, 2] + 5.0  # ... and a larger, finite change after it must not count
+    totals[:, 3] = -18000.0 + np.r_[0.0, np.tile([0.5, 0.0], 1000)]  # exact ties: the first one is kept
+    totals[1:, 4] = np.nan  # no finite change at all
+    failed_at = np.array([-1, -1, 1500, -1, 1])
+    trace = stability.EnergyTrace(totals[0], times[0])
+    half = stability.EnergyTrace(totals[0], times[0])
+    for step in range(1, len(times)):
+        alive = (failed_at < 0) | (failed_at >= step)
+        trace.add(times[step], totals[step], alive)
+        if step == 1000:  # a checkpoint through np.savez, resumed
+            buffer = io.BytesIO()
+            np.savez(buffer, **trace.state())
+            buffer.seek(0)
+            with np.load(buffer) as z:
+                half = stability.EnergyTrace.from_state(z)
+            assert type(half.n) is int and type(half.st) is float
+        elif step > 1000:
+            half.add(times[step], totals[step], alive)
+    for k in (0, 1):
+        # (the fit of the raw totals near -1.8·10⁴ eV is itself good to ~1e-9 only: shifted, it is exact)
+        assert trace.slope()[k] == pytest.approx(np.polyfit(times, totals[:, k] - totals[0, k], 1)[0], rel=1e-9)
+    for k in range(4):
+        change = np.diff(totals[: failed_at[k] + 1 if failed_at[k] >= 0 else len(times), k])
+        at = int(np.argmax(np.abs(change)))
+        assert trace.jump[k] == change[at] and trace.jump_at[k] == times[at + 1]
+    assert trace.jump_at[1] == times[700] and trace.jump[2] < -0.19 and trace.jump_at[2] == times[1500]
+    assert trace.jump[3] == 0.5 and trace.jump_at[3] == times[1]
+    assert np.isnan(trace.jump[4]) and np.isnan(trace.jump_at[4])
+    assert all(np.array_equal(getattr(half, f), getattr(trace, f), equal_nan=True)
+               for f in stability.EnergyTrace.FIELDS)
+
+
+def test_nve_counts_the_step_that_breaks_a_copy(ethanol_data):
+    """A copy that fails on its first step still has that step's change (the step that broke it counts)."""
+    from ffspace.models import ClassicalMM
+
+    mm = ClassicalMM([1, 6, 8], cutoff=4.0)
+    r = stability.nve_drift(Potential(mm, dtype=torch.float64, fast=False), ethanol_data[0], 300.0, seeds=2,
+                            time_ps=0.001, bond_tolerance=1e-6)
+    assert r["status"] == "all failed" and r["largest_step_change_at_ps"] == [0.0005, 0.0005]
+    assert all(j is not None for j in r["largest_step_change_meV"])
+
+
 def test_nve_reports_the_largest_one_step_change_and_the_geometry_there(ethanol_data):
     """A discontinuous energy (an injected +1 eV step whenever the C–C bond is longer than at the start, forces
     untouched) shows up as a one-step change of the NVE total of ±1000 meV, which the drift slope hides; the same

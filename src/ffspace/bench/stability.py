@@ -238,6 +238,62 @@ def verdict(result: dict) -> str:
     return line
 
 
+class EnergyTrace:
+    """Per copy, what an NVE run needs from its total energy, in memory that does not grow with the run: the
+    least-squares slope against time (from running sums) and the largest one-step change with when it came. A
+    100 ps run at 0.5 fs has 200 001 totals per copy; keeping them all made a checkpoint of 16 MB.
+
+    The totals are taken relative to each copy's first one, so the sums stay small and the slope keeps its digits
+    (a total near -2·10⁴ eV drifts by meV). The largest change counts only copies alive before the step (the step
+    that breaks a copy counts; what it does after does not). Ties keep the earliest change, as `np.argmax` would."""
+
+    FIELDS = ("first", "last", "n", "st", "stt", "sy", "sty", "jump", "jump_at")
+
+    def __init__(self, total: np.ndarray, time: float = 0.0):
+        k = len(total)
+        self.first, self.last = np.array(total, dtype=float), np.array(total, dtype=float)
+        self.n, self.st, self.stt = 0, 0.0, 0.0
+        self.sy, self.sty = np.zeros(k), np.zeros(k)
+        self.jump, self.jump_at = np.full(k, np.nan), np.full(k, np.nan)
+        with np.errstate(invalid="ignore", over="ignore"):
+            self._add_sums(time, np.asarray(total, dtype=float))
+
+    def _add_sums(self, time: float, total: np.ndarray):
+        y = total - self.first
+        self.n, self.st, self.stt = self.n + 1, self.st + time, self.stt + time * time
+        self.sy, self.sty = self.sy + y, self.sty + time * y
+
+    def add(self, time: float, total: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """One step's totals; ``alive``: the copies alive before it. Returns the copies whose change is now their
+        largest."""
+        with np.errstate(invalid="ignore", over="ignore"):  # a failed copy's energy may be inf or NaN
+            change = total - self.last
+        finite = np.isfinite(change)
+        larger = alive & finite & (np.isnan(self.jump) | (np.abs(change) > np.abs(np.nan_to_num(self.jump))))
+        self.jump = np.where(larger, change, self.jump)
+        self.jump_at = np.where(larger, time, self.jump_at)
+        self.last = np.array(total, dtype=float)
+        with np.errstate(invalid="ignore", over="ignore"):
+            self._add_sums(time, self.last)
+        return larger
+
+    def slope(self) -> np.ndarray:
+        """The least-squares slope of each copy's total against time (energy per time unit of ``time``)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (self.n * self.sty - self.st * self.sy) / (self.n * self.stt - self.st ** 2)
+
+    def state(self) -> dict:
+        return {f"trace_{f}": getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_state(cls, z) -> "EnergyTrace":
+        trace = cls.__new__(cls)
+        for f in cls.FIELDS:
+            value = np.array(z[f"trace_{f}"])
+            setattr(trace, f, value if value.ndim else value.item())
+        return trace
+
+
 def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds: int = 5, time_ps: float = 2.0,
               timestep_fs: float = 0.5, seed: int = 0, bond_tolerance: float = 0.5, checkpoint=None,
               checkpoint_ps: float = 1.0, progress: bool = False, min_distance: float = MIN_DISTANCE) -> dict:
@@ -249,8 +305,9 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     later. The largest one-step change shows it (a smooth float64 surface at 0.5 fs moves the total by meV). It is
     taken up to the step a copy fails. A copy that fails (as in `survival`) gets a status and what failed instead of
     a slope; the others still count. With ``checkpoint`` (a file path) a killed run resumes from its last save
-    (every ``checkpoint_ps``). A model that holds a topology along a trajectory (the MM prior) perceives it afresh at
-    the resumed geometry: the same bonds, unless one was stretched past ``bond_scale`` · (R_i + R_j) at that instant.
+    (every ``checkpoint_ps``), which holds running sums (`EnergyTrace`), not every step's energy, so it stays small.
+    A model that holds a topology along a trajectory (the MM prior) perceives it afresh at the resumed geometry: the
+    same bonds, unless one was stretched past ``bond_scale`` · (R_i + R_j) at that instant.
     """
     bonds, d0 = rules.start_bonds(structure)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
@@ -258,18 +315,17 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     integrator = VelocityVerlet(timestep_fs)
     steps = max(2, int(round(time_ps * units.ps / timestep_fs)))
     failed_at, why = np.full(seeds, -1), [None] * seeds
-    times, totals = [0.0], [copies.energies + copies.kinetic()]
-    largest, geometry_at = np.zeros(seeds), [None] * seeds  # running largest |one-step change| and its geometry
-    # "jumps": checkpoints written before the largest one-step changes were recorded hold no such state
+    trace = EnergyTrace(copies.energies + copies.kinetic())
+    geometry_at = [None] * seeds  # the geometry of each copy's largest one-step change
+    # "trace": checkpoints written before the totals were kept as running sums hold every step's total instead
     settings = json.dumps([structure.positions.tolist(), temperature, seeds, time_ps, timestep_fs, seed,
-                           bond_tolerance, min_distance, "jumps"])
+                           bond_tolerance, min_distance, "trace"])
     done = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         with np.load(checkpoint) as z:
             if str(z["settings"]) == settings:
                 done, failed_at, why = int(z["step"]), z["failed_at"], json.loads(str(z["why"]))
-                largest, geometry_at = z["largest"], json.loads(str(z["geometry_at"]))
-                times, totals = list(z["times"]), list(z["totals"])
+                trace, geometry_at = EnergyTrace.from_state(z), json.loads(str(z["geometry_at"]))
                 copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
                 copies.state.forces, copies.state.energy, copies.energies = (z["forces"], float(z["energy"]),
                                                                              z["energies"])
@@ -280,46 +336,35 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
         if checkpoint is not None and step > done and step % save_every == 0:
             with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, settings=settings, step=step, failed_at=failed_at, why=json.dumps(why),
-                         largest=largest, geometry_at=json.dumps(geometry_at),
-                         times=np.array(times), totals=np.array(totals), positions=copies.positions(),
+                         geometry_at=json.dumps(geometry_at), positions=copies.positions(),
                          velocities=copies.velocities(), forces=copies.state.forces, energy=copies.state.energy,
-                         energies=copies.energies)
+                         energies=copies.energies, **trace.state())
         integrator.step(copies.state, copies)
         pos = copies.positions()
+        alive_before = failed_at < 0  # the failing step counts, what a copy does after it does not
         bad = rules.failed(pos, copies.energies, bonds, d0, bond_tolerance, min_distance) & (failed_at < 0)
         for k in np.nonzero(bad)[0]:
             failed_at[k] = step + 1
             why[k] = {**rules.why(pos[k], float(copies.energies[k]), structure.numbers, bonds, d0, bond_tolerance),
                       "time_ps": (step + 1) * timestep_fs / units.ps}
-        times.append((step + 1) * timestep_fs / units.ps)
-        totals.append(copies.energies + copies.kinetic())
-        change = np.abs(totals[-1] - totals[-2])
-        # copies alive before this step (the failing step counts), whose change is the largest so far
-        for k in np.nonzero(((failed_at < 0) | (failed_at == step + 1)) & np.isfinite(change)
-                            & (change > largest))[0]:
-            largest[k] = change[k]
+        for k in np.nonzero(trace.add((step + 1) * timestep_fs / units.ps, copies.energies + copies.kinetic(),
+                                      alive_before))[0]:
             geometry_at[k] = contacts(pos[k], structure.numbers, bonds)
         if (failed_at >= 0).all():
             break
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
-    times, totals = np.array(times), np.array(totals)
-    drifts, status, jumps, jump_at = [], [], [], []
+    slopes = trace.slope()  # eV/ps
+    drifts, status = [], []
     for k in range(seeds):
-        # up to the failing step: the change that broke the copy counts, what it did after does not
-        total = totals[: (failed_at[k] + 1 if failed_at[k] >= 0 else len(totals)), k]
-        change = np.diff(total)
-        finite = np.isfinite(change)
-        at = int(np.argmax(np.where(finite, np.abs(change), -1.0))) if finite.any() else None
-        jumps.append(None if at is None else float(change[at] / units.meV))
-        jump_at.append(None if at is None else float(times[at + 1]))
         if failed_at[k] >= 0:
             drifts.append(None)
             status.append(f"failed at step {failed_at[k]}: {rules.describe_failure(why[k])}")
         else:
-            slope = np.polyfit(times, totals[:, k], 1)[0]  # eV/ps
-            drifts.append(float(slope / structure.n_atoms / units.meV))
+            drifts.append(float(slopes[k] / structure.n_atoms / units.meV))
             status.append("ok")
+    jumps = [None if np.isnan(j) else float(j / units.meV) for j in trace.jump]
+    jump_at = [None if np.isnan(t) else float(t) for t in trace.jump_at]
     finite = [abs(d) for d in drifts if d is not None]
     biggest = [abs(j) for j in jumps if j is not None]
     return {"status": "ok" if finite else "all failed", "per_seed_status": status, "temperature_K": temperature,
