@@ -8,6 +8,15 @@ here lets Langevin MD at high temperature pull the bond apart. DFT points cost m
     OMP_NUM_THREADS=2 python benchmarks/bond_stretch_scan.py ../shared/data/3bpa/train_mixedT.xyz --frame 0 \\
         --bond 5 13 --package benchmarks/results/bench_stability_al_3bpa_108/3bpa/mace_mm_morse_al/train/model.safetensors \\
         --xtb --dft wb97x 6-31G* --dft-at 0.3 0.5 --stretch 0 0.1 0.2 0.3 0.4 0.5 0.6
+
+Negative stretches compress the bond; ``--lengths`` gives absolute bond lengths instead. ``--by-term`` also splits
+each package's energy into its terms (reference energies, the learned network, priors such as ZBL or the MM prior),
+each relative to its own value at the start length: where a prior and the network cancel, and where the network
+extrapolates into a hole, shows there (issue 30, Deliver 4: the ZBL table of docs/benchmarks.md):
+
+    OMP_NUM_THREADS=2 python benchmarks/bond_stretch_scan.py ../shared/data/rmd17/rmd17_aspirin_test_01.npz \
+        --bond 6 13 --lengths 0.6 0.7 0.8 0.85 0.9 1.0 1.1 --by-term \
+        --package runs/bench_stability_priors/aspirin/mace_zbl/train/model.safetensors
 """
 
 from __future__ import annotations
@@ -53,29 +62,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("structures")
     ap.add_argument("--frame", type=int, default=0)
-    ap.add_argument("--energy-key", default="energy", help="the file's energy key (its labels are not used)")
-    ap.add_argument("--forces-key", default="forces")
+    ap.add_argument("--energy-key", default=None, help="an extxyz file's energy key (its labels are not used)")
+    ap.add_argument("--forces-key", default=None)
     ap.add_argument("--bond", type=int, nargs=2, required=True, metavar=("I", "J"))
     ap.add_argument("--stretch", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                    help="Å added to the bond (0 first: the reference point)")
+                    help="Å added to the bond (negative: compressed); energies are relative to the start length")
+    ap.add_argument("--lengths", type=float, nargs="+", default=None,
+                    help="absolute bond lengths (Å) instead of --stretch")
+    ap.add_argument("--by-term", action="store_true", help="also each package's energy term by term")
     ap.add_argument("--package", action="append", default=[], help="a model package (repeatable)")
     ap.add_argument("--xtb", action="store_true", help="also GFN2-xTB (tblite)")
     ap.add_argument("--dft", nargs=2, metavar=("FUNCTIONAL", "BASIS"), default=None)
     ap.add_argument("--dft-at", type=float, nargs="+", default=None, help="stretches labelled by DFT (default: all)")
     args = ap.parse_args()
-    if args.stretch[0] != 0.0:
-        raise SystemExit("--stretch must start at 0 (each method's energy is relative to the start length)")
-    start = read_dataset(args.structures, energy_key=args.energy_key, forces_key=args.forces_key)[args.frame]
+    keys = {k: v for k, v in (("energy_key", args.energy_key), ("forces_key", args.forces_key)) if v is not None}
+    start = read_dataset(args.structures, **keys)[args.frame]
     i, j = args.bond
     side = fragment(start, i, j)
-    frames = [stretched(start, i, j, side, s) for s in args.stretch]
     d0 = np.linalg.norm(start.positions[j] - start.positions[i])
-    columns = {}
+    wanted = [x - d0 for x in args.lengths] if args.lengths is not None else args.stretch
+    # the start geometry is point 0, the reference of every column; it is printed only when asked for
+    stretches = [0.0] + [s for s in wanted if s != 0.0]
+    frames = [stretched(start, i, j, side, s) for s in stretches]
+    columns, by_term = {}, {}
     for path in args.package:
         from ffspace.potential import Potential
 
-        e = np.asarray(Potential.load(path, dtype="float64").predict(frames)["energy"])
-        columns[Path(path).parent.parent.name if Path(path).parent.name == "train" else Path(path).stem] = e - e[0]
+        potential = Potential.load(path, dtype="float64")
+        e = np.asarray(potential.predict(frames)["energy"])
+        name = Path(path).parent.parent.name if Path(path).parent.name == "train" else Path(path).stem
+        columns[name] = e - e[0]
+        if args.by_term:
+            by_term[name] = energy_by_term(potential, frames)
     if args.xtb:
         from ffspace.reference.xtb import XTBLabeler
 
@@ -86,7 +104,7 @@ def main() -> None:
 
         labeler = PySCFLabeler(args.dft[0], args.dft[1], density_fit=True)
         want = set(args.dft_at if args.dft_at is not None else args.stretch) | {0.0}
-        e = np.array([labeler.label(f).energy if s in want else np.nan for s, f in zip(args.stretch, frames)])
+        e = np.array([labeler.label(f).energy if s in want else np.nan for s, f in zip(stretches, frames)])
         columns[labeler.method] = e - e[0]
     from ase.data import chemical_symbols
 
@@ -95,9 +113,36 @@ def main() -> None:
           f"{len(side)} atoms moved; energy relative to the start length (eV)")
     print("| stretch (Å) | length (Å) | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
-    for k, s in enumerate(args.stretch):
+    shown = [k for k, s in enumerate(stretches) if k > 0 or 0.0 in wanted]
+    for k in shown:
         cells = " | ".join("—" if np.isnan(v[k]) else f"{v[k]:.3f}" for v in columns.values())
-        print(f"| {s:.2f} | {d0 + s:.3f} | {cells} |")
+        print(f"| {stretches[k]:.2f} | {d0 + stretches[k]:.3f} | {cells} |")
+    for name, terms in by_term.items():
+        print(f"\n{name}: energy by term relative to its own value at the start length (eV)")
+        print("| length (Å) | " + " | ".join(terms) + " |")
+        print("|---|" + "---|" * len(terms))
+        for k in shown:
+            print(f"| {d0 + stretches[k]:.3f} | " + " | ".join(f"{v[k]:.4g}" for v in terms.values()) + " |")
+
+
+def energy_by_term(potential, frames) -> dict:
+    """{term name: its energy (eV) on each frame, relative to frame 0} for a package whose model is a `Sum` of terms
+    (a single-term model: that term). Names are the terms' registered families, numbered where one repeats."""
+    import torch
+
+    model = potential.model
+    terms = list(model.terms) if hasattr(model, "terms") else [model]
+    out = {}
+    with torch.no_grad():
+        batch = potential.batch(frames)
+        for term in terms:
+            per_atom = term(batch).double()
+            e = torch.zeros(len(frames), dtype=torch.float64).index_add_(0, batch.graph_index, per_atom).numpy()
+            name = getattr(term, "family", None) or type(term).__name__
+            while name in out:
+                name += "'"
+            out[name] = e - e[0]
+    return out
 
 
 if __name__ == "__main__":
