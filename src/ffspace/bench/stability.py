@@ -268,12 +268,11 @@ class EnergyTrace:
         largest."""
         with np.errstate(invalid="ignore", over="ignore"):  # a failed copy's energy may be inf or NaN
             change = total - self.last
-        finite = np.isfinite(change)
-        larger = alive & finite & (np.isnan(self.jump) | (np.abs(change) > np.abs(np.nan_to_num(self.jump))))
-        self.jump = np.where(larger, change, self.jump)
-        self.jump_at = np.where(larger, time, self.jump_at)
-        self.last = np.array(total, dtype=float)
-        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(change)
+            larger = alive & finite & (np.isnan(self.jump) | (np.abs(change) > np.abs(np.nan_to_num(self.jump))))
+            self.jump = np.where(larger, change, self.jump)
+            self.jump_at = np.where(larger, time, self.jump_at)
+            self.last = np.array(total, dtype=float)
             self._add_sums(time, self.last)
         return larger
 
@@ -342,7 +341,7 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
         integrator.step(copies.state, copies)
         pos = copies.positions()
         alive_before = failed_at < 0  # the failing step counts, what a copy does after it does not
-        bad = rules.failed(pos, copies.energies, bonds, d0, bond_tolerance, min_distance) & (failed_at < 0)
+        bad = rules.failed(pos, copies.energies, bonds, d0, bond_tolerance, min_distance) & alive_before
         for k in np.nonzero(bad)[0]:
             failed_at[k] = step + 1
             why[k] = {**rules.why(pos[k], float(copies.energies[k]), structure.numbers, bonds, d0, bond_tolerance),
