@@ -14,14 +14,15 @@ each package's energy into its terms (reference energies, the learned network, p
 each relative to its own value at the start length: where a prior and the network cancel, and where the network
 extrapolates into a hole, shows there (issue 30, Deliver 4: the ZBL table of docs/benchmarks.md):
 
-    OMP_NUM_THREADS=2 python benchmarks/bond_stretch_scan.py ../shared/data/rmd17/rmd17_aspirin_test_01.npz \
-        --bond 6 13 --lengths 0.6 0.7 0.8 0.85 0.9 1.0 1.1 --by-term \
+    OMP_NUM_THREADS=1 python benchmarks/bond_stretch_scan.py ../shared/data/rmd17/rmd17_aspirin_test_01.npz \\
+        --bond 1 15 --lengths 0.6 0.7 0.8 0.85 0.9 1.0 1.1 --by-term \\
         --package runs/bench_stability_priors/aspirin/mace_zbl/train/model.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,30 @@ def stretched(structure, i: int, j: int, side: np.ndarray, by: float):
     return structure.copy(positions=pos)
 
 
+def scan_points(d0: float, stretch, lengths=None, dft_at=None):
+    """(stretches, shown, dft) for a bond of start length ``d0``: ``stretches`` the frames to compute, the start
+    geometry (0) first as every column's reference; ``shown`` the indices into them to print, in the order asked
+    for; ``dft`` the stretches to label by DFT (``dft_at`` in the units asked for: lengths with ``lengths``; None:
+    all). A length within 1e-6 Å of the start is the start itself."""
+    asked = [x - d0 for x in lengths] if lengths is not None else list(stretch)
+    asked = [0.0 if abs(s) < 1e-6 else float(s) for s in asked]
+    stretches = [0.0] + [s for s in dict.fromkeys(asked) if s != 0.0]
+    shown = [stretches.index(s) for s in dict.fromkeys(asked)]
+    if dft_at is None:
+        dft = set(asked)
+    else:
+        dft = {0.0 if abs(s) < 1e-6 else s for s in ([x - d0 for x in dft_at] if lengths is not None else dft_at)}
+    return stretches, shown, dft | {0.0}
+
+
+def read_options(path, energy_key, forces_key) -> dict:
+    """`read_dataset` options for the start structure: its labels are not used, so an extxyz file needs none."""
+    from ffspace.data.readers import guess_format
+
+    keys = {k: v for k, v in (("energy_key", energy_key), ("forces_key", forces_key)) if v is not None}
+    return {**keys, "required": ()} if guess_format(path) == "extxyz" else keys
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("structures")
@@ -68,21 +93,21 @@ def main() -> None:
     ap.add_argument("--stretch", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
                     help="Å added to the bond (negative: compressed); energies are relative to the start length")
     ap.add_argument("--lengths", type=float, nargs="+", default=None,
-                    help="absolute bond lengths (Å) instead of --stretch")
+                    help="absolute bond lengths (Å) instead of --stretch (not both)")
     ap.add_argument("--by-term", action="store_true", help="also each package's energy term by term")
     ap.add_argument("--package", action="append", default=[], help="a model package (repeatable)")
     ap.add_argument("--xtb", action="store_true", help="also GFN2-xTB (tblite)")
     ap.add_argument("--dft", nargs=2, metavar=("FUNCTIONAL", "BASIS"), default=None)
-    ap.add_argument("--dft-at", type=float, nargs="+", default=None, help="stretches labelled by DFT (default: all)")
+    ap.add_argument("--dft-at", type=float, nargs="+", default=None,
+                    help="stretches (with --lengths: lengths) labelled by DFT (default: all)")
     args = ap.parse_args()
-    keys = {k: v for k, v in (("energy_key", args.energy_key), ("forces_key", args.forces_key)) if v is not None}
-    start = read_dataset(args.structures, **keys)[args.frame]
+    if args.lengths is not None and "--stretch" in sys.argv[1:]:
+        raise SystemExit("give --stretch or --lengths, not both")
+    start = read_dataset(args.structures, **read_options(args.structures, args.energy_key, args.forces_key))[args.frame]
     i, j = args.bond
     side = fragment(start, i, j)
     d0 = np.linalg.norm(start.positions[j] - start.positions[i])
-    wanted = [x - d0 for x in args.lengths] if args.lengths is not None else args.stretch
-    # the start geometry is point 0, the reference of every column; it is printed only when asked for
-    stretches = [0.0] + [s for s in wanted if s != 0.0]
+    stretches, shown, dft_points = scan_points(d0, args.stretch, args.lengths, args.dft_at)
     frames = [stretched(start, i, j, side, s) for s in stretches]
     columns, by_term = {}, {}
     for path in args.package:
@@ -103,8 +128,7 @@ def main() -> None:
         from ffspace.reference.dft import PySCFLabeler
 
         labeler = PySCFLabeler(args.dft[0], args.dft[1], density_fit=True)
-        want = set(args.dft_at if args.dft_at is not None else args.stretch) | {0.0}
-        e = np.array([labeler.label(f).energy if s in want else np.nan for s, f in zip(stretches, frames)])
+        e = np.array([labeler.label(f).energy if s in dft_points else np.nan for s, f in zip(stretches, frames)])
         columns[labeler.method] = e - e[0]
     from ase.data import chemical_symbols
 
@@ -113,7 +137,6 @@ def main() -> None:
           f"{len(side)} atoms moved; energy relative to the start length (eV)")
     print("| stretch (Å) | length (Å) | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
-    shown = [k for k, s in enumerate(stretches) if k > 0 or 0.0 in wanted]
     for k in shown:
         cells = " | ".join("—" if np.isnan(v[k]) else f"{v[k]:.3f}" for v in columns.values())
         print(f"| {stretches[k]:.2f} | {d0 + stretches[k]:.3f} | {cells} |")
@@ -131,6 +154,7 @@ def energy_by_term(potential, frames) -> dict:
     import torch
 
     model = potential.model
+    model.train(False)  # as `predict` evaluates it (the MM terms differ between training and evaluation)
     terms = list(model.terms) if hasattr(model, "terms") else [model]
     out = {}
     with torch.no_grad():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bond_stretch_scan import energy_by_term, fragment, stretched  # noqa: E402
+from bond_stretch_scan import energy_by_term, fragment, read_options, scan_points, stretched  # noqa: E402
 
 
 def _c_h_bond(structure):
@@ -45,11 +45,34 @@ def test_the_terms_add_up_to_the_total_and_each_starts_at_zero(ethanol_data):
     potential = Potential(model, dtype="float64", fast=False)
     start = ethanol_data[0]
     c, h = _c_h_bond(start)
-    frames = [stretched(start, c, h, [h], by) for by in (0.0, -0.5, -0.3, 0.2)]
+    d0 = np.linalg.norm(start.positions[h] - start.positions[c])
+    frames = [stretched(start, c, h, [h], x - d0) for x in (d0, 0.55, 0.75, d0 + 0.2)]
     terms = energy_by_term(potential, frames)
     assert list(terms) == ["reference", "painn", "zbl"]
     total = np.asarray(potential.predict(frames)["energy"])
     np.testing.assert_allclose(sum(terms.values()), total - total[0], atol=1e-9)
-    assert all(v[0] == 0.0 for v in terms.values())
     assert np.all(terms["reference"] == 0.0)  # the same atoms in every frame
-    assert terms["zbl"][1] > terms["zbl"][2] > 0.0  # C–H at 0.6 Å and 0.8 Å: inside ZBL's reach, and repulsive
+    assert terms["zbl"][1] > terms["zbl"][2] > 0.0  # C–H at 0.55 and 0.75 Å: inside ZBL's reach, and repulsive
+
+
+def test_scan_points_keep_the_order_asked_and_the_start_as_reference():
+    stretches, shown, dft = scan_points(1.1, [-0.3, -0.2, 0.0, 0.1])
+    assert stretches[0] == 0.0 and [stretches[k] for k in shown] == [-0.3, -0.2, 0.0, 0.1]
+    assert dft == {-0.3, -0.2, 0.0, 0.1}
+    stretches, shown, dft = scan_points(1.1, [0.0, 0.1], lengths=[0.7, 0.9, 1.1 + 1e-9], dft_at=[0.9])
+    assert stretches[0] == 0.0 and len(stretches) == 3  # 1.1 + 1e-9 Å is the start itself
+    assert [stretches[k] for k in shown] == pytest.approx([-0.4, -0.2, 0.0])
+    assert dft == {stretches[2], 0.0}  # --dft-at in lengths, matched exactly
+    stretches, shown, _ = scan_points(1.1, [0.2, 0.4])
+    assert stretches == [0.0, 0.2, 0.4] and shown == [1, 2]  # the start is computed, not printed
+
+
+def test_an_extxyz_start_structure_needs_no_labels(tmp_path, ethanol_data):
+    from ase.io import write
+
+    from ffspace.data.readers import read_dataset
+
+    path = tmp_path / "bare.xyz"
+    write(path, ethanol_data[0].to_ase())  # positions only: no energy or forces in the file
+    start = read_dataset(path, **read_options(path, None, None))[0]
+    np.testing.assert_array_equal(start.numbers, ethanol_data[0].numbers)
