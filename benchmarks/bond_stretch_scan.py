@@ -153,6 +153,8 @@ def energy_by_term(potential, frames) -> dict:
     (a single-term model: that term). Names are the terms' registered families, numbered where one repeats."""
     import torch
 
+    from ffspace.potential.potential import structure_totals
+
     model = potential.model
     model.train(False)  # as `predict` evaluates it (the MM terms differ between training and evaluation)
     terms = list(model.terms) if hasattr(model, "terms") else [model]
@@ -160,8 +162,7 @@ def energy_by_term(potential, frames) -> dict:
     with torch.no_grad():
         batch = potential.batch(frames)
         for term in terms:
-            per_atom = term(batch).double()
-            e = torch.zeros(len(frames), dtype=torch.float64).index_add_(0, batch.graph_index, per_atom).numpy()
+            e = structure_totals(term(batch), batch).cpu().numpy()
             name = getattr(term, "family", None) or type(term).__name__
             while name in out:
                 name += "'"

@@ -36,7 +36,7 @@ def test_a_stretch_moves_only_the_far_fragment_along_the_bond(ethanol_data):
     assert o not in carbon_side and set(carbons) <= set(carbon_side.tolist()) and len(carbon_side) == start.n_atoms - 2
 
 
-def test_the_terms_add_up_to_the_total_and_each_starts_at_zero(ethanol_data):
+def test_the_terms_add_up_to_the_total(ethanol_data):
     from ffspace.potential import Potential
     from ffspace.train import build_model_for_data
 
