@@ -439,13 +439,16 @@ def test_a_prior_may_be_a_model_of_the_same_benchmark(tmp_path):
     assert _with_bench_prior(plain, tmp_path / "aspirin" / "mace_mm") == (plain, {})
 
 
-def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, trained_package, tmp_path, monkeypatch):
+def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, trained_package, tmp_path, monkeypatch,
+                                                           capsys):
     """Killed after a checkpoint, the survival run goes on from it (its MD state, thermostat noise, failures and
     samples so far) and gives the uninterrupted run's result; a checkpoint of other settings is not used."""
     pot = Potential.load(trained_package, dtype="float64")
     settings = dict(seeds=3, time_ps=0.06, bond_tolerance=0.2, sample_fs=5.0, dihedral=(3, 0, 1, 2))
     whole = stability.survival(pot, ethanol_data[0], 1200.0, **settings)
     assert 0 < whole["survived"] < 3, "the test needs copies that fail and copies that survive"
+    # a failure before the kill (at 0.04 ps) must travel through the checkpoint
+    assert min(t for t in whole["failure_ps"] if t is not None) < 0.04
     checkpoint = tmp_path / "run.partial.npz"
     save, saves = stability._save, []
 
@@ -459,7 +462,9 @@ def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, traine
         stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, checkpoint_ps=0.02, **settings)
     assert checkpoint.is_file() and saves == [40, 80]
     monkeypatch.setattr(stability, "_save", save)
+    capsys.readouterr()
     resumed = stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, checkpoint_ps=0.02, **settings)
+    assert "resumed at 0.04 ps" in capsys.readouterr().err  # not a rerun from 0, which would agree as well
     assert resumed["failure_ps"] == whole["failure_ps"] and resumed["failure"] == whole["failure"]
     assert resumed["sampled"] == whole["sampled"]
     assert not checkpoint.exists()  # finished: the result is what is kept
@@ -468,11 +473,44 @@ def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, traine
     with pytest.raises(KeyboardInterrupt):
         stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, checkpoint_ps=0.01, **settings)
     monkeypatch.setattr(stability, "_save", save)
+    capsys.readouterr()
     other = stability.survival(pot, ethanol_data[0], 1200.0, checkpoint=checkpoint, **{**settings, "time_ps": 0.05})
     assert other["time_ps"] == 0.05 and not checkpoint.exists()
+    err = capsys.readouterr().err
+    assert "written for other settings: starting over" in err and "resumed" not in err
 
 
-def test_a_killed_nve_run_resumes_from_its_checkpoint(ethanol_data, trained_package, tmp_path, monkeypatch):
+def test_a_resumed_stability_run_gets_the_mm_priors_held_bonds_back(ethanol_data):
+    """The MM prior holds each copy's bonds along its trajectory; a checkpoint carries them, so a resumed copy keeps
+    a held topology that a fresh perception would not give (here: one bond fewer, as after it stretched past the
+    perception rule) instead of perceiving it afresh."""
+    from ffspace.md.copies import MoleculeCopies
+    from ffspace.train import build_model_for_data
+
+    def potential():
+        return Potential(build_model_for_data({"family": "mm", "cutoff": 5.0}, ethanol_data, seed=0), dtype="float64")
+
+    pot = potential()
+    start, rng = ethanol_data[0], np.random.default_rng(0)
+    # two copies along their own trajectories (copies at one geometry are one to the store)
+    positions = start.positions + rng.normal(0.0, 0.03, (2, start.n_atoms, 3))
+    copies = MoleculeCopies(pot, start, positions, np.zeros_like(positions))
+    (term,) = stability._held_terms(pot)
+    where = (copies.state.numbers, copies.state.positions, np.full(2, copies.atoms))
+    held = term.held_bonds().lookup(*where)
+    assert all(h is not None and len(h) == 8 for h in held)  # ethanol's eight bonds
+    changed = [held[0], held[1][1:]]
+    term.held_bonds().remember(*where, changed)
+    arrays = stability._held_arrays(pot, copies)
+    fresh = potential()  # as in a new process: nothing held
+    again = MoleculeCopies(fresh, start, copies.positions(), copies.velocities())
+    (fresh_term,) = stability._held_terms(fresh)
+    assert [len(h) for h in fresh_term.held_bonds().lookup(*where)] == [8, 8]
+    stability._restore_held(fresh, again, arrays["held_counts"], arrays["held_keys"])
+    assert [h.tolist() for h in fresh_term.held_bonds().lookup(*where)] == [h.tolist() for h in changed]
+
+
+def test_a_killed_nve_run_resumes_from_its_checkpoint(ethanol_data, trained_package, tmp_path, monkeypatch, capsys):
     """The NVE drift run too: killed after its second checkpoint, it resumes and gives the uninterrupted slopes."""
     import contextlib
 
@@ -491,9 +529,11 @@ def test_a_killed_nve_run_resumes_from_its_checkpoint(ethanol_data, trained_pack
     with pytest.raises(KeyboardInterrupt):
         stability.nve_drift(pot, ethanol_data[0], seeds=2, time_ps=0.03, checkpoint=checkpoint, checkpoint_ps=0.01)
     monkeypatch.setattr(stability, "atomic_path", real)
+    capsys.readouterr()
     resumed = stability.nve_drift(pot, ethanol_data[0], seeds=2, time_ps=0.03, checkpoint=checkpoint,
                                   checkpoint_ps=0.01)
     assert resumed == whole and not checkpoint.exists()
+    assert "NVE: resumed at 0.02 ps" in capsys.readouterr().err
 
 
 def test_a_finished_full_length_run_is_kept_when_a_later_timing_calls_the_model_slow(ethanol_data, trained_package,

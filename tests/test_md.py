@@ -168,6 +168,24 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
     np.testing.assert_array_equal(a[-1].positions, b[-1].positions)
 
 
+def test_resumed_md_measures_bonds_and_displacements_from_the_true_start(trained_package, ethanol_data, tmp_path):
+    """A resumed run's blow-up checks keep the start structure as their reference: a bond already stretched at the
+    checkpoint must count from its starting length, not from the checkpoint's."""
+    from ffspace.data.bonds import bond_lengths
+
+    pot = Potential.load(trained_package, dtype=torch.float64)
+    start = ethanol_data[0]
+    settings = dict(timestep_fs=0.5, ensemble="nvt", temperature=600.0, seed=3, out_dir=tmp_path,
+                    checkpoint_interval=50)
+    run_md(pot, start, steps=100, **settings)
+    monitor = BlowUpMonitor()
+    result = run_md(pot, start, steps=150, monitor=monitor, **settings)  # resumes at step 100
+    assert result.steps == 150 and len(result.thermo["step"]) == 151
+    assert not np.allclose(result.final.positions, start.positions)
+    np.testing.assert_array_equal(monitor.start, start.positions)
+    np.testing.assert_allclose(monitor.bond_start, bond_lengths(start.positions, monitor.bonds, None))
+
+
 def _harmonic(k=5.0):
     """Every atom tied to the origin by a spring (eV/Å²): forces without a model."""
     def forces(positions):
@@ -217,3 +235,23 @@ def test_langevin_per_atom_temperatures_give_each_group_its_own_bath():
         scalar.step(a, force)
         per_atom.step(b, force)
     np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_md_checkpoint_key_changes_with_box_charge_and_field():
+    """A checkpoint of another box, charge or constant field must not be resumed; a molecule's key is unchanged
+    by fields it does not set."""
+    from ffspace.md import checkpoint
+
+    pot = Potential(PaiNN([1, 8], cutoff=3.0, features=8, layers=1), dtype=torch.float64)
+    water = Structure(numbers=[8, 1, 1], positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    key = checkpoint.fingerprint(water, pot, {"seed": 0})
+    assert checkpoint.fingerprint(water.copy(), pot, {"seed": 0}) == key
+    variants = []
+    for change in ({"charge": 1}, {"field": [0.0, 0.0, 0.1]}, {"field": [0.0, 0.0, 0.2]}):
+        other = water.copy()
+        other.info.update(change)
+        variants.append(checkpoint.fingerprint(other, pot, {"seed": 0}))
+    boxes = [Structure(numbers=water.numbers, positions=water.positions, cell=np.eye(3) * a, pbc=True)
+             for a in (8.0, 9.0)]
+    variants += [checkpoint.fingerprint(b, pot, {"seed": 0}) for b in boxes]
+    assert len(set(variants + [key])) == 6

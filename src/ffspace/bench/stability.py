@@ -192,6 +192,42 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     return result
 
 
+def _held_terms(potential) -> list:
+    """The MM terms of ``potential`` that hold each copy's bonds along its trajectory (`HeldBonds`): state that a
+    checkpoint must carry, or a resumed copy would perceive its bonds afresh (a bond stretched past the perception
+    rule but not yet broken would vanish, a close contact would become a bond)."""
+    from ..models.mm import ClassicalMM
+
+    model = getattr(potential, "model", None)
+    return [m for m in model.modules() if isinstance(m, ClassicalMM)] if model is not None else []
+
+
+def _held_arrays(potential, copies) -> dict:
+    """Each MM term's held bonds of each live copy: counts (terms, copies; −1: none held) and the keys in order."""
+    terms = _held_terms(potential)
+    counts, keys = np.full((len(terms), len(copies.ids)), -1, dtype=np.int64), []
+    sizes = np.full(len(copies.ids), copies.atoms)
+    for t, term in enumerate(terms):
+        for c, held in enumerate(term.held_bonds().lookup(copies.state.numbers, copies.state.positions, sizes)):
+            if held is not None:
+                counts[t, c] = len(held)
+                keys.append(np.asarray(held, dtype=np.int64))
+    return {"held_counts": counts, "held_keys": np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)}
+
+
+def _restore_held(potential, copies, counts: np.ndarray, keys: np.ndarray) -> None:
+    terms = _held_terms(potential)
+    if len(counts) != len(terms):
+        raise ValueError(f"the checkpoint holds bonds for {len(counts)} MM term(s), the model has {len(terms)}")
+    sizes, start = np.full(len(copies.ids), copies.atoms), 0
+    for term, row in zip(terms, counts):
+        held = []
+        for n in row.tolist():
+            held.append(None if n < 0 else keys[start:start + n])
+            start += max(n, 0)
+        term.held_bonds().remember(copies.state.numbers, copies.state.positions, sizes, held)
+
+
 def _save(path, settings: str, step: int, copies, integrator, failure, why, samples) -> None:
     """The run's state after ``step`` steps, written atomically (a kill while writing keeps the previous one)."""
     counts = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
@@ -199,7 +235,8 @@ def _save(path, settings: str, step: int, copies, integrator, failure, why, samp
     state = copies.state
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, settings=settings, step=step, ids=np.asarray(copies.ids, dtype=np.int64),
+            np.savez(fh, **_held_arrays(copies.potential, copies), settings=settings, step=step,
+                     ids=np.asarray(copies.ids, dtype=np.int64),
                      positions=copies.positions(), velocities=copies.velocities(), forces=state.forces,
                      energy=state.energy, energies=copies.energies, rng=json.dumps(integrator.rng.bit_generator.state),
                      failure=json.dumps(failure), why=json.dumps(why), sample_counts=counts,
@@ -219,6 +256,8 @@ def _resume(path, settings: str, potential, structure: Structure, integrator):
         copies.ids = z["ids"].tolist()
         # the forces of the step that was saved, not recomputed: the run goes on from exactly where it was
         copies.state.forces, copies.state.energy, copies.energies = z["forces"], float(z["energy"]), z["energies"]
+        if "held_counts" in z:  # (checkpoints from before held bonds were kept: perceived afresh)
+            _restore_held(potential, copies, z["held_counts"], z["held_keys"])
         integrator.groups = copies.groups()
         integrator.rng.bit_generator.state = json.loads(str(z["rng"]))
         bounds = np.cumsum(z["sample_counts"])[:-1]
@@ -305,8 +344,7 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     taken up to the step a copy fails. A copy that fails (as in `survival`) gets a status and what failed instead of
     a slope; the others still count. With ``checkpoint`` (a file path) a killed run resumes from its last save
     (every ``checkpoint_ps``), which holds running sums (`EnergyTrace`), not every step's energy, so it stays small.
-    A model that holds a topology along a trajectory (the MM prior) perceives it afresh at the resumed geometry: the
-    same bonds, unless one was stretched past ``bond_scale`` · (R_i + R_j) at that instant.
+    A model that holds a topology along a trajectory (the MM prior) gets its held bonds back from the checkpoint.
     """
     bonds, d0 = rules.start_bonds(structure)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
@@ -328,13 +366,16 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
                 copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
                 copies.state.forces, copies.state.energy, copies.energies = (z["forces"], float(z["energy"]),
                                                                              z["energies"])
+                if "held_counts" in z:
+                    _restore_held(potential, copies, z["held_counts"], z["held_keys"])
                 print(f"[stability] NVE: resumed at {done * timestep_fs / units.ps:g} ps from {checkpoint}",
                       file=sys.stderr)
     save_every = max(1, int(round(checkpoint_ps * units.ps / timestep_fs)))
     for step in progress_bar(range(done, steps), desc=f"NVE {seeds} seeds", enabled=progress, log_every_s=300.0):
         if checkpoint is not None and step > done and step % save_every == 0:
             with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, settings=settings, step=step, failed_at=failed_at, why=json.dumps(why),
+                np.savez(fh, **_held_arrays(potential, copies), settings=settings, step=step, failed_at=failed_at,
+                         why=json.dumps(why),
                          geometry_at=json.dumps(geometry_at), positions=copies.positions(),
                          velocities=copies.velocities(), forces=copies.state.forces, energy=copies.state.energy,
                          energies=copies.energies, **trace.state())

@@ -16,9 +16,17 @@ from ..outputs import atomic_path
 
 
 def fingerprint(structure, potential, settings: dict) -> str:
+    """What a checkpoint must match to be resumed: the settings, the start structure (with its box, charge and
+    constant field, which the forces depend on) and the weights."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(structure.numbers.tobytes())
     h.update(structure.positions.tobytes())
+    # Only where they are set, so that a molecule's key is what it was before they were added.
+    if np.asarray(structure.pbc).any():
+        h.update(np.asarray(structure.pbc, dtype=bool).tobytes() + np.asarray(structure.cell, dtype=float).tobytes())
+    for name in ("charge", "field"):
+        if structure.info.get(name) is not None:
+            h.update(name.encode() + np.asarray(structure.info[name], dtype=float).tobytes())
     for member in getattr(potential, "members", [potential]):  # a committee: every member's weights
         for name, t in sorted(member.model.state_dict().items()):
             h.update(name.encode())

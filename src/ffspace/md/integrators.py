@@ -19,7 +19,8 @@ class MDState:
         self.pbc = structure.pbc.copy()
         self.info = {k: v for k, v in structure.info.items() if k in ("charge", "field")}
         self.masses = np.asarray(atomic_masses[self.numbers] if masses is None else masses, dtype=np.float64)
-        self.velocities = np.zeros_like(self.positions) if velocities is None else np.asarray(velocities, float)
+        # A copy: the integrators change it in place, and the caller's array is the caller's.
+        self.velocities = np.zeros_like(self.positions) if velocities is None else np.array(velocities, float)
         self.forces = None
         self.energy = None
         self.step = 0

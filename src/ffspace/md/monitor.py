@@ -22,6 +22,17 @@ class BlowUpMonitor:
         self.start = None
         self.bonds = self.bond_start = None
 
+    def reference(self, state) -> None:
+        """Measure displacements and bond changes from ``state`` (positions, numbers, cell, pbc). Without a call,
+        the first checked step is the reference; a resumed run sets it to its true start, so that a bond already
+        stretched at the checkpoint is not taken as its starting length."""
+        self.start = state.positions.copy()
+        self.bonds = self.bond_start = None
+        if self.bond_tolerance is not None:
+            cell = state.cell if state.pbc.any() else None
+            self.bonds = covalent_bonds(state.numbers, state.positions, cell, state.pbc)
+            self.bond_start = bond_lengths(state.positions, self.bonds, cell)
+
     def check(self, state, pairs=None, distances=None) -> None:
         """Raise `MDBlowUpError` when ``state`` left physics. ``pairs`` (i, j, shifts): the neighbour pairs to
         check for atoms too close; ``distances``: their lengths (Å) when the caller has them already."""
@@ -34,11 +45,7 @@ class BlowUpMonitor:
                                 f"atoms {report['atoms']}", report)
 
         if self.start is None:
-            self.start = state.positions.copy()
-            if self.bond_tolerance is not None:
-                cell = state.cell if state.pbc.any() else None
-                self.bonds = covalent_bonds(state.numbers, state.positions, cell, state.pbc)
-                self.bond_start = bond_lengths(state.positions, self.bonds, cell)
+            self.reference(state)
         if state.energy is None or not np.isfinite(state.energy):
             fail(f"non-finite potential energy ({state.energy})", [])
         if not (np.isfinite(state.forces).all() and np.isfinite(state.positions).all()):
