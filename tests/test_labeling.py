@@ -359,3 +359,81 @@ def test_unconverged_scf_is_recorded_as_a_failure_not_a_label(tmp_path):
     reason = next(iter(store.failures.values()))["reason"]
     assert "not converged" in reason
     assert (tmp_path / "store" / "failures.jsonl").read_text().count("\n") == 1
+
+
+def test_a_frame_the_labeler_refuses_is_a_recorded_failure_and_the_others_go_on(tmp_path):
+    """A DataError from the labeler (a charge the electrons cannot have, an element the method lacks) fails that
+    frame only; a frame whose own charge is not the labeler's is refused before any calculation; a charged label
+    carries its charge for charge-aware models; `retry_failed` labels the failures again."""
+    lab = XTBLabeler()
+    frames = [WATER, Structure(numbers=[8, 1], positions=[[0, 0, 0], [0, 0, 0.97]])]  # OH: 9 electrons, singlet
+    charged = WATER.copy(positions=WATER.positions * 1.01)
+    charged.info["charge"] = 1
+    store = LabelStore(tmp_path / "store")
+    data = label_structures(frames + [charged], lab, store, progress=False)
+    assert len(data) == 1 and len(store.failures) == 2
+    reasons = sorted(f["reason"] for f in store.failures.values())
+    assert "impossible" in reasons[1] and "charge 1 is not the labeler's 0" in reasons[0]
+    cation = XTBLabeler(charge=1, multiplicity=2)
+    out = label_structures([WATER], cation, LabelStore(tmp_path / "cation"), progress=False)
+    assert out[0].info["charge"] == 1
+    calls = []
+    real = lab.label
+
+    def counted(s):
+        calls.append(s)
+        return real(s)
+    lab.label = counted
+    label_structures(frames, lab, store, progress=False)
+    assert calls == []  # recorded failures are not retried by default
+    with pytest.raises(DataError):  # (no new label either way: the good frame is stored, OH fails again)
+        label_structures(frames[1:], lab, store, progress=False, retry_failed=True)
+    assert len(calls) == 1
+
+
+def test_radicals_and_fields_without_dft_are_refused_up_front(tmp_path):
+    from pydantic import ValidationError
+
+    from ffspace.reference.config import LabelConfig
+    from ffspace.reference.molecules import problem
+
+    assert "cannot have the labeler's multiplicity 1" in problem("[CH3]", None, [], charge=0, multiplicity=1)
+    assert problem("[CH3]", None, [], charge=0, multiplicity=2) is None
+    assert problem("C", None, [], charge=0, multiplicity=1) is None
+    base = {"input": {"smiles": "O"}, "fields": {"copies": 1}}
+    with pytest.raises(ValidationError, match="need labeler.method: dft"):
+        LabelConfig(**base, labeler={"method": "xtb"})
+    LabelConfig(**base, labeler={"method": "dft"})
+
+
+def test_a_molecule_whose_sampling_fails_in_xtb_is_left_out_and_the_list_goes_on(tmp_path, monkeypatch):
+    """An xTB SCF failure inside a sampler (normal modes need its Hessian) is a `LabelFailure`: recorded for
+    that molecule, and the others are sampled."""
+    from ffspace.reference import job
+    from ffspace.reference.base import LabelFailure
+    from ffspace.reference.config import LabelConfig
+
+    real = job.sample_start
+
+    def failing_for_methanol(cfg, start, k):
+        if start.info.get("smiles") == "CO":
+            raise LabelFailure("xTB SCF not converged")
+        return real(cfg, start, k)
+    monkeypatch.setattr(job, "sample_start", failing_for_methanol)
+    cfg = LabelConfig(input={"smiles": ["CO", "O"]}, samplers=[{"kind": "rattle", "n_frames": 2}],
+                      store=str(tmp_path / "store"), out=str(tmp_path / "out.extxyz"), progress=False)
+    frames = job.sampled_frames(cfg, cfg.store)
+    assert len(frames) == 2 and all(f.info["smiles"] == "O" for f in frames)
+    failures = (tmp_path / "store" / "input_failures.jsonl").read_text()
+    assert "CO" in failures and "not converged" in failures
+
+
+def test_sampled_frames_keep_who_the_start_is_but_not_its_labels():
+    """A start from a labelled dataset (relabelling at another level) hands its frames its identity, not its
+    dipole or provenance: those belong to the start's geometry and level of theory."""
+    start = WATER.copy()
+    start.info.update({"smiles": "O", "charge": 0, "dipole": np.array([0.0, 0.0, 0.4]), "label_method": "wb97x",
+                       "REF_energy": -2000.0, "sampler": "md", "sampler_temperature_K": 1200.0})
+    (frame,) = rattle(start, 1, seed=0)
+    assert frame.info["smiles"] == "O" and frame.info["charge"] == 0 and frame.info["sampler"] == "rattle"
+    assert not {"dipole", "label_method", "REF_energy", "sampler_temperature_K"} & set(frame.info)

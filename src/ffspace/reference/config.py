@@ -106,3 +106,12 @@ class LabelConfig(BaseModel):
                      "chunked HDF5 when the name ends in .h5 (streamed by training)")
     seed: int = 0
     progress: bool = True
+    retry_failed: bool = Field(False, description="label again the frames recorded as failed (e.g. after raising "
+                               "labeler.max_cycle, which the store's keys do not include)")
+
+    @model_validator(mode="after")
+    def _fields_need_dft(self):
+        if self.fields is not None and self.labeler.method != "dft":
+            raise ValueError(f"fields: labels in an external field need labeler.method: dft (PySCF); the "
+                             f"{self.labeler.method} labeler would give every field copy the zero-field label")
+        return self

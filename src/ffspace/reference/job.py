@@ -16,10 +16,11 @@ from ..data.writers import write_extxyz
 from ..outputs import atomic_path
 from .config import LabelConfig
 from ..errors import DataError
+from .base import LabelFailure
 from .inputs import from_smiles, read_structures
 from .molecules import problem, read_smiles_file
 from .runner import label_structures
-from .sampling import dimer_scan, md_sample, normal_mode_sample, rattle, torsion_scan
+from .sampling import dimer_scan, md_sample, normal_mode_sample, rattle, start_info, torsion_scan
 from .store import LabelStore
 
 
@@ -36,7 +37,8 @@ def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> li
         where = inp.smiles_file or "<smiles>"
         out, skipped = [], []
         for k, (smi, name, line) in enumerate(entries):
-            reason = problem(smi, inp.elements, inp.exclude, charge=cfg.labeler.charge)
+            reason = problem(smi, inp.elements, inp.exclude, charge=cfg.labeler.charge,
+                             multiplicity=cfg.labeler.multiplicity)
             if reason is None:
                 try:
                     conformers = from_smiles(smi, inp.n_conformers, seed=cfg.seed + k)
@@ -80,7 +82,8 @@ def sample_start(cfg: LabelConfig, start: Structure, k: int) -> list[Structure]:
     for j, sc in enumerate(cfg.samplers):
         seed = cfg.seed + 1000 * k + j
         if sc.kind == "none":
-            frames.append(start.copy(energy=None, forces=None, stress=None))
+            frames.append(start.copy(energy=None, forces=None, stress=None,
+                                     info=start_info(start.info, keep_sampler=True)))
         elif sc.kind == "rattle":
             frames += rattle(start, sc.n_frames, sc.sigma, seed=seed)
         elif sc.kind == "normal_modes":
@@ -176,7 +179,7 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
             if not part.exists():
                 try:
                     sampled = sample_start(cfg, start, k)
-                except (DataError, RuntimeError, ValueError) as exc:
+                except (DataError, LabelFailure, RuntimeError, ValueError) as exc:
                     if not molecules:
                         raise
                     # One molecule of a list that the sampler cannot handle (a torsion scan of a molecule without
@@ -213,16 +216,16 @@ def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | No
           f"({len(store)} labels already in {cfg.store})", file=sys.stderr)
     dataset = label_structures(frames, labeler, store, workers=cfg.workers,
                                scheduler=scheduler if scheduler is not None else cfg.scheduler,
-                               progress=cfg.progress)
+                               progress=cfg.progress, retry_failed=cfg.retry_failed)
     failed = len(frames) - len(dataset)
     out = Path(cfg.out)
     if out.suffix.lower() in (".h5", ".hdf5"):  # a large set: chunked HDF5 that training streams
         from ..data.hdf5 import write_hdf5
 
-        out.unlink(missing_ok=True)  # the labels are in the store: the dataset file is remade from it
-        write_hdf5(out, dataset, name=out.stem)
+        write_hdf5(out, dataset, name=out.stem)  # (written beside it, then renamed: a kill keeps the old one)
     else:
-        write_extxyz(out, list(dataset))
+        with atomic_path(out) as tmp:  # a kill while writing leaves the previous file, never a cut one
+            write_extxyz(tmp, list(dataset))
     print(f"wrote {len(dataset)} labeled structures to {out}" + (f" ({failed} failed: see "
           f"{store.failures_path})" if failed else ""), file=sys.stderr)
     return dataset

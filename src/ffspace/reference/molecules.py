@@ -97,9 +97,11 @@ def excluded_by(smiles: str, sets: list[str]) -> str | None:
     return None
 
 
-def problem(smiles: str, elements: list[str] | None, exclude: list[str], charge: int | None = None) -> str | None:
+def problem(smiles: str, elements: list[str] | None, exclude: list[str], charge: int | None = None,
+            multiplicity: int | None = None) -> str | None:
     """Why ``smiles`` cannot be used (unparsable, an element outside ``elements``, a net charge other than the
-    labeler's ``charge``, a test molecule), or None."""
+    labeler's ``charge``, an electron count that the labeler's ``multiplicity`` cannot have, a test molecule), or
+    None."""
     from rdkit import Chem
 
     mol = _mol(smiles)
@@ -107,6 +109,11 @@ def problem(smiles: str, elements: list[str] | None, exclude: list[str], charge:
         return "RDKit cannot parse it"
     if charge is not None and Chem.GetFormalCharge(mol) != charge:
         return f"net formal charge {Chem.GetFormalCharge(mol)}, but the labeler's charge is {charge}"
+    if multiplicity is not None:  # e.g. a radical ([CH2]) with a singlet labeler: caught before any sampling
+        with_h = Chem.AddHs(mol)
+        electrons = sum(a.GetAtomicNum() for a in with_h.GetAtoms()) - Chem.GetFormalCharge(mol)
+        if (electrons - (multiplicity - 1)) % 2 or multiplicity - 1 > electrons:
+            return f"{electrons} electrons cannot have the labeler's multiplicity {multiplicity}"
     if elements is not None:
         outside = sorted({a.GetSymbol() for a in Chem.AddHs(mol).GetAtoms()} - set(elements))
         if outside:

@@ -19,11 +19,20 @@ from .store import LabelStore, structure_key
 
 
 def _label_one(labeler, structure):
-    """Label one structure: ("ok", structure) or ("failed", reason, details)."""
+    """Label one structure: ("ok", structure) or ("failed", reason, details). A frame the labeler refuses
+    (`DataError`: a charge and multiplicity impossible for its electrons, an element the method lacks) is a failure
+    of that frame, recorded like an unconverged SCF: the others go on."""
+    charge = getattr(labeler, "charge", None)
+    given = structure.info.get("charge")
+    if charge is not None and given is not None and float(given) != float(charge):
+        return ("failed", f"{structure.where()}: the structure's charge {given} is not the labeler's {charge}",
+                {"error": "charge"})
     try:
         return ("ok", labeler.label(structure))
     except LabelFailure as exc:
         return ("failed", str(exc), exc.details)
+    except DataError as exc:
+        return ("failed", str(exc), {"error": type(exc).__name__})
 
 
 def _label_chunk(labeler, chunk):
@@ -73,6 +82,8 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
         if result[0] == "ok":
             s = result[1]
             s.info.update({f"label_{k}": v for k, v in method.items() if isinstance(v, (str, int, float, bool))})
+            if method.get("charge"):  # what charge-aware models read: the charge the label was computed at
+                s.info["charge"] = method["charge"]
             store.add(key, s)
         else:
             store.add_failure(key, result[1], result[2])
@@ -88,9 +99,14 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
             threads = max(1, (os.cpu_count() or 1) // workers)
             with _child_threads(threads), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_label_chunk, labeler, c) for c in _chunks(todo, chunk)]
-                for fut in as_completed(futures):
-                    for key, result in fut.result():
-                        record(key, result)
+                try:
+                    for fut in as_completed(futures):
+                        for key, result in fut.result():
+                            record(key, result)
+                except BaseException:
+                    # the chunks not started are dropped rather than computed and thrown away on the way out
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
         else:
             for key, s in todo:
                 record(key, _label_one(labeler, s))

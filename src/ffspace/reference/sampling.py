@@ -34,10 +34,19 @@ def md_sample(structure: Structure, calculator, n_frames: int, temperature: floa
     frames = []
     for k in progress_bar(range(n_frames), desc=f"MD sampling {temperature:g} K", enabled=progress):
         dyn.run(interval)
-        frames.append(Structure.from_ase(atoms, info={  # Structure copies the arrays
+        frames.append(Structure.from_ase(atoms, info={**start_info(structure.info),  # (copies the arrays)
             "sampler": "md", "sampler_temperature_K": temperature, "sampler_step": equilibration_steps
             + (k + 1) * interval, "sampler_timestep_fs": timestep_fs, "sampler_seed": seed}))
     return frames
+
+
+def start_info(info: dict, keep_sampler: bool = False) -> dict:
+    """What a sampled frame keeps of its start's info: who it is (SMILES, name, conformer, charge), not the start's
+    labels (energy, dipole, provenance), which belong to another geometry or another level of theory, nor (unless
+    ``keep_sampler``: the frame is the start itself) how the start was sampled."""
+    dropped = ("label_", "REF_") if keep_sampler else ("label_", "REF_", "sampler")
+    return {k: v for k, v in info.items()
+            if k not in ("energy", "dipole", "free_energy", "scf_cycles", "stress") and not k.startswith(dropped)}
 
 
 def rattle(structure: Structure, n_frames: int, sigma: float = 0.05, seed: int = 0) -> list[Structure]:
@@ -45,7 +54,7 @@ def rattle(structure: Structure, n_frames: int, sigma: float = 0.05, seed: int =
     rng = np.random.default_rng(seed)
     return [structure.copy(positions=structure.positions + rng.normal(scale=sigma, size=structure.positions.shape),
                            energy=None, forces=None, stress=None,
-                           info={**structure.info, "sampler": "rattle", "sampler_sigma_A": sigma,
+                           info={**start_info(structure.info), "sampler": "rattle", "sampler_sigma_A": sigma,
                                  "sampler_seed": seed, "sampler_index": k})
             for k in range(n_frames)]
 
@@ -82,7 +91,7 @@ def normal_mode_sample(structure: Structure, labeler, n_frames: int, temperature
         q = rng.normal(size=len(w2)) * np.sqrt(kt / w2)
         disp = (modes @ q) / np.sqrt(m)
         frames.append(structure.copy(positions=structure.positions + disp.reshape(n, 3), energy=None, forces=None,
-                                     info={**structure.info, "sampler": "normal_modes",
+                                     info={**start_info(structure.info), "sampler": "normal_modes",
                                            "sampler_temperature_K": temperature, "sampler_seed": seed,
                                            "sampler_index": k}))
     return frames
@@ -149,7 +158,7 @@ def torsion_scan(structure: Structure, n_frames: int = 24, dihedral: tuple[int, 
         angle = (start + 360.0 * k / n_frames) % 360.0
         copy = atoms.copy()
         copy.set_dihedral(a, b, c, d, angle, mask=mask)
-        frames.append(Structure.from_ase(copy, info={**structure.info, "sampler": "torsion_scan",
+        frames.append(Structure.from_ase(copy, info={**start_info(structure.info), "sampler": "torsion_scan",
                                                      "sampler_dihedral": f"{a}-{b}-{c}-{d}",
                                                      "sampler_angle_deg": round(float(angle), 6), "sampler_index": k}))
     return frames
@@ -170,6 +179,6 @@ def dimer_scan(structure: Structure, distances, n_orientations: int = 1, seed: i
             direction /= np.linalg.norm(direction)
             pos = np.concatenate([centred @ r1.T, centred @ r2.T + dist * direction])
             frames.append(Structure(numbers=np.concatenate([a.numbers, a.numbers]), positions=pos,
-                                    info={**structure.info, "sampler": "dimer", "sampler_distance_A": float(dist),
+                                    info={**start_info(structure.info), "sampler": "dimer", "sampler_distance_A": float(dist),
                                           "sampler_index": k, "sampler_seed": seed}))
     return frames
