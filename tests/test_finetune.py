@@ -95,6 +95,33 @@ def test_frozen_parts_stay_and_scaled_parts_learn_slower(xtb_package, pbe, tmp_p
     for name, p in before.items():
         same = torch.equal(after[name].detach(), p)
         assert same == name.startswith("terms.1.interactions."), name
+    # `freeze` was this run's choice: the package it made trains every parameter when fine-tuned again
+    again, _ = load_package(tmp_path / "ft" / "model.safetensors")
+    assert all(p.requires_grad for p in again.parameters())
+
+
+def test_a_killed_fine_tuning_resumes_whatever_the_refit_s_last_bits(xtb_package, pbe, tmp_path, monkeypatch):
+    """The refitted reference energies come from running the model (threads, kernels): a resume must not depend on
+    their last bits, only on the package and the data."""
+    from ffspace.train import finetune
+
+    package, _ = xtb_package
+    train, val = pbe
+    cfg = TrainConfig(**{**QUICK, "epochs": 1}, init_from=str(package))
+    Trainer(model_for_training({}, train, cfg), train, val, cfg, run_dir=tmp_path / "ft").fit()
+    real = finetune._refit_reference
+
+    def perturbed(model, dataset, path):
+        model = real(model, dataset, path)
+        k = next(k for k, t in enumerate(model.terms) if isinstance(t, finetune.AtomicReference))
+        energies = model.terms[k].config["energies"]
+        # as another machine's rounding of the refit
+        model.terms[k] = finetune.AtomicReference({int(z): e + 1e-9 for z, e in energies.items()})
+        return model
+    monkeypatch.setattr(finetune, "_refit_reference", perturbed)
+    more = TrainConfig(**{**QUICK, "epochs": 2}, init_from=str(package))
+    summary = Trainer(model_for_training({}, train, more), train, val, more, run_dir=tmp_path / "ft").fit()
+    assert summary["epochs"] == 2
 
 
 def test_bad_fine_tuning_settings_are_clear_errors(xtb_package, pbe, tmp_path, ethanol_data):

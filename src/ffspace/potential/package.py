@@ -51,7 +51,9 @@ def save_package(path, model, extra: dict | None = None) -> Path:
             "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
             "reference_energies_eV": _reference_energies(config), "versions": versions(),
             # Parameters training must leave alone (a fixed Δ-learning prior): restored by load_package.
-            "frozen": [name for name, p in model.named_parameters() if not p.requires_grad],
+            # (`train.freeze` is one run's setting and is not recorded: a later fine-tuning trains those again)
+            "frozen": [name for name, p in model.named_parameters()
+                       if not p.requires_grad and not getattr(p, "frozen_by_train_freeze", False)],
             "extra": extra or {}}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Serialised here and written by `atomic_write`: safetensors' own writer would make the file 0600.

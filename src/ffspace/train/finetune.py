@@ -91,6 +91,7 @@ def parameter_groups(model, lr_scale: dict[str, float], freeze: list[str]) -> li
     for name, p in model.named_parameters():
         if any(fnmatchcase(name, pattern) for pattern in freeze):
             p.requires_grad_(False)
+            p.frozen_by_train_freeze = True  # this run's choice, not the package's: its package trains them again
             continue
         if not p.requires_grad:  # frozen in the package (a Δ model's prior)
             continue

@@ -139,7 +139,11 @@ class Trainer:
         """Hash of what determines the trajectory: model config, trajectory settings and the data's content."""
         h = hashlib.sha256()
         settings = self.config.identity(exclude=self.FREE_SETTINGS)
-        h.update(json.dumps({"model": model.get_config(), "train": settings}, sort_keys=True, default=str).encode())
+        # From a package, the model is the package's (its bytes below) with reference energies refitted to the data
+        # (hashed below) by running the model: numbers whose last bits depend on threads and kernels, which would
+        # refuse a resume on another machine. So the package and the data identify it, not the refitted config.
+        config = {"init_from": "package"} if self.config.init_from else model.get_config()
+        h.update(json.dumps({"model": config, "train": settings}, sort_keys=True, default=str).encode())
         if self.config.init_from:  # the starting weights are the package's: a run from another one is another run
             h.update(resolve_package_path(self.config.init_from).read_bytes())
         update_with_structures(h, train_set, val_set)
