@@ -168,7 +168,8 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
     np.testing.assert_array_equal(a[-1].positions, b[-1].positions)
 
 
-def test_resumed_md_measures_bonds_and_displacements_from_the_true_start(trained_package, ethanol_data, tmp_path):
+def test_resumed_md_measures_bonds_and_displacements_from_the_true_start(trained_package, ethanol_data, tmp_path,
+                                                                         capsys):
     """A resumed run's blow-up checks keep the start structure as their reference: a bond already stretched at the
     checkpoint must count from its starting length, not from the checkpoint's."""
     from ffspace.data.bonds import bond_lengths
@@ -179,7 +180,9 @@ def test_resumed_md_measures_bonds_and_displacements_from_the_true_start(trained
                     checkpoint_interval=50)
     run_md(pot, start, steps=100, **settings)
     monitor = BlowUpMonitor()
+    capsys.readouterr()
     result = run_md(pot, start, steps=150, monitor=monitor, **settings)  # resumes at step 100
+    assert "from step 100" in capsys.readouterr().err
     assert result.steps == 150 and len(result.thermo["step"]) == 151
     assert not np.allclose(result.final.positions, start.positions)
     np.testing.assert_array_equal(monitor.start, start.positions)

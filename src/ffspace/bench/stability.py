@@ -198,8 +198,8 @@ def _held_terms(potential) -> list:
     rule but not yet broken would vanish, a close contact would become a bond)."""
     from ..models.mm import ClassicalMM
 
-    model = getattr(potential, "model", None)
-    return [m for m in model.modules() if isinstance(m, ClassicalMM)] if model is not None else []
+    models = [getattr(member, "model", None) for member in getattr(potential, "members", [potential])]  # committees
+    return [m for model in models if model is not None for m in model.modules() if isinstance(m, ClassicalMM)]
 
 
 def _held_arrays(potential, copies) -> dict:
@@ -344,7 +344,9 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     taken up to the step a copy fails. A copy that fails (as in `survival`) gets a status and what failed instead of
     a slope; the others still count. With ``checkpoint`` (a file path) a killed run resumes from its last save
     (every ``checkpoint_ps``), which holds running sums (`EnergyTrace`), not every step's energy, so it stays small.
-    A model that holds a topology along a trajectory (the MM prior) gets its held bonds back from the checkpoint.
+    The MM prior's held bonds come back from the checkpoint; the graph-learned MM's assignment cache does not (it
+    perceives its topology afresh at the resumed geometry: the same bonds unless one was stretched past
+    ``bond_scale`` · (R_i + R_j) at that instant).
     """
     bonds, d0 = rules.start_bonds(structure)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])

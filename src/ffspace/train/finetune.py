@@ -90,8 +90,9 @@ def parameter_groups(model, lr_scale: dict[str, float], freeze: list[str]) -> li
     groups: dict[float, list] = {}
     for name, p in model.named_parameters():
         if any(fnmatchcase(name, pattern) for pattern in freeze):
-            p.requires_grad_(False)
-            p.frozen_by_train_freeze = True  # this run's choice, not the package's: its package trains them again
+            if p.requires_grad:  # (a Δ model's fixed prior stays the package's: frozen for good)
+                p.requires_grad_(False)
+                p.frozen_by_train_freeze = True  # this run's choice, not the package's: its package trains them
             continue
         if not p.requires_grad:  # frozen in the package (a Δ model's prior)
             continue
