@@ -124,7 +124,7 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
         Langevin(timestep_fs, temperature, friction, seed=seed + 1)
     forces = PotentialForces(potential, state, skin)
     monitor = monitor or BlowUpMonitor(max_force, min_distance, bond_tolerance=bond_tolerance)
-    if getattr(monitor, "start", False) is None:  # the start structure, also when the run resumes from a later checkpoint
+    if getattr(monitor, "start", False) is None:  # the start structure, also for a run resumed from a checkpoint
         monitor.reference(state)
     output, rows = None, []
     if out_dir is not None:

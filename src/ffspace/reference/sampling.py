@@ -179,6 +179,7 @@ def dimer_scan(structure: Structure, distances, n_orientations: int = 1, seed: i
             direction /= np.linalg.norm(direction)
             pos = np.concatenate([centred @ r1.T, centred @ r2.T + dist * direction])
             frames.append(Structure(numbers=np.concatenate([a.numbers, a.numbers]), positions=pos,
-                                    info={**start_info(structure.info), "sampler": "dimer", "sampler_distance_A": float(dist),
+                                    info={**start_info(structure.info), "sampler": "dimer",
+                                          "sampler_distance_A": float(dist),
                                           "sampler_index": k, "sampler_seed": seed}))
     return frames
