@@ -57,7 +57,7 @@ def _finished_files(run: Path, timings: bool = True):
             continue
         if not timings and _is_timing(rel):
             continue
-        # <dataset>/<model>/...: only a model whose training finished (accuracy.json is written after evaluation)
+        # <dataset>/<model>/...: only a model whose training finished (accuracy.json is written when it has)
         if len(rel.parts) >= 3 and rel.parts[0] != "openmm_water" \
                 and not (run / rel.parts[0] / rel.parts[1] / "accuracy.json").exists():
             continue

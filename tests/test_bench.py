@@ -1,5 +1,6 @@
 """``ffspace bench``: the small config end to end (< 2 min), resumption, and the parts measured alone."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -417,6 +418,110 @@ def test_a_training_set_may_be_several_files(tmp_path):
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
     with pytest.raises(ValueError, match="train is an empty list"):
         BenchDataset(name="none", train=[])
+
+
+def test_a_test_file_that_repeats_training_frames_is_cut_to_the_others(tmp_path, monkeypatch):
+    """A separate test file holding training or validation frames (3BPA's train_mixedT repeats 31 of train_300K):
+    the models are tested on the others only, and the report says how many were left out."""
+    from ffspace.bench import runner
+    from ffspace.bench.config import BenchConfig, BenchDataset, BenchModel
+    from ffspace.bench.report import markdown
+    from ffspace.data import read_dataset
+    from ffspace.data.writers import write_extxyz
+
+    shipped = Path(__file__).resolve().parents[1] / "src" / "ffspace" / "datasets" / "ethanol_gfn2xtb.extxyz"
+    data = list(read_dataset(shipped))
+    write_extxyz(tmp_path / "train.extxyz", data[:40])
+    write_extxyz(tmp_path / "test.extxyz", data[35:60])  # 5 frames of the training file, 20 new
+    ds = BenchDataset(name="eth", train=str(tmp_path / "train.extxyz"), test=str(tmp_path / "test.extxyz"), n_val=5)
+    cfg = BenchConfig(datasets=[ds], models=[BenchModel(name="m", model={"family": "mm"})])
+    seen = {}
+
+    def fake_model(cfg, ds, m, train, val, test, *rest):
+        seen.update(train=train, val=val, test=test)
+        return {"status": "ok"}
+
+    monkeypatch.setattr(runner, "_bench_model", fake_model)
+    monkeypatch.setattr(runner, "_openmm_molecule", lambda *args: None)
+    result = runner._bench_dataset(cfg, ds, tmp_path / "out")
+    key = lambda s: s.positions.tobytes()  # noqa: E731
+    assert len(seen["test"]) == 20 and result["n_test"] == 20 and result["test_dropped_as_seen_in_training"] == 5
+    assert not {key(s) for s in seen["test"]} & {key(s) for s in list(seen["train"]) + list(seen["val"])}
+    assert [key(s) for s in seen["test"]] == [key(s) for s in data[40:60]]  # the file's order is kept
+    report = markdown({"name": "x", "command": "c", "budget_min": 1.0, "versions": {},
+                       "machine": {"platform": "p", "torch_threads": 2, "device": "cpu"},
+                       "datasets": {"eth": {**result, "models": {}}}}, [])
+    assert "5 test structures also in the training or validation set left out" in report
+
+
+def test_a_kept_training_of_other_data_under_the_same_file_names_is_refused(tmp_path, capsys, ethanol_data):
+    """The training frames' content is checked beside the cache key: a file relabelled in place is refused by name;
+    a training kept before the content was recorded is reused with a notice."""
+    from ffspace.bench.runner import _check_data, _set_digest
+
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+    digest = _set_digest(train, val)
+    _check_data({"data_digest": digest}, digest, tmp_path, "m", "eth")  # the same frames
+    moved = _set_digest(ethanol_data[:19], ethanol_data[19:25])  # one frame moved from training to validation
+    assert moved != digest
+    relabelled = [dataclasses.replace(s, forces=1.01 * s.forces) for s in train]  # forces of another method
+    assert _set_digest(relabelled, val) != digest
+    with pytest.raises(ConfigError, match="frames of 'eth' are not those 'm' was trained on"):
+        _check_data({"data_digest": moved}, digest, tmp_path, "m", "eth")
+    _check_data({}, digest, tmp_path, "m", "eth")
+    assert "reused without that check" in capsys.readouterr().err
+
+
+def test_a_kept_training_is_tested_again_on_the_current_test_set_without_retraining(tmp_path, monkeypatch, capsys,
+                                                                                      ethanol_data, trained_package):
+    """Test errors are a step of their own: a kept training (accuracy.json, also one kept before the data's content
+    was recorded, whose own "test" is stale) is read back, not retrained, and tested on today's test frames."""
+    import shutil
+
+    from ffspace.bench import runner
+    from ffspace.bench.config import BenchConfig, BenchDataset, BenchModel
+
+    ds = BenchDataset(name="eth", train="builtin:ethanol_gfn2xtb")
+    m = BenchModel(name="painn", model={"family": "painn"})
+    cfg = BenchConfig(datasets=[ds], models=[m], speed={"enabled": False}, stability={"enabled": False})
+    train, val, test = ethanol_data[:40], ethanol_data[40:45], ethanol_data[45:60]
+    run_dir = tmp_path / "eth" / "painn"
+
+    def trained(cfg, m, train, val, run_dir):
+        (run_dir / "train").mkdir(parents=True, exist_ok=True)
+        shutil.copy(trained_package, run_dir / "train" / "model.safetensors")
+        return {"training": {"epochs": 1}, "test": {"forces_mae_meV_A": -1.0}}  # an old file's stale test errors
+
+    monkeypatch.setattr(runner, "_train", trained)
+    first = runner._bench_model(cfg, ds, m, train, val, test, {}, run_dir)
+    assert first["test"]["n_structures"] == 15 and first["test"]["forces_mae_meV_A"] > 0
+    monkeypatch.setattr(runner, "_train", lambda *args: pytest.fail("a kept training was redone"))
+    assert runner._bench_model(cfg, ds, m, train, val, test, {}, run_dir)["test"] == first["test"]
+    fewer = runner._bench_model(cfg, ds, m, train, val, test[:10], {}, run_dir)  # tested again, not retrained
+    assert fewer["test"]["n_structures"] == 10
+    with pytest.raises(ConfigError, match="not those 'painn' was trained on"):  # other frames, same file names
+        runner._bench_model(cfg, ds, m, ethanol_data[1:41], val, test, {}, run_dir)
+    stored = json.loads((run_dir / "accuracy.json").read_text())
+    del stored["value"]["data_digest"]  # kept before the content was recorded: reused, with a notice
+    (run_dir / "accuracy.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    runner._bench_model(cfg, ds, m, train, val, test, {}, run_dir)
+    assert "reused without that check" in capsys.readouterr().err
+
+
+def test_the_energy_offset_metrics_remove_a_constant_shift(ethanol_data):
+    """A test set labelled by another program differs by a near-constant energy: its mean is reported apart, and
+    the errors without it are the model's own."""
+    from ffspace import units
+    from ffspace.evaluate.metrics import energy_offset_metrics
+
+    frames = list(ethanol_data[:4])
+    ref = np.array([s.energy for s in frames])
+    scatter = np.array([1.0, -1.0, 2.0, -2.0]) * units.meV
+    got = energy_offset_metrics({"energy": ref + 4.0 * units.meV + scatter}, frames)
+    assert got["energy_mean_error_meV"] == pytest.approx(4.0)
+    assert got["energy_mae_offset_removed_meV"] == pytest.approx(1.5)
+    assert got["energy_rmse_offset_removed_meV"] == pytest.approx(np.sqrt(2.5))
 
 
 def test_a_prior_may_be_a_model_of_the_same_benchmark(tmp_path):

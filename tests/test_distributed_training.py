@@ -127,3 +127,56 @@ def test_torchrun_gives_the_single_process_trajectory(tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-8), key
     for k in w1:
         np.testing.assert_allclose(w1[k].numpy(), w2[k].numpy(), rtol=1e-7, atol=1e-10, err_msg=k)
+
+
+def test_workers_train_in_a_folder_their_caller_claimed_under_its_own_key(tmp_path, ethanol_data):
+    """A committee claims its members' folders under its own key: the workers of a member claim it under the same
+    one (they used the training fingerprint, and the folder refused them as another run's)."""
+    train, val = ethanol_data[:13], ethanol_data[40:46]
+    model = build_model_for_data(SCHNET, train, seed=3)
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.01, dtype="float64", progress=False, workers=2)
+    summary = Trainer(model, train, val, cfg, run_dir=tmp_path / "member", owner="committee-key").fit()
+    assert summary["epochs"] == 1
+
+
+def test_workers_that_would_start_from_different_points_are_refused(tmp_path):
+    """`distributed.agree`: worker 0's tensors reach every worker, and workers whose start (epoch, fingerprint)
+    differs from worker 0's stop with a clear error instead of summing gradients of other batches."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
+    if loopback:
+        env["GLOO_SOCKET_IFNAME"] = loopback[0]
+    script = (
+        "import sys, torch; from pathlib import Path\n"
+        "from ffspace.train import distributed\n"
+        "r = int(sys.argv[1]); folder = Path(sys.argv[2]); epoch = int(sys.argv[3])\n"
+        "distributed.join(folder, r, 2, 'cpu')\n"
+        "t = torch.full((3,), float(r))\n"
+        "try:\n"
+        "    distributed.agree([t], {'epoch': epoch * r})\n"
+        "    print('agreed', t.tolist())\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc, t.tolist())\n"
+        "distributed.leave()\n")
+    for epoch, want in ((0, "agreed"), (1, "ConfigError")):
+        folder = tmp_path / f"group{epoch}"
+        folder.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(folder), str(epoch)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for r in range(2)]
+        try:
+            outs = [p.communicate(timeout=120) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        for r, (out, err) in enumerate(outs):
+            assert out.startswith(want), (out, err[-2000:])
+            # agreed: worker 0's values everywhere; refused: said on every worker before anything was sent
+            assert out.rstrip().endswith("[0.0, 0.0, 0.0]" if want == "agreed" else f"[{r}.0, {r}.0, {r}.0]"), out
+        if want == "ConfigError":
+            assert "training workers [1] start from another point than worker 0 (epoch: 1 against 0" in outs[0][0]

@@ -164,3 +164,30 @@ def test_splits_are_seeded_samples_and_epochs_read_each_block_once_whatever_the_
         touched = len(set((view.indices // store.block).tolist()))
         assert store.block_reads - reads <= touched + 1  # (+1: the window the cache still held)
     assert store.peak_cached_bytes <= store.cache_bytes
+
+
+def test_the_epoch_order_depends_on_the_file_and_the_cache_not_on_what_was_read_before(tmp_path, ethanol_data):
+    """Block sizes come from the file at opening (info strings of very different lengths here): a process that read
+    other blocks first (a data-parallel worker does not read the validation blocks) orders the epochs the same way;
+    the cache size that shapes the order is part of the training fingerprint."""
+    frames = [s.copy(info={"note": "x" * (4000 if k >= 96 else 1)}) for k, s in enumerate(ethanol_data[:160])]
+    write_hdf5(tmp_path / "info.h5", frames, block_structures=16)
+    fresh = read_dataset(tmp_path / "info.h5", cache_mb=0.03)
+    seasoned = read_dataset(tmp_path / "info.h5", cache_mb=0.03)
+    for k in range(100, 160):  # the long-info blocks, read before the order is drawn
+        seasoned[k]
+    view_a, view_b = fresh[:96].in_file_order(), seasoned[:96].in_file_order()
+    assert not fresh.store.order_key()["cache_bytes"] == "whole set"  # the windowed order is the one under test
+    a = view_a.epoch_order(np.random.default_rng(0))
+    b = view_b.epoch_order(np.random.default_rng(0))
+    assert np.array_equal(a, b)
+    assert [fresh.store.block_bytes(b) for b in range(10)] == [seasoned.store.block_bytes(b) for b in range(10)]
+
+    train, val = fresh[:96], fresh[100:110]
+    model = build_model_for_data(TINY, train, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False)
+    key = Trainer(model, train, val, cfg, run_dir=tmp_path / "a").fingerprint
+    bigger = read_dataset(tmp_path / "info.h5", cache_mb=0.06)
+    assert Trainer(model, bigger[:96], bigger[100:110], cfg, run_dir=tmp_path / "b").fingerprint != key
+    whole = read_dataset(tmp_path / "info.h5", cache_mb=64)
+    assert whole.store.order_key()["cache_bytes"] == "whole set"

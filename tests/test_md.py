@@ -258,3 +258,39 @@ def test_md_checkpoint_key_changes_with_box_charge_and_field():
              for a in (8.0, 9.0)]
     variants += [checkpoint.fingerprint(b, pot, {"seed": 0}) for b in boxes]
     assert len(set(variants + [key])) == 6
+
+
+def test_an_md_checkpoint_carries_the_mm_priors_held_bonds(ethanol_data, tmp_path):
+    """`ffspace md` with an MM prior: the checkpoint holds the bonds the prior held along the trajectory, and a run
+    resumed in a new process gets them back instead of perceiving its bonds afresh at the resumed geometry (where a
+    bond stretched past the perception rule would vanish)."""
+    from types import SimpleNamespace
+
+    from ffspace.md import checkpoint
+    from ffspace.md.held_bonds import held_terms
+    from ffspace.md.integrators import MDState
+    from ffspace.train import build_model_for_data
+
+    def potential():
+        return Potential(build_model_for_data({"family": "mm", "cutoff": 5.0}, ethanol_data, seed=0), dtype="float64")
+
+    pot, start = potential(), ethanol_data[0]
+    run_md(pot, start, steps=20, ensemble="nvt", seed=1, out_dir=tmp_path / "md", checkpoint_interval=10)
+    with np.load(tmp_path / "md" / "md_checkpoint.npz") as saved:
+        assert saved["held_counts"].tolist() == [[8]]  # ethanol's eight bonds, held at step 20
+
+    state = MDState(start)
+    pot([start])  # the prior perceives and holds the start's bonds
+    (term,) = held_terms(pot)
+    where = (state.numbers, state.positions, np.array([state.n_atoms]))
+    (held,) = term.held_bonds().lookup(*where)
+    term.held_bonds().remember(*where, [held[1:]])  # as after a bond stretched past the perception rule
+    state.energy, state.forces = 0.0, np.zeros_like(state.positions)
+    verlet = SimpleNamespace(pairs=(np.zeros(0, int), np.zeros(0, int), np.zeros((0, 3))),
+                             _ref=(state.positions, np.zeros((3, 3))), n_builds=0)
+    checkpoint.save(tmp_path / "c.npz", "key", state, SimpleNamespace(), verlet, pot)
+    fresh = potential()  # a new process: nothing held
+    (fresh_term,) = held_terms(fresh)
+    assert fresh_term.held_bonds().lookup(*where) == [None]
+    assert checkpoint.load(tmp_path / "c.npz", "key", MDState(start), SimpleNamespace(), verlet, fresh)
+    assert [h.tolist() for h in fresh_term.held_bonds().lookup(*where)] == [held[1:].tolist()]

@@ -157,7 +157,9 @@ def markdown(results: dict, plots: list[str]) -> str:
         train_files = "` + `".join(ds["train"]) if isinstance(ds["train"], list) else ds["train"]
         lines += [f"## {name}: accuracy and cost", "",
                   f"{ds['n_train']} training / {ds['n_val']} validation / {ds['n_test']} test structures "
-                  f"(`{train_files}`" + (f", test `{ds['test']}`" if ds.get("test") else "") + "). "
+                  f"(`{train_files}`" + (f", test `{ds['test']}`" if ds.get("test") else "")
+                  + (f"; {ds['test_dropped_as_seen_in_training']} test structures also in the training or validation "
+                     "set left out" if ds.get("test_dropped_as_seen_in_training") else "") + "). "
                   "Errors are test-set MAE; cost is warm energy + forces on one test structure (a call on a torch batch; "
                   "the MD step: a full step of `ffspace md`, where timed); peak memory is "
                   "the timing process's peak resident memory (Python, torch, the model and its calls; for a "
@@ -193,13 +195,16 @@ def markdown(results: dict, plots: list[str]) -> str:
             dropped = info.get("dropped_as_seen_in_training", 0)
             lines += ["", f"### {name}: extrapolation to `{set_name}` ({info['n']} structures, `{info['file']}`"
                       + (f"; {dropped} structures also in the training or validation set left out" if dropped else "")
-                      + ")", "", "| model | E MAE (meV) | F MAE (meV/Å) | F MAE here / on the test set |",
-                      "|---|---|---|---|"]
+                      + ")", "", "| model | E MAE (meV) | E RMSE (meV) | mean E error (meV) | E RMSE, mean removed "
+                      "(meV) | F MAE (meV/Å) | F RMSE (meV/Å) | F MAE here / on the test set |",
+                      "|---|---|---|---|---|---|---|---|"]
             for mname, m in _ok(ds).items():
                 e = m["extrapolation"].get(set_name, {})
                 here, test_mae = e.get("forces_mae_meV_A"), m["test"].get("forces_mae_meV_A")
                 ratio = f"×{here / test_mae:.2f}" if here and test_mae else "—"
-                lines.append(f"| {mname} | {_f(e.get('energy_mae_meV'))} | {_f(here)} | {ratio} |")
+                lines.append(f"| {mname} | {_f(e.get('energy_mae_meV'))} | {_f(e.get('energy_rmse_meV'))} | "
+                             f"{_f(e.get('energy_mean_error_meV'))} | {_f(e.get('energy_rmse_offset_removed_meV'))} | "
+                             f"{_f(here)} | {_f(e.get('forces_rmse_meV_A'))} | {ratio} |")
         lines += curves_markdown(name, ds, _ok(ds))
         if f"curves_{name}.png" in plots:
             lines += ["", f"![energy along paths and scans](curves_{name}.png)"]

@@ -21,11 +21,12 @@ from pydantic import ValidationError
 
 from ..config import resolve_data_path, validation_problems
 from ..data import Dataset, read_dataset
+from ..data.digest import update_with_structures
 from ..errors import ConfigError
 from ..models import peers
 from ..outputs import write_json
 from ..evaluate import error_metrics, predict
-from ..evaluate.metrics import per_element_force_errors
+from ..evaluate.metrics import energy_offset_metrics, per_element_force_errors
 from ..potential import Potential
 from ..potential.package import versions
 from ..train import Trainer, TrainConfig, model_for_training
@@ -125,6 +126,9 @@ def splits(ds: BenchDataset) -> tuple[Dataset, Dataset, Dataset]:
 
 def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
     train, val, test = splits(ds)
+    # A separate test file may repeat training frames (3BPA's train_mixedT holds some of train_300K): they are
+    # left out, and counted in the report. (A seeded split of one file cannot overlap.)
+    test, test_dropped = _without(test, [train, val]) if ds.test else (test, 0)
     extrapolation, dropped = {}, {}
     for name, spec in ds.extrapolation.items():
         extrapolation[name], dropped[name] = _without(_read_set(ds, spec), [train, val])
@@ -151,6 +155,7 @@ def _bench_dataset(cfg: BenchConfig, ds: BenchDataset, folder: Path) -> dict:
                               "detail": f"{type(exc).__name__}: {exc}"[:500]}
     reference = _openmm_molecule(cfg, folder, models, test[0])
     return {"n_train": len(train), "n_val": len(val), "n_test": len(test), "train": ds.train, "test": ds.test,
+            "test_dropped_as_seen_in_training": test_dropped,
             "openmm_reference": reference, "extrapolation_sets": {k: {"file": _set_file(ds.extrapolation[k]), "n": len(v), "dropped_as_seen_in_training":
                                        dropped[k]} for k, v in extrapolation.items()},
             "curve_sets": {k: {"file": ds.curves[k], "n": len(v),
@@ -186,7 +191,10 @@ def _without(data: Dataset, seen: list[Dataset]) -> tuple[Dataset, int]:
 
     known = {key(s) for d in seen for s in d}
     kept = [s for s in data if key(s) not in known]
-    return Dataset(kept, name=data.name).require_nonempty(), len(data) - len(kept)
+    if not kept:
+        raise ConfigError(f"every one of the {len(data)} structures of {data.name} is also in the training or "
+                          "validation set: a test or extrapolation set must hold structures the model did not see")
+    return Dataset(kept, name=data.name, label_fields=getattr(data, "label_fields", None)), len(data) - len(kept)
 
 
 PRIOR_FROM_BENCH = "model:"
@@ -216,11 +224,16 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
                     "train": _train_config(cfg, m).identity(exclude={"progress"}),
                     "dataset": {**ds.model_dump(exclude={"curves"}), "extrapolation": {}},
                     "budget_min": cfg.budget_min, **prior_key}
+    # The data's content, not only its file names, must match a kept training (a file relabelled or enlarged in
+    # place). It is checked beside the key, not in it, so trainings kept before it was recorded stay usable.
+    data = _set_digest(train, val)
     accuracy = _cached(run_dir / "accuracy.json", accuracy_key,
-                       lambda: _train_and_evaluate(cfg, m, train, val, test, run_dir))
+                       lambda: {**_train(cfg, m, train, val, run_dir), "data_digest": data})
+    _check_data(accuracy, data, run_dir, named.name, ds.name)
     package = run_dir / "train" / "model.safetensors"
     weights = _file_hash(package)
     entry = {"family": m.model["family"], "model": named.model, "status": "ok", **accuracy,
+             **_test_errors(cfg, m, package, weights, test, run_dir),
              "extrapolation": _extrapolation(cfg, ds, m, package, weights, extrapolation, run_dir)}
     if curves:
         key = {"weights": weights, "curves": {k: _file_hash(Path(resolve_data_path(ds.curves[k]))) for k in curves},
@@ -352,24 +365,56 @@ def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
         raise ConfigError(f"model {m.name}: train settings: {validation_problems(exc)}") from None
 
 
-def _train_and_evaluate(cfg, m: BenchModel, train, val, test, run_dir: Path) -> dict:
+def _train(cfg, m: BenchModel, train, val, run_dir: Path) -> dict:
     tc = _train_config(cfg, m)
     print(f"[bench] training {m.name} ({m.model['family']}) for {tc.max_time_min:g} min", file=sys.stderr)
     model = model_for_training(m.model, train, tc)
     trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
                       extra_config={"bench_model": m.model_dump()})
     summary = trainer.fit()
-    pot = Potential.load(run_dir / "train" / "model.safetensors", dtype=tc.dtype, device=cfg.device)
-    t0 = time.perf_counter()
-    pred = predict(pot, test)
-    result = {"test": error_metrics(pred, test), "per_element": per_element_force_errors(pred, test),
-              "training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
-                           "stop_reason": summary["stop_reason"], "dtype": tc.dtype},
-              "predict_s_per_structure": (time.perf_counter() - t0) / len(test)}
-    t = result["test"]
-    print(f"[bench] {m.name}: test E MAE {t.get('energy_mae_meV', float('nan')):.2f} meV, "
-          f"F MAE {t.get('forces_mae_meV_A', float('nan')):.2f} meV/Å", file=sys.stderr)
-    return result
+    return {"training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
+                         "stop_reason": summary["stop_reason"], "dtype": tc.dtype}}
+
+
+def _check_data(accuracy: dict, digest: str, run_dir: Path, model: str, dataset: str) -> None:
+    """Refuse a kept training made from other data under the same file names; say when it predates the check."""
+    kept = accuracy.get("data_digest")
+    if kept is None:
+        print(f"[bench] {run_dir / 'accuracy.json'} was kept before ffspace recorded the training data's content: "
+              "reused without that check (delete the folder to retrain if the data files changed)", file=sys.stderr)
+    elif kept != digest:
+        raise ConfigError(f"the training or validation frames of {dataset!r} are not those {model!r} was trained on "
+                          f"in {run_dir} (same file names, other content: a file relabelled or enlarged in place); "
+                          "delete that folder to retrain, or use another `out`")
+
+
+def _set_digest(*sets) -> str:
+    """Content hash of datasets: atoms, positions, energies (`update_with_structures`) and forces."""
+    h = hashlib.sha256()
+    update_with_structures(h, *sets)
+    for s in (s for data in sets for s in data):
+        if s.forces is not None:
+            h.update(np.ascontiguousarray(s.forces, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _test_errors(cfg, m: BenchModel, package: Path, weights: str, test, run_dir: Path) -> dict:
+    """Test-set errors, cached apart from the training (keyed by the weights and the test frames' content): a
+    test set changed later (frames also in training left out) is evaluated again without retraining."""
+    key = {"weights": weights, "test": _set_digest(test), "dtype": _train_config(cfg, m).dtype}
+
+    def evaluate() -> dict:
+        pot = Potential.load(package, dtype=_train_config(cfg, m).dtype, device=cfg.device)
+        t0 = time.perf_counter()
+        pred = predict(pot, test)
+        result = {"test": error_metrics(pred, test), "per_element": per_element_force_errors(pred, test),
+                  "predict_s_per_structure": (time.perf_counter() - t0) / len(test)}
+        t = result["test"]
+        print(f"[bench] {m.name}: test E MAE {t.get('energy_mae_meV', float('nan')):.2f} meV, "
+              f"F MAE {t.get('forces_mae_meV_A', float('nan')):.2f} meV/Å", file=sys.stderr)
+        return result
+
+    return _cached(run_dir / "test_errors.json", key, evaluate)
 
 
 def _extrapolation(cfg, ds, m: BenchModel, package: Path, weights: str, sets: dict, run_dir: Path) -> dict:
@@ -380,7 +425,7 @@ def _extrapolation(cfg, ds, m: BenchModel, package: Path, weights: str, sets: di
         spec = ds.extrapolation[name]
         key = {"weights": weights, "set": spec if isinstance(spec, str) else spec.model_dump(),
                "file": _file_hash(Path(resolve_data_path(_set_file(spec)))), "n": len(data),
-               "dtype": _train_config(cfg, m).dtype}
+               "dtype": _train_config(cfg, m).dtype, "metrics": "offset"}  # the mean-offset metrics added
         out[name] = _cached(run_dir / f"extrapolation_{name}.json", key,
                             lambda data=data: _set_errors(cfg, m, package, data))
     return out
@@ -389,7 +434,8 @@ def _extrapolation(cfg, ds, m: BenchModel, package: Path, weights: str, sets: di
 def _set_errors(cfg, m: BenchModel, package: Path, data) -> dict:
     pot = Potential.load(package, dtype=_train_config(cfg, m).dtype, device=cfg.device)
     pred = predict(pot, data)
-    return {**error_metrics(pred, data), "per_element": per_element_force_errors(pred, data)}
+    return {**error_metrics(pred, data), **energy_offset_metrics(pred, data),
+            "per_element": per_element_force_errors(pred, data)}
 
 
 def _curves(cfg, m: BenchModel, package: Path, curves: dict) -> dict:

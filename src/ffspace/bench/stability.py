@@ -27,6 +27,7 @@ from ..data.structure import Structure
 from ..md import failure as rules
 from ..md.copies import MoleculeCopies
 from ..md.failure import MIN_DISTANCE
+from ..md.held_bonds import held_arrays, held_terms, restore_held
 from ..md.integrators import Langevin, VelocityVerlet
 from ..outputs import atomic_path
 from ..progress import progress as progress_bar
@@ -193,39 +194,18 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
 
 
 def _held_terms(potential) -> list:
-    """The MM terms of ``potential`` that hold each copy's bonds along its trajectory (`HeldBonds`): state that a
-    checkpoint must carry, or a resumed copy would perceive its bonds afresh (a bond stretched past the perception
-    rule but not yet broken would vanish, a close contact would become a bond)."""
-    from ..models.mm import ClassicalMM
-
-    models = [getattr(member, "model", None) for member in getattr(potential, "members", [potential])]  # committees
-    return [m for model in models if model is not None for m in model.modules() if isinstance(m, ClassicalMM)]
+    return held_terms(potential)
 
 
 def _held_arrays(potential, copies) -> dict:
-    """Each MM term's held bonds of each live copy: counts (terms, copies; −1: none held) and the keys in order."""
-    terms = _held_terms(potential)
-    counts, keys = np.full((len(terms), len(copies.ids)), -1, dtype=np.int64), []
-    sizes = np.full(len(copies.ids), copies.atoms)
-    for t, term in enumerate(terms):
-        for c, held in enumerate(term.held_bonds().lookup(copies.state.numbers, copies.state.positions, sizes)):
-            if held is not None:
-                counts[t, c] = len(held)
-                keys.append(np.asarray(held, dtype=np.int64))
-    return {"held_counts": counts, "held_keys": np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)}
+    """Each MM term's held bonds of each live copy (`ffspace.md.held_bonds`)."""
+    return held_arrays(potential, copies.state.numbers, copies.state.positions,
+                       np.full(len(copies.ids), copies.atoms))
 
 
 def _restore_held(potential, copies, counts: np.ndarray, keys: np.ndarray) -> None:
-    terms = _held_terms(potential)
-    if len(counts) != len(terms):
-        raise ValueError(f"the checkpoint holds bonds for {len(counts)} MM term(s), the model has {len(terms)}")
-    sizes, start = np.full(len(copies.ids), copies.atoms), 0
-    for term, row in zip(terms, counts):
-        held = []
-        for n in row.tolist():
-            held.append(None if n < 0 else keys[start:start + n])
-            start += max(n, 0)
-        term.held_bonds().remember(copies.state.numbers, copies.state.positions, sizes, held)
+    restore_held(potential, copies.state.numbers, copies.state.positions, np.full(len(copies.ids), copies.atoms),
+                 counts, keys)
 
 
 def _save(path, settings: str, step: int, copies, integrator, failure, why, samples) -> None:

@@ -24,6 +24,8 @@ from .structure import Structure
 from .writers import _plain
 
 FORMAT, VERSION = "ffspace-structures", 1
+# The per-structure arrays of a block besides ``info`` (JSON strings).
+FRAME_ARRAYS = ("energy", "cell", "pbc", "stress", "has_energy", "has_forces", "has_stress", "frame")
 
 
 def _h5py():
@@ -118,20 +120,34 @@ class _Store:
                 self.name = str(f.attrs["name"])
                 self.offsets = f["offsets"][:]
                 self.numbers = f["numbers"][:]
+                self._sizes = self._block_sizes(f)
         except OSError as exc:
             raise DataError(f"cannot read the HDF5 file: {exc}", file=str(self.path)) from None
         self.n = len(self.offsets) - 1
         self._file, self._pid = None, None
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self.cached_bytes = self.peak_cached_bytes = self.block_reads = 0
-        self._sizes: dict[int, int] = {}  # bytes of each block read so far, and the longest info string:
-        self._info_max = 0                 # for `block_bytes`
+
+    def _block_sizes(self, f) -> np.ndarray:
+        """Each block's bytes in the cache, exactly, from the file alone (the info strings read once, a block at a
+        time): the epochs' read order (`HDF5Dataset.epoch_order`) depends on them, so it must not depend on what
+        a process happened to read before."""
+        n = len(self.offsets) - 1
+        per_atom = sum(f[k].dtype.itemsize * int(np.prod(f[k].shape[1:])) for k in ("positions", "forces"))
+        per_frame = sum(f[k].dtype.itemsize * int(np.prod(f[k].shape[1:])) for k in FRAME_ARRAYS)
+        info, column = np.zeros(n, dtype=np.int64), f["info"]
+        step = self.block * max(1, 65536 // self.block)  # whole blocks, ~64k strings per read
+        for k0 in range(0, n, step):
+            info[k0:k0 + step] = [len(x) for x in column[k0:min(n, k0 + step)]]
+        starts = np.arange(0, n, self.block)
+        ends = np.minimum(starts + self.block, n)
+        return ((self.offsets[ends] - self.offsets[starts]) * per_atom + (ends - starts) * per_frame
+                + np.add.reduceat(info, starts)).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
 
     @property
     def data_bytes(self) -> int:
-        """What the whole set takes in memory as blocks (positions, forces, per-structure arrays; info strings
-        estimated from the blocks read so far)."""
-        return sum(self.block_bytes(b) for b in range(-(-self.n // self.block)))
+        """What the whole set takes in memory as blocks (positions, forces, per-structure arrays, info strings)."""
+        return int(self._sizes.sum())
 
     def file(self):
         h5py = _h5py()
@@ -141,11 +157,13 @@ class _Store:
 
     def block_bytes(self, b: int) -> int:
         """What block ``b`` takes in the cache (positions and forces, per-structure arrays, info strings)."""
-        if b in self._sizes:  # read before: its size is known
-            return self._sizes[b]
-        # not yet: its arrays from the offsets, its info strings as long as the longest seen so far
-        k0, k1 = b * self.block, min(self.n, (b + 1) * self.block)
-        return int(self.offsets[k1] - self.offsets[k0]) * 48 + (k1 - k0) * (170 + self._info_max)
+        return int(self._sizes[b])
+
+    def order_key(self) -> dict:
+        """What the epochs' read order depends on beyond the seed (`HDF5Dataset.epoch_order`): the training
+        fingerprint carries it, so a run resumed with another cache size is refused instead of drifting."""
+        fits = self.blocks_in_cache() * self.block >= self.n
+        return {"block_structures": self.block, "cache_bytes": "whole set" if fits else self.cache_bytes}
 
     def blocks_in_cache(self) -> int:
         """How many blocks of the average size fit the cache (at least one)."""
@@ -160,12 +178,8 @@ class _Store:
         k0, k1 = b * self.block, min(self.n, (b + 1) * self.block)
         a0, a1 = int(self.offsets[k0]), int(self.offsets[k1])
         arrays = {key: f[key][a0:a1] for key in ("positions", "forces")}
-        arrays.update({key: f[key][k0:k1] for key in ("energy", "cell", "pbc", "stress", "has_energy", "has_forces",
-                                                      "has_stress", "frame", "info")})
-        size = sum(v.nbytes for v in arrays.values() if isinstance(v, np.ndarray) and v.dtype != object)
-        size += sum(len(x) for x in arrays["info"])  # the JSON strings count too
-        self._info_max = max(self._info_max, max(len(x) for x in arrays["info"]))
-        self._sizes[b] = size
+        arrays.update({key: f[key][k0:k1] for key in (*FRAME_ARRAYS, "info")})
+        size = self.block_bytes(b)
         self.block_reads += 1
         self._cache[b] = arrays
         self.cached_bytes += size
@@ -254,6 +268,10 @@ class HDF5Dataset(Dataset):
         """Atoms of structure ``k`` of this view, without reading its block."""
         i = int(self.indices[k])
         return int(self._store.offsets[i + 1] - self._store.offsets[i])
+
+    def order_key(self) -> dict:
+        """What `epoch_order` depends on beyond the generator (`_Store.order_key`)."""
+        return self._store.order_key()
 
     def epoch_order(self, rng: np.random.Generator) -> np.ndarray:
         """An order for one epoch that reads every block once: the blocks in a random order, and the structures

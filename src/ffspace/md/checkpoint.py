@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..outputs import atomic_path
+from .held_bonds import held_arrays, restore_held
 
 
 def fingerprint(structure, potential, settings: dict) -> str:
@@ -34,23 +35,31 @@ def fingerprint(structure, potential, settings: dict) -> str:
     return h.hexdigest()
 
 
-def save(path: Path, key: str, state, integrator, verlet) -> None:
+def save(path: Path, key: str, state, integrator, verlet, potential=None) -> None:
+    """The run's state; with ``potential``, also the bonds its MM terms hold (`ffspace.md.held_bonds`)."""
     rng_state = json.dumps(integrator.rng.bit_generator.state) if hasattr(integrator, "rng") else ""
     i, j, shifts = verlet.pairs
     ref_pos, ref_cell = verlet._ref
+    sizes = np.array([state.n_atoms])
+    held = {} if potential is None else held_arrays(potential, state.numbers, state.positions, sizes)
     with atomic_path(path) as tmp:
         np.savez(tmp, key=key, positions=state.positions, velocities=state.velocities, forces=state.forces,
                  energy=state.energy, step=state.step, time_fs=state.time_fs, rng=rng_state, pair_i=i, pair_j=j,
-                 pair_shifts=shifts, verlet_positions=ref_pos, verlet_cell=ref_cell, verlet_builds=verlet.n_builds)
+                 pair_shifts=shifts, verlet_positions=ref_pos, verlet_cell=ref_cell, verlet_builds=verlet.n_builds,
+                 **held)
 
 
-def load(path: Path, key: str, state, integrator, verlet) -> bool:
-    """Restore ``state``, the integrator's random stream and the Verlet list; False if none fits ``key``."""
+def load(path: Path, key: str, state, integrator, verlet, potential=None) -> bool:
+    """Restore ``state``, the integrator's random stream, the Verlet list and (with ``potential``) the bonds its
+    MM terms held; False if none fits ``key``."""
     if not path.exists():
         return False
     with np.load(path) as data:
         if str(data["key"]) != key:
             return False
+        if potential is not None and "held_counts" in data:  # (checkpoints from before: perceived afresh)
+            restore_held(potential, state.numbers, data["positions"], np.array([state.n_atoms]), data["held_counts"],
+                         data["held_keys"])
         state.positions, state.velocities = data["positions"].copy(), data["velocities"].copy()
         state.forces, state.energy = data["forces"].copy(), float(data["energy"])
         state.step, state.time_fs = int(data["step"]), float(data["time_fs"])

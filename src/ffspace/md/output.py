@@ -39,13 +39,13 @@ class MDOutput:
         self._file = self._writer = None
         self._frames = []  # trajectory frames not yet written: written in one go at each checkpoint and at the end
 
-    def resume(self, state, integrator, verlet) -> list | None:
+    def resume(self, state, integrator, verlet, potential=None) -> list | None:
         """Restore the last checkpoint of this run's settings into ``state``, ``integrator`` and ``verlet``; the
         thermo rows kept (what the killed run wrote after its checkpoint is dropped), or None to start afresh."""
         if self.checkpoint_interval <= 0:
             return None
         try:
-            found = checkpoint.load(self.ckpt, self.key, state, integrator, verlet)
+            found = checkpoint.load(self.ckpt, self.key, state, integrator, verlet, potential)
         except Exception as exc:  # noqa: BLE001 - any unreadable content: np.load raises many types
             raise ConfigError(f"MD checkpoint {self.ckpt} cannot be read ({type(exc).__name__}: {exc}); delete it "
                               "to start this MD run over from step 0") from None
@@ -82,14 +82,14 @@ class MDOutput:
                          append=True)
             self._frames = []
 
-    def step_done(self, state, integrator, verlet) -> None:
+    def step_done(self, state, integrator, verlet, potential=None) -> None:
         """Checkpoint when the step count says so (the thermo log and the trajectory first, so that neither
         trails the checkpoint)."""
         if self.checkpoint_interval > 0 and state.step % self.checkpoint_interval == 0:
             self._write_frames()
             self._file.flush()
             os.fsync(self._file.fileno())
-            checkpoint.save(self.ckpt, self.key, state, integrator, verlet)
+            checkpoint.save(self.ckpt, self.key, state, integrator, verlet, potential)
 
     def stopped(self, report: dict, uncertain: bool) -> None:
         self._write_frames()

@@ -136,7 +136,7 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
         output = MDOutput(out_dir, checkpoint.fingerprint(structure, potential, settings),
                           owner or checkpoint.fingerprint(structure, potential, {}), traj_interval, checkpoint_interval,
                           overwrite)
-        kept = output.resume(state, integrator, forces.verlet)
+        kept = output.resume(state, integrator, forces.verlet, potential)
         if kept is not None:
             forces.pairs, rows = forces.verlet.pairs, kept
         output.open(resumed=kept is not None)
@@ -167,7 +167,7 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
             if state.step % thermo_interval == 0:
                 record()
             if output:
-                output.step_done(state, integrator, forces.verlet)
+                output.step_done(state, integrator, forces.verlet, potential)
             bar.update(1)
         bar.close()
     except MDBlowUpError as exc:

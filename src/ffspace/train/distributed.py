@@ -106,6 +106,38 @@ def broadcast_floats(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def agree(tensors: list[torch.Tensor], state: dict) -> None:
+    """Check that every worker starts from the same ``state`` (epoch, settings and data, the tensors' shapes, a
+    checkpoint problem met), then put worker 0's ``tensors`` (the model's parameters and buffers, the EMA weights) on
+    every worker. Under torchrun each process builds its model and reads the checkpoint itself: reference energies
+    fitted or refitted by running code whose last bits depend on the machine can differ between nodes, and a node
+    that does not see the run folder's checkpoint would start at epoch 0 beside the others, summing gradients of
+    other batches. The states are compared first, so a mismatch raises on every worker (no worker is left waiting
+    in a collective) before tensors of other shapes are sent. Identity outside a process group."""
+    if not active():
+        return
+    state = {**state, "tensors": [(tuple(t.shape), str(t.dtype)) for t in tensors]}
+    states = [None] * world_size()
+    dist.all_gather_object(states, state)
+    differ = [r for r, s in enumerate(states) if s != states[0]]
+    if differ:
+        shown = {k: (states[differ[0]][k], states[0][k]) for k in state if states[differ[0]][k] != states[0][k]}
+        raise ConfigError(f"training workers {differ} start from another point than worker 0 ("
+                          + "; ".join(f"{k}: {a} against {b}" for k, (a, b) in shown.items() if k != "tensors")
+                          + ("; other parameter shapes" if "tensors" in shown else "")
+                          + "): every process must see the same data, configuration and run folder (a shared file "
+                          "system for the checkpoint when the workers are on several nodes)")
+    with torch.no_grad():  # one collective per dtype, on contiguous copies
+        for dtype in sorted({t.dtype for t in tensors}, key=str):  # the same order on every worker
+            group = [t for t in tensors if t.dtype == dtype]
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            dist.broadcast(flat, src=0)
+            start = 0
+            for t in group:
+                t.copy_(flat[start:start + t.numel()].view_as(t))
+                start += t.numel()
+
+
 def device_for(device: str, worker: int) -> str:
     """Worker r of a CUDA run gets cuda:r; CPU workers share the host."""
     return f"cuda:{worker}" if device.startswith("cuda") else device
@@ -144,7 +176,7 @@ def spawn(trainer, workers: int):
         folder = Path(tmp)
         write_inputs(folder, trainer.model, trainer.train_set, trainer.val_set,
                      {"config": trainer.config.model_dump(), "run_dir": str(Path(trainer.run_dir).resolve()),
-                      "extra_config": trainer.extra_config})
+                      "extra_config": trainer.extra_config, "owner": trainer.owner})
         env = worker_env(workers)
         # The workers share one host: gloo talks over loopback (the host name may resolve to an interface
         # that is down or firewalled).

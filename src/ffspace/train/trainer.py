@@ -57,6 +57,17 @@ class _StreamedGraphs:
         return graph_of(self.dataset[int(k)], self.cutoff)
 
 
+class _Both:
+    """Two hashes fed by one pass (``update`` only)."""
+
+    def __init__(self, *hashes):
+        self.hashes = hashes
+
+    def update(self, data: bytes) -> None:
+        for h in self.hashes:
+            h.update(data)
+
+
 class Trainer:
     """Fits ``model`` (per-atom energies) to energies and forces of ``train_set``.
 
@@ -77,6 +88,8 @@ class Trainer:
         if distributed.launched() and not distributed.active():  # torchrun: this process's own GPU
             self.config = self.config.model_copy(update={"device": distributed.launched_device(self.config.device)})
         self.run_dir = Path(run_dir)
+        if hasattr(train_set, "in_file_order"):  # on disk: passes read each block once (the epochs shuffle)
+            train_set = train_set.in_file_order()
         need = dict(energy=self.config.energy_weight > 0, forces=self.config.forces_weight > 0)
         train_set.require_labels(**need)
         val_set.require_labels(**need)
@@ -96,8 +109,6 @@ class Trainer:
                                   "(info['dipole'], read from REF_dipole)")
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
-        if hasattr(train_set, "in_file_order"):  # on disk: passes read each block once (the epochs shuffle)
-            train_set = train_set.in_file_order()
         if hasattr(val_set, "epoch_order"):  # a part of an on-disk set: validation reads it every epoch
             from ..data import Dataset
 
@@ -127,7 +138,8 @@ class Trainer:
                          **(extra_config or {})}
         self.fingerprint = self._fingerprint(model, train_set, val_set)
         self.epoch, self.best_val, self.bad_epochs, self.elapsed, self.history = 0, math.inf, 0, 0.0, []
-        self._claim(overwrite, owner or self.fingerprint)
+        self.owner = owner or self.fingerprint  # (data-parallel workers claim the folder under the same key)
+        self._claim(overwrite, self.owner)
 
     # Settings a run may resume with other values of. Most do not touch the trajectory; ``epochs`` and
     # ``max_time_min`` set when it stops, and with a cosine schedule also the length of the cosine, so a cosine
@@ -144,9 +156,18 @@ class Trainer:
         # refuse a resume on another machine. So the package and the data identify it, not the refitted config.
         config = {"init_from": "package"} if self.config.init_from else model.get_config()
         h.update(json.dumps({"model": config, "train": settings}, sort_keys=True, default=str).encode())
+        # Streamed from disk through a cache smaller than the set: the epochs' order depends on the cache too.
+        # (A set the cache holds whole is shuffled as in memory: its key is what it was before this was added.)
+        order = train_set.order_key() if hasattr(train_set, "order_key") else None
+        if order is not None and order["cache_bytes"] != "whole set":
+            h.update(json.dumps(order, sort_keys=True).encode())
         if self.config.init_from:  # the starting weights are the package's: a run from another one is another run
             h.update(resolve_package_path(self.config.init_from).read_bytes())
-        update_with_structures(h, train_set, val_set)
+        # The same without the model's config (fitted numbers whose last bits depend on the machine): what the
+        # workers of one run must share (`distributed.agree`). One pass over the data feeds both.
+        start = hashlib.sha256(json.dumps([settings, order], sort_keys=True, default=str).encode())
+        update_with_structures(_Both(h, start), train_set, val_set)
+        self.start_key = start.hexdigest()
         return h.hexdigest()
 
     # -- persistence ------------------------------------------------------------------------
@@ -215,7 +236,8 @@ class Trainer:
         atomic_write(path, text, fsync=False)
 
     def save_checkpoint(self):
-        state = {"fingerprint": self.fingerprint, "epoch": self.epoch, "best_val": self.best_val,
+        state = {"fingerprint": self.fingerprint, "start_key": self.start_key, "epoch": self.epoch,
+                 "best_val": self.best_val,
                  "bad_epochs": self.bad_epochs, "elapsed": self.elapsed,
                  "history_json": json.dumps(self.history),
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -226,9 +248,15 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         state = self._read_checkpoint()
-        if state["fingerprint"] != self.fingerprint:
-            raise ConfigError(f"{self.run_dir} holds a checkpoint of a different configuration; use another "
-                              f"run directory (or delete {self.checkpoint_path}) to start afresh")
+        # Worker r > 0 of a run across machines: its fitted reference energies (in the fingerprint) may differ from
+        # worker 0's in the last bits; the same settings and data suffice, and `agree` then sends worker 0's weights.
+        same_run = distributed.rank() != 0 and state.get("start_key") == self.start_key
+        if state["fingerprint"] != self.fingerprint and not same_run:
+            streamed = hasattr(self.train_set, "order_key")
+            raise ConfigError(f"{self.run_dir} holds a checkpoint of a different configuration"
+                              + (" (for a training set streamed from disk, `data.cache_mb` is part of it: it sets "
+                                 "the epochs' read order)" if streamed else "")
+                              + f"; use another run directory (or delete {self.checkpoint_path}) to start afresh")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -430,7 +458,17 @@ class Trainer:
     def _epochs(self) -> dict:
         cfg = self.config
         lead = distributed.rank() == 0  # the worker that validates and writes
-        resumed = self.load_checkpoint()
+        try:
+            resumed, problem = self.load_checkpoint(), None
+        except ConfigError as exc:  # among workers: said by every one of them (`agree`), none left waiting
+            if not distributed.active():
+                raise
+            resumed, problem = False, str(exc)
+        distributed.agree([*self.model.parameters(), *self.model.buffers(),
+                           *(self.ema.shadow.values() if self.ema else ())],
+                          {"epoch": self.epoch, "settings and data": self.start_key, "checkpoint problem": problem})
+        if problem:
+            raise ConfigError(problem)
         if lead:
             self._write_run_files()
         if resumed and lead:

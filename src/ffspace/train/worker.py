@@ -23,7 +23,7 @@ def run(folder: Path, worker: int, workers: int):
     try:
         model, train_set, val_set, _ = read_inputs(folder, config.dtype)
         trainer = Trainer(model, train_set, val_set, config.model_copy(update={"device": device}),
-                          run_dir=spec["run_dir"], extra_config=spec["extra_config"])
+                          run_dir=spec["run_dir"], extra_config=spec["extra_config"], owner=spec.get("owner"))
         trainer.fit_loop()
         distributed.barrier()  # nobody tears the group down while another worker still writes or reads
     finally:
