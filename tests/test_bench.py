@@ -590,6 +590,7 @@ def test_a_resumed_stability_run_gets_the_mm_priors_held_bonds_back(ethanol_data
     a held topology that a fresh perception would not give (here: one bond fewer, as after it stretched past the
     perception rule) instead of perceiving it afresh."""
     from ffspace.md.copies import MoleculeCopies
+    from ffspace.md.held_bonds import held_terms
     from ffspace.train import build_model_for_data
 
     def potential():
@@ -600,7 +601,7 @@ def test_a_resumed_stability_run_gets_the_mm_priors_held_bonds_back(ethanol_data
     # two copies along their own trajectories (copies at one geometry are one to the store)
     positions = start.positions + rng.normal(0.0, 0.03, (2, start.n_atoms, 3))
     copies = MoleculeCopies(pot, start, positions, np.zeros_like(positions))
-    (term,) = stability._held_terms(pot)
+    (term,) = held_terms(pot)
     where = (copies.state.numbers, copies.state.positions, np.full(2, copies.atoms))
     held = term.held_bonds().lookup(*where)
     assert all(h is not None and len(h) == 8 for h in held)  # ethanol's eight bonds
@@ -609,7 +610,7 @@ def test_a_resumed_stability_run_gets_the_mm_priors_held_bonds_back(ethanol_data
     arrays = stability._held_arrays(pot, copies)
     fresh = potential()  # as in a new process: nothing held
     again = MoleculeCopies(fresh, start, copies.positions(), copies.velocities())
-    (fresh_term,) = stability._held_terms(fresh)
+    (fresh_term,) = held_terms(fresh)
     assert [len(h) for h in fresh_term.held_bonds().lookup(*where)] == [8, 8]
     stability._restore_held(fresh, again, arrays["held_counts"], arrays["held_keys"])
     assert [h.tolist() for h in fresh_term.held_bonds().lookup(*where)] == [h.tolist() for h in changed]

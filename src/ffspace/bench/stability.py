@@ -27,7 +27,7 @@ from ..data.structure import Structure
 from ..md import failure as rules
 from ..md.copies import MoleculeCopies
 from ..md.failure import MIN_DISTANCE
-from ..md.held_bonds import held_arrays, held_terms, restore_held
+from ..md.held_bonds import held_arrays, restore_held
 from ..md.integrators import Langevin, VelocityVerlet
 from ..outputs import atomic_path
 from ..progress import progress as progress_bar
@@ -191,10 +191,6 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             sampled["overlap"] = distributions(sampled, reference)
         result["sampled"] = sampled
     return result
-
-
-def _held_terms(potential) -> list:
-    return held_terms(potential)
 
 
 def _held_arrays(potential, copies) -> dict:

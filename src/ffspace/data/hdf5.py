@@ -129,8 +129,8 @@ class _Store:
         self.cached_bytes = self.peak_cached_bytes = self.block_reads = 0
 
     def _block_sizes(self, f) -> np.ndarray:
-        """Each block's bytes in the cache, exactly, from the file alone (the info strings read once, a block at a
-        time): the epochs' read order (`HDF5Dataset.epoch_order`) depends on them, so it must not depend on what
+        """Each block's bytes in the cache, exactly, from the file alone (the info column read once, in whole blocks
+        of about 64k strings): the epochs' read order (`HDF5Dataset.epoch_order`) depends on them, so it must not depend on what
         a process happened to read before."""
         n = len(self.offsets) - 1
         per_atom = sum(f[k].dtype.itemsize * int(np.prod(f[k].shape[1:])) for k in ("positions", "forces"))
