@@ -55,7 +55,8 @@ def main() -> None:
     result = stability.survival(potential, start, args.temperature, seeds, time_ps, c.timestep_fs, c.friction,
                                 c.bond_tolerance, min_distance=c.min_distance, dihedral=dihedral,
                                 sample_fs=c.sample_fs, reference=reference,
-                                checkpoint=out.with_suffix(".partial.npz"), progress=True)
+                                checkpoint=out.with_suffix(".partial.npz"), progress=True,
+                                identity=json.dumps(labeler.provenance(), sort_keys=True))
     result.update(method=labeler.provenance(), start={"file": ds.test, "frame": 0}, config=args.config,
                   wall_s_this_process=round(time.perf_counter() - t0, 1))
     result["calculator_failures"] = [{"call": call, "copy_slot": k, "error": msg} for call, k, msg in potential.failures]

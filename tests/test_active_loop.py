@@ -339,6 +339,22 @@ def test_stability_goal_logs_what_broke_and_goes_on_past_a_failing_labeler(tmp_p
     assert calls == before
     run_active(cfg)  # the finished round is read back: nothing labeled again, the failed frame not retried
     assert calls == before
+    # A second run on the same folder while this one holds it is refused (it would label the same picks).
+    from ffspace.active.loop import _exclusive
+    from ffspace.errors import ConfigError, DataError
+    with _exclusive(out), pytest.raises(ConfigError, match="in use by another `ffspace active` run"):
+        run_active(cfg)
+    # A labeler that changed since (here its program version) finds the finished round's picks missing from the
+    # store: a clear error, not hours of labelling them again one by one.
+    monkeypatch.setattr(Flaky, "provenance", lambda self: {**self.inner.provenance(), "program_version": "9.9"})
+    with pytest.raises(DataError, match="not in .* under the labeler"):
+        run_active(cfg)
+    assert calls["picks"] == before["picks"]  # (the sampled start frames are labelled again: seconds of xTB)
+    monkeypatch.undo()
+    # A round whose picked.extxyz was lost (empty after a crash) while picked.json lists its picks is an error.
+    (out / "round_00" / "picked.extxyz").write_text("")
+    with pytest.raises(DataError, match="is empty but .* lists picks"):
+        _labeled_picks(out / "round_00", cfg.labeler.build(), LabelStore(out / "store"), finished=True)
 
 
 @pytest.mark.slow

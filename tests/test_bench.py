@@ -235,8 +235,10 @@ def test_a_model_that_raises_fails_its_copies_instead_of_the_benchmark(ethanol_d
     pot = Refusing(Sum([AtomicReference({1: -10.0, 6: -40.0, 8: -60.0})]), dtype=torch.float64)
     r = stability.survival(pot, ethanol_data[0], 300.0, seeds=2, time_ps=0.01)
     assert r["survived"] == 0 and r["failure_ps"] == [0.0005, 0.0005]
-    assert r["failure"] == [{"reason": "non-finite"}] * 2
-    assert stability.verdict(r) == "0/2 survived 0.01 ps; lost: non-finite at 0.00 ps, non-finite at 0.00 ps"
+    refused = "ValueError: an atom has more than 6 bonds"
+    assert r["failure"] == [{"reason": "non-finite", "error": refused}] * 2
+    assert stability.verdict(r) == (f"0/2 survived 0.01 ps; lost: non-finite ({refused}) at 0.00 ps, "
+                                    f"non-finite ({refused}) at 0.00 ps")
 
 
 def test_survival_detects_atoms_that_come_too_close(ethanol_data):
@@ -583,6 +585,148 @@ def test_a_killed_stability_run_resumes_from_its_checkpoint(ethanol_data, traine
     assert other["time_ps"] == 0.05 and not checkpoint.exists()
     err = capsys.readouterr().err
     assert "written for other settings: starting over" in err and "resumed" not in err
+
+
+def _two_ethanols(structure):
+    """Two ethanol molecules 9 Å apart as one structure: wider than a neighbour list's cutoff + skin, so the list's
+    pair order depends on the positions it was built at (one small molecule fits in one cell of the list)."""
+    from ffspace.data.structure import Structure
+
+    second = structure.positions + np.array([9.0, 0.0, 0.0])
+    return Structure(numbers=np.concatenate([structure.numbers, structure.numbers]),
+                     positions=np.concatenate([structure.positions, second]))
+
+
+def test_md_copies_resume_on_the_verlet_lists_of_the_killed_run(ethanol_data, trained_package):
+    """A checkpoint carries each copy's Verlet list (vesin does not promise a pair order, and a list built afresh at
+    the resumed geometry holds other pairs within its skin): copies resumed from it hold the killed run's lists and,
+    with their Langevin noise, follow the uninterrupted copies to the last bit."""
+    from ffspace.md.copies import MoleculeCopies
+    from ffspace.md.integrators import Langevin
+
+    pot = Potential.load(trained_package, dtype="float64", fast=False)
+    start = _two_ethanols(ethanol_data[0])
+    copies = MoleculeCopies.thermal(pot, start, 2, 900.0, np.random.default_rng(0))
+    integrator = Langevin(0.5, 900.0, 0.01, seed=np.random.SeedSequence(1), groups=copies.groups())
+    for _ in range(120):
+        integrator.step(copies.state, copies)
+    assert any(vl.n_builds > 1 for vl in copies.lists), "the test needs lists rebuilt along the trajectory"
+    lists = [(vl.pairs, vl.built_at.copy()) for vl in copies.lists]
+    saved = {**copies.verlet_arrays(), "positions": copies.positions().copy(), "velocities": copies.velocities().copy(),
+             "forces": copies.state.forces.copy(), "energy": copies.state.energy,
+             "rng": json.dumps(integrator.rng.bit_generator.state)}
+    for _ in range(60):
+        integrator.step(copies.state, copies)
+    again = MoleculeCopies(pot, start, saved["positions"], saved["velocities"])
+    again.state.forces, again.state.energy = saved["forces"].copy(), saved["energy"]
+    again.restore_verlet(saved)
+    for vl, (pairs, built_at) in zip(again.lists, lists):
+        assert all(np.array_equal(a, b) for a, b in zip(vl.pairs, pairs)) and np.array_equal(vl.built_at, built_at)
+    other = Langevin(0.5, 900.0, 0.01, seed=np.random.SeedSequence(1), groups=again.groups())
+    other.rng.bit_generator.state = json.loads(saved["rng"])
+    for _ in range(60):
+        other.step(again.state, again)
+    assert np.array_equal(again.positions(), copies.positions())
+    assert np.array_equal(again.velocities(), copies.velocities())
+    with pytest.raises(ValueError, match="3 Verlet lists for 2 copies"):
+        again.restore_verlet({**saved, "verlet_counts": np.r_[saved["verlet_counts"], 0]})
+
+
+def test_a_stability_checkpoint_of_another_model_is_not_resumed(ethanol_data, trained_package, tmp_path, monkeypatch,
+                                                                capsys):
+    """The checkpoint records the weights: another model under the same file name starts over, whoever calls."""
+    pot = Potential.load(trained_package, dtype="float64")
+    checkpoint, save = tmp_path / "run.partial.npz", stability._save
+
+    def killed(*args):
+        save(*args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(stability, "_save", killed)
+    settings = dict(seeds=2, time_ps=0.02, checkpoint=checkpoint, checkpoint_ps=0.005)
+    with pytest.raises(KeyboardInterrupt):
+        stability.survival(pot, ethanol_data[0], 300.0, **settings)
+    monkeypatch.setattr(stability, "_save", save)
+    other = Potential.load(trained_package, dtype="float64")
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
+    capsys.readouterr()
+    stability.survival(other, ethanol_data[0], 300.0, remove_checkpoint=False, **settings)
+    err = capsys.readouterr().err
+    assert "written by another model: starting over" in err and "resumed" not in err
+    assert checkpoint.exists()  # remove_checkpoint=False: the caller removes it once the result is kept
+    capsys.readouterr()
+    stability.survival(other, ethanol_data[0], 300.0, **settings)
+    assert "resumed at" in capsys.readouterr().err and not checkpoint.exists()
+
+
+def test_a_copy_the_model_refuses_fails_with_the_reason_and_a_model_error_is_raised(ethanol_data, trained_package,
+                                                                                   monkeypatch):
+    """A geometry the model refuses (a ValueError) fails only its copy, and the failure says what was raised; an
+    error of another kind from every copy (out of memory, a bug) is not the copies' fault: it is raised."""
+    from ffspace.md.copies import MoleculeCopies
+
+    pot = Potential.load(trained_package, dtype="float64", fast=False)
+    start = ethanol_data[0]
+    positions = start.positions + np.random.default_rng(0).normal(0.0, 0.02, (3, start.n_atoms, 3))
+    evaluate = MoleculeCopies._evaluate
+
+    def refuses_the_second(self, graphs):
+        if len(graphs) > 1:
+            raise ValueError("batch")
+        if np.allclose(np.asarray(graphs[0].positions), positions[1]):
+            raise ValueError("atom 3 has 7 bonded neighbours")
+        return evaluate(self, graphs)
+    monkeypatch.setattr(MoleculeCopies, "_evaluate", refuses_the_second)
+    copies = MoleculeCopies(pot, start, positions, np.zeros_like(positions))
+    assert np.isnan(copies.energies[1]) and np.isfinite(copies.energies[[0, 2]]).all()
+    assert copies.errors == [None, "ValueError: atom 3 has 7 bonded neighbours", None]
+
+    def broken(self, graphs):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(MoleculeCopies, "_evaluate", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        MoleculeCopies(pot, start, positions, np.zeros_like(positions))
+
+
+def test_nve_takes_failed_copies_out_of_the_batch(ethanol_data, trained_package, monkeypatch):
+    """A copy that fails in NVE leaves the batch (as in the Langevin protocol): what it would do next cannot slow or
+    change the copies still running."""
+    from ffspace.md.copies import MoleculeCopies
+
+    pot = Potential.load(trained_package, dtype="float64", fast=False)
+    sizes, evaluate = [], MoleculeCopies._evaluate
+
+    def counted(self, graphs):
+        sizes.append(len(graphs))
+        return evaluate(self, graphs)
+    monkeypatch.setattr(MoleculeCopies, "_evaluate", counted)
+    r = stability.nve_drift(pot, ethanol_data[0], 1500.0, seeds=4, time_ps=0.06, bond_tolerance=0.16)
+    failed = [s for s in r["per_seed_status"] if s != "ok"]
+    assert 0 < len(failed) < 4, "the test needs copies that fail and copies that survive"
+    assert sizes[0] == 4 and sizes[-1] == 4 - len(failed)
+    assert all(d is not None for d, s in zip(r["drift_meV_per_atom_ps"], r["per_seed_status"]) if s == "ok")
+
+
+def test_a_bench_step_removes_its_checkpoint_only_once_its_result_is_on_disk(tmp_path):
+    """A kill between the end of the MD and the write of its result must not lose the MD: the bench removes the
+    checkpoint after the result file is written, and keeps it when the step fails."""
+    from ffspace.bench import runner
+
+    partial, result = tmp_path / "run.partial.npz", tmp_path / "run.json"
+    partial.write_bytes(b"state")
+
+    def compute():
+        assert partial.exists()
+        return {"survived": 3}
+    assert runner._cached(result, {"k": 1}, compute, partial=partial) == {"survived": 3}
+    assert result.exists() and not partial.exists()
+    partial.write_bytes(b"state")
+
+    def killed():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        runner._cached(tmp_path / "other.json", {"k": 2}, killed, partial=partial)
+    assert partial.exists()
 
 
 def test_a_resumed_stability_run_gets_the_mm_priors_held_bonds_back(ethanol_data):

@@ -391,6 +391,38 @@ def test_a_frame_the_labeler_refuses_is_a_recorded_failure_and_the_others_go_on(
     assert len(calls) == 1
 
 
+def test_a_numerical_error_inside_the_labeler_fails_that_frame_and_a_setup_error_stops_the_run(tmp_path):
+    """An error the QM code raises on one geometry (a singular matrix, an eigensolver that gives up: ValueError,
+    RuntimeError, ArithmeticError) is that frame's recorded failure and the others go on; an error that would fail
+    every frame (a missing module, a wrong argument) stops the run at once instead of filling the failures."""
+    from ffspace.reference.runner import _label_one
+
+    class Breaks:
+        charge = 0
+
+        def __init__(self, error):
+            self.error = error
+
+        def provenance(self):
+            return {"method": "test", "charge": 0}
+
+        def label(self, s):
+            if np.abs(s.positions).max() > 1.0:
+                raise self.error
+            return XTBLabeler().label(s)
+
+    stretched = WATER.copy(positions=WATER.positions * 1.5)
+    status, reason, details = _label_one(Breaks(RuntimeError("eigh did not converge")), stretched)
+    assert status == "failed" and "RuntimeError: eigh did not converge" in reason and details["error"] == "RuntimeError"
+    store = LabelStore(tmp_path / "store")
+    data = label_structures([WATER, stretched], Breaks(np.linalg.LinAlgError("singular")), store, progress=False)
+    assert len(data) == 1 and len(store.failures) == 1
+    with pytest.raises(ImportError):
+        label_structures([stretched], Breaks(ImportError("no module named pyscf")), LabelStore(tmp_path / "other"),
+                         progress=False)
+    assert not LabelStore(tmp_path / "other").failures
+
+
 def test_radicals_and_fields_without_dft_are_refused_up_front(tmp_path):
     from pydantic import ValidationError
 

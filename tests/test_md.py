@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from ffspace.data import Structure, read_extxyz
@@ -294,3 +295,35 @@ def test_an_md_checkpoint_carries_the_mm_priors_held_bonds(ethanol_data, tmp_pat
     assert fresh_term.held_bonds().lookup(*where) == [None]
     assert checkpoint.load(tmp_path / "c.npz", "key", MDState(start), SimpleNamespace(), verlet, fresh)
     assert [h.tolist() for h in fresh_term.held_bonds().lookup(*where)] == [held[1:].tolist()]
+
+
+def test_a_resume_that_is_killed_while_cutting_the_outputs_keeps_them_whole(tmp_path, monkeypatch, ethanol_data):
+    """A resumed run cuts what the killed run wrote after its checkpoint; the files are rewritten through a
+    temporary file, so a kill during that rewrite leaves the old files whole (not truncated), to be cut again."""
+    import ase.io
+
+    from ffspace.md import output
+
+    thermo, traj = tmp_path / "thermo.csv", tmp_path / "trajectory.extxyz"
+    rows = [[step, 0.5 * step, -1.0, 0.1, -0.9, 300.0] for step in (0, 10, 20, 30)]
+    thermo.write_text(",".join(output.THERMO_COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    frames = []
+    for step in (0, 10, 20, 30):
+        atoms = ethanol_data[0].to_ase()
+        atoms.info = {"step": step}
+        frames.append(atoms)
+    ase.io.write(traj, frames, format="extxyz")
+    before = traj.read_bytes()
+
+    def killed(filename, images, **kwargs):  # killed with the file it writes half written
+        with open(filename, "w") as f:
+            f.write(before.decode()[: len(before) // 3])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ase.io, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        output._truncate_outputs(tmp_path, 10)
+    assert traj.read_bytes() == before
+    monkeypatch.undo()
+    kept = output._truncate_outputs(tmp_path, 10)
+    assert [r[0] for r in kept] == [0, 10]
+    assert [a.info["step"] for a in ase.io.read(traj, index=":", format="extxyz")] == [0, 10]

@@ -212,6 +212,46 @@ def test_resume_may_extend_epochs(tmp_path, ethanol_data):
     assert fit(3)["epochs"] == 3
 
 
+def test_the_time_budget_counts_training_steps_not_validation(tmp_path, ethanol_data, monkeypatch):
+    """Two models of one benchmark validate at different costs (a C kernel or not): the budget counts the training
+    steps only, validation is timed apart (``val_s``). Here validation is slowed by 0.4 s per epoch, far more than an
+    epoch's training steps on 20 frames: a budget that counted it would stop after a few epochs."""
+    real = Trainer.validate
+
+    def slow(self):
+        time.sleep(0.4)
+        return real(self)
+    monkeypatch.setattr(Trainer, "validate", slow)
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+    cfg = TrainConfig(epochs=6, batch_size=10, progress=False, max_time_min=0.02)  # 1.2 s of training steps
+    trainer = Trainer(model, train, val, cfg, run_dir=tmp_path)
+    summary = trainer.fit()
+    rows = trainer.history
+    assert all(r["val_s"] >= 0.4 > r["epoch_s"] for r in rows)
+    assert summary["time_s"] == pytest.approx(sum(r["epoch_s"] for r in rows), abs=0.01)
+    assert summary["time_s"] < 1.2
+    assert summary["epochs"] == 6 or summary["time_s"] + rows[-1]["epoch_s"] > 1.2
+
+
+def test_a_checkpoint_with_another_budget_is_refused_where_the_caller_asks(tmp_path, ethanol_data):
+    """`ffspace bench` trains each model under its budget: a kept training with another budget is refused (resumed,
+    a cosine on the clock would start its learning rate again), where a plain training may extend its epochs."""
+    from ffspace.errors import ConfigError
+
+    train, val = ethanol_data[:20], ethanol_data[20:25]
+
+    def trainer(epochs, **kwargs):
+        model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train)
+        return Trainer(model, train, val, TrainConfig(epochs=epochs, progress=False), run_dir=tmp_path, **kwargs)
+
+    assert trainer(1, same_budget=True).fit()["epochs"] == 1
+    assert trainer(1, same_budget=True).fit()["epochs"] == 1  # the same budget: read back
+    with pytest.raises(ConfigError, match=r"epochs / max_time_min \[1, None\], not \[2, None\]"):
+        trainer(2, same_budget=True).fit()
+    assert trainer(2).fit()["epochs"] == 2
+
+
 @pytest.mark.parametrize("keep", ["best", "last"])
 def test_package_keeps_the_best_or_the_last_epoch(tmp_path, ethanol_data, monkeypatch, keep):
     """``train.keep``: the package (and the trainer's model) holds the epoch with the lowest validation loss, or the

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from ..outputs import atomic_path, write_json
 from ..reference.config import LabelConfig
 from ..reference.job import sampled_frames, start_structures
 from ..reference.runner import label_structures
-from ..reference.store import LabelStore
+from ..reference.store import LabelStore, structure_key
 from ..units import meV
 from .committee import Committee, train_committee
 from .config import ActiveConfig
@@ -45,12 +46,34 @@ from .selection import pick_counts, select
 
 
 def _write_json(path: Path, value) -> None:
-    write_json(path, value, fsync=False)
+    write_json(path, value)  # (fsynced: a round's files are written once, and an empty one after a crash would lie)
 
 
 def _write_frames(path: Path, frames: list[Structure]) -> None:
-    with atomic_path(path, fsync=False) as tmp:
+    with atomic_path(path) as tmp:
         write_extxyz(tmp, frames)
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """Hold ``out``'s lock for the run: a second `ffspace active` on the same folder would label the same picks
+    and train the same members beside this one."""
+    try:
+        import fcntl
+    except ImportError:  # (no fcntl: not Linux or macOS; run unlocked)
+        yield
+        return
+    handle = open(out / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{out} is in use by another `ffspace active` run (it holds {out / '.lock'}); wait for "
+                          "it to end or stop it first") from None
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def _log(msg: str) -> None:
@@ -99,8 +122,8 @@ def labels_before_round(cfg: ActiveConfig, k: int, starts, labeler) -> tuple[Dat
         if not (folder / "summary.json").exists():
             raise DataError(f"round {j} has not finished, so the labels before round {k} are not known",
                             file=str(folder))
-        new_train, new_val = split_new_labels(_labeled_picks(folder, labeler, store), len(train) + len(val),
-                                              cfg.val_every)
+        new_train, new_val = split_new_labels(_labeled_picks(folder, labeler, store, finished=True),
+                                              len(train) + len(val), cfg.val_every)
         train, val = train + new_train, val + new_val
     return train, val
 
@@ -121,6 +144,11 @@ def _check_config(out: Path, cfg: ActiveConfig) -> None:
 def run_active(cfg: ActiveConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run_active(cfg, out)
+
+
+def _run_active(cfg: ActiveConfig, out: Path) -> dict:
     _check_config(out, cfg)
     labeler = cfg.labeler.build()
     store = LabelStore(out / "store")
@@ -138,9 +166,9 @@ def run_active(cfg: ActiveConfig) -> dict:
         folder.mkdir(exist_ok=True)
         done = folder / "summary.json"
         n_labels = len(train_set) + len(val_set)
-        if done.exists():  # a finished round: read back what it added, train nothing
+        if done.exists():  # a finished round: read back what it added, train nothing, label nothing
             summary = json.loads(done.read_text())
-            new = _labeled_picks(folder, labeler, store)
+            new = _labeled_picks(folder, labeler, store, finished=True)
         else:
             summary, new, paths = _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store,
                                          previous, n_labels)
@@ -251,11 +279,25 @@ def _round(cfg, k, folder, starts, train_set, val_set, train_cfg, labeler, store
     return summary, new, paths
 
 
-def _labeled_picks(folder: Path, labeler, store: LabelStore, workers: int = 1) -> Dataset:
-    path = folder / "picked.extxyz"
+def _labeled_picks(folder: Path, labeler, store: LabelStore, workers: int = 1, finished: bool = False) -> Dataset:
+    """The round's picks with their labels (computed now where the store lacks them). A ``finished`` round's are
+    read back only: a pick the store lacks means the labeler changed since (settings or program version, which
+    its labels' keys hold), and relabelling a whole finished round one frame after another would take hours."""
+    path, listed = folder / "picked.extxyz", folder / "picked.json"
     if not path.exists() or path.stat().st_size == 0:  # an empty file: the round decided to pick nothing
+        if listed.exists() and json.loads(listed.read_text() or "[]"):
+            raise DataError(f"{path} is empty but {listed} lists picks: the file was lost (a crash while it was "
+                            "written?); remove the round folder to redo the round", file=str(path))
         return Dataset([], name=str(path))
     frames = list(read_extxyz(path, required=()))
+    if finished:
+        method = labeler.provenance()
+        missing = [i for i, s in enumerate(frames)
+                   if (key := structure_key(s, method)) not in store and key not in store.failures]
+        if missing:
+            raise DataError(f"picks {missing[:10]}{' …' if len(missing) > 10 else ''} of this finished round are not "
+                            f"in {store.folder} under the labeler {method}: was it labelled with other settings or "
+                            "another program version? Use those again, or start a new run", file=str(path))
     try:
         # one frame per task: a DFT label takes minutes, and a killed run loses only the frames in flight
         labeled = label_structures(frames, labeler, store, workers=workers, progress=False, chunk=1)

@@ -138,7 +138,8 @@ class BenchConfig(BaseModel):
 
     name: str = "bench"
     out: str = Field("runs/bench", description="output folder (the run resumes from what is there)")
-    budget_min: float = Field(60.0, gt=0, description="training wall-clock budget per model and dataset")
+    budget_min: float = Field(60.0, gt=0, description="training budget per model and dataset, minutes of training "
+                              "steps on the clock (validation timed apart)")
     threads: int = Field(2, ge=1, description="CPU threads of the timing processes and OpenMM; training uses the "
                          "process's own (OMP_NUM_THREADS), and the runner warns when they differ")
     device: str = "cpu"

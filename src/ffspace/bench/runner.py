@@ -328,9 +328,10 @@ def _cached_value(path: Path, key: dict) -> dict | None:
     return stored["value"] if stored.get("key") == _digest(key) else None
 
 
-def _cached(path: Path, key: dict, compute, keep=lambda value: True) -> dict:
+def _cached(path: Path, key: dict, compute, keep=lambda value: True, partial: Path | None = None) -> dict:
     """Read a finished step back if it was made from the same inputs (``key``), else compute it and write it
-    at once: the unit of resumption. ``keep`` says whether a result is worth keeping for a rerun."""
+    at once: the unit of resumption. ``keep`` says whether a result is worth keeping for a rerun. ``partial``: the
+    step's own checkpoint, removed only once the result is on disk (a kill in between then loses nothing)."""
     digest = _digest(key)
     if path.exists():
         stored = json.loads(path.read_text())
@@ -339,7 +340,9 @@ def _cached(path: Path, key: dict, compute, keep=lambda value: True) -> dict:
         print(f"[bench] {path} was made with other settings: redoing it", file=sys.stderr)
     value = compute()
     if keep(value):
-        write_json(path, {"key": digest, "inputs": key, "value": value}, fsync=False)
+        write_json(path, {"key": digest, "inputs": key, "value": value}, fsync=partial is not None)
+    if partial is not None:
+        Path(partial).unlink(missing_ok=True)
     return value
 
 
@@ -355,7 +358,7 @@ def _file_hash(path: Path) -> str:
 
 
 def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
-    # One budget for every model: a cosine schedule that ends with the wall-clock budget, no early stop.
+    # One budget for every model: a cosine schedule that ends with the budget of training minutes, no early stop.
     settings = {"epochs": 1_000_000, "schedule": "cosine", "warmup_epochs": 2, "early_stop_patience": 1_000_000,
                 "max_time_min": cfg.budget_min, "device": cfg.device, "progress": sys.stderr.isatty(),
                 **cfg.train, **m.train}
@@ -370,7 +373,7 @@ def _train(cfg, m: BenchModel, train, val, run_dir: Path) -> dict:
     print(f"[bench] training {m.name} ({m.model['family']}) for {tc.max_time_min:g} min", file=sys.stderr)
     model = model_for_training(m.model, train, tc)
     trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
-                      extra_config={"bench_model": m.model_dump()})
+                      extra_config={"bench_model": m.model_dump()}, same_budget=True)
     summary = trainer.fit()
     return {"training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
                          "stop_reason": summary["stop_reason"], "dtype": tc.dtype}}
@@ -490,7 +493,7 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
             lambda: stability.survival(pot, start, temperature, c.seeds, time_ps, c.timestep_fs, c.friction,
                                        c.bond_tolerance, min_distance=c.min_distance, dihedral=dihedral,
                                        sample_fs=c.sample_fs, reference=reference, checkpoint=partial,
-                                       progress=True))
+                                       progress=True, remove_checkpoint=False), partial=partial)
         print(f"[bench] stability {run_dir.name} at {temperature:g} K: {stability.verdict(runs[f'{temperature:g}'])}",
               file=sys.stderr)
     result = {"ms_per_step_float32": cost, "time_ps": max(length(t) for t in c.temperatures), "dtype": c.dtype,
@@ -501,7 +504,7 @@ def _stability(cfg: BenchConfig, run_dir: Path, weights: str, start, molecule_sp
         partial = run_dir / f"stability_nve.{hashlib.sha256(json.dumps(nve_key).encode()).hexdigest()[:12]}.partial.npz"
         result["nve"] = _cached(run_dir / "stability_nve.json", nve_key, lambda: stability.nve_drift(
             pot, start, 300.0, c.seeds, c.nve_ps, c.timestep_fs, bond_tolerance=c.bond_tolerance, checkpoint=partial,
-            progress=True, min_distance=c.min_distance))
+            progress=True, min_distance=c.min_distance, remove_checkpoint=False), partial=partial)
     return result
 
 

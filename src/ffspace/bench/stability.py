@@ -16,6 +16,7 @@ heavy atoms that varies most in the training frames (the molecule's most flexibl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from .. import units
 from ..data.structure import Structure
 from ..md import failure as rules
+from ..md.checkpoint import add_weights
 from ..md.copies import MoleculeCopies
 from ..md.failure import MIN_DISTANCE
 from ..md.held_bonds import held_arrays, restore_held
@@ -125,14 +127,18 @@ def reference_distributions(structure: Structure, frames: list[Structure], dihed
 def survival(potential, structure: Structure, temperature: float, seeds: int = 5, time_ps: float = 20.0,
              timestep_fs: float = 0.5, friction: float = 0.01, bond_tolerance: float = 0.5, seed: int = 0,
              progress: bool = False, min_distance: float = MIN_DISTANCE, dihedral=None, sample_fs: float = 20.0,
-             reference: dict | None = None, checkpoint=None, checkpoint_ps: float = 1.0) -> dict:
+             reference: dict | None = None, checkpoint=None, checkpoint_ps: float = 1.0,
+             remove_checkpoint: bool = True, identity: str | None = None) -> dict:
     """Langevin MD of ``seeds`` copies at ``temperature`` K; the time each copy failed (None: survived) and why
     (``failure``: the bond that left the tolerance, the pair that came closer than ``min_distance``, or non-finite
     values); ``sampled``: histograms of bond lengths and of the ``dihedral`` (atom indices) over the copies that
     survived, every ``sample_fs``, and with ``reference`` (`reference_distributions`) their overlaps with it.
 
     With ``checkpoint`` (a file path) the run's state is saved every ``checkpoint_ps`` and a killed run resumes from
-    it, losing at most that much MD; the file also records the settings, and one written for others is not used."""
+    it, losing at most that much MD; the file also records the settings and the weights, and one written for others
+    is not used (``identity`` stands for the weights of a potential that has none, e.g. a labeler's provenance).
+    ``remove_checkpoint=False`` leaves the file for the caller to remove once it has kept the result
+    (a kill between the two then loses nothing)."""
     bonds, d0 = rules.start_bonds(structure)
     start_stream, noise_stream = np.random.SeedSequence(seed).spawn(2)  # independent velocity and noise draws
     copies = MoleculeCopies.thermal(potential, structure, seeds, temperature, np.random.default_rng(start_stream))
@@ -144,8 +150,9 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     settings = json.dumps([structure.positions.tolist(), temperature, seeds, time_ps, timestep_fs, friction,
                            bond_tolerance, seed, min_distance, dihedral and list(dihedral), sample_fs])
     done = 0
+    weights = "" if checkpoint is None else identity if identity is not None else weights_key(potential)
     if checkpoint is not None:
-        resumed = _resume(checkpoint, settings, potential, structure, integrator)
+        resumed = _resume(checkpoint, settings, potential, structure, integrator, weights)
         if resumed is not None:
             done, copies, failure, why, samples = resumed
             print(f"[stability] {temperature:g} K: resumed at {done * timestep_fs / units.ps:g} ps from {checkpoint}",
@@ -156,7 +163,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
     bar.set_postfix(running=f"{len(copies.ids)}/{seeds}")
     for step in bar:
         if checkpoint is not None and step > done and step % save_every == 0:
-            _save(checkpoint, settings, step, copies, integrator, failure, why, samples)
+            _save(checkpoint, settings, step, copies, integrator, failure, why, samples, weights)
         integrator.step(copies.state, copies)
         bad = rules.failed(copies.positions(), copies.energies, bonds, d0, bond_tolerance, min_distance)
         if bad.any():
@@ -165,6 +172,8 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
                 failure[copies.ids[k]] = t
                 pos_k, energy_k = copies.positions()[k], copies.energies[k]
                 why[copies.ids[k]] = rules.why(pos_k, energy_k, structure.numbers, bonds, d0, bond_tolerance)
+                if copies.errors[k]:  # what the model raised on this copy's geometry
+                    why[copies.ids[k]]["error"] = copies.errors[k]
             if bad.all():
                 break
             copies = copies.survivors(~bad, integrator)
@@ -174,7 +183,7 @@ def survival(potential, structure: Structure, temperature: float, seeds: int = 5
             samples.append((np.asarray(copies.ids), np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1),
                             dihedral_angles(pos, dihedral) if dihedral is not None else np.zeros(len(pos))))
     bar.close()  # (a run where every copy failed left the loop early)
-    if checkpoint is not None:  # finished: the caller keeps the result
+    if checkpoint is not None and remove_checkpoint:  # finished
         Path(checkpoint).unlink(missing_ok=True)
     result = {"temperature_K": temperature, "time_ps": time_ps, "timestep_fs": timestep_fs, "seeds": seeds,
               "failure_ps": failure, "failure": why, "survived": sum(f is None for f in failure),
@@ -204,32 +213,50 @@ def _restore_held(potential, copies, counts: np.ndarray, keys: np.ndarray) -> No
                  counts, keys)
 
 
-def _save(path, settings: str, step: int, copies, integrator, failure, why, samples) -> None:
+def weights_key(potential) -> str:
+    """A digest of the model's weights (every member's, for a committee): a checkpoint made by another model is
+    not resumed, whoever calls `survival` (the bench also puts a key in the file name). A potential without torch
+    weights (a QM calculator) gives its class name: its caller passes ``identity`` to `survival` instead."""
+    if not all(hasattr(m, "model") for m in getattr(potential, "members", [potential])):
+        return type(potential).__name__
+    h = hashlib.sha256()
+    add_weights(h, potential)
+    return h.hexdigest()
+
+
+def _save(path, settings: str, step: int, copies, integrator, failure, why, samples, weights: str) -> None:
     """The run's state after ``step`` steps, written atomically (a kill while writing keeps the previous one)."""
     counts = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
     flat = (lambda k, empty: np.concatenate([x[k] for x in samples]) if samples else empty)
     state = copies.state
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **_held_arrays(copies.potential, copies), settings=settings, step=step,
-                     ids=np.asarray(copies.ids, dtype=np.int64),
-                     positions=copies.positions(), velocities=copies.velocities(), forces=state.forces,
-                     energy=state.energy, energies=copies.energies, rng=json.dumps(integrator.rng.bit_generator.state),
-                     failure=json.dumps(failure), why=json.dumps(why), sample_counts=counts,
-                     sample_ids=flat(0, np.zeros(0, dtype=np.int64)), sample_bonds=flat(1, np.zeros((0, 0))),
-                     sample_angles=flat(2, np.zeros(0)))
+            np.savez_compressed(  # (compressed: the samples grow with the run, and the lists are many pairs)
+                fh, **_held_arrays(copies.potential, copies), **copies.verlet_arrays(), settings=settings,
+                weights=weights, step=step, ids=np.asarray(copies.ids, dtype=np.int64),
+                positions=copies.positions(), velocities=copies.velocities(), forces=state.forces,
+                energy=state.energy, energies=copies.energies, rng=json.dumps(integrator.rng.bit_generator.state),
+                failure=json.dumps(failure), why=json.dumps(why), sample_counts=counts,
+                sample_ids=flat(0, np.zeros(0, dtype=np.int64)), sample_bonds=flat(1, np.zeros((0, 0))),
+                sample_angles=flat(2, np.zeros(0)))
 
 
-def _resume(path, settings: str, potential, structure: Structure, integrator):
-    """(step, copies, failure, why, samples) from a checkpoint of the same run, or None (none, or other settings)."""
+def _resume(path, settings: str, potential, structure: Structure, integrator, weights: str):
+    """(step, copies, failure, why, samples) from a checkpoint of the same run, or None (none, or other settings or
+    weights)."""
     if not Path(path).is_file():
         return None
     with np.load(path) as z:
         if str(z["settings"]) != settings:
             print(f"[stability] {path} was written for other settings: starting over", file=sys.stderr)
             return None
+        if "weights" in z and str(z["weights"]) != weights:  # (checkpoints from before the key: the bench's own
+            # file names carry one)
+            print(f"[stability] {path} was written by another model: starting over", file=sys.stderr)
+            return None
         copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
         copies.ids = z["ids"].tolist()
+        copies.restore_verlet(z)  # the lists of the killed run (older checkpoints: built at the resumed geometry)
         # the forces of the step that was saved, not recomputed: the run goes on from exactly where it was
         copies.state.forces, copies.state.energy, copies.energies = z["forces"], float(z["energy"]), z["energies"]
         if "held_counts" in z:  # (checkpoints from before held bonds were kept: perceived afresh)
@@ -310,7 +337,8 @@ class EnergyTrace:
 
 def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds: int = 5, time_ps: float = 2.0,
               timestep_fs: float = 0.5, seed: int = 0, bond_tolerance: float = 0.5, checkpoint=None,
-              checkpoint_ps: float = 1.0, progress: bool = False, min_distance: float = MIN_DISTANCE) -> dict:
+              checkpoint_ps: float = 1.0, progress: bool = False, min_distance: float = MIN_DISTANCE,
+              remove_checkpoint: bool = True) -> dict:
     """Velocity-Verlet NVE of ``seeds`` copies: the slope of each copy's total energy (meV/atom/ps), and its largest
     one-step change (meV) with when it came (ps).
 
@@ -332,45 +360,58 @@ def nve_drift(potential, structure: Structure, temperature: float = 300.0, seeds
     failed_at, why = np.full(seeds, -1), [None] * seeds
     trace = EnergyTrace(copies.energies + copies.kinetic())
     geometry_at = [None] * seeds  # the geometry of each copy's largest one-step change
-    # "trace": checkpoints written before the totals were kept as running sums hold every step's total instead
+    # "trace": checkpoints written before the totals were kept as running sums hold every step's total instead;
+    # "survivors": before failed copies left the batch (their checkpoints hold every copy)
     settings = json.dumps([structure.positions.tolist(), temperature, seeds, time_ps, timestep_fs, seed,
-                           bond_tolerance, min_distance, "trace"])
+                           bond_tolerance, min_distance, "trace", "survivors"])
+    weights = weights_key(potential) if checkpoint is not None else ""
     done = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         with np.load(checkpoint) as z:
-            if str(z["settings"]) == settings:
+            if str(z["settings"]) == settings and str(z["weights"]) == weights:
                 done, failed_at, why = int(z["step"]), z["failed_at"], json.loads(str(z["why"]))
                 trace, geometry_at = EnergyTrace.from_state(z), json.loads(str(z["geometry_at"]))
                 copies = MoleculeCopies(potential, structure, z["positions"], z["velocities"])
+                copies.ids = z["ids"].tolist()
                 copies.state.forces, copies.state.energy, copies.energies = (z["forces"], float(z["energy"]),
                                                                              z["energies"])
+                copies.restore_verlet(z)
                 if "held_counts" in z:
                     _restore_held(potential, copies, z["held_counts"], z["held_keys"])
                 print(f"[stability] NVE: resumed at {done * timestep_fs / units.ps:g} ps from {checkpoint}",
+                      file=sys.stderr)
+            else:
+                print(f"[stability] {checkpoint} was written for other settings or another model: starting over",
                       file=sys.stderr)
     save_every = max(1, int(round(checkpoint_ps * units.ps / timestep_fs)))
     for step in progress_bar(range(done, steps), desc=f"NVE {seeds} seeds", enabled=progress, log_every_s=300.0):
         if checkpoint is not None and step > done and step % save_every == 0:
             with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **_held_arrays(potential, copies), settings=settings, step=step, failed_at=failed_at,
-                         why=json.dumps(why),
-                         geometry_at=json.dumps(geometry_at), positions=copies.positions(),
-                         velocities=copies.velocities(), forces=copies.state.forces, energy=copies.state.energy,
-                         energies=copies.energies, **trace.state())
+                np.savez(fh, **_held_arrays(potential, copies), **copies.verlet_arrays(), settings=settings,
+                         weights=weights, step=step, failed_at=failed_at, why=json.dumps(why),
+                         geometry_at=json.dumps(geometry_at), ids=np.asarray(copies.ids, dtype=np.int64),
+                         positions=copies.positions(), velocities=copies.velocities(), forces=copies.state.forces,
+                         energy=copies.state.energy, energies=copies.energies, **trace.state())
         integrator.step(copies.state, copies)
-        pos = copies.positions()
-        alive_before = failed_at < 0  # the failing step counts, what a copy does after it does not
-        bad = rules.failed(pos, copies.energies, bonds, d0, bond_tolerance, min_distance) & alive_before
+        pos, ids = copies.positions(), np.asarray(copies.ids)
+        # Every copy in the batch was alive before this step: the failing step counts, what a copy would do after
+        # it does not (it leaves the batch, so its fate cannot slow or change the others).
+        bad = rules.failed(pos, copies.energies, bonds, d0, bond_tolerance, min_distance)
         for k in np.nonzero(bad)[0]:
-            failed_at[k] = step + 1
-            why[k] = {**rules.why(pos[k], float(copies.energies[k]), structure.numbers, bonds, d0, bond_tolerance),
-                      "time_ps": (step + 1) * timestep_fs / units.ps}
-        for k in np.nonzero(trace.add((step + 1) * timestep_fs / units.ps, copies.energies + copies.kinetic(),
-                                      alive_before))[0]:
-            geometry_at[k] = contacts(pos[k], structure.numbers, bonds)
-        if (failed_at >= 0).all():
+            failed_at[ids[k]] = step + 1
+            why[ids[k]] = {**rules.why(pos[k], float(copies.energies[k]), structure.numbers, bonds, d0,
+                                       bond_tolerance), "time_ps": (step + 1) * timestep_fs / units.ps}
+        total = np.full(seeds, np.nan)
+        total[ids] = copies.energies + copies.kinetic()
+        alive = np.zeros(seeds, dtype=bool)
+        alive[ids] = True
+        for c in np.nonzero(trace.add((step + 1) * timestep_fs / units.ps, total, alive))[0]:
+            geometry_at[c] = contacts(pos[int(np.nonzero(ids == c)[0][0])], structure.numbers, bonds)
+        if bad.all():
             break
-    if checkpoint is not None:
+        if bad.any():
+            copies = copies.survivors(~bad)
+    if checkpoint is not None and remove_checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
     slopes = trace.slope()  # eV/ps
     drifts, status = [], []

@@ -192,7 +192,7 @@ def compress(model: Path = typer.Argument(..., help="trained package with a Deep
 @app.command()
 def bench(config: Path = typer.Argument(..., help="bench config YAML (datasets, models, budget_min, speed)"),
           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. budget_min=5 out=runs/b")):
-    """Train every model of the config on every dataset under the same wall-clock budget, then measure test
+    """Train every model of the config on every dataset under the same budget of training minutes, then measure test
     and extrapolation errors (per element), speed on the molecule and on water boxes up to 24 000 atoms
     (float32 and float64, fitted scaling exponent, neighbour-list time) and peak memory. Writes
     <out>/report.json, report.md and plots. Running it again resumes: finished steps are read back.

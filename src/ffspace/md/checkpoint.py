@@ -28,11 +28,16 @@ def fingerprint(structure, potential, settings: dict) -> str:
     for name in ("charge", "field"):
         if structure.info.get(name) is not None:
             h.update(name.encode() + np.asarray(structure.info[name], dtype=float).tobytes())
-    for member in getattr(potential, "members", [potential]):  # a committee: every member's weights
+    add_weights(h, potential)
+    return h.hexdigest()
+
+
+def add_weights(h, potential) -> None:
+    """Feed the model's weights (every member's, for a committee) into the hash ``h``."""
+    for member in getattr(potential, "members", [potential]):
         for name, t in sorted(member.model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def save(path: Path, key: str, state, integrator, verlet, potential=None) -> None:

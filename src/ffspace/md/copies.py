@@ -42,6 +42,7 @@ class MoleculeCopies:
         self.lists = [VerletList(potential.cutoff) for _ in range(self.n)]
         self.energies = None  # (n,) potential energy of each copy, eV
         self.deviations = None  # (n,) largest atomic force deviation of each copy, eV/Å (committees only)
+        self.errors = [None] * self.n  # per copy, what the model raised on its geometry at the last call (or None)
         # the model's C kernel (and priors) on all copies from numpy (`FastForces.direct`), once checked
         self._direct = None
         self._joint = None  # (finite copies, i, j, shifts): all copies' Verlet pairs, offset to their atoms
@@ -92,19 +93,28 @@ class MoleculeCopies:
             frame.energy = frame.forces = frame.stress = None
             frame.info = {"charge": self._charge, "field": field}
             graphs.append(graph_of(frame, self.potential.cutoff, pairs=vl.update(pos, frame.cell, frame.pbc)))
+        self.errors = [None] * self.n
         try:
             energies, forces, deviations, dipoles = self._evaluate(graphs)
         except Exception:  # noqa: BLE001 - one copy's geometry broke the model: find it, fail only it
             energies, forces = np.full(self.n, np.nan), np.full((self.n * self.atoms, 3), np.nan)
             deviations, dipoles = np.full(self.n, np.nan), np.full((self.n, 3), np.nan)
+            raised = []
             for k, g in enumerate(graphs):
                 try:
                     e, f, d, mu = self._evaluate([g])
-                except Exception:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001
+                    self.errors[k] = f"{type(exc).__name__}: {exc}"[:300]
+                    raised.append(exc)
                     continue
                 energies[k], forces[k * self.atoms:(k + 1) * self.atoms], deviations[k] = e[0], f, d[0]
                 if mu is not None:
                     dipoles[k] = mu[0]
+            # A model refuses a geometry with a ValueError (e.g. an atom with too many bonded neighbours); anything
+            # else raised by every copy alone (out of memory, a bug) is not the copies' fault and is not recorded
+            # as their failure.
+            if len(raised) == self.n and not all(isinstance(exc, ValueError) for exc in raised):
+                raise raised[0]
         self.energies, self.deviations = energies, deviations
         if self.want_dipole:
             self.dipoles = dipoles
@@ -144,7 +154,39 @@ class MoleculeCopies:
         bad = ~finite | ~np.isfinite(forces.reshape(self.n, self.atoms, 3)).all((1, 2))
         energies[bad] = np.nan
         self.energies, self.deviations = energies, np.full(self.n, np.nan)
+        self.errors = [None] * self.n
         return float(np.nansum(energies)), np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def verlet_arrays(self) -> dict:
+        """Each copy's Verlet list (pairs and the positions it was built at) as arrays for a checkpoint: a resumed
+        run then sums the same pairs in the same order as the run that was killed (a list built afresh at the
+        resumed geometry holds other pairs within its skin, and vesin promises no pair order; MD amplifies the
+        last bits a different order changes)."""
+        lists = self.lists
+        if any(vl.pairs is None for vl in lists):  # (never built: nothing to keep)
+            return {}
+        return {"verlet_counts": np.array([len(vl.pairs[0]) for vl in lists], dtype=np.int64),
+                "verlet_i": np.concatenate([vl.pairs[0] for vl in lists]),
+                "verlet_j": np.concatenate([vl.pairs[1] for vl in lists]),
+                "verlet_shifts": np.concatenate([vl.pairs[2] for vl in lists]),
+                "verlet_positions": np.stack([vl.built_at for vl in lists]),
+                "verlet_cells": np.stack([vl._ref[1] for vl in lists])}
+
+    def restore_verlet(self, arrays) -> None:
+        """Put back the lists of `verlet_arrays` (``arrays`` maps its names; a checkpoint without them leaves the
+        lists built at the resumed geometry)."""
+        if "verlet_counts" not in arrays:
+            return
+        counts = np.asarray(arrays["verlet_counts"])
+        if len(counts) != self.n:
+            raise ValueError(f"the checkpoint holds {len(counts)} Verlet lists for {self.n} copies")
+        bounds = np.cumsum(counts)[:-1]
+        parts = [np.split(np.asarray(arrays[k]), bounds) for k in ("verlet_i", "verlet_j", "verlet_shifts")]
+        for k, vl in enumerate(self.lists):
+            vl.pairs = (parts[0][k].copy(), parts[1][k].copy(), parts[2][k].copy())
+            vl._ref = (np.array(arrays["verlet_positions"][k]), np.array(arrays["verlet_cells"][k]))
+            self._built_at[k] = vl._ref[0]
+        self._joint = None  # the direct path's joint arrays are made again from the restored lists
 
     def _evaluate(self, graphs):
         batch = collate(graphs, dtype=self.potential.dtype, device=self.potential.device, labels=False)

@@ -81,4 +81,5 @@ def describe_failure(f: dict) -> str:
         return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} {f['reason']} to {f['length_A']:.2f} Å{at}"
     if "distance_A" in f:
         return f"{f['elements']} {f['atoms'][0]}–{f['atoms'][1]} too close ({f['distance_A']:.2f} Å){at}"
-    return f"{f.get('stopped') or f.get('reason', 'failed')}{at}"
+    error = f" ({f['error']})" if f.get("error") else ""  # what the model raised on the copy's geometry
+    return f"{f.get('stopped') or f.get('reason', 'failed')}{error}{at}"

@@ -18,7 +18,7 @@ import numpy as np
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..errors import ConfigError
-from ..outputs import claim_folder, write_json
+from ..outputs import atomic_path, claim_folder, write_json
 from . import checkpoint
 
 MAX_PENDING_FRAMES = 100  # trajectory frames held before they are written (also written at every checkpoint)
@@ -112,7 +112,9 @@ def _truncate_outputs(out_dir: Path, step: int) -> list:
             for r in reader:
                 if len(r) == 6 and int(float(r[0])) <= step:
                     rows.append([float(x) for x in r])
-    with open(thermo, "w", newline="") as f:
+    # Both files are rewritten through a temporary file: a kill while rewriting keeps the old, longer one (cut
+    # again at the next resume), never a truncated one.
+    with atomic_path(thermo) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(THERMO_COLUMNS)
         for r in rows:
@@ -129,7 +131,8 @@ def _truncate_outputs(out_dir: Path, step: int) -> list:
                 frames.append(a)
         except Exception:  # noqa: BLE001 - a frame torn by the kill ends the readable part
             pass
-        ase.io.write(traj, frames, format="extxyz")
+        with atomic_path(traj) as tmp:
+            ase.io.write(tmp, frames, format="extxyz")
     return rows
 
 

@@ -33,6 +33,11 @@ def _label_one(labeler, structure):
         return ("failed", str(exc), exc.details)
     except DataError as exc:
         return ("failed", str(exc), {"error": type(exc).__name__})
+    except (ArithmeticError, ValueError, RuntimeError, MemoryError) as exc:
+        # a numerical failure inside the QM code on this geometry (a singular overlap, an eigensolver that does
+        # not converge, memory): that frame's failure, recorded, so that a rerun does not stop on it again. A
+        # programming or setup error (ImportError, TypeError, ...) still stops the run: it would fail every frame.
+        return ("failed", f"{structure.where()}: {type(exc).__name__}: {exc}"[:2000], {"error": type(exc).__name__})
 
 
 def _label_chunk(labeler, chunk):
@@ -97,7 +102,12 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
             import multiprocessing as mp
 
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with _child_threads(threads), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            from ..workers import die_with_parent
+
+            # each worker dies with this process: a killed run leaves no PySCF process computing for nobody
+            with _child_threads(threads), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                                              initializer=die_with_parent,
+                                                              initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_label_chunk, labeler, c) for c in _chunks(todo, chunk)]
                 try:
                     for fut in as_completed(futures):

@@ -37,7 +37,8 @@ class TrainConfig(BaseModel):
                          "CUDA with one device each); each computes part of every batch, the caller's CPU threads "
                          "are divided among them")
     seed: int = 0
-    max_time_min: float | None = Field(None, gt=0, description="wall-clock budget in minutes: no epoch starts that would overrun it; a cosine schedule ends with it")
+    max_time_min: float | None = Field(None, gt=0, description="budget in minutes of training steps (validation is timed apart, "
+                                  "`val_s`): no epoch starts that would overrun it; a cosine schedule ends with it")
     log_format: Literal["jsonl", "csv"] = "jsonl"
     progress: bool = True
     eval_batch_size: int = Field(32, ge=1)

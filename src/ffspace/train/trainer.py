@@ -83,7 +83,9 @@ class Trainer:
     """
 
     def __init__(self, model, train_set, val_set, config: TrainConfig | dict | None = None, run_dir="run",
-                 extra_config: dict | None = None, overwrite: bool = False, owner: str | None = None):
+                 extra_config: dict | None = None, overwrite: bool = False, owner: str | None = None,
+                 same_budget: bool = False):
+        self.same_budget = same_budget  # a checkpoint with another epochs / max_time_min is refused, not resumed
         self.config = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
         if distributed.launched() and not distributed.active():  # torchrun: this process's own GPU
             self.config = self.config.model_copy(update={"device": distributed.launched_device(self.config.device)})
@@ -239,6 +241,7 @@ class Trainer:
         state = {"fingerprint": self.fingerprint, "start_key": self.start_key, "epoch": self.epoch,
                  "best_val": self.best_val,
                  "bad_epochs": self.bad_epochs, "elapsed": self.elapsed,
+                 "budget": [self.config.epochs, self.config.max_time_min],
                  "history_json": json.dumps(self.history),
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else {}}
@@ -257,6 +260,12 @@ class Trainer:
                               + (" (for a training set streamed from disk, `data.cache_mb` is part of it: it sets "
                                  "the epochs' read order)" if streamed else "")
                               + f"; use another run directory (or delete {self.checkpoint_path}) to start afresh")
+        budget = [self.config.epochs, self.config.max_time_min]
+        if self.same_budget and "budget" in state and list(state["budget"]) != budget:
+            # With a cosine on the clock a longer budget would restart the learning rate of a finished run, and a
+            # shorter one would report a longer training under it: neither is the run the caller asked for.
+            raise ConfigError(f"{self.run_dir} holds a training with epochs / max_time_min {state['budget']}, not "
+                              f"{budget}; delete {self.run_dir} to train again with the new budget")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -487,15 +496,18 @@ class Trainer:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
             row.update(self._train_epoch())
+            t1 = time.perf_counter()
             val = self.validate() if lead else {"loss": math.nan}
             if lead and (val["loss"] < self.best_val or cfg.keep == "last"):
                 with self._with_ema():
                     save_package(self.run_dir / "model.safetensors", self.model,
                                  extra={"epoch": self.epoch + 1, "val": val, "run_config": self.resolved})
-            # Worker 0's validation loss and epoch time (validation included) are everyone's: the schedule,
-            # early stopping and the time budget then decide the same on every worker.
-            val_loss, epoch_s = distributed.broadcast_floats([val["loss"], time.perf_counter() - t0],
-                                                             self.potential.device)
+            # Worker 0's validation loss and times are everyone's: the schedule, early stopping and the time budget
+            # then decide the same on every worker. The budget (and a cosine on it) counts the training steps only:
+            # validating costs each model what its inference costs (a C kernel or not), and a budget that counted it
+            # would give two models of one benchmark different training time for the same minutes.
+            val_loss, epoch_s, val_s = distributed.broadcast_floats(
+                [val["loss"], t1 - t0, time.perf_counter() - t1], self.potential.device)
             self.schedule.epoch_end(val_loss)
             row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
             self.epoch += 1
@@ -508,6 +520,7 @@ class Trainer:
             last_epoch_s = epoch_s
             row["time_s"] = round(self.elapsed, 2)
             row["epoch_s"] = round(epoch_s, 3)
+            row["val_s"] = round(val_s, 3)
             self.history.append(row)
             if lead:
                 self._write_metrics()
