@@ -47,8 +47,10 @@ def _is_timing(rel: Path) -> bool:
     return rel.name.startswith(("speed_", "openmm_")) or rel.parts[0] == "openmm_water"
 
 
-def _finished_files(run: Path, timings: bool = True):
-    """The files of `run` that belong to finished steps (with or without the timings)."""
+def _finished_files(run: Path, timings: bool = True, into: Path | None = None):
+    """The files of `run` that belong to finished steps (with or without the timings). ``into``: the folder they
+    are restored into, whose own ``accuracy.json`` also says a training finished (a snapshot pruned of the files it
+    shares with another one, restored first, keeps no copy of that model's accuracy.json)."""
     for path in sorted(run.rglob("*")):
         if not path.is_file() or path.name in SKIPPED or _half_written(path):
             continue
@@ -59,12 +61,13 @@ def _finished_files(run: Path, timings: bool = True):
             continue
         # <dataset>/<model>/...: only a model whose training finished (accuracy.json is written when it has)
         if len(rel.parts) >= 3 and rel.parts[0] != "openmm_water" \
-                and not (run / rel.parts[0] / rel.parts[1] / "accuracy.json").exists():
+                and not any((folder / rel.parts[0] / rel.parts[1] / "accuracy.json").exists()
+                            for folder in (run, into) if folder is not None):
             continue
         yield rel
 
 
-def _finished_active_files(run: Path, timings: bool = True):
+def _finished_active_files(run: Path, timings: bool = True, into: Path | None = None):
     """The files of an active-learning benchmark run worth keeping (`timings` does not apply)."""
     for path in sorted(run.rglob("*")):
         if not path.is_file() or path.name in SKIPPED or _half_written(path) or path.name == "explored.json":
@@ -82,7 +85,7 @@ KINDS = {"bench": _finished_files, "active": _finished_active_files}
 
 def copy(src: Path, dst: Path, timings: bool = True, kind: str = "bench") -> int:
     n = 0
-    for rel in KINDS[kind](src, timings):
+    for rel in list(KINDS[kind](src, timings, into=None if timings else dst)):
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, target)

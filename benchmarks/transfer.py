@@ -8,11 +8,15 @@ energy MAE after removing the mean offset (an unseen molecule's absolute energy 
 references cannot know), and the raw energy MAE. A molecule with an element the package lacks is reported as
 such, not skipped silently.
 
-Few-shot (``--shots``): for each molecule of ``--fewshot`` and each N, N frames of its train_01 file (seeded; 20
-more frames validate) fine-tune the first package (`train.init_from`, reference energies refitted) and train the
-same architecture from scratch, each with the same wall-clock budget; both are tested on the 1000 test_01 frames.
+Few-shot (``--shots``): for each molecule of ``--fewshot`` and each N, N frames of its train_01 file (seeded)
+fine-tune the first package (`train.init_from`, reference energies refitted) and train the same architecture from
+scratch, each with the same wall-clock budget of training steps; both are tested on the 1000 test_01 frames. No
+labelled frame beyond the N is used: each arm keeps its last epoch's weights (a cosine schedule to the end of the
+budget), and the N frames themselves are its "validation" log, so nothing is selected on frames a user with N
+labels would not have.
 
-Every finished entry is written to ``--out``/results.json at once: a rerun skips what is done.
+Every finished entry is written to ``--out``/results.json at once, keyed by the package's content (a package
+retrained at the same path is evaluated again) and the settings: a rerun skips what is done.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ def evaluate(package: Path, data, dtype: str = "float32") -> dict:
             "n": len(data), "predict_s": time.perf_counter() - t0}
 
 
+def _digest(package: Path) -> str:
+    """The package's content (its first 16 hex digits of SHA-256): results are kept per content, not per path."""
+    import hashlib
+
+    from ffspace.potential.package import resolve_package_path
+
+    return hashlib.sha256(resolve_package_path(package).read_bytes()).hexdigest()[:16]
+
+
 def scratch_config(package: Path) -> dict:
     """The learned term's family and settings of a package: the same architecture, fresh weights."""
     terms = read_metadata(package)["model"].get("terms", [])
@@ -70,11 +83,12 @@ def scratch_config(package: Path) -> dict:
 def few_shot(package: Path, molecule: str, n: int, budget_min: float, out: Path, seed: int, lr_tune: float,
              lr_scratch: float, data: Path) -> dict:
     pool = read_dataset(data / f"rmd17_{molecule}_train_01.npz")
-    train, val, _ = pool.split([n, 20, -1], seed=seed)
+    train, _ = pool.split([n, -1], seed=seed)
     test = read_dataset(data / f"rmd17_{molecule}_test_01.npz")
     result = {}
     common = dict(epochs=1_000_000, batch_size=min(8, n), schedule="cosine", warmup_epochs=1,
-                  early_stop_patience=1_000_000, max_time_min=budget_min, seed=seed, progress=sys.stderr.isatty())
+                  early_stop_patience=1_000_000, max_time_min=budget_min, seed=seed, progress=sys.stderr.isatty(),
+                  keep="last")
     for arm in ("fine-tuned", "scratch"):
         run = out / f"{molecule}_{n}_{arm}"
         if arm == "fine-tuned":
@@ -83,7 +97,7 @@ def few_shot(package: Path, molecule: str, n: int, budget_min: float, out: Path,
         else:
             tc = TrainConfig(**common, lr=lr_scratch)
             model = build_model_for_data(scratch_config(package), train, seed=seed)
-        summary = Trainer(model, train, val, tc, run_dir=run, overwrite=True).fit()
+        summary = Trainer(model, train, train, tc, run_dir=run, overwrite=True).fit()
         result[arm] = {**evaluate(run / "model.safetensors", test), "epochs": summary["epochs"],
                        "train_s": summary["time_s"]}
         print(f"[transfer] {molecule} {n} frames, {arm}: F MAE {result[arm]['forces_mae_meV_A']:.1f} meV/Å",
@@ -117,9 +131,10 @@ def main(argv=None):
         path.write_text(json.dumps(results, indent=1))
 
     zero = results.setdefault("zero_shot", {})
+    digests = {name: _digest(Path(package)) for name, package in packages.items()}
     for name, package in packages.items():
         for molecule in args.molecules:
-            key = f"{name}/{molecule}/{args.n_test}"
+            key = f"{name}/{molecule}/{args.n_test}/{digests[name]}"
             if key not in zero:
                 test = read_dataset(args.data / f"rmd17_{molecule}_test_01.npz")[:args.n_test]
                 zero[key] = evaluate(Path(package), test)
@@ -129,15 +144,16 @@ def main(argv=None):
     first = Path(next(iter(packages.values())))
     for molecule in args.fewshot:
         for n in args.shots:
-            key = f"{molecule}/{n}/{args.budget_min:g}min/seed{args.seed}"
+            key = (f"{molecule}/{n}/{args.budget_min:g}min/seed{args.seed}/lr{args.lr_tune:g},{args.lr_scratch:g}/"
+                   f"{digests[next(iter(packages))]}")
             if key not in few:
                 few[key] = few_shot(first, molecule, n, args.budget_min, args.out / "few_shot", args.seed,
                                     args.lr_tune, args.lr_scratch, args.data)
                 save()
-    print(report(results, packages, args))
+    print(report(results, packages, args, digests))
 
 
-def report(results, packages, args) -> str:
+def report(results, packages, args, digests) -> str:
     lines = ["## Zero-shot on rMD17 (test_01)", "",
              "| molecule | " + " | ".join(f"{n}: F MAE (meV/Å) / E MAE offset-free (meV)" for n in packages) + " |",
              "|---|" + "---|" * len(packages)]
@@ -145,7 +161,7 @@ def report(results, packages, args) -> str:
     for molecule in args.molecules:
         cells = []
         for name in packages:
-            r = results["zero_shot"][f"{name}/{molecule}/{args.n_test}"]
+            r = results["zero_shot"][f"{name}/{molecule}/{args.n_test}/{digests[name]}"]
             if r["status"] == "ok":
                 cells.append(f"{r['forces_mae_meV_A']:.1f} / {r['energy_mae_meV_offset_free']:.1f}")
                 means[name].append(r["forces_mae_meV_A"])
@@ -156,8 +172,11 @@ def report(results, packages, args) -> str:
     if results.get("few_shot"):
         lines += ["", "## Few-shot (force MAE on test_01, meV/Å)", "", "| molecule | frames | budget | fine-tuned | "
                   "scratch | ratio |", "|---|---|---|---|---|---|"]
+        this = f"lr{args.lr_tune:g},{args.lr_scratch:g}/{digests[next(iter(packages))]}"
         for key, r in results["few_shot"].items():
-            molecule, n, budget, _ = key.split("/")
+            if not key.endswith(this):  # (other packages or learning rates: not this invocation's table)
+                continue
+            molecule, n, budget = key.split("/")[:3]
             a, b = r["fine-tuned"]["forces_mae_meV_A"], r["scratch"]["forces_mae_meV_A"]
             lines.append(f"| {molecule} | {n} | {budget} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
     return "\n".join(lines)

@@ -899,3 +899,27 @@ def test_nve_reports_the_largest_one_step_change_and_the_geometry_there(ethanol_
         assert geometry["most_stretched_bond"]["elements"] in ("C-H", "H-C", "O-H", "H-O", "C-C", "C-O", "O-C")
         assert geometry["closest_unbonded"]["of_covalent_reach"] > 1.3
     assert r["max_abs_step_change_meV"] > 900.0
+
+
+def test_a_fine_tuning_from_a_package_of_another_family_is_refused(trained_package):
+    """The report names a model by its `model` section; a fine-tuning takes the package's model instead, so the
+    bench refuses a package of another family (a swapped path would otherwise be reported under the wrong name)."""
+    from ffspace.bench.config import BenchModel
+    from ffspace.bench.runner import _check_init_family
+
+    _check_init_family(BenchModel(name="ok", model={"family": "painn"}), trained_package)
+    with pytest.raises(ConfigError, match="mace_torch.*painn"):
+        _check_init_family(BenchModel(name="swapped", model={"family": "mace_torch"}), trained_package)
+
+
+def test_the_report_carries_the_kept_trainings_validation_errors(tmp_path):
+    from ffspace.bench.runner import _validation
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"best": {"epoch": 7, "val_loss": 0.1, "val_forces_rmse_meV_A": 44.0,
+                                            "val_s": 1.5, "train_loss": 0.01}}))
+    assert _validation(summary) == {"forces_rmse_meV_A": 44.0, "epoch": 7}  # errors only, no timing
+    summary.write_text(json.dumps({"best": {"epoch": 7, "val_forces_rmse_meV_A": 44.0},
+                                   "kept": {"epoch": 9, "val_forces_rmse_meV_A": 45.0}}))
+    assert _validation(summary) == {"forces_rmse_meV_A": 45.0, "epoch": 9}  # train.keep: last packages epoch 9
+    assert _validation(tmp_path / "missing.json") == {}

@@ -32,6 +32,23 @@ def test_save_keeps_finished_steps_and_restore_leaves_timings_out(tmp_path):
     assert (again / "aspirin/mm/train/model.safetensors").read_text() == "aspirin/mm/train/model.safetensors"
 
 
+def test_a_snapshot_pruned_against_another_restores_onto_it(tmp_path):
+    """A snapshot kept without the files it shares with another (the families run keeps only what differs from
+    bench_aspirin's: no copy of a model's accuracy.json) restores that model's other files once the other snapshot
+    is restored first; a model trained in neither is still left out."""
+    base, extra, again = tmp_path / "base", tmp_path / "extra", tmp_path / "again"
+    for name in ["aspirin/mm/accuracy.json", "aspirin/mm/train/model.safetensors"]:
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_text(name)
+    for name in ["aspirin/mm/stability_300K.json", "aspirin/ace/stability_300K.json"]:
+        (extra / name).parent.mkdir(parents=True, exist_ok=True)
+        (extra / name).write_text("long")
+    main(["restore", str(again), str(base)])
+    main(["restore", str(again), str(extra)])
+    assert (again / "aspirin/mm/stability_300K.json").read_text() == "long"
+    assert not (again / "aspirin/ace").exists()
+
+
 ACTIVE_FILES = ["test_store/labels.jsonl", "test.extxyz", "active/store/labels.jsonl",
                 "active/store/labels-0000.jsonl.gz", "active/store/.labels-0001.jsonl.tmp-123.gz",  # sealing
                 "active/round_00/summary.json", "active/round_00/explored.json", "active/round_00/picked.extxyz",

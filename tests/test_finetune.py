@@ -57,13 +57,15 @@ def test_the_reference_energies_follow_the_new_level_of_theory(xtb_package, pbe)
     assert errors["refit"]["forces_mae_meV_A"] == pytest.approx(errors["keep"]["forces_mae_meV_A"], rel=1e-9)
 
 
-def test_a_fine_tuned_model_keeps_the_elements_its_data_lacks(xtb_package, pbe, tmp_path):
-    """Fine-tuned on H, C, O only, the model still takes N: N's reference energy and embedding are the package's."""
+def test_a_fine_tuned_model_keeps_the_elements_its_data_lacks(xtb_package, pbe, tmp_path, capsys):
+    """Fine-tuned on H, C, O only, the model still takes N: N's reference energy and embedding are the package's,
+    and the run says that N's absolute energies stay on the package's level of theory."""
     package, aminated = xtb_package
     train, val = pbe
     start, _ = load_package(package)
     cfg = TrainConfig(**QUICK, init_from=str(package))
     model = model_for_training({}, train, cfg)
+    assert "['N'] are not in the training data: their reference energies stay the package's" in capsys.readouterr().err
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     Trainer(model, train, val, cfg, run_dir=tmp_path / "ft").fit()
     tuned, _ = load_package(tmp_path / "ft" / "model.safetensors")
@@ -192,9 +194,10 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
             "--fewshot", "ethanol", "--budget-min", "0.02", "--out", str(tmp_path)]
     transfer.main(args)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["zero_shot"]["tiny/ethanol/20"]["status"] == "ok"
-    assert results["zero_shot"]["tiny/uracil/20"]["status"] == "ok"  # N: the package's "aminated" frames
-    pair = results["few_shot"]["ethanol/10/0.02min/seed0"]
+    digest = transfer._digest(package)  # results are kept per package content, not per path
+    assert results["zero_shot"][f"tiny/ethanol/20/{digest}"]["status"] == "ok"
+    assert results["zero_shot"][f"tiny/uracil/20/{digest}"]["status"] == "ok"  # N: the package's "aminated" frames
+    pair = results["few_shot"][f"ethanol/10/0.02min/seed0/lr0.001,0.005/{digest}"]
     assert pair["fine-tuned"]["n"] == pair["scratch"]["n"] == 1000
     transfer.main(args)
     assert json.loads((tmp_path / "results.json").read_text())["few_shot"] == results["few_shot"]

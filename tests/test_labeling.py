@@ -469,3 +469,65 @@ def test_sampled_frames_keep_who_the_start_is_but_not_its_labels():
     (frame,) = rattle(start, 1, seed=0)
     assert frame.info["smiles"] == "O" and frame.info["charge"] == 0 and frame.info["sampler"] == "rattle"
     assert not {"dipole", "label_method", "REF_energy", "sampler_temperature_K"} & set(frame.info)
+
+
+def test_labels_of_another_program_version_are_reused_not_made_again(tmp_path, capsys):
+    """A new PySCF or tblite release changes the program version in the labels' provenance (and so in their store
+    keys); the store's labels at the same method and settings are reused, each keeping the version that made it,
+    and the reuse is said, instead of hours of relabelling without a word."""
+
+    class Versioned(XTBLabeler):
+        def __init__(self, version):
+            super().__init__()
+            self.version, self.calls = version, 0
+
+        def provenance(self):
+            return {**super().provenance(), "program_version": self.version}
+
+        def label(self, s):
+            self.calls += 1
+            return super().label(s)
+
+    frames = rattle(from_smiles("CCO")[0], 4, 0.05, seed=0)
+    store = LabelStore(tmp_path / "store")
+    old = label_structures(frames[:3], Versioned("0.1"), store, progress=False)
+    new_labeler = Versioned("0.2")
+    new = label_structures(frames, new_labeler, LabelStore(tmp_path / "store"), progress=False)
+    assert new_labeler.calls == 1  # only the frame the store lacked
+    assert [s.energy for s in new[:3]] == [s.energy for s in old]
+    assert [s.info["label_program_version"] for s in new] == ["0.1", "0.1", "0.1", "0.2"]
+    assert "3 label(s) made by tblite 0.1 reused (this is 0.2" in capsys.readouterr().err
+    other_method = Versioned("0.3")
+    other_method.method = "GFN1-xTB"
+    label_structures(frames[:1], other_method, LabelStore(tmp_path / "store"), progress=False)
+    assert other_method.calls == 1  # another method is another label, whatever the version
+
+
+def test_a_recipe_whose_sampling_settings_changed_refuses_to_orphan_its_labels(tmp_path):
+    """The labels of a recipe are keyed by its sampled frames: changed sampling settings (a seed, a sampler, the
+    SMILES file's bytes) make new frames that none of them fit, so the run stops and says so, unless resample is
+    set; another recipe (another `out`) may share the store."""
+    import yaml
+
+    from ffspace.errors import ConfigError
+    from ffspace.reference.config import LabelConfig
+    from ffspace.reference.job import run_label_job
+
+    base = yaml.safe_load(_config(tmp_path).read_text())
+    base["samplers"][0]["n_frames"] = 2
+    run_label_job(LabelConfig(**base))
+    with pytest.raises(ConfigError, match="resample: true"):
+        run_label_job(LabelConfig(**{**base, "seed": 5}))
+    assert len(list((tmp_path / "store").glob("samples-*.extxyz"))) == 1  # refused before sampling
+    run_label_job(LabelConfig(**{**base, "seed": 5, "out": str(tmp_path / "other.extxyz")}))  # another recipe
+    run_label_job(LabelConfig(**{**base, "seed": 6, "resample": True}))
+    assert len(list((tmp_path / "store").glob("samples-*.extxyz"))) == 3
+
+
+def test_labels_made_before_frames_knew_their_molecule_get_its_identity_from_the_frames(tmp_path):
+    frames = rattle(from_smiles("CCO")[0], 2, 0.05, seed=0)
+    anonymous = [f.copy(info={k: v for k, v in f.info.items() if k not in ("smiles", "name")}) for f in frames]
+    store = LabelStore(tmp_path / "store")
+    assert "smiles" not in label_structures(anonymous, XTBLabeler(), store, progress=False)[0].info
+    again = label_structures(frames, XTBLabeler(), LabelStore(tmp_path / "store"), progress=False)
+    assert [s.info["smiles"] for s in again] == [f.info["smiles"] for f in frames]

@@ -23,6 +23,12 @@ def test_every_rmd17_molecule_is_recognised_however_it_is_written():
     assert excluded_by("O/C=C/C=O", ["rmd17"]).startswith("rmd17: malonaldehyde")
     assert excluded_by("c1ccc(cc1)/N=N/c1ccccc1", ["rmd17"]) == "rmd17: azobenzene"
     assert excluded_by("CCCO", ["rmd17"]) is None and excluded_by("Cc1ccccc1C", ["rmd17"]) is None
+    # a salt, a charged form, a cluster, a keto tautomer of the phenol: still the test molecules
+    assert excluded_by("CC(=O)Oc1ccccc1C(=O)[O-].[Na+]", ["rmd17"]) == "rmd17: aspirin"
+    assert excluded_by("CCO.O", ["rmd17"]) == "rmd17: ethanol"
+    assert excluded_by("CC(=O)NC1=CCC(=O)C=C1", ["rmd17"]) == "rmd17: paracetamol"
+    assert excluded_by("CC(O)=Nc1ccc(O)cc1", ["rmd17"]) == "rmd17: paracetamol"
+    assert excluded_by("CC(=O)Nc1ccc(O)cc1C", ["rmd17"]) is None  # a methylated paracetamol is another molecule
     with pytest.raises(DataError, match="unknown exclusion set 'md22'"):
         excluded_by("CCO", ["md22"])
 

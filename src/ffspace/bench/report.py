@@ -149,8 +149,9 @@ def _epochs(training: dict) -> str:
 
 def markdown(results: dict, plots: list[str]) -> str:
     lines = [f"# ffspace bench: {results['name']}", "",
-             f"Command: `{results['command']}`  ", f"Training budget: {results['budget_min']:g} min wall-clock per "
-             f"model and dataset.  ", f"Machine: {results['machine']['platform']}, "
+             f"Command: `{results['command']}`  ", f"Training budget: {results['budget_min']:g} min of training steps per "
+             f"model and dataset, unless a model sets its own `train.max_time_min` (the epochs column gives each "
+             f"model's minutes; a model with `train.init_from` also had its pretraining's).  ", f"Machine: {results['machine']['platform']}, "
              f"{results['machine']['torch_threads']} torch threads, device {results['machine']['device']}.  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if isinstance(v, str)), ""]
     for name, ds in results["datasets"].items():
@@ -196,15 +197,16 @@ def markdown(results: dict, plots: list[str]) -> str:
             lines += ["", f"### {name}: extrapolation to `{set_name}` ({info['n']} structures, `{info['file']}`"
                       + (f"; {dropped} structures also in the training or validation set left out" if dropped else "")
                       + ")", "", "| model | E MAE (meV) | E RMSE (meV) | mean E error (meV) | E RMSE, mean removed "
-                      "(meV) | F MAE (meV/Å) | F RMSE (meV/Å) | F MAE here / on the test set |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "(meV) | F MAE (meV/Å) | F RMSE (meV/Å) | F MAE here / on the test set | validation F RMSE (meV/Å) |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for mname, m in _ok(ds).items():
                 e = m["extrapolation"].get(set_name, {})
                 here, test_mae = e.get("forces_mae_meV_A"), m["test"].get("forces_mae_meV_A")
                 ratio = f"×{here / test_mae:.2f}" if here and test_mae else "—"
                 lines.append(f"| {mname} | {_f(e.get('energy_mae_meV'))} | {_f(e.get('energy_rmse_meV'))} | "
                              f"{_f(e.get('energy_mean_error_meV'))} | {_f(e.get('energy_rmse_offset_removed_meV'))} | "
-                             f"{_f(here)} | {_f(e.get('forces_rmse_meV_A'))} | {ratio} |")
+                             f"{_f(here)} | {_f(e.get('forces_rmse_meV_A'))} | {ratio} | "
+                             f"{_f(m.get('validation', {}).get('forces_rmse_meV_A'))} |")
         lines += curves_markdown(name, ds, _ok(ds))
         if f"curves_{name}.png" in plots:
             lines += ["", f"![energy along paths and scans](curves_{name}.png)"]

@@ -233,6 +233,7 @@ def _bench_model(cfg, ds, m: BenchModel, train, val, test, extrapolation, run_di
     package = run_dir / "train" / "model.safetensors"
     weights = _file_hash(package)
     entry = {"family": m.model["family"], "model": named.model, "status": "ok", **accuracy,
+             "validation": _validation(run_dir / "train" / "summary.json"),
              **_test_errors(cfg, m, package, weights, test, run_dir),
              "extrapolation": _extrapolation(cfg, ds, m, package, weights, extrapolation, run_dir)}
     if curves:
@@ -370,6 +371,8 @@ def _train_config(cfg: BenchConfig, m: BenchModel) -> TrainConfig:
 
 def _train(cfg, m: BenchModel, train, val, run_dir: Path) -> dict:
     tc = _train_config(cfg, m)
+    if tc.init_from:
+        _check_init_family(m, tc.init_from)
     print(f"[bench] training {m.name} ({m.model['family']}) for {tc.max_time_min:g} min", file=sys.stderr)
     model = model_for_training(m.model, train, tc)
     trainer = Trainer(model, train, val, tc, run_dir=run_dir / "train",
@@ -377,6 +380,34 @@ def _train(cfg, m: BenchModel, train, val, run_dir: Path) -> dict:
     summary = trainer.fit()
     return {"training": {"epochs": summary["epochs"], "time_s": summary["time_s"],
                          "stop_reason": summary["stop_reason"], "dtype": tc.dtype}}
+
+
+def _check_init_family(m: BenchModel, init_from) -> None:
+    """A model fine-tuned from a package takes the package's model, not its own ``model`` section: the report
+    names it by that section, so the two must be the same family (a swapped path would be mislabelled)."""
+    from ..potential.package import read_metadata, resolve_package_path
+
+    path = resolve_package_path(init_from)
+    if not path.is_file():
+        return  # the training says so, by name
+    config = read_metadata(path)["model"]
+    families = {t.get("family") for t in config.get("terms", [])} | {config.get("family")}
+    if m.model["family"] not in families:
+        raise ConfigError(f"model {m.name}: family {m.model['family']!r}, but its train.init_from package {init_from} "
+                          f"holds {sorted(f for f in families if f not in (None, 'sum', 'reference'))}")
+
+
+def _validation(summary: Path) -> dict:
+    """The validation errors of the epoch whose weights were packaged (``kept`` with ``train.keep: last``, else the
+    best epoch): what a rule that picks among recipes without looking at test sets needs. Read from
+    ``train/summary.json`` each time, so trainings kept before it was reported have it too."""
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    row = data.get("kept") or data.get("best") or {}
+    return {k[len("val_"):]: v for k, v in row.items() if k.startswith("val_") and k not in ("val_loss", "val_s")} | (
+        {"epoch": row["epoch"]} if "epoch" in row else {})
 
 
 def _check_data(accuracy: dict, digest: str, run_dir: Path, model: str, dataset: str) -> None:

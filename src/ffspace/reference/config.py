@@ -18,7 +18,8 @@ class InputConfig(BaseModel):
     elements: list[str] | None = Field(None, description="SMILES input: the elements allowed (e.g. [H, C, N, O]); a "
                                        "molecule with another is recorded and left out")
     exclude: list[str] = Field(default_factory=list, description="SMILES input: molecule sets left out, recognised "
-                               "by canonical SMILES or InChIKey skeleton (known: rmd17)")
+                               "in any fragment by canonical SMILES, InChIKey (also with keto-enol tautomerism) or "
+                               "canonical tautomer (known: rmd17)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -108,6 +109,8 @@ class LabelConfig(BaseModel):
     progress: bool = True
     retry_failed: bool = Field(False, description="label again the frames recorded as failed (e.g. after raising "
                                "labeler.max_cycle, which the store's keys do not include)")
+    resample: bool = Field(False, description="sample new frames into a store that holds labels of frames sampled "
+                           "under other settings (without it that is an error: the labels would not be reused)")
 
     @model_validator(mode="after")
     def _fields_need_dft(self):

@@ -15,7 +15,7 @@ from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..outputs import atomic_path
 from .config import LabelConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import LabelFailure
 from .inputs import from_smiles, read_structures
 from .molecules import problem, read_smiles_file
@@ -206,12 +206,55 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
     return list(read_extxyz(path, required=()))
 
 
+def _owner_path(samples: Path) -> Path:
+    return samples.with_suffix(".json")
+
+
+def _refuse_orphaning_labels(cfg: LabelConfig, samples: Path, store: LabelStore, method: dict) -> None:
+    """A store's labels are keyed by their frames' geometry: frames sampled anew (any change to the input, the
+    samplers, the seed or the SMILES file's bytes, even a comment) keep a label only where they give the same
+    geometry. When the same recipe (the same ``out``) already labelled frames sampled under other settings, that
+    can be hours of labelling lost without a word, so it needs ``resample: true``. (Other recipes may share a
+    store: their samples name another ``out`` in ``samples-<fingerprint>.json``, written on a recipe's first run.)"""
+    from .store import structure_key
+
+    folder = samples.parent
+    if samples.exists() or cfg.resample:
+        return
+    for other in sorted(folder.glob("samples-*.extxyz")):
+        try:
+            owner = json.loads(_owner_path(other).read_text()).get("out")
+        except (OSError, ValueError):
+            continue  # sampled before owners were recorded: which recipe made it is unknown
+        if owner != cfg.out:
+            continue
+        labelled = sum(structure_key(f, method) in store for f in read_extxyz(other, required=()))
+        if labelled:
+            raise ConfigError(f"the label store {folder} holds {labelled} labels of this recipe's frames in "
+                              f"{other.name}, sampled under other settings than these ({samples.name}: the input, "
+                              "samplers, seed or the SMILES file changed, comments included). New samples keep a "
+                              "label only where they give the same geometry (the same molecule at the same place "
+                              "in the list, the same seed and samplers). Restore the settings to go on labelling "
+                              "those frames, or set resample: true to sample anew")
+
+
+def _record_owner(cfg: LabelConfig, samples: Path) -> None:
+    owner = _owner_path(samples)
+    if not owner.exists():
+        with atomic_path(owner) as tmp:
+            Path(tmp).write_text(json.dumps({"out": cfg.out}) + "\n")
+
+
 def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | None = None):
     """Sample (once; cached in the store folder), label what is missing, write the dataset. ``starts``: start
     structures to sample from instead of those ``cfg.input`` gives with ``cfg.seed``."""
     labeler = cfg.labeler.build()
     store = LabelStore(cfg.store)
+    if starts is None:  # (given starts are a loop's exploration, sampled anew by design)
+        _refuse_orphaning_labels(cfg, samples_path(cfg, cfg.store), store, labeler.provenance())
     frames = sampled_frames(cfg, cfg.store, starts)
+    if starts is None:
+        _record_owner(cfg, samples_path(cfg, cfg.store))
     print(f"{len(frames)} frames to label with {labeler.provenance()['method']} "
           f"({len(store)} labels already in {cfg.store})", file=sys.stderr)
     dataset = label_structures(frames, labeler, store, workers=cfg.workers,

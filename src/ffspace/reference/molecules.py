@@ -1,14 +1,17 @@
 """Lists of molecules to label: SMILES files, the molecules a dataset must leave out (test sets), and the checks
 that say why a SMILES was not used (unparsable, an element outside the allowed set, a test molecule).
 
-A test molecule is recognised by its canonical SMILES (RDKit, stereochemistry removed) or by the first block of
-its InChIKey (the skeleton: connectivity without stereo or protonation), so a tautomer or an isomer spelled
-another way is caught too.
+A test molecule is recognised, in any fragment of a SMILES (a salt, a cluster, a dimer written with '.'), by its
+canonical SMILES (RDKit, stereochemistry removed), by the first block of its standard InChIKey (the skeleton:
+connectivity without stereo or protonation, which also joins 1,3 heteroatom-H tautomers), by the first block of
+the InChIKey with keto-enol and 1,5 tautomerism (``/KET /15T``), and by RDKit's canonical tautomer of its
+neutralised form: a stereoisomer, a salt, a charged form or a tautomer spelled another way is caught too.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import DataError
@@ -75,24 +78,36 @@ def canonical(smiles: str) -> str | None:
     return Chem.MolToSmiles(mol)
 
 
-def skeleton_key(smiles: str) -> str | None:
-    """The first block of the standard InChIKey (connectivity only)."""
+@lru_cache(maxsize=4096)
+def _identities(smiles: str) -> frozenset[tuple[str, str]]:
+    """(kind, key) of every fragment of ``smiles``: canonical SMILES, skeleton InChIKey block, the same with
+    keto-enol/1,5 tautomerism, canonical tautomer of the neutralised fragment (empty when RDKit cannot parse it)."""
     from rdkit import Chem
+    from rdkit.Chem.MolStandardize import rdMolStandardize
 
     mol = _mol(smiles)
-    return None if mol is None else Chem.MolToInchiKey(mol).split("-")[0]
+    if mol is None:
+        return frozenset()
+    out = set()
+    for fragment in Chem.GetMolFrags(mol, asMols=True):
+        Chem.RemoveStereochemistry(fragment)
+        out.add(("smiles", Chem.MolToSmiles(fragment)))
+        out.add(("inchikey", Chem.MolToInchiKey(fragment).split("-")[0]))
+        out.add(("inchikey-ket-15t", Chem.MolToInchiKey(fragment, options="/KET /15T").split("-")[0]))
+        neutral = rdMolStandardize.Uncharger().uncharge(fragment)
+        out.add(("tautomer", Chem.MolToSmiles(rdMolStandardize.TautomerEnumerator().Canonicalize(neutral))))
+    return frozenset(x for x in out if x[1])  # (an InChI that failed is "": no match with anything)
 
 
 def excluded_by(smiles: str, sets: list[str]) -> str | None:
-    """The name of the excluded molecule ``smiles`` is (e.g. "rmd17: aspirin"), or None."""
-    mine = (canonical(smiles), skeleton_key(smiles))
+    """The name of the excluded molecule ``smiles`` is or holds as a fragment (e.g. "rmd17: aspirin"), or None."""
+    mine = _identities(smiles)
     for set_name in sets:
         if set_name not in EXCLUSION_SETS:
             raise DataError(f"unknown exclusion set {set_name!r}; known: {sorted(EXCLUSION_SETS)}",
                             field="input.exclude")
         for name, other in EXCLUSION_SETS[set_name].items():
-            theirs = (canonical(other), skeleton_key(other))
-            if mine[0] == theirs[0] or mine[1] == theirs[1]:
+            if mine & _identities(other):
                 return f"{set_name}: {name}"
     return None
 

@@ -7,6 +7,7 @@ only the calculations in flight, and a rerun labels only what is missing.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 
@@ -74,7 +75,7 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
     """
     structures = list(structures)
     method = labeler.provenance()
-    keys = [structure_key(s, method) for s in structures]
+    keys = _keys_reusing_other_versions(structures, method, store)
     todo, seen = [], set()
     for key, s in zip(keys, structures):
         if key in store or key in seen or (key in store.failures and not retry_failed):
@@ -122,10 +123,49 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
                 record(key, _label_one(labeler, s))
     finally:
         bar.close()
-    out = [store.get(k, frame=i) for i, k in enumerate(keys) if k in store]
+    out = [_with_identity(store.get(k, frame=i), structures[i]) for i, k in enumerate(keys) if k in store]
     if not out:
         raise DataError("no structure could be labeled (see failures.jsonl)", file=str(store.folder))
     return Dataset(out, name=str(store.labels_path))
+
+
+IDENTITY = ("smiles", "name", "formal_charge", "conformer")
+
+
+def _with_identity(labelled, frame):
+    """A stored label with who the frame is (SMILES, name, charge, conformer) from the frame given now where the
+    record lacks it: a label is keyed by geometry alone, and labels made before samples carried their molecule's
+    identity would otherwise stay anonymous (no split by molecule, no audit of a test-set exclusion)."""
+    labelled.info = dict(labelled.info)  # (the store's record shares this dict: it must stay as made)
+    for k in IDENTITY:
+        if k in frame.info and k not in labelled.info:
+            labelled.info[k] = frame.info[k]
+    return labelled
+
+
+def _keys_reusing_other_versions(structures, method: dict, store: LabelStore) -> list[str]:
+    """Each structure's store key; a structure the store holds labelled by another version of the same program
+    at the same method and settings gets that label's key. The version is part of a key (it is provenance), but
+    a new PySCF or tblite release must not silently relabel a store of hours: the label is reused, its record
+    keeps the version that made it, and how many were reused is said."""
+    keys = [structure_key(s, method) for s in structures]
+    versions = {r["info"].get("label_program_version") for r in store.labels.values()
+                if r["info"].get("label_program") == method.get("program")
+                and r["info"].get("label_method") == method.get("method")} - {method.get("program_version"), None}
+    reused = {}
+    for i, (key, s) in enumerate(zip(keys, structures)):
+        if key in store:
+            continue
+        for version in sorted(versions):
+            other = structure_key(s, {**method, "program_version": version})
+            if other in store:
+                keys[i] = other
+                reused[version] = reused.get(version, 0) + 1
+                break
+    for version, n in reused.items():
+        print(f"label store {store.folder}: {n} label(s) made by {method.get('program')} {version} reused (this is "
+              f"{method.get('program_version')}; same method and settings)", file=sys.stderr)
+    return keys
 
 
 def _run_dask(todo, labeler, scheduler, record, chunk):

@@ -72,6 +72,17 @@ def _refit_reference(model, dataset, path):
     shift = np.mean([abs(d) for d in correction.values()])
     print(f"train.init_from: reference energies of {len(correction)} element(s) refitted to the data "
           f"(mean |correction| {shift:.4g} eV)", file=sys.stderr)
+    kept = sorted(set(old.elements) - set(correction))
+    if kept:
+        from ase.data import chemical_symbols
+
+        # Nothing in the data says how far these elements' atoms move with the new level of theory: their forces
+        # and the relative energies of one composition stay right, but absolute energies of molecules holding
+        # them are on the package's scale, off by that level's per-atom offset.
+        print(f"train.init_from: {[chemical_symbols[z] for z in kept]} are not in the training data: their "
+              f"reference energies stay the package's ({path}); absolute energies of molecules with them are on "
+              "its level of theory (forces and relative energies of one composition are unaffected)",
+              file=sys.stderr)
     return model
 
 
