@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from ffspace import units
 from ffspace.data import (Dataset, Structure, read_ase_db, read_dataset, read_deepmd, read_extxyz,
                           read_md17_npz, reference_energies, write_extxyz)
 from ffspace.data.structure import matrix_to_voigt, voigt_to_matrix
+from ffspace.errors import DataError
 
 WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -258,6 +260,52 @@ def test_split_fractions_fit_after_rounding():
     assert sum(len(p) for p in parts) == 3
     assert set().union(*[{s.energy for s in p} for p in parts]) == {0.0, 1.0, 2.0}
     assert [len(p) for p in ds.split([0.8, 0.2])] == [2, 1]
+
+
+def test_split_by_group_keeps_each_molecule_in_one_part():
+    """`data.split_by`: validation and test hold whole molecules that the training part never saw."""
+    frames = [water(k, energy=float(k), info={"smiles": f"mol{k % 7}"}) for k in range(70)]  # 7 molecules × 10
+    ds = Dataset(frames, name="mols")
+    groups = ds.info_values("smiles")
+    parts = ds.split([-1, 10, 20], seed=3, groups=groups)
+    assert [len(p) for p in parts] == [40, 10, 20]  # sizes in whole molecules of 10
+    molecules = [{s.info["smiles"] for s in p} for p in parts]
+    assert not (molecules[0] & molecules[1]) and not (molecules[0] & molecules[2]) and not (molecules[1] & molecules[2])
+    assert sorted(s.energy for p in parts for s in p) == [float(k) for k in range(70)]  # disjoint and complete
+    again = ds.split([-1, 10, 20], seed=3, groups=groups)
+    assert [[s.energy for s in p] for p in again] == [[s.energy for s in p] for p in parts]  # seeded
+    other = ds.split([-1, 10, 20], seed=4, groups=groups)
+    assert [{s.info["smiles"] for s in p} for p in other] != molecules
+    # sizes round to whole molecules: 15 frames of molecules of 10 take two of them
+    assert [len(p) for p in ds.split([-1, 15], seed=0, groups=groups)] == [50, 20]
+    with pytest.raises(DataError, match=r"frame 3.*'smiles'|'smiles'.*frame 3"):
+        Dataset(frames[:3] + [water(3, energy=3.0)], name="mols").info_values("smiles")
+
+
+def test_config_split_by_molecule_and_identity_of_runs_without_it(tmp_path):
+    from ffspace.config import RunConfig
+    from ffspace.workflow import load_splits, run_identity
+
+    frames = [water(k, energy=float(k), forces=np.zeros((3, 3)), info={"smiles": f"mol{k % 5}"}) for k in range(50)]
+    write_extxyz(tmp_path / "mols.extxyz", frames)
+    base = {"data": {"train": str(tmp_path / "mols.extxyz"), "n_val": 10, "n_test": 10}, "out": str(tmp_path / "r")}
+    train, val, test = load_splits(RunConfig(**{**base, "data": {**base["data"], "split_by": "smiles"}}))
+    seen = {s.info["smiles"] for s in train}
+    assert len(train) == 30 and not seen & {s.info["smiles"] for s in val} and not seen & {s.info["smiles"] for s in test}
+    from ffspace.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="split_by=smiles: the 5 molecules"):  # nothing left to train on
+        load_splits(RunConfig(**{**base, "data": {**base["data"], "n_val": 15, "n_test": 25, "split_by": "smiles"}}))
+    # runs that do not set split_by keep the identity they had before the setting existed
+    import hashlib
+
+    from ffspace.train import Trainer
+
+    plain = RunConfig(**base)
+    before = {"data": plain.data.model_dump(exclude={"unit_check", "cache_mb", "split_by"}),
+              "model": plain.model.model_dump(), "train": plain.train.identity(exclude=Trainer.FREE_SETTINGS)}
+    assert run_identity(plain) == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    assert run_identity(plain) != run_identity(RunConfig(**{**base, "data": {**base["data"], "split_by": "smiles"}}))
 
 
 def test_reference_energies_recover_per_element_energies():

@@ -191,3 +191,21 @@ def test_the_epoch_order_depends_on_the_file_and_the_cache_not_on_what_was_read_
     assert Trainer(model, bigger[:96], bigger[100:110], cfg, run_dir=tmp_path / "b").fingerprint != key
     whole = read_dataset(tmp_path / "info.h5", cache_mb=64)
     assert whole.store.order_key()["cache_bytes"] == "whole set"
+
+
+def test_split_by_molecule_reads_the_info_column_of_an_hdf5_set(tmp_path, ethanol_data):
+    """An HDF5 set splits by an info key without reading positions and forces, as its in-memory copy does."""
+    frames = [s.copy(info={**s.info, "smiles": f"mol{k % 6}"}) for k, s in enumerate(ethanol_data[:60])]
+    write_hdf5(tmp_path / "mols.h5", frames, block_structures=8)
+    h5 = read_dataset(tmp_path / "mols.h5", cache_mb=0.01)
+    memory = Dataset(frames)
+    reads = h5.store.block_reads  # (the unit check on opening has sampled frames)
+    assert h5.info_values("smiles") == memory.info_values("smiles")
+    assert h5.store.block_reads == reads  # the info column only
+    shuffled = h5[np.random.default_rng(0).permutation(60)[:25]]  # a view in any order
+    assert shuffled.info_values("smiles") == [s.info["smiles"] for s in shuffled]
+    a = h5.split([-1, 10, 10], seed=1, groups=h5.info_values("smiles"))
+    b = memory.split([-1, 10, 10], seed=1, groups=memory.info_values("smiles"))
+    assert [[s.energy for s in p] for p in a] == [[s.energy for s in p] for p in b]
+    assert [len(p) for p in a] == [40, 10, 10]
+    assert all(len(set(p.info_values("smiles"))) == 1 for p in a[1:])  # one molecule of 10 frames each

@@ -524,6 +524,29 @@ def test_a_recipe_whose_sampling_settings_changed_refuses_to_orphan_its_labels(t
     assert len(list((tmp_path / "store").glob("samples-*.extxyz"))) == 3
 
 
+def test_max_new_labels_time_boxes_a_run_and_zero_writes_what_the_store_holds(tmp_path, capsys):
+    """A long recipe labelled a few frames at a time: each run labels at most max_new_labels missing frames, in
+    the samples' order, and writes every label the store holds; 0 labels nothing and only writes the set."""
+    import yaml
+
+    from ffspace.reference.config import LabelConfig
+    from ffspace.reference.job import run_label_job
+
+    base = yaml.safe_load(_config(tmp_path).read_text())
+    base["samplers"][0]["n_frames"] = 6
+    first = run_label_job(LabelConfig(**base, max_new_labels=2))
+    assert len(first) == 2 and len(LabelStore(tmp_path / "store")) == 2
+    assert "4 left for a later run" in capsys.readouterr().err
+    export = run_label_job(LabelConfig(**base, max_new_labels=0))
+    assert len(LabelStore(tmp_path / "store")) == 2  # nothing labelled
+    assert [s.energy for s in export] == [s.energy for s in first]
+    assert len(read_extxyz(tmp_path / "data.extxyz")) == 2
+    full = run_label_job(LabelConfig(**base))
+    assert len(full) == 6 and len(LabelStore(tmp_path / "store")) == 6
+    np.testing.assert_array_equal(full[0].positions, first[0].positions)  # the first two kept their place
+    assert full[1].energy == first[1].energy
+
+
 def test_labels_made_before_frames_knew_their_molecule_get_its_identity_from_the_frames(tmp_path):
     frames = rattle(from_smiles("CCO")[0], 2, 0.05, seed=0)
     anonymous = [f.copy(info={k: v for k, v in f.info.items() if k not in ("smiles", "name")}) for f in frames]

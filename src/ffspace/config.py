@@ -37,6 +37,10 @@ class DataConfig(BaseModel):
     n_val: float = Field(0.1, ge=0, description="validation size: fraction (< 1) or count")
     n_test: float = Field(0.1, ge=0, description="test size when no test file is given: fraction or count")
     seed: int = 0
+    split_by: str | None = Field(None, description="keep the structures that share this info key's value (e.g. "
+                                 "smiles: one molecule) in one part of the split of `train`, so validation (and "
+                                 "test, when split from it) measure molecules the training never saw; sizes are "
+                                 "then rounded up to whole molecules")
 
 
 class ModelSection(BaseModel):

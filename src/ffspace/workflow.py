@@ -43,12 +43,17 @@ def load_splits(cfg: RunConfig) -> tuple[Dataset, Dataset, Dataset]:
     full = _read(cfg.data.train, cfg)
     n = len(full)
     n_val = max(1, set_size(cfg.data.n_val, n))
+    groups = full.info_values(cfg.data.split_by) if cfg.data.split_by else None
     if cfg.data.test:
         test = _read(cfg.data.test, cfg)
-        train, val = full.split([-1, n_val], seed=cfg.data.seed)
+        train, val = full.split([-1, n_val], seed=cfg.data.seed, groups=groups)
     else:
         n_test = max(1, set_size(cfg.data.n_test, n))
-        train, val, test = full.split([-1, n_val, n_test], seed=cfg.data.seed)
+        train, val, test = full.split([-1, n_val, n_test], seed=cfg.data.seed, groups=groups)
+    if groups is not None and not len(train):
+        raise ConfigError(f"data.split_by={cfg.data.split_by}: the {len(set(map(str, groups)))} molecules of "
+                          f"{cfg.data.train} all went to validation and test (their sizes are rounded up to whole "
+                          f"molecules): lower data.n_val / data.n_test")
     return train.require_nonempty(), val, test
 
 
@@ -60,7 +65,9 @@ def run_identity(cfg: RunConfig) -> str:
     """What makes a run the same run: its data, model and the training settings that shape the trajectory (and
     the package it evaluates, when one is named). Owns ``out`` and the folders under it (`ffspace.outputs`)."""
     train = cfg.train.identity(exclude=Trainer.FREE_SETTINGS)
-    ident = {"data": cfg.data.model_dump(exclude={"unit_check", "cache_mb"}), "model": cfg.model.model_dump(), "train": train}
+    # (split_by enters only when set: runs made before it existed keep their identity)
+    data = cfg.data.model_dump(exclude={"unit_check", "cache_mb"} | (set() if cfg.data.split_by else {"split_by"}))
+    ident = {"data": data, "model": cfg.model.model_dump(), "train": train}
     if cfg.model_path:
         path = Path(cfg.model_path)
         ident["model_path"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -54,8 +55,20 @@ class Dataset(Sequence):
                                     file=s.source or self.name, frame=s.frame, field=name)
         return self
 
-    def split(self, sizes: Sequence[int | float], seed: int = 0) -> list["Dataset"]:
-        """Seeded random split. ``sizes`` are counts or fractions; one entry may be -1 for 'the rest'."""
+    def info_values(self, key: str) -> list:
+        """The value of ``info[key]`` of every structure, in order; a structure without it is an error naming it."""
+        out = []
+        for k, s in enumerate(self.structures):
+            if key not in s.info:
+                raise DataError(f"no {key!r} in the structure's info (needed to split by {key})",
+                                file=s.source or self.name, frame=s.frame if s.frame is not None else k, field=key)
+            out.append(s.info[key])
+        return out
+
+    def split(self, sizes: Sequence[int | float], seed: int = 0, groups: Sequence | None = None) -> list["Dataset"]:
+        """Seeded random split. ``sizes`` are counts or fractions; one entry may be -1 for 'the rest'. With
+        ``groups`` (one value per structure, e.g. its molecule's SMILES) whole groups go to one part each, so a
+        part's size is its target rounded up to whole groups."""
         n = len(self)
         if not len(sizes):
             raise ValueError("give at least one split size")
@@ -75,9 +88,33 @@ class Dataset(Sequence):
             counts[counts.index(-1)] = n - sum(c for c in counts if c != -1)
         if sum(counts) > n or min(counts) < 0:
             raise DataError(f"split sizes {list(sizes)} do not fit {n} structures", file=self.name)
+        if groups is not None:
+            return [self[idx] for idx in _group_parts(groups, counts, sizes, seed, n)]
         order = np.random.default_rng(seed).permutation(n)
         out, start = [], 0
         for c in counts:
             out.append(self[order[start:start + c]])
             start += c
         return out
+
+
+def _group_parts(groups: Sequence, counts: list[int], sizes: Sequence, seed: int, n: int) -> list[np.ndarray]:
+    """Indices of each part of a split that keeps groups whole: the groups in a seeded random order, each to the
+    first part (other than the rest, ``-1`` in ``sizes``) still below its target count, what is left to the rest;
+    each part's indices shuffled (a prefix of a part is a random sample of it)."""
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} structures")
+    members: dict = {}
+    for k, g in enumerate(groups):  # (a list or array value, from JSON, is keyed by its text)
+        members.setdefault(g if isinstance(g, (str, int, float, bool, tuple)) else json.dumps(g, default=str),
+                           []).append(k)
+    rng = np.random.default_rng(seed)
+    keys = list(members)
+    rest = list(sizes).index(-1) if -1 in list(sizes) else None
+    parts: list[list[int]] = [[] for _ in counts]
+    for i in rng.permutation(len(keys)):
+        group = members[keys[i]]
+        target = next((j for j, c in enumerate(counts) if j != rest and len(parts[j]) < c), rest)
+        if target is not None:
+            parts[target].extend(group)
+    return [np.asarray(p, dtype=np.int64)[rng.permutation(len(p))] for p in parts]

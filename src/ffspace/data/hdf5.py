@@ -264,6 +264,29 @@ class HDF5Dataset(Dataset):
         atoms = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         return np.unique(store.numbers[atoms]).astype(int).tolist()
 
+    def info_values(self, key: str) -> list:
+        """``info[key]`` of every structure of the view, read from the file's ``info`` column a block at a time
+        (not through the cache: no positions or forces are read)."""
+        store = self._store
+        f = store.file()
+        order = np.argsort(self.indices, kind="stable")
+        wanted = np.sort(self.indices)
+        values: list = [None] * len(self.indices)
+        first = 0
+        for b in np.unique(wanted // store.block):
+            k0 = int(b) * store.block
+            last = int(np.searchsorted(wanted, k0 + store.block))
+            column = f["info"][k0:min(store.n, k0 + store.block)]
+            for position, k in zip(order[first:last], wanted[first:last]):
+                raw = column[int(k) - k0]
+                info = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+                if key not in info:
+                    raise DataError(f"no {key!r} in the structure's info (needed to split by {key})",
+                                    file=str(store.path), frame=int(k), field=key)
+                values[position] = info[key]
+            first = last
+        return values
+
     def n_atoms(self, k: int) -> int:
         """Atoms of structure ``k`` of this view, without reading its block."""
         i = int(self.indices[k])

@@ -109,6 +109,9 @@ class LabelConfig(BaseModel):
     progress: bool = True
     retry_failed: bool = Field(False, description="label again the frames recorded as failed (e.g. after raising "
                                "labeler.max_cycle, which the store's keys do not include)")
+    max_new_labels: int | None = Field(None, ge=0, description="label at most this many missing frames in this "
+                                       "run, in the samples' order, then write `out` with every frame of the "
+                                       "recipe labelled so far (0: label nothing, only write those; None: all)")
     resample: bool = Field(False, description="sample new frames into a store that holds labels of frames sampled "
                            "under other settings (without it that is an error: the labels would not be reused)")
 

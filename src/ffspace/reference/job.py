@@ -259,8 +259,8 @@ def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | No
           f"({len(store)} labels already in {cfg.store})", file=sys.stderr)
     dataset = label_structures(frames, labeler, store, workers=cfg.workers,
                                scheduler=scheduler if scheduler is not None else cfg.scheduler,
-                               progress=cfg.progress, retry_failed=cfg.retry_failed)
-    failed = len(frames) - len(dataset)
+                               progress=cfg.progress, retry_failed=cfg.retry_failed, max_new=cfg.max_new_labels)
+    failed = len(frames) - len(dataset)  # failed, or (max_new_labels) left for a later run
     out = Path(cfg.out)
     if out.suffix.lower() in (".h5", ".hdf5"):  # a large set: chunked HDF5 that training streams
         from ..data.hdf5 import write_hdf5
@@ -269,6 +269,6 @@ def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | No
     else:
         with atomic_path(out) as tmp:  # a kill while writing leaves the previous file, never a cut one
             write_extxyz(tmp, list(dataset))
-    print(f"wrote {len(dataset)} labeled structures to {out}" + (f" ({failed} failed: see "
-          f"{store.failures_path})" if failed else ""), file=sys.stderr)
+    print(f"wrote {len(dataset)} labeled structures to {out}" + (f" ({failed} not labelled: failed (see "
+          f"{store.failures_path}) or left for a later run)" if failed else ""), file=sys.stderr)
     return dataset

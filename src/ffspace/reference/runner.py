@@ -67,8 +67,10 @@ def _child_threads(threads: int):
 
 
 def label_structures(structures, labeler, store: LabelStore, workers: int = 1, scheduler=None,
-                     progress: bool = True, retry_failed: bool = False, chunk: int = 8) -> Dataset:
-    """Label every structure not yet in ``store``; return the labeled dataset in input order.
+                     progress: bool = True, retry_failed: bool = False, chunk: int = 8,
+                     max_new: int | None = None) -> Dataset:
+    """Label every structure not yet in ``store`` (or the first ``max_new`` of them); return the labeled dataset
+    in input order: every structure of ``structures`` that the store holds a label of.
 
     ``workers`` > 1 uses local processes; ``scheduler`` (a Dask scheduler address or a
     ``distributed.Client``) sends the work to a Dask cluster instead.
@@ -82,6 +84,11 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
             continue
         seen.add(key)
         todo.append((key, s))
+    if max_new is not None and len(todo) > max_new:
+        # a time-boxed run (or, with 0, an export of what is labelled so far): the rest wait for the next run
+        print(f"labeling {max_new} of the {len(todo)} missing frames (max_new_labels); "
+              f"{len(todo) - max_new} left for a later run", file=sys.stderr)
+        todo = todo[:max_new]
     bar = progress_bar(total=len(todo), desc=f"labeling ({method['method']})", unit="frame", enabled=progress)
 
     def record(key, result):
@@ -125,7 +132,9 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
         bar.close()
     out = [_with_identity(store.get(k, frame=i), structures[i]) for i, k in enumerate(keys) if k in store]
     if not out:
-        raise DataError("no structure could be labeled (see failures.jsonl)", file=str(store.folder))
+        why = ("none is labelled yet (max_new_labels=0)" if max_new == 0 else
+               "no structure could be labeled (see failures.jsonl)")
+        raise DataError(why, file=str(store.folder))
     return Dataset(out, name=str(store.labels_path))
 
 
