@@ -15,6 +15,11 @@ labelled frame beyond the N is used: each arm keeps its last epoch's weights (a 
 budget), and the N frames themselves are its "validation" log, so nothing is selected on frames a user with N
 labels would not have.
 
+MD (``--md-ps``): each package runs Langevin MD at ``--md-temperature`` (300 K) from the first test_01 frame of
+every molecule, ``--md-seeds`` copies of ``--md-ps`` ps, 0.5 fs, float32, with the stability protocol's failure rules
+(`ffspace.bench.stability.survival`: a bond 0.5 Å off its start length, atoms closer than 0.6 Å, non-finite
+values); each run checkpoints every ps, so a killed benchmark resumes it.
+
 Every finished entry is written to ``--out``/results.json at once, keyed by the package's content (a package
 retrained at the same path is evaluated again) and the settings: a rerun skips what is done.
 """
@@ -105,6 +110,27 @@ def few_shot(package: Path, molecule: str, n: int, budget_min: float, out: Path,
     return result
 
 
+def md_survival(package: Path, molecule: str, data: Path, time_ps: float, temperature: float, seeds: int,
+                checkpoint: Path) -> dict:
+    """`stability.survival` of the package on the molecule's first test_01 frame (see the module's docstring). The
+    ``checkpoint`` file is left for the caller to remove once the result is saved."""
+    from ffspace.bench import stability
+
+    frames = read_dataset(data / f"rmd17_{molecule}_test_01.npz")
+    start = frames[0]
+    pot = Potential.load(package, dtype="float32")
+    missing = sorted(set(frames.elements) - set(pot.model.elements))
+    if missing:
+        return {"status": f"elements {missing} not in the model"}
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    # (the settings the results are keyed by, spelled out: a change of survival's defaults cannot reuse them)
+    r = stability.survival(pot, start, temperature, seeds=seeds, time_ps=time_ps, timestep_fs=0.5, friction=0.01,
+                           seed=0, progress=sys.stderr.isatty(), checkpoint=checkpoint, remove_checkpoint=False)
+    return {"status": "ok", **{k: r[k] for k in ("survived", "seeds", "time_ps", "failure_ps", "failure")},
+            "wall_s": time.perf_counter() - t0}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--package", action="append", required=True, help="NAME=PATH of a model package (repeatable)")
@@ -116,6 +142,9 @@ def main(argv=None):
     p.add_argument("--lr-tune", type=float, default=1e-3)
     p.add_argument("--lr-scratch", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--md-ps", type=float, default=0.0, help="ps of MD per molecule and package (0: no MD)")
+    p.add_argument("--md-temperature", type=float, default=300.0, help="K")
+    p.add_argument("--md-seeds", type=int, default=1, help="copies per molecule, each its own velocities and noise")
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=Path("runs/transfer"))
     args = p.parse_args(argv)
@@ -140,6 +169,17 @@ def main(argv=None):
                 zero[key] = evaluate(Path(package), test)
                 save()
             print(f"[transfer] zero-shot {name} on {molecule}: {zero[key]}", file=sys.stderr)
+    md = results.setdefault("md", {})
+    for name, package in packages.items():
+        for molecule in args.molecules if args.md_ps > 0 else []:
+            key = f"{name}/{molecule}/{args.md_ps:g}ps/{args.md_temperature:g}K/{args.md_seeds}/{digests[name]}"
+            if key not in md:
+                checkpoint = args.out / "md" / name / digests[name] / f"{molecule}_{args.md_temperature:g}K.partial.npz"
+                md[key] = md_survival(Path(package), molecule, args.data, args.md_ps, args.md_temperature,
+                                      args.md_seeds, checkpoint)
+                save()
+                checkpoint.unlink(missing_ok=True)  # after the save: a kill between the two loses no MD
+            print(f"[transfer] MD {name} on {molecule}: {md[key]}", file=sys.stderr)
     few = results.setdefault("few_shot", {})
     first = Path(next(iter(packages.values())))
     for molecule in args.fewshot:
@@ -169,6 +209,22 @@ def report(results, packages, args, digests) -> str:
                 cells.append(r["status"])
         lines.append(f"| {molecule} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{np.mean(v):.1f}**" if v else "–" for v in means.values()) + " |")
+    if args.md_ps > 0:
+        from ffspace.bench import stability
+
+        lines += ["", f"## Langevin MD from the first test frame: {args.md_seeds} × {args.md_ps:g} ps at "
+                  f"{args.md_temperature:g} K", "", "| molecule | " + " | ".join(packages) + " |",
+                  "|---|" + "---|" * len(packages)]
+        for molecule in args.molecules:
+            cells = []
+            for name in packages:
+                r = results["md"][f"{name}/{molecule}/{args.md_ps:g}ps/{args.md_temperature:g}K/{args.md_seeds}/"
+                                  f"{digests[name]}"]
+                if r["status"] != "ok":
+                    cells.append(r["status"])
+                    continue
+                cells.append(stability.verdict(r))
+            lines.append(f"| {molecule} | " + " | ".join(cells) + " |")
     if results.get("few_shot"):
         lines += ["", "## Few-shot (force MAE on test_01, meV/Å)", "", "| molecule | frames | budget | fine-tuned | "
                   "scratch | ratio |", "|---|---|---|---|---|---|"]

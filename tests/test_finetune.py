@@ -177,8 +177,8 @@ def test_two_level_recipe_from_the_command_line(tmp_path):
 
 
 def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
-    """benchmarks/transfer.py in miniature: zero-shot on two rMD17 molecules, one few-shot pair; a rerun reads
-    everything back."""
+    """benchmarks/transfer.py in miniature: zero-shot on two rMD17 molecules, MD from their first test frames, one
+    few-shot pair; a rerun reads everything back."""
     import importlib.util
     import json
 
@@ -191,7 +191,8 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
     spec.loader.exec_module(transfer)
     package, _ = xtb_package
     args = ["--package", f"tiny={package}", "--molecules", "ethanol", "uracil", "--n-test", "20", "--shots", "10",
-            "--fewshot", "ethanol", "--budget-min", "0.02", "--out", str(tmp_path)]
+            "--fewshot", "ethanol", "--budget-min", "0.02", "--out", str(tmp_path), "--md-ps", "0.01",
+            "--md-seeds", "2"]
     transfer.main(args)
     results = json.loads((tmp_path / "results.json").read_text())
     digest = transfer._digest(package)  # results are kept per package content, not per path
@@ -199,8 +200,15 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
     assert results["zero_shot"][f"tiny/uracil/20/{digest}"]["status"] == "ok"  # N: the package's "aminated" frames
     pair = results["few_shot"][f"ethanol/10/0.02min/seed0/lr0.001,0.005/{digest}"]
     assert pair["fine-tuned"]["n"] == pair["scratch"]["n"] == 1000
+    for molecule in ("ethanol", "uracil"):  # 20 steps of 2 copies: each survived, or failed at a recorded time
+        md = results["md"][f"tiny/{molecule}/0.01ps/300K/2/{digest}"]
+        assert md["status"] == "ok" and md["seeds"] == 2 and md["time_ps"] == 0.01
+        assert md["survived"] == sum(t is None for t in md["failure_ps"])
+        assert all(t is None or 0 < t <= 0.01 for t in md["failure_ps"])
+        assert not list((tmp_path / "md").rglob("*.partial.npz"))  # finished runs leave no checkpoint
     transfer.main(args)
-    assert json.loads((tmp_path / "results.json").read_text())["few_shot"] == results["few_shot"]
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["few_shot"] == results["few_shot"] and again["md"] == results["md"]
 
 
 def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path, monkeypatch):

@@ -71,28 +71,36 @@ def test_dft_forces_match_finite_differences():
 
 
 def test_broken_symmetry_dft_breaks_a_bond_homolytically():
-    """UKS from the mixed guess (and along its instabilities): an O–H bond stretched to 3 Å dissociates to the two
-    radicals, near equilibrium it is the closed shell, and the forces are −dE/dr (the same state on either side)."""
+    """UKS from the mixed guess (and along its instabilities): a bond past its Coulson–Fischer point polarises its
+    spins, with forces that are −dE/dr (the same state on either side); an O–H bond stretched to 3 Å dissociates to
+    the two radicals; near equilibrium, in a field or not, it is the closed shell."""
     pytest.importorskip("pyscf")
     from ffspace.reference.dft import PySCFLabeler
 
-    p = WATER.positions.copy()
-    p[1] = p[0] + 3.0 * (p[1] - p[0]) / np.linalg.norm(p[1] - p[0])
-    stretched = WATER.copy(positions=p)
     closed = PySCFLabeler("PBE", "def2-SVP", density_fit=True)
     broken = PySCFLabeler("PBE", "def2-SVP", density_fit=True, broken_symmetry=True)
-    labeled = _check_forces_by_finite_differences(broken, stretched, [(1, 1), (1, 2)], h=1e-3, tol=5e-4)
+    # H2 at 1.97 Å, off the axes (every force component non-zero), past PBE's Coulson–Fischer point: the finite
+    # differences cost seconds on H2, a minute on water, and run the same guesses, Newton steps and stability analysis
+    h2 = Structure(numbers=[1, 1], positions=[[0.0, 0.0, 0.0], [0.8, 0.6, 1.7]])
+    labeled = _check_forces_by_finite_differences(broken, h2, [(1, 0), (1, 2)], h=1e-3, tol=5e-4)
+    assert labeled.energy < closed.label(h2).energy - 0.1  # spin-polarised: 0.34 eV below the closed shell here
+    assert np.abs(labeled.forces).min() > 0.05  # still bound at 1.97 Å: the check above compares non-zero forces
+    p = WATER.positions.copy()
+    p[1] = p[0] + 3.0 * (p[1] - p[0]) / np.linalg.norm(p[1] - p[0])
+    stretched = broken.label(WATER.copy(positions=p))
     # at 3 Å the molecule is nearly OH· + H· (UKS doublets); a closed shell would lie eV above (it does not even
     # converge there)
     doublet = PySCFLabeler("PBE", "def2-SVP", density_fit=True, multiplicity=2)
     radicals = (doublet.label(Structure(numbers=[8, 1], positions=p[[0, 2]])).energy
                 + doublet.label(Structure(numbers=[1], positions=[[0.0, 0.0, 0.0]])).energy)
-    assert abs(labeled.energy - radicals) < 0.15
-    e_closed = closed.label(WATER).energy
-    assert abs(broken.label(WATER).energy - e_closed) < 1e-4
+    assert abs(stretched.energy - radicals) < 0.15
+    # near equilibrium (H2 at 0.74 Å) it is the closed shell
+    h2_eq = Structure(numbers=[1, 1], positions=[[0.0, 0.0, 0.0], [0.3, 0.2, 0.65]])
+    e_closed = closed.label(h2_eq).energy
+    assert abs(broken.label(h2_eq).energy - e_closed) < 1e-4
     # in a field too: the second-order solver must see the field's core Hamiltonian (it builds it from the inner
     # SCF object, so the field goes on before `newton()`)
-    in_field = WATER.copy(info={"field": np.array([0.0, 0.1, 0.05])})
+    in_field = h2_eq.copy(info={"field": np.array([0.5, 1.0, 2.0])})
     a, b = broken.label(in_field), closed.label(in_field)
     assert abs(a.energy - b.energy) < 1e-4 and abs(a.energy - e_closed) > 1e-3
     np.testing.assert_allclose(a.info["dipole"], b.info["dipole"], atol=1e-4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -70,6 +71,8 @@ def resolve_package_path(path) -> Path:
     if not text.startswith("builtin:"):
         return Path(path)
     name = text.split(":", 1)[1]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):  # a name, never a path out of the package folder
+        raise ModelPackageError(f"{text!r}: a shipped model's name is letters, digits, '_', '.' and '-'")
     found = SHIPPED / f"{name}.safetensors"
     if not found.is_file():
         shipped = sorted(f"builtin:{p.stem}" for p in SHIPPED.glob("*.safetensors"))
