@@ -1,5 +1,6 @@
-"""Errors of a trained package on its run's validation and test parts, molecule by molecule where the run splits by
-molecule (issue 31): the parts are rebuilt from the run config exactly as `ffspace train` made them.
+"""Errors of a trained package on its run's validation and test parts, and which molecules (``data.split_by``
+groups) each part holds (issue 31): the parts are rebuilt from the run config exactly as `ffspace train` made them.
+(`ffspace eval` gives the test part alone.)
 
     python benchmarks/train_split_errors.py benchmarks/configs/train_druglike_pbe.yaml out=runs/druglike/pbe_499 \\
         --json benchmarks/results/druglike_pbe_499/split_errors.json
@@ -28,8 +29,8 @@ def main(argv=None):
     _, val, test = load_splits(cfg)
     pot = Potential.load(model_path(cfg), dtype=args.dtype)
     out = {"command": " ".join(["python benchmarks/train_split_errors.py", *sys.argv[1:]]), "dtype": args.dtype}
+    by = cfg.data.split_by
     for name, part in (("validation", val), ("test", test)):
-        by = cfg.data.split_by
         out[name] = {"n_frames": len(part), **error_metrics(predict(pot, part), part)}
         if by:
             out[name]["groups"] = sorted({str(s.info.get(by)) for s in part})
