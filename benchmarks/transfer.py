@@ -1,7 +1,7 @@
 """A transferable model on molecules it never saw: zero-shot on rMD17 and few-shot fine-tuning (issue 31).
 
     python benchmarks/transfer.py --package drug-like=PATH [--package graph_mm=PATH2]     # zero-shot only
-    python benchmarks/transfer.py --package drug-like=PATH --shots 10 50 200 --budget-min 10
+    python benchmarks/transfer.py --package drug-like=PATH --shots 10 50 200 --budget-min 10 [--replay FILE]
 
 Zero-shot: each package on the test_01 frames of every rMD17 molecule (PBE/def2-SVP, 1000 each): force MAE,
 energy MAE after removing the mean offset (an unseen molecule's absolute energy is a constant that per-element
@@ -10,10 +10,14 @@ such, not skipped silently.
 
 Few-shot (``--shots``): for each molecule of ``--fewshot`` and each N, N frames of its train_01 file (seeded)
 fine-tune the first package (`train.init_from`, reference energies refitted) and train the same architecture from
-scratch, each with the same wall-clock budget of training steps; both are tested on the 1000 test_01 frames. No
-labelled frame beyond the N is used: each arm keeps its last epoch's weights (a cosine schedule to the end of the
-budget), and the N frames themselves are its "validation" log, so nothing is selected on frames a user with N
-labels would not have.
+scratch (``--arms`` picks either), each with the same wall-clock budget of training steps; both are tested on the
+1000 test_01 frames. No frame of the molecule beyond the N is used: each arm keeps its last epoch's weights (a
+cosine schedule to the end of the budget), and the N frames themselves are its "validation" log, so nothing is
+selected on frames a user with N labels would not have. ``--replay FILE`` fits the fine-tuning on the N frames
+(repeated ``--replay-repeat`` times) together with FILE's frames, at the same level of theory (the reference
+energies are then refitted to both): the package's own training labels keep it from forgetting what it knew. A
+recipe is chosen with ``--n-val M`` on a molecule that is not reported: the arms are then scored on M other train_01
+frames of it, and test_01 is not read.
 
 MD (``--md-ps``): each package runs Langevin MD at ``--md-temperature`` (300 K) from the first test_01 frame of
 every molecule, ``--md-seeds`` copies of ``--md-ps`` ps, 0.5 fs, float32, with the stability protocol's failure rules
@@ -27,6 +31,7 @@ retrained at the same path is evaluated again) and the settings: a rerun skips w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -34,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffspace.data import read_dataset
+from ffspace.data import Dataset, read_dataset
 from ffspace.evaluate import error_metrics, predict
 from ffspace.potential import Potential
 from ffspace.potential.package import read_metadata, versions
@@ -64,6 +69,14 @@ def evaluate(package: Path, data, dtype: str = "float32") -> dict:
             "n": len(data), "predict_s": time.perf_counter() - t0}
 
 
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: Path) -> str:
+    """A data file's content (first 16 hex digits of SHA-256), read once."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def _digest(package: Path) -> str:
     """The package's content (its first 16 hex digits of SHA-256): results are kept per content, not per path."""
     import hashlib
@@ -85,29 +98,37 @@ def scratch_config(package: Path) -> dict:
     return cfg
 
 
-def few_shot(package: Path, molecule: str, n: int, budget_min: float, out: Path, seed: int, lr_tune: float,
-             lr_scratch: float, data: Path) -> dict:
+def few_shot_sets(molecule: str, n: int, seed: int, data: Path, n_val: int = 0):
+    """The N training frames (seeded, from train_01) and the frames to score on: all of test_01, or with ``n_val``
+    that many other train_01 frames (a validation set for choosing a recipe, so that test_01 is never looked at)."""
     pool = read_dataset(data / f"rmd17_{molecule}_train_01.npz")
+    if n_val:
+        train, val, _ = pool.split([n, n_val, -1], seed=seed)
+        return train, val
     train, _ = pool.split([n, -1], seed=seed)
-    test = read_dataset(data / f"rmd17_{molecule}_test_01.npz")
-    result = {}
-    common = dict(epochs=1_000_000, batch_size=min(8, n), schedule="cosine", warmup_epochs=1,
+    return train, read_dataset(data / f"rmd17_{molecule}_test_01.npz")
+
+
+def few_shot_arm(arm: str, package: Path, train, score_on, budget_min: float, run: Path, seed: int, lr: float,
+                 replay=None, replay_repeat: int = 1) -> dict:
+    """One arm of the few-shot comparison: "fine-tuned" starts from the package (reference energies refitted),
+    "scratch" trains its architecture from fresh weights; both with the same wall-clock budget. With ``replay`` (a
+    dataset at the same level of theory, e.g. the package's own training labels), the fine-tuning fits the N frames,
+    repeated ``replay_repeat`` times, together with it: the replayed frames hold the weights near what they knew."""
+    fit_on = train
+    if replay is not None:
+        fit_on = Dataset(list(train) * replay_repeat, train.name) + replay
+    common = dict(epochs=1_000_000, batch_size=min(8, len(fit_on)), schedule="cosine", warmup_epochs=1,
                   early_stop_patience=1_000_000, max_time_min=budget_min, seed=seed, progress=sys.stderr.isatty(),
                   keep="last")
-    for arm in ("fine-tuned", "scratch"):
-        run = out / f"{molecule}_{n}_{arm}"
-        if arm == "fine-tuned":
-            tc = TrainConfig(**common, lr=lr_tune, init_from=str(package))
-            model = model_for_training({}, train, tc)
-        else:
-            tc = TrainConfig(**common, lr=lr_scratch)
-            model = build_model_for_data(scratch_config(package), train, seed=seed)
-        summary = Trainer(model, train, train, tc, run_dir=run, overwrite=True).fit()
-        result[arm] = {**evaluate(run / "model.safetensors", test), "epochs": summary["epochs"],
-                       "train_s": summary["time_s"]}
-        print(f"[transfer] {molecule} {n} frames, {arm}: F MAE {result[arm]['forces_mae_meV_A']:.1f} meV/Å",
-              file=sys.stderr)
-    return result
+    if arm == "fine-tuned":
+        tc = TrainConfig(**common, lr=lr, init_from=str(package))
+        model = model_for_training({}, fit_on, tc)
+    else:
+        tc = TrainConfig(**common, lr=lr)
+        model = build_model_for_data(scratch_config(package), fit_on, seed=seed)
+    summary = Trainer(model, fit_on, train, tc, run_dir=run, overwrite=True).fit()
+    return {**evaluate(run / "model.safetensors", score_on), "epochs": summary["epochs"], "train_s": summary["time_s"]}
 
 
 def md_survival(package: Path, molecule: str, data: Path, time_ps: float, temperature: float, seeds: int,
@@ -134,13 +155,21 @@ def md_survival(package: Path, molecule: str, data: Path, time_ps: float, temper
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--package", action="append", required=True, help="NAME=PATH of a model package (repeatable)")
-    p.add_argument("--molecules", nargs="+", default=MOLECULES)
+    p.add_argument("--molecules", nargs="*", default=MOLECULES, help="zero-shot and MD molecules (none: skip both)")
     p.add_argument("--n-test", type=int, default=1000, help="test_01 frames per molecule (1000: all)")
     p.add_argument("--shots", type=int, nargs="*", default=[], help="few-shot training set sizes, e.g. 10 50 200")
     p.add_argument("--fewshot", nargs="+", default=["aspirin", "paracetamol"])
     p.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget of each few-shot training")
-    p.add_argument("--lr-tune", type=float, default=1e-3)
+    # The learning rates were chosen on salicylic acid (50 frames, scored on 200 other train_01 frames, --n-val),
+    # a molecule the few-shot table does not report: docs/benchmarks.md, "Few-shot fine-tuning".
+    p.add_argument("--lr-tune", type=float, default=1e-2)
     p.add_argument("--lr-scratch", type=float, default=5e-3)
+    p.add_argument("--replay", type=Path, default=None,
+                   help="frames at the package's level of theory fitted beside the N (e.g. its own training labels)")
+    p.add_argument("--replay-repeat", type=int, default=5, help="times the N frames are repeated beside --replay")
+    p.add_argument("--n-val", type=int, default=0,
+                   help="score few-shot runs on this many other train_01 frames instead of test_01 (choosing a recipe)")
+    p.add_argument("--arms", nargs="+", default=["fine-tuned", "scratch"], choices=["fine-tuned", "scratch"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--md-ps", type=float, default=0.0, help="ps of MD per molecule and package (0: no MD)")
     p.add_argument("--md-temperature", type=float, default=300.0, help="K")
@@ -182,34 +211,58 @@ def main(argv=None):
             print(f"[transfer] MD {name} on {molecule}: {md[key]}", file=sys.stderr)
     few = results.setdefault("few_shot", {})
     first = Path(next(iter(packages.values())))
+    for molecule in args.fewshot if args.shots else []:  # before any training: a pool too small is an error now
+        pool = len(read_dataset(args.data / f"rmd17_{molecule}_train_01.npz"))
+        if max(args.shots) + args.n_val > pool:
+            raise SystemExit(f"{molecule}: {max(args.shots)} training + {args.n_val} validation frames exceed the "
+                             f"{pool} of rmd17_{molecule}_train_01.npz")
+    replay = read_dataset(args.replay) if args.replay and "fine-tuned" in args.arms else None
     for molecule in args.fewshot:
         for n in args.shots:
-            key = (f"{molecule}/{n}/{args.budget_min:g}min/seed{args.seed}/lr{args.lr_tune:g},{args.lr_scratch:g}/"
-                   f"{digests[next(iter(packages))]}")
-            if key not in few:
-                few[key] = few_shot(first, molecule, n, args.budget_min, args.out / "few_shot", args.seed,
-                                    args.lr_tune, args.lr_scratch, args.data)
+            for arm in args.arms:
+                key = few_shot_key(args, digests, molecule, n, arm)
+                if key in few:
+                    continue
+                train, score_on = few_shot_sets(molecule, n, args.seed, args.data, args.n_val)
+                lr = args.lr_tune if arm == "fine-tuned" else args.lr_scratch
+                run = args.out / "few_shot" / key.replace("/", "_")
+                few[key] = few_shot_arm(arm, first, train, score_on, args.budget_min, run, args.seed, lr,
+                                        replay if arm == "fine-tuned" else None, args.replay_repeat)
                 save()
+                print(f"[transfer] {molecule} {n} frames, {arm}: F MAE {few[key]['forces_mae_meV_A']:.1f} meV/Å",
+                      file=sys.stderr)
     print(report(results, packages, args, digests))
 
 
+def few_shot_key(args, digests, molecule: str, n: int, arm: str) -> str:
+    """An arm's result is kept under every setting it depends on: the scratch arm does not depend on the
+    fine-tuning's learning rate or replay set, so it is reused when only those change."""
+    key = f"{molecule}/{n}/{args.budget_min:g}min/seed{args.seed}/{'val' + str(args.n_val) if args.n_val else 'test'}"
+    if arm == "scratch":
+        return f"{key}/scratch/lr{args.lr_scratch:g}/{digests[next(iter(digests))]}"
+    replay = (f"replay{_file_digest(args.replay)}x{args.replay_repeat}" if args.replay else "noreplay")
+    return f"{key}/fine-tuned/lr{args.lr_tune:g}/{replay}/{digests[next(iter(digests))]}"
+
+
 def report(results, packages, args, digests) -> str:
-    lines = ["## Zero-shot on rMD17 (test_01)", "",
-             "| molecule | " + " | ".join(f"{n}: F MAE (meV/Å) / E MAE offset-free (meV)" for n in packages) + " |",
-             "|---|" + "---|" * len(packages)]
-    means = {n: [] for n in packages}
-    for molecule in args.molecules:
-        cells = []
-        for name in packages:
-            r = results["zero_shot"][f"{name}/{molecule}/{args.n_test}/{digests[name]}"]
-            if r["status"] == "ok":
-                cells.append(f"{r['forces_mae_meV_A']:.1f} / {r['energy_mae_meV_offset_free']:.1f}")
-                means[name].append(r["forces_mae_meV_A"])
-            else:
-                cells.append(r["status"])
-        lines.append(f"| {molecule} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{np.mean(v):.1f}**" if v else "–" for v in means.values()) + " |")
-    if args.md_ps > 0:
+    lines = []
+    if args.molecules:
+        header = " | ".join(f"{n}: F MAE (meV/Å) / E MAE offset-free (meV)" for n in packages)
+        lines += ["## Zero-shot on rMD17 (test_01)", "", f"| molecule | {header} |", "|---|" + "---|" * len(packages)]
+        means = {n: [] for n in packages}
+        for molecule in args.molecules:
+            cells = []
+            for name in packages:
+                r = results["zero_shot"][f"{name}/{molecule}/{args.n_test}/{digests[name]}"]
+                if r["status"] == "ok":
+                    cells.append(f"{r['forces_mae_meV_A']:.1f} / {r['energy_mae_meV_offset_free']:.1f}")
+                    means[name].append(r["forces_mae_meV_A"])
+                else:
+                    cells.append(r["status"])
+            lines.append(f"| {molecule} | " + " | ".join(cells) + " |")
+        mean_cells = " | ".join(f"**{np.mean(v):.1f}**" if v else "–" for v in means.values())
+        lines.append(f"| **mean** | {mean_cells} |")
+    if args.md_ps > 0 and args.molecules:
         from ffspace.bench import stability
 
         lines += ["", f"## Langevin MD from the first test frame: {args.md_seeds} × {args.md_ps:g} ps at "
@@ -226,15 +279,16 @@ def report(results, packages, args, digests) -> str:
                 cells.append(stability.verdict(r))
             lines.append(f"| {molecule} | " + " | ".join(cells) + " |")
     if results.get("few_shot"):
-        lines += ["", "## Few-shot (force MAE on test_01, meV/Å)", "", "| molecule | frames | budget | fine-tuned | "
-                  "scratch | ratio |", "|---|---|---|---|---|---|"]
-        this = f"lr{args.lr_tune:g},{args.lr_scratch:g}/{digests[next(iter(packages))]}"
-        for key, r in results["few_shot"].items():
-            if not key.endswith(this):  # (other packages or learning rates: not this invocation's table)
-                continue
-            molecule, n, budget = key.split("/")[:3]
-            a, b = r["fine-tuned"]["forces_mae_meV_A"], r["scratch"]["forces_mae_meV_A"]
-            lines.append(f"| {molecule} | {n} | {budget} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
+        scored = f"{args.n_val} other train_01 frames (validation)" if args.n_val else "test_01"
+        lines += ["", f"## Few-shot (force MAE on {scored}, meV/Å)", "",
+                  "| molecule | frames | budget | fine-tuned | scratch | ratio |", "|---|---|---|---|---|---|"]
+        for molecule in args.fewshot:
+            for n in args.shots:
+                arms = [results["few_shot"].get(few_shot_key(args, digests, molecule, n, arm))
+                        for arm in ("fine-tuned", "scratch")]
+                cells = [f"{r['forces_mae_meV_A']:.1f}" if r else "not run" for r in arms]
+                ratio = (f"{arms[1]['forces_mae_meV_A'] / arms[0]['forces_mae_meV_A']:.2f}×" if all(arms) else "–")
+                lines.append(f"| {molecule} | {n} | {args.budget_min:g} min | {cells[0]} | {cells[1]} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -176,7 +176,7 @@ def test_two_level_recipe_from_the_command_line(tmp_path):
     assert tuned.get_config()["terms"][1]["features"] == 8
 
 
-def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
+def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path, monkeypatch):
     """benchmarks/transfer.py in miniature: zero-shot on two rMD17 molecules, MD from their first test frames, one
     few-shot pair; a rerun reads everything back."""
     import importlib.util
@@ -198,8 +198,9 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
     digest = transfer._digest(package)  # results are kept per package content, not per path
     assert results["zero_shot"][f"tiny/ethanol/20/{digest}"]["status"] == "ok"
     assert results["zero_shot"][f"tiny/uracil/20/{digest}"]["status"] == "ok"  # N: the package's "aminated" frames
-    pair = results["few_shot"][f"ethanol/10/0.02min/seed0/lr0.001,0.005/{digest}"]
-    assert pair["fine-tuned"]["n"] == pair["scratch"]["n"] == 1000
+    tuned = results["few_shot"][f"ethanol/10/0.02min/seed0/test/fine-tuned/lr0.01/noreplay/{digest}"]
+    scratch = results["few_shot"][f"ethanol/10/0.02min/seed0/test/scratch/lr0.005/{digest}"]
+    assert tuned["n"] == scratch["n"] == 1000  # scored on all of test_01
     for molecule in ("ethanol", "uracil"):  # 20 steps of 2 copies: each survived, or failed at a recorded time
         md = results["md"][f"tiny/{molecule}/0.01ps/300K/2/{digest}"]
         assert md["status"] == "ok" and md["seeds"] == 2 and md["time_ps"] == 0.01
@@ -209,6 +210,26 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path):
     transfer.main(args)
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["few_shot"] == results["few_shot"] and again["md"] == results["md"]
+    # Replay: a new fine-tuned arm, the scratch arm read back (it does not depend on the replay set)
+    from ffspace.data import read_dataset, write_extxyz
+
+    write_extxyz(tmp_path / "replay.extxyz", read_dataset(data / "rmd17_uracil_test_01.npz")[:6])
+    transfer.main(args + ["--replay", str(tmp_path / "replay.extxyz"), "--replay-repeat", "2"])
+    replayed = json.loads((tmp_path / "results.json").read_text())["few_shot"]
+    assert {k: v for k, v in replayed.items() if k in again["few_shot"]} == again["few_shot"]
+    [new] = set(replayed) - set(again["few_shot"])
+    assert "/fine-tuned/lr0.01/replay" in new and new.endswith("x2/" + digest)
+    # Choosing a recipe: scored on other train_01 frames, test_01 never read
+    def no_test_files(path, *a, **k):
+        assert "test_01" not in str(path), path
+        return read_dataset(path, *a, **k)
+
+    monkeypatch.setattr(transfer, "read_dataset", no_test_files)
+    transfer.main(["--package", f"tiny={package}", "--molecules", "--shots", "10", "--fewshot", "ethanol",
+                   "--budget-min", "0.02", "--out", str(tmp_path / "val"), "--n-val", "30"])
+    val = json.loads((tmp_path / "val" / "results.json").read_text())
+    assert not val["zero_shot"] and {r["n"] for r in val["few_shot"].values()} == {30}
+    assert all("/val30/" in k for k in val["few_shot"])
 
 
 def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path, monkeypatch):
