@@ -69,21 +69,24 @@ def evaluate(package: Path, data, dtype: str = "float32") -> dict:
             "n": len(data), "predict_s": time.perf_counter() - t0}
 
 
-@functools.lru_cache(maxsize=None)
 def _file_digest(path: Path) -> str:
-    """A data file's content (first 16 hex digits of SHA-256), read once."""
+    """A file's content (first 16 hex digits of SHA-256), read again only when the file changes."""
+    stat = Path(path).stat()
+    return _hash_file(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _hash_file(path: str, mtime_ns: int, size: int) -> str:  # (mtime and size: the cache's key, not read)
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _digest(package: Path) -> str:
-    """The package's content (its first 16 hex digits of SHA-256): results are kept per content, not per path."""
-    import hashlib
-
+    """The package's content: results are kept per content, not per path."""
     from ffspace.potential.package import resolve_package_path
 
-    return hashlib.sha256(resolve_package_path(package).read_bytes()).hexdigest()[:16]
+    return _file_digest(resolve_package_path(package))
 
 
 def scratch_config(package: Path) -> dict:
