@@ -222,11 +222,10 @@ def main(argv=None):
     replay = read_dataset(args.replay) if args.replay and "fine-tuned" in args.arms else None
     for molecule in args.fewshot:
         for n in args.shots:
-            for arm in args.arms:
+            missing = [arm for arm in args.arms if few_shot_key(args, digests, molecule, n, arm) not in few]
+            train, score_on = few_shot_sets(molecule, n, args.seed, args.data, args.n_val) if missing else (None, None)
+            for arm in missing:  # (both arms on the same frames, read once)
                 key = few_shot_key(args, digests, molecule, n, arm)
-                if key in few:
-                    continue
-                train, score_on = few_shot_sets(molecule, n, args.seed, args.data, args.n_val)
                 lr = args.lr_tune if arm == "fine-tuned" else args.lr_scratch
                 run = args.out / "few_shot" / key.replace("/", "_")
                 few[key] = few_shot_arm(arm, first, train, score_on, args.budget_min, run, args.seed, lr,
