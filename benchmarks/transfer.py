@@ -113,11 +113,12 @@ def few_shot_sets(molecule: str, n: int, seed: int, data: Path, n_val: int = 0):
 
 
 def few_shot_arm(arm: str, package: Path, train, score_on, budget_min: float, run: Path, seed: int, lr: float,
-                 replay=None, replay_repeat: int = 1) -> dict:
+                 replay=None, replay_repeat: int = 1, tune: dict | None = None) -> dict:
     """One arm of the few-shot comparison: "fine-tuned" starts from the package (reference energies refitted),
     "scratch" trains its architecture from fresh weights; both with the same wall-clock budget. With ``replay`` (a
     dataset at the same level of theory, e.g. the package's own training labels), the fine-tuning fits the N frames,
-    repeated ``replay_repeat`` times, together with it: the replayed frames hold the weights near what they knew."""
+    repeated ``replay_repeat`` times, together with it: the replayed frames hold the weights near what they knew.
+    ``tune``: further `TrainConfig` settings of the fine-tuned arm (e.g. ``l2_to_start``, ``lr_scale``)."""
     fit_on = train
     if replay is not None:
         fit_on = Dataset(list(train) * replay_repeat, train.name) + replay
@@ -125,7 +126,7 @@ def few_shot_arm(arm: str, package: Path, train, score_on, budget_min: float, ru
                   early_stop_patience=1_000_000, max_time_min=budget_min, seed=seed, progress=sys.stderr.isatty(),
                   keep="last")
     if arm == "fine-tuned":
-        tc = TrainConfig(**common, lr=lr, init_from=str(package))
+        tc = TrainConfig(**{**common, **(tune or {})}, lr=lr, init_from=str(package))
         model = model_for_training({}, fit_on, tc)
     else:
         tc = TrainConfig(**common, lr=lr)
@@ -172,6 +173,8 @@ def main(argv=None):
     p.add_argument("--replay-repeat", type=int, default=5, help="times the N frames are repeated beside --replay")
     p.add_argument("--n-val", type=int, default=0,
                    help="score few-shot runs on this many other train_01 frames instead of test_01 (choosing a recipe)")
+    p.add_argument("--tune", action="append", default=[], metavar="SETTING=JSON",
+                   help="a further train setting of the fine-tuned arm, e.g. l2_to_start=1 (repeatable)")
     p.add_argument("--arms", nargs="+", default=["fine-tuned", "scratch"], choices=["fine-tuned", "scratch"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--md-ps", type=float, default=0.0, help="ps of MD per molecule and package (0: no MD)")
@@ -183,6 +186,7 @@ def main(argv=None):
     if not args.data.is_dir():
         raise SystemExit(f"rMD17 not found at {args.data} (../shared/data/rmd17)")
     packages = dict(item.split("=", 1) for item in args.package)
+    args.tune = parse_tune(args.tune)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -227,9 +231,9 @@ def main(argv=None):
             for arm in missing:  # (both arms on the same frames, read once)
                 key = few_shot_key(args, digests, molecule, n, arm)
                 lr = args.lr_tune if arm == "fine-tuned" else args.lr_scratch
-                run = args.out / "few_shot" / key.replace("/", "_")
+                run = args.out / "few_shot" / run_folder(key)
                 few[key] = few_shot_arm(arm, first, train, score_on, args.budget_min, run, args.seed, lr,
-                                        replay if arm == "fine-tuned" else None, args.replay_repeat)
+                                        replay if arm == "fine-tuned" else None, args.replay_repeat, args.tune)
                 save()
                 print(f"[transfer] {molecule} {n} frames, {arm}: F MAE {few[key]['forces_mae_meV_A']:.1f} meV/Å",
                       file=sys.stderr)
@@ -243,7 +247,41 @@ def few_shot_key(args, digests, molecule: str, n: int, arm: str) -> str:
     if arm == "scratch":
         return f"{key}/scratch/lr{args.lr_scratch:g}/{digests[next(iter(digests))]}"
     replay = (f"replay{_file_digest(args.replay)}x{args.replay_repeat}" if args.replay else "noreplay")
-    return f"{key}/fine-tuned/lr{args.lr_tune:g}/{replay}/{digests[next(iter(digests))]}"
+    tune = f"/tune{json.dumps(args.tune, sort_keys=True)}" if args.tune else ""  # (none: the keys made before it)
+    return f"{key}/fine-tuned/lr{args.lr_tune:g}/{replay}{tune}/{digests[next(iter(digests))]}"
+
+
+def run_folder(key: str) -> str:
+    """An arm's training folder: its key, with characters a --tune setting brings (quotes, braces, *) replaced and
+    its hash appended, so that two settings never share a folder."""
+    import hashlib
+    import re
+
+    name = key.replace("/", "_")
+    if re.fullmatch(r"[\w.=-]+", name):
+        return name  # (the folders made before --tune existed)
+    return re.sub(r"[^\w.=-]+", "_", name)[:120] + "_" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def parse_tune(items: list[str]) -> dict:
+    """``--tune SETTING=JSON`` items as train settings, checked by `TrainConfig` before any training starts."""
+    tune, shared = {}, {"lr", "init_from", "epochs", "max_time_min", "seed", "keep", "device", "workers",
+                        "early_stop_patience", "progress"}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--tune {item!r}: expected SETTING=JSON, e.g. l2_to_start=1")
+        if name in shared:  # (the budget, seed and kept epoch are what both arms share; lr: --lr-tune)
+            raise SystemExit(f"--tune {name}: set by transfer.py for both arms or by its own option, not here")
+        try:
+            tune[name] = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--tune {item!r}: the value is not JSON ({e})") from None
+    try:
+        checked = TrainConfig(**tune)
+    except Exception as e:
+        raise SystemExit(f"--tune: {e}") from None
+    return {name: checked.model_dump()[name] for name in tune}  # (as validated: l2_to_start=1 and =1.0 are one key)
 
 
 def report(results, packages, args, digests) -> str:

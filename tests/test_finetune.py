@@ -102,6 +102,41 @@ def test_frozen_parts_stay_and_scaled_parts_learn_slower(xtb_package, pbe, tmp_p
     assert all(p.requires_grad for p in again.parameters())
 
 
+def test_l2_to_start_holds_the_weights_at_the_package_s(xtb_package, pbe, tmp_path):
+    """L2-SP: at lr × λ = 1 every step ends where the package started, so the run ends on the package's weights;
+    at a small λ the weights move, but less far than without it; a run killed halfway resumes to the same end."""
+    package, _ = xtb_package
+    train, val = pbe
+    # (the plateau's lr stays 0.01 here; the last epoch is kept, so the package is where training ended)
+    constant = dict(QUICK, schedule="plateau", warmup_epochs=0, lr=0.01, keep="last")
+    start = {n: p.detach().clone() for n, p in model_for_training({}, train, TrainConfig(
+        **constant, init_from=str(package))).named_parameters()}
+    moved = {}
+    for l2 in (100.0, 10.0, 0.0):
+        cfg = TrainConfig(**constant, init_from=str(package), l2_to_start=l2)
+        trainer = Trainer(model_for_training({}, train, cfg), train, val, cfg, run_dir=tmp_path / f"l2_{l2:g}")
+        trainer.fit()
+        after = dict(trainer.model.named_parameters())
+        moved[l2] = sum(float((after[n].detach() - p).norm() ** 2) for n, p in start.items()) ** 0.5
+    assert moved[100.0] < 1e-12 * moved[0.0] + 1e-12
+    assert 0 < moved[10.0] < 0.9 * moved[0.0], moved
+    # killed after one epoch, resumed: the same weights as in one go (the start is the package's, not the checkpoint's)
+    # (also with two data-parallel workers, which are sent the model and load the checkpoint themselves)
+    one_go, _ = load_package(tmp_path / "l2_10" / "model.safetensors")
+    for workers in (1, 2):
+        run = tmp_path / f"resumed_{workers}"
+        for epochs in (1, 2):
+            cfg = TrainConfig(**{**constant, "epochs": epochs}, init_from=str(package), l2_to_start=10.0,
+                              workers=workers)
+            Trainer(model_for_training({}, train, cfg), train, val, cfg, run_dir=run).fit()
+        resumed, _ = load_package(run / "model.safetensors")
+        for (name, a), b in zip(one_go.named_parameters(), resumed.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10, msg=f"{workers} worker(s): {name}")
+    with pytest.raises(ConfigError, match="l2_to_start pulls toward a package's weights: set train.init_from"):
+        Trainer(build_model_for_data(TINY, train, seed=0), train, val, TrainConfig(**QUICK, l2_to_start=1.0),
+                run_dir=tmp_path / "no_package")
+
+
 def test_a_killed_fine_tuning_resumes_whatever_the_refit_s_last_bits(xtb_package, pbe, tmp_path, monkeypatch):
     """The refitted reference energies come from running the model (threads, kernels): a resume must not depend on
     their last bits, only on the package and the data."""
@@ -219,6 +254,18 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path, monkeypa
     assert {k: v for k, v in replayed.items() if k in again["few_shot"]} == again["few_shot"]
     [new] = set(replayed) - set(again["few_shot"])
     assert "/fine-tuned/lr0.01/replay" in new and new.endswith("x2/" + digest)
+    # A further fine-tuning setting: a new fine-tuned arm in its own folder, the scratch arm read back
+    transfer.main(args + ["--tune", "l2_to_start=0.5", "--tune", 'lr_scale={"terms.1.*": 0.5}'])
+    tuned_more = json.loads((tmp_path / "results.json").read_text())["few_shot"]
+    [new] = set(tuned_more) - set(replayed)
+    assert '/noreplay/tune{"l2_to_start": 0.5, "lr_scale": {"terms.1.*": 0.5}}/' in new
+    assert len(list((tmp_path / "few_shot").iterdir())) == len(tuned_more)
+    with pytest.raises(SystemExit, match="l2_to_start"):
+        transfer.main(args + ["--tune", "l2_to_start=-1"])
+    with pytest.raises(SystemExit, match="expected SETTING=JSON"):
+        transfer.main(args + ["--tune", "l2_to_start"])
+    with pytest.raises(SystemExit, match="--tune max_time_min: set by transfer.py for both arms"):
+        transfer.main(args + ["--tune", "max_time_min=100"])
     # Choosing a recipe: scored on other train_01 frames, test_01 never read
     def no_test_files(path, *a, **k):
         assert "test_01" not in str(path), path
@@ -253,7 +300,7 @@ def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path,
 def test_fine_tuning_settings_leave_other_runs_identities_alone():
     """The fine-tuning and dipole settings enter a run's identity (checkpoints, bench caches, committees) only when set:
     runs made before they existed resume, and cached benchmark results stay valid."""
-    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep"}
+    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep", "l2_to_start"}
     assert set(TrainConfig().identity()) == set(TrainConfig.model_fields) - later
     assert TrainConfig(dipole_weight=10.0).identity()["dipole_weight"] == 10.0
     assert TrainConfig(lr_scale={"terms.1.*": 0.1}).identity()["lr_scale"] == [["terms.1.*", 0.1]]

@@ -52,6 +52,10 @@ class TrainConfig(BaseModel):
     lr_scale: dict[str, float] = Field(default_factory=dict, description="parameter-name pattern -> factor on the "
                                        "learning rate (the first matching pattern counts), e.g. {'terms.1.readout*': 1, "
                                        "'terms.1.*': 0.1}")
+    l2_to_start: float = Field(0.0, ge=0, description="with init_from: pull toward the starting weights (L2-SP, "
+                               "decoupled like AdamW's decay: each step moves every trained weight by lr × this × "
+                               "its distance from the package's value), so that a few frames refine what the "
+                               "package knew rather than overwrite it")
     keep: Literal["best", "last"] = Field("best", description="the weights the package holds: the epoch with the "
                                           "lowest validation loss, or the last epoch (a fine-tuning on data unlike "
                                           "the validation set, e.g. an active-learning member on hot frames; it "
@@ -61,7 +65,7 @@ class TrainConfig(BaseModel):
     # Settings added after runs, checkpoints and benchmark caches were made: they enter a run's identity only when
     # set, so that those runs resume and the cached results stay valid.
     _LATER = {"init_from": None, "init_reference": "refit", "freeze": [], "lr_scale": {}, "dipole_weight": 0.0,
-              "keep": "best"}
+              "keep": "best", "l2_to_start": 0.0}
 
     def identity(self, exclude=()) -> dict:
         """The settings that identify a run (`model_dump` without ``exclude``, and without the later settings at

@@ -128,6 +128,7 @@ class Trainer:
         if self.config.freeze or self.config.lr_scale:
             params = parameter_groups(self.model, self.config.lr_scale, self.config.freeze)
         self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.start_weights = self._start_weights()
         steps_per_epoch = math.ceil(len(train_set) / self.config.batch_size)
         self.schedule = LRSchedule(self.optimizer, self.config.lr, self.config.schedule,
                                    self.config.warmup_epochs * steps_per_epoch, self.config.epochs * steps_per_epoch,
@@ -389,10 +390,30 @@ class Trainer:
         if cfg.max_time_min:
             self.schedule.set_time_fraction(spent / (cfg.max_time_min * 60))
         self.optimizer.step()
+        if self.start_weights:
+            self._pull_to_start()
         self.schedule.step()
         if self.ema:
             self.ema.update(self.model)
         return loss, parts
+
+    def _start_weights(self) -> list:
+        """The package's weights, for ``train.l2_to_start``: taken before any step, so a resumed run (which
+        rebuilds the model from the package, then loads its checkpoint) pulls toward the same ones."""
+        if not self.config.l2_to_start:
+            return []
+        if not self.config.init_from:
+            raise ConfigError("train.l2_to_start pulls toward a package's weights: set train.init_from too")
+        # (per group, in the optimizer's order: no lookup by tensor identity, which a copy to a worker may not keep)
+        return [[p.detach().clone() for p in group["params"]] for group in self.optimizer.param_groups]
+
+    @torch.no_grad()
+    def _pull_to_start(self) -> None:
+        """L2-SP, decoupled (as AdamW decays toward zero): w ← w − lr · λ · (w − w_start), each group at its lr."""
+        for group, start in zip(self.optimizer.param_groups, self.start_weights):
+            factor = group["lr"] * self.config.l2_to_start
+            for p, p0 in zip(group["params"], start):
+                p.sub_(factor * (p - p0))
 
     def _train_epoch(self) -> dict:
         cfg = self.config
@@ -431,13 +452,21 @@ class Trainer:
             if distributed.launched():
                 raise ConfigError("a linear model (linear ACE) is fitted by least squares in one process: run it "
                                   "without torchrun")
+            if self.config.l2_to_start:
+                raise ConfigError("train.l2_to_start applies to gradient steps: a linear model (linear ACE) is "
+                                  "fitted by least squares, in one solve")
             return fit_least_squares(self)
         workers = self.config.workers
         if distributed.launched() and not distributed.active():
             return self._fit_launched()
         if workers == 1 or distributed.active():
             return self.fit_loop()
+        start = {k: v.clone() for k, v in self.model.state_dict().items()} if self.start_weights else None
         self.load_checkpoint()  # a checkpoint of another configuration is refused here, before any worker starts
+        if start is not None:
+            # The workers take the model as sent and load the checkpoint themselves: sent as the package's, it is
+            # what their train.l2_to_start pulls toward, not the checkpoint's weights.
+            self.model.load_state_dict(start)
         distributed.spawn(self, workers)
         # The workers are gone: take their final state from the files worker 0 wrote.
         self.load_checkpoint()
