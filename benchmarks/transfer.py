@@ -17,7 +17,8 @@ selected on frames a user with N labels would not have. ``--replay FILE`` fits t
 (repeated ``--replay-repeat`` times) together with FILE's frames, at the same level of theory (the reference
 energies are then refitted to both): the package's own training labels keep it from forgetting what it knew. A
 recipe is chosen with ``--n-val M`` on a molecule that is not reported: the arms are then scored on M other train_01
-frames of it, and test_01 is not read.
+frames of it, and test_01 is not read. ``--tune SETTING=JSON`` (repeatable) gives the fine-tuned arm further train
+settings, e.g. ``--tune l2_to_start=0.1`` or ``--tune 'freeze=["terms.1.embedding.*"]'``; they are part of its key.
 
 MD (``--md-ps``): each package runs Langevin MD at ``--md-temperature`` (300 K) from the first test_01 frame of
 every molecule, ``--md-seeds`` copies of ``--md-ps`` ps, 0.5 fs, float32, with the stability protocol's failure rules
