@@ -147,7 +147,8 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
         return [sys.executable, "-m", "ffspace.cli", "md", f"model_path={trained_package}", "md.steps=1000",
                 "md.ensemble=nvt", "md.traj_interval=50", "md.checkpoint_interval=200", f"out={out}"]
 
-    subprocess.run(cmd(tmp_path / "ref"), check=True, env=env, capture_output=True)
+    # the uninterrupted run side by side with the one to kill (one thread each, two cores)
+    ref = subprocess.Popen(cmd(tmp_path / "ref"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = subprocess.Popen(cmd(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "run" / "md" / "md_checkpoint.npz"
     deadline = time.time() + 120
@@ -160,6 +161,7 @@ def test_md_killed_and_rerun_resumes_the_same_trajectory(trained_package, tmp_pa
     assert ckpt.exists() and len(thermo.read_text().splitlines()) < 1002, "the run was not killed mid-way"
     rerun = subprocess.run(cmd(tmp_path / "run"), check=True, env=env, capture_output=True, text=True)
     assert "resuming MD" in rerun.stderr
+    assert ref.wait(timeout=300) == 0
     assert thermo.read_text() == (tmp_path / "ref" / "md" / "thermo.csv").read_text()
     a = read_extxyz(tmp_path / "ref" / "md" / "trajectory.extxyz", energy_key="ffspace_energy",
                     forces_key="ffspace_forces")

@@ -75,8 +75,8 @@ def _train_cmd(out):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = tmp_path / "uninterrupted"
-    subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
+    ref = tmp_path / "uninterrupted"  # side by side with the run to kill (one thread each, two cores)
+    uninterrupted = subprocess.Popen(_train_cmd(ref), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,6 +88,7 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path):
         time.sleep(0.02)
     else:
         proc.kill()
+        uninterrupted.kill()
         pytest.fail("training never reached epoch 3")
     epoch_s = json.loads(metrics.read_text().splitlines()[-1])["epoch_s"]
     time.sleep(0.4 * epoch_s)  # land inside epoch 4
@@ -98,6 +99,7 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path):
 
     resumed = subprocess.run(_train_cmd(run), check=True, env=env, capture_output=True, text=True)
     assert "resuming" in resumed.stderr
+    assert uninterrupted.wait(timeout=300) == 0
     a = load_file(str(ref / "train" / "model.safetensors"))
     b = load_file(str(run / "train" / "model.safetensors"))
     assert a.keys() == b.keys()
