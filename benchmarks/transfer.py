@@ -114,26 +114,31 @@ def few_shot_sets(molecule: str, n: int, seed: int, data: Path, n_val: int = 0):
 
 
 def few_shot_arm(arm: str, package: Path, train, score_on, budget_min: float, run: Path, seed: int, lr: float,
-                 replay=None, replay_repeat: int = 1, tune: dict | None = None) -> dict:
+                 replay=None, replay_repeat: int = 1, tune: dict | None = None, val_every: int = 1) -> dict:
     """One arm of the few-shot comparison: "fine-tuned" starts from the package (reference energies refitted),
     "scratch" trains its architecture from fresh weights; both with the same wall-clock budget. With ``replay`` (a
     dataset at the same level of theory, e.g. the package's own training labels), the fine-tuning fits the N frames,
     repeated ``replay_repeat`` times, together with it: the replayed frames hold the weights near what they knew.
-    ``tune``: further `TrainConfig` settings of the fine-tuned arm (e.g. ``l2_to_start``, ``lr_scale``)."""
+    ``tune``: further `TrainConfig` settings of the fine-tuned arm (e.g. ``l2_to_start``, ``lr_scale``).
+    ``val_every``: epochs between the per-epoch log's validations and the checkpoint writes (both arms): with a few
+    frames an epoch is a few steps, and validating and writing every epoch costs more wall time than the steps."""
     fit_on = train
     if replay is not None:
         fit_on = Dataset(list(train) * replay_repeat, train.name) + replay
     common = dict(epochs=1_000_000, batch_size=min(8, len(fit_on)), schedule="cosine", warmup_epochs=1,
                   early_stop_patience=1_000_000, max_time_min=budget_min, seed=seed, progress=sys.stderr.isatty(),
-                  keep="last")
+                  keep="last", val_every=val_every)
     if arm == "fine-tuned":
         tc = TrainConfig(**{**common, **(tune or {})}, lr=lr, init_from=str(package))
         model = model_for_training({}, fit_on, tc)
     else:
         tc = TrainConfig(**common, lr=lr)
         model = build_model_for_data(scratch_config(package), fit_on, seed=seed)
+    t0 = time.perf_counter()
     summary = Trainer(model, fit_on, train, tc, run_dir=run, overwrite=True).fit()
-    return {**evaluate(run / "model.safetensors", score_on), "epochs": summary["epochs"], "train_s": summary["time_s"]}
+    wall_s = time.perf_counter() - t0  # the whole fit: steps, validations and writes (the budget counts the steps)
+    return {**evaluate(run / "model.safetensors", score_on), "epochs": summary["epochs"], "train_s": summary["time_s"],
+            "wall_s": wall_s}
 
 
 def md_survival(package: Path, molecule: str, data: Path, time_ps: float, temperature: float, seeds: int,
@@ -176,6 +181,8 @@ def main(argv=None):
                    help="score few-shot runs on this many other train_01 frames instead of test_01 (choosing a recipe)")
     p.add_argument("--tune", action="append", default=[], metavar="SETTING=JSON",
                    help="a further train setting of the fine-tuned arm, e.g. l2_to_start=1 (repeatable)")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="epochs between validations and checkpoint writes of the few-shot trainings (train.val_every)")
     p.add_argument("--arms", nargs="+", default=["fine-tuned", "scratch"], choices=["fine-tuned", "scratch"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--md-ps", type=float, default=0.0, help="ps of MD per molecule and package (0: no MD)")
@@ -184,6 +191,8 @@ def main(argv=None):
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=Path("runs/transfer"))
     args = p.parse_args(argv)
+    if args.val_every < 1:
+        raise SystemExit("--val-every must be at least 1")
     if not args.data.is_dir():
         raise SystemExit(f"rMD17 not found at {args.data} (../shared/data/rmd17)")
     packages = dict(item.split("=", 1) for item in args.package)
@@ -234,7 +243,8 @@ def main(argv=None):
                 lr = args.lr_tune if arm == "fine-tuned" else args.lr_scratch
                 run = args.out / "few_shot" / run_folder(key)
                 few[key] = few_shot_arm(arm, first, train, score_on, args.budget_min, run, args.seed, lr,
-                                        replay if arm == "fine-tuned" else None, args.replay_repeat, args.tune)
+                                        replay if arm == "fine-tuned" else None, args.replay_repeat, args.tune,
+                                        args.val_every)
                 save()
                 print(f"[transfer] {molecule} {n} frames, {arm}: F MAE {few[key]['forces_mae_meV_A']:.1f} meV/Å",
                       file=sys.stderr)
@@ -245,6 +255,8 @@ def few_shot_key(args, digests, molecule: str, n: int, arm: str) -> str:
     """An arm's result is kept under every setting it depends on: the scratch arm does not depend on the
     fine-tuning's learning rate or replay set, so it is reused when only those change."""
     key = f"{molecule}/{n}/{args.budget_min:g}min/seed{args.seed}/{'val' + str(args.n_val) if args.n_val else 'test'}"
+    if args.val_every != 1:  # (1: the keys made before the option)
+        key += f"/every{args.val_every}"
     if arm == "scratch":
         return f"{key}/scratch/lr{args.lr_scratch:g}/{digests[next(iter(digests))]}"
     replay = (f"replay{_file_digest(args.replay)}x{args.replay_repeat}" if args.replay else "noreplay")
@@ -267,7 +279,7 @@ def run_folder(key: str) -> str:
 def parse_tune(items: list[str]) -> dict:
     """``--tune SETTING=JSON`` items as train settings, checked by `TrainConfig` before any training starts."""
     tune, shared = {}, {"lr", "init_from", "epochs", "max_time_min", "seed", "keep", "device", "workers",
-                        "early_stop_patience", "progress"}
+                        "early_stop_patience", "progress", "val_every"}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
@@ -322,14 +334,17 @@ def report(results, packages, args, digests) -> str:
     if results.get("few_shot"):
         scored = f"{args.n_val} other train_01 frames (validation)" if args.n_val else "test_01"
         lines += ["", f"## Few-shot (force MAE on {scored}, meV/Å)", "",
-                  "| molecule | frames | budget | fine-tuned | scratch | ratio |", "|---|---|---|---|---|---|"]
+                  "| molecule | frames | budget (training steps) | fine-tuned | scratch | ratio | wall time, fine-tuned "
+                  "/ scratch (min) |", "|---|---|---|---|---|---|---|"]
         for molecule in args.fewshot:
             for n in args.shots:
                 arms = [results["few_shot"].get(few_shot_key(args, digests, molecule, n, arm))
                         for arm in ("fine-tuned", "scratch")]
                 cells = [f"{r['forces_mae_meV_A']:.1f}" if r else "not run" for r in arms]
                 ratio = (f"{arms[1]['forces_mae_meV_A'] / arms[0]['forces_mae_meV_A']:.2f}×" if all(arms) else "–")
-                lines.append(f"| {molecule} | {n} | {args.budget_min:g} min | {cells[0]} | {cells[1]} | {ratio} |")
+                walls = " / ".join(f"{r['wall_s'] / 60:.1f}" if r and "wall_s" in r else "not kept" for r in arms)
+                lines.append(f"| {molecule} | {n} | {args.budget_min:g} min | {cells[0]} | {cells[1]} | {ratio} | "
+                             f"{walls} |")
     return "\n".join(lines)
 
 

@@ -273,10 +273,11 @@ def test_the_transfer_benchmark_runs_and_resumes(xtb_package, tmp_path, monkeypa
 
     monkeypatch.setattr(transfer, "read_dataset", no_test_files)
     transfer.main(["--package", f"tiny={package}", "--molecules", "--shots", "10", "--fewshot", "ethanol",
-                   "--budget-min", "0.02", "--out", str(tmp_path / "val"), "--n-val", "30"])
+                   "--budget-min", "0.02", "--out", str(tmp_path / "val"), "--n-val", "30", "--val-every", "3"])
     val = json.loads((tmp_path / "val" / "results.json").read_text())
     assert not val["zero_shot"] and {r["n"] for r in val["few_shot"].values()} == {30}
-    assert all("/val30/" in k for k in val["few_shot"])
+    assert all("/val30/every3/" in k for k in val["few_shot"])  # validating every 3 epochs: its own results
+    assert all(r["wall_s"] >= r["train_s"] > 0 for r in val["few_shot"].values())  # the wall time holds the steps
 
 
 def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path, monkeypatch):
@@ -298,9 +299,9 @@ def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path,
 
 
 def test_fine_tuning_settings_leave_other_runs_identities_alone():
-    """The fine-tuning and dipole settings enter a run's identity (checkpoints, bench caches, committees) only when set:
-    runs made before they existed resume, and cached benchmark results stay valid."""
-    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep", "l2_to_start"}
+    """The fine-tuning, dipole and validation-interval settings enter a run's identity (checkpoints, bench caches,
+    committees) only when set: runs made before they existed resume, and cached benchmark results stay valid."""
+    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep", "l2_to_start", "val_every"}
     assert set(TrainConfig().identity()) == set(TrainConfig.model_fields) - later
     assert TrainConfig(dipole_weight=10.0).identity()["dipole_weight"] == 10.0
     assert TrainConfig(lr_scale={"terms.1.*": 0.1}).identity()["lr_scale"] == [["terms.1.*", 0.1]]

@@ -56,6 +56,11 @@ class TrainConfig(BaseModel):
                                "decoupled like AdamW's decay: each step moves every trained weight by lr × this × "
                                "its distance from the package's value), so that a few frames refine what the "
                                "package knew rather than overwrite it")
+    val_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last one); the "
+                           "package, metrics log and checkpoint are written at each validation, so a killed run "
+                           "resumes from the last one. More than 1 is for many short epochs (a few frames), where "
+                           "validating and writing every epoch would cost more than the training; the early-stop "
+                           "patience still counts epochs, the plateau schedule's counts validations")
     keep: Literal["best", "last"] = Field("best", description="the weights the package holds: the epoch with the "
                                           "lowest validation loss, or the last epoch (a fine-tuning on data unlike "
                                           "the validation set, e.g. an active-learning member on hot frames; it "
@@ -65,7 +70,7 @@ class TrainConfig(BaseModel):
     # Settings added after runs, checkpoints and benchmark caches were made: they enter a run's identity only when
     # set, so that those runs resume and the cached results stay valid.
     _LATER = {"init_from": None, "init_reference": "refit", "freeze": [], "lr_scale": {}, "dipole_weight": 0.0,
-              "keep": "best", "l2_to_start": 0.0}
+              "keep": "best", "l2_to_start": 0.0, "val_every": 1}
 
     def identity(self, exclude=()) -> dict:
         """The settings that identify a run (`model_dump` without ``exclude``, and without the later settings at

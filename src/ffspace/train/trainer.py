@@ -141,6 +141,7 @@ class Trainer:
                          **(extra_config or {})}
         self.fingerprint = self._fingerprint(model, train_set, val_set)
         self.epoch, self.best_val, self.bad_epochs, self.elapsed, self.history = 0, math.inf, 0, 0.0, []
+        self._pending_s = 0.0  # training time since the last validation (`val_every`)
         self.owner = owner or self.fingerprint  # (data-parallel workers claim the folder under the same key)
         self._claim(overwrite, self.owner)
 
@@ -525,38 +526,8 @@ class Trainer:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
             row.update(self._train_epoch())
-            t1 = time.perf_counter()
-            val = self.validate() if lead else {"loss": math.nan}
-            if lead and (val["loss"] < self.best_val or cfg.keep == "last"):
-                with self._with_ema():
-                    save_package(self.run_dir / "model.safetensors", self.model,
-                                 extra={"epoch": self.epoch + 1, "val": val, "run_config": self.resolved})
-            # Worker 0's validation loss and times are everyone's: the schedule, early stopping and the time budget
-            # then decide the same on every worker. The budget (and a cosine on it) counts the training steps only:
-            # validating costs each model what its inference costs (a C kernel or not), and a budget that counted it
-            # would give two models of one benchmark different training time for the same minutes.
-            val_loss, epoch_s, val_s = distributed.broadcast_floats(
-                [val["loss"], t1 - t0, time.perf_counter() - t1], self.potential.device)
-            self.schedule.epoch_end(val_loss)
-            row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
             self.epoch += 1
-            improved = val_loss < self.best_val
-            if improved:
-                self.best_val, self.bad_epochs = val_loss, 0
-            else:
-                self.bad_epochs += 1
-            self.elapsed += epoch_s
-            last_epoch_s = epoch_s
-            row["time_s"] = round(self.elapsed, 2)
-            row["epoch_s"] = round(epoch_s, 3)
-            row["val_s"] = round(val_s, 3)
-            self.history.append(row)
-            if lead:
-                self._write_metrics()
-                self.save_checkpoint()
-            if cfg.progress and lead:
-                print(f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4g}  "
-                      f"val {format_metrics(val)}{'  *' if improved else ''}", file=sys.stderr)
+            last_epoch_s = self._close_epoch(row, t0, lead)
         if lead:
             self._load_best()
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
@@ -567,3 +538,54 @@ class Trainer:
         if lead:
             write_json(self.run_dir / "summary.json", summary, fsync=False)
         return summary
+
+    def _close_epoch(self, row: dict, t0: float, lead: bool) -> float:
+        """After the epoch's steps: count its training time and, every ``val_every`` epochs and after the last,
+        validate and write the package, log and checkpoint; returns the epoch's training time. Between
+        validations nothing is written: a killed run resumes from the last validated epoch and trains the rest again
+        (the same steps from the checkpoint, so the same weights)."""
+        cfg = self.config
+        t1 = time.perf_counter()
+        if cfg.val_every > 1 and self.epoch % cfg.val_every:
+            (epoch_s,) = distributed.broadcast_floats([t1 - t0], self.potential.device)  # worker 0's, as below
+            # the loop's own stopping tests, one epoch ahead: the epoch it stops after is validated
+            last = self.epoch >= cfg.epochs or bool(
+                cfg.max_time_min and self.elapsed + 2 * epoch_s > cfg.max_time_min * 60)
+            if not last:
+                self.elapsed += epoch_s
+                self._pending_s += epoch_s
+                return epoch_s
+        val = self.validate() if lead else {"loss": math.nan}
+        if lead and (val["loss"] < self.best_val or cfg.keep == "last"):
+            with self._with_ema():
+                save_package(self.run_dir / "model.safetensors", self.model,
+                             extra={"epoch": self.epoch, "val": val, "run_config": self.resolved})
+        # Worker 0's validation loss and times are everyone's: the schedule, early stopping and the time budget
+        # then decide the same on every worker. The budget (and a cosine on it) counts the training steps only:
+        # validating costs each model what its inference costs (a C kernel or not), and a budget that counted it
+        # would give two models of one benchmark different training time for the same minutes.
+        val_loss, epoch_s, val_s = distributed.broadcast_floats(
+            [val["loss"], t1 - t0, time.perf_counter() - t1], self.potential.device)
+        self.schedule.epoch_end(val_loss)
+        row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
+        improved = val_loss < self.best_val
+        if improved:
+            self.best_val, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += cfg.val_every  # (the patience counts epochs)
+        self.elapsed += epoch_s
+        row["time_s"] = round(self.elapsed, 2)
+        row["epoch_s"] = round(epoch_s, 3)
+        if cfg.val_every > 1:  # the log has a row per validation: the training time since the last one
+            row["epochs_s"] = round(self._pending_s + epoch_s, 3)
+            self._pending_s = 0.0
+        row["val_s"] = round(val_s, 3)
+        self.history.append(row)
+        if lead:
+            self._write_metrics()
+            self.save_checkpoint()
+        if cfg.progress and lead:
+            print(f"epoch {self.epoch:4d}  lr {row['lr']:.2e}  loss {row['train_loss']:.4g}  "
+                  f"val {format_metrics(val)}{'  *' if improved else ''}", file=sys.stderr)
+        return epoch_s
+
