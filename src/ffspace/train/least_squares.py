@@ -128,8 +128,8 @@ def fit_least_squares(trainer) -> dict:
     trainer._write_run_files()
     if cfg.progress:
         print(f"{term.family}: {term.weights.numel()} weights fitted by linear least squares on "
-              f"{len(trainer.train_set)} structures (the SGD settings epochs, lr, batch_size and schedule do not "
-              f"apply; ridge strengths tried: {sorted(term.config['ridge'])})", file=sys.stderr)
+              f"{len(trainer.train_set)} structures (the SGD settings epochs, lr, batch_size, schedule and val_every do "
+              f"not apply; ridge strengths tried: {sorted(term.config['ridge'])})", file=sys.stderr)
     t_start = time.perf_counter()
     state = _load_equations(trainer)
     n_cols = lin64.weights.numel()

@@ -35,14 +35,15 @@ class LRSchedule:
         self.step_count += 1
         self._apply()
 
-    def epoch_end(self, val_loss: float):
-        """After every validation: the plateau rule looks at the validation loss."""
+    def epoch_end(self, val_loss: float, epochs: int = 1):
+        """After every validation, covering ``epochs`` epochs since the last one (``train.val_every``): the plateau
+        rule looks at the validation loss and counts its patience in epochs."""
         if self.kind != "plateau":
             return
         if val_loss < self.best * (1 - 1e-4):
             self.best, self.bad = val_loss, 0
         else:
-            self.bad += 1
+            self.bad += epochs
             if self.bad >= self.patience:
                 self.scale *= self.factor
                 self.bad = 0

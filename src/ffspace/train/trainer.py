@@ -1,4 +1,4 @@
-"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch, exact resume,
+"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch (or every ``val_every``), exact resume,
 data-parallel workers (torch.distributed).
 
 What "exact" means, measured (train/determinism.py): on CPU, a run with a fixed number of epochs is bit-identical
@@ -72,7 +72,7 @@ class Trainer:
     """Fits ``model`` (per-atom energies) to energies and forces of ``train_set``.
 
     Everything a run produces lands in ``run_dir``: config.yaml (resolved), versions.json,
-    metrics.jsonl|csv, checkpoint.pt (every epoch) and model.safetensors (best EMA weights, or the last epoch's with
+    metrics.jsonl|csv, checkpoint.pt (every epoch, or every ``val_every`` and after the last) and model.safetensors (best EMA weights, or the last epoch's with
     ``keep: last``).
     Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint (epochs,
     time budget and early-stop patience may change between the two; anything else is refused). A ``run_dir``
@@ -519,7 +519,7 @@ class Trainer:
             if cfg.keep == "best" and self.bad_epochs >= cfg.early_stop_patience:
                 stop_reason = "early stop"
                 break
-            if cfg.max_time_min and self.elapsed + last_epoch_s > cfg.max_time_min * 60:
+            if self._over_budget(self.elapsed, last_epoch_s):
                 # The next epoch would overrun the budget: stop now, inside it.
                 stop_reason = "time budget"
                 break
@@ -539,6 +539,11 @@ class Trainer:
             write_json(self.run_dir / "summary.json", summary, fsync=False)
         return summary
 
+    def _over_budget(self, elapsed: float, next_epoch_s: float) -> bool:
+        """Whether an epoch of ``next_epoch_s`` after ``elapsed`` seconds of steps would overrun the time budget (the
+        loop's stopping test, and `_close_epoch`'s one epoch ahead: the same arithmetic, so they cannot disagree)."""
+        return bool(self.config.max_time_min) and elapsed + next_epoch_s > self.config.max_time_min * 60
+
     def _close_epoch(self, row: dict, t0: float, lead: bool) -> float:
         """After the epoch's steps: count its training time and, every ``val_every`` epochs and after the last,
         validate and write the package, log and checkpoint; returns the epoch's training time. Between
@@ -549,8 +554,7 @@ class Trainer:
         if cfg.val_every > 1 and self.epoch % cfg.val_every:
             (epoch_s,) = distributed.broadcast_floats([t1 - t0], self.potential.device)  # worker 0's, as below
             # the loop's own stopping tests, one epoch ahead: the epoch it stops after is validated
-            last = self.epoch >= cfg.epochs or bool(
-                cfg.max_time_min and self.elapsed + 2 * epoch_s > cfg.max_time_min * 60)
+            last = self.epoch >= cfg.epochs or self._over_budget(self.elapsed + epoch_s, epoch_s)
             if not last:
                 self.elapsed += epoch_s
                 self._pending_s += epoch_s
@@ -566,13 +570,14 @@ class Trainer:
         # would give two models of one benchmark different training time for the same minutes.
         val_loss, epoch_s, val_s = distributed.broadcast_floats(
             [val["loss"], t1 - t0, time.perf_counter() - t1], self.potential.device)
-        self.schedule.epoch_end(val_loss)
+        since = self.epoch - (self.history[-1]["epoch"] if self.history else 0)  # epochs this validation covers
+        self.schedule.epoch_end(val_loss, since)
         row.update({f"val_{k}": v for k, v in val.items() if k != "n_structures"})
         improved = val_loss < self.best_val
         if improved:
             self.best_val, self.bad_epochs = val_loss, 0
         else:
-            self.bad_epochs += cfg.val_every  # (the patience counts epochs)
+            self.bad_epochs += since  # (the patience counts epochs)
         self.elapsed += epoch_s
         row["time_s"] = round(self.elapsed, 2)
         row["epoch_s"] = round(epoch_s, 3)
