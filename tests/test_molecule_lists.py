@@ -71,6 +71,25 @@ def test_bad_and_excluded_molecules_are_recorded_and_the_others_go_on(tmp_path):
         job.start_structures(_config(tmp_path / "b", path), [])
 
 
+def test_several_smiles_files_are_read_in_turn(tmp_path):
+    """input.smiles_file as a list: the molecules of each file in turn, a failure named with its own file and line,
+    and the first file's molecules sampled as when it was read alone (a file added at the end changes none)."""
+    first, second = tmp_path / "a.smi", tmp_path / "b.smi"
+    first.write_text("CCN ethylamine\nCOC ether\n")
+    second.write_text("CC=O acetaldehyde\nC1CC broken\n")
+    alone = job.sampled_frames(_config(tmp_path / "alone", first), tmp_path / "alone" / "store")
+    cfg = _config(tmp_path / "both", first).model_copy(deep=True)
+    cfg.input.smiles_file = [str(first), str(second)]
+    both = job.sampled_frames(cfg, cfg.store)
+    assert [f.info["name"] for f in both] == ["ethylamine"] * 2 + ["ether"] * 2 + ["acetaldehyde"] * 2
+    for a, b in zip(alone, both):
+        assert (a.positions == b.positions).all()
+    [failure] = [json.loads(x) for x in (Path(cfg.store) / "input_failures.jsonl").read_text().splitlines()]
+    assert (failure["name"], failure["line"], failure["file"]) == ("broken", 2, str(second))
+    with pytest.raises(DataError, match="b.smi"):
+        job.start_structures(cfg)  # no list to record it in: the error names the file
+
+
 def test_sampling_resumes_with_the_next_molecule(tmp_path, monkeypatch):
     """Killed while sampling the third molecule, the rerun samples only the third and later ones, and the
     frames are those of an uninterrupted run."""
@@ -104,13 +123,22 @@ def test_the_shipped_drug_like_list_is_clean():
     import yaml
 
     root = Path(__file__).resolve().parents[1]
-    entries = read_smiles_file(root / "benchmarks" / "data" / "druglike" / "molecules.smi")
-    assert len(entries) >= 100
-    for smiles, name, line in entries:
+    lists = root / "benchmarks" / "data" / "druglike"
+    entries = read_smiles_file(lists / "molecules.smi")
+    extra = read_smiles_file(lists / "molecules_extra.smi")  # stop 63's additions
+    assert len(entries) >= 100 and len(extra) >= 200
+    for smiles, name, line in entries + extra:
         assert problem(smiles, ["H", "C", "N", "O", "F", "S", "Cl"], ["rmd17"]) is None, (name, line)
+    from rdkit import Chem
+
+    canonical = [Chem.MolToSmiles(Chem.MolFromSmiles(smiles)) for smiles, _, _ in entries + extra]
+    assert len(set(canonical)) == len(canonical)  # no molecule in both lists
     for recipe in ("label_druglike_xtb.yaml", "label_druglike_pbe.yaml"):
         cfg = LabelConfig(**yaml.safe_load((root / "benchmarks" / "configs" / recipe).read_text()))
         assert cfg.input.exclude == ["rmd17"] and cfg.input.smiles_file.endswith("molecules.smi")
+    cfg = LabelConfig(**yaml.safe_load((root / "benchmarks" / "configs" / "label_druglike_xtb_extended.yaml").read_text()))
+    assert cfg.input.exclude == ["rmd17"] and [Path(f).name for f in cfg.input.smiles_file] == [
+        "molecules.smi", "molecules_extra.smi"]
 
 
 def test_a_label_job_writes_hdf5_when_asked(tmp_path):

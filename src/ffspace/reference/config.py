@@ -11,7 +11,8 @@ class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     smiles: list[str] | str | None = Field(None, description="one or more SMILES (RDKit conformers)")
-    smiles_file: str | None = Field(None, description="text file: one SMILES per line, a name after it, # comments")
+    smiles_file: str | list[str] | None = Field(None, description="text file: one SMILES per line, a name after it, "
+                                                "# comments; or a list of such files, read in turn")
     file: str | None = Field(None, description="structure file (xyz, extxyz, pdb, sdf): every frame is a start")
     dataset: str | None = Field(None, description="existing dataset to relabel at another level of theory")
     n_conformers: int = Field(1, ge=1)

@@ -31,12 +31,13 @@ def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> li
     inp = cfg.input
     if inp.smiles or inp.smiles_file:
         if inp.smiles:
-            entries = [(smi, None, None) for smi in ([inp.smiles] if isinstance(inp.smiles, str) else inp.smiles)]
-        else:
-            entries = read_smiles_file(inp.smiles_file)
-        where = inp.smiles_file or "<smiles>"
+            entries = [(smi, None, None, "<smiles>")
+                       for smi in ([inp.smiles] if isinstance(inp.smiles, str) else inp.smiles)]
+        else:  # (a molecule's seed is its place in the files read in turn: files added at the end change none)
+            entries = [(*entry, path) for path in _smiles_files(inp) for entry in read_smiles_file(path)]
+        where = ", ".join(_smiles_files(inp)) or "<smiles>"
         out, skipped = [], []
-        for k, (smi, name, line) in enumerate(entries):
+        for k, (smi, name, line, source) in enumerate(entries):
             reason = problem(smi, inp.elements, inp.exclude, charge=cfg.labeler.charge,
                              multiplicity=cfg.labeler.multiplicity)
             if reason is None:
@@ -45,11 +46,12 @@ def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> li
                 except DataError as exc:
                     reason = exc.args[0] if exc.args else str(exc)
             if reason is not None:
-                error = DataError(f"SMILES {smi!r}{f' ({name})' if name else ''}: {reason}", file=where, frame=line,
+                error = DataError(f"SMILES {smi!r}{f' ({name})' if name else ''}: {reason}", file=source, frame=line,
                                   field="smiles")
                 if left_out is None:
                     raise error
-                skipped.append({"smiles": smi, "name": name, "line": line, "reason": reason})
+                skipped.append({"smiles": smi, "name": name, "line": line, "reason": reason,
+                                **({"file": source} if len(_smiles_files(inp)) > 1 else {})})
                 print(f"left out: {error}", file=sys.stderr)
                 continue
             for c in conformers:
@@ -65,6 +67,13 @@ def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> li
     if inp.file:
         return read_structures(inp.file)
     return list(read_dataset(inp.dataset, required=()))
+
+
+def _smiles_files(inp) -> list[str]:
+    """``input.smiles_file`` as a list (one file or several)."""
+    if not inp.smiles_file:
+        return []
+    return [inp.smiles_file] if isinstance(inp.smiles_file, str) else list(inp.smiles_file)
 
 
 def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
@@ -129,8 +138,12 @@ def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = Non
                 "seed": cfg.seed}
     if cfg.fields is not None:  # entered only when set: older stores keep their samples
         relevant["fields"] = cfg.fields.model_dump()
-    if cfg.input.smiles_file and Path(cfg.input.smiles_file).is_file():  # the molecules, not the file's name
+    # the molecules, not the file's name (several files: each one's content, in order)
+    if isinstance(cfg.input.smiles_file, str) and Path(cfg.input.smiles_file).is_file():
         relevant["smiles_file_sha256"] = hashlib.sha256(Path(cfg.input.smiles_file).read_bytes()).hexdigest()
+    elif cfg.input.smiles_file:
+        relevant["smiles_file_sha256"] = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file()
+                                          else None for f in cfg.input.smiles_file]
     if starts is not None:  # given start structures replace the ones cfg.input and cfg.seed would make
         h = hashlib.sha256()
         for s in starts:
