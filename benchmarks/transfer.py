@@ -121,7 +121,7 @@ def few_shot_arm(arm: str, package: Path, train, score_on, budget_min: float, ru
     repeated ``replay_repeat`` times, together with it: the replayed frames hold the weights near what they knew.
     ``tune``: further `TrainConfig` settings of the fine-tuned arm (e.g. ``l2_to_start``, ``lr_scale``).
     ``val_every``: epochs between the per-epoch log's validations and the checkpoint writes (both arms): with a few
-    frames an epoch is a few steps, and validating and writing every epoch costs more wall time than the steps."""
+    frames an epoch is a few steps, and validating and writing every epoch adds about a third to the wall time."""
     fit_on = train
     if replay is not None:
         fit_on = Dataset(list(train) * replay_repeat, train.name) + replay

@@ -88,6 +88,12 @@ def test_several_smiles_files_are_read_in_turn(tmp_path):
     assert (failure["name"], failure["line"], failure["file"]) == ("broken", 2, str(second))
     with pytest.raises(DataError, match="b.smi"):
         job.start_structures(cfg)  # no list to record it in: the error names the file
+    one = cfg.model_copy(deep=True)
+    one.input.smiles_file = [str(first)]  # a one-file list is the file: the same samples
+    assert job.samples_path(one, "x") == job.samples_path(_config(tmp_path, first), "x")
+    second.write_text("CC=O acetaldehyde\nNCC ethylamine-again\n")  # (CCN written another way)
+    with pytest.raises(DataError, match=r"a.smi, line 1, again"):
+        job.start_structures(cfg, [])
 
 
 def test_sampling_resumes_with_the_next_molecule(tmp_path, monkeypatch):
@@ -133,6 +139,17 @@ def test_the_shipped_drug_like_list_is_clean():
 
     canonical = [Chem.MolToSmiles(Chem.MolFromSmiles(smiles)) for smiles, _, _ in entries + extra]
     assert len(set(canonical)) == len(canonical)  # no molecule in both lists
+    # the added list's own rule (its header): no isomer of an rMD17 molecule, none holding one of six of them whole
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    formulas = {CalcMolFormula(Chem.MolFromSmiles(s)) for s in RMD17.values()}
+    whole = [Chem.MolFromSmiles(RMD17[k]) for k in ("aspirin", "azobenzene", "naphthalene", "paracetamol",
+                                                     "salicylic acid", "uracil")]
+    for smiles, name, line in extra:
+        mol = Chem.MolFromSmiles(smiles)
+        assert CalcMolFormula(mol) not in formulas, (name, line)
+        assert not any(mol.HasSubstructMatch(q) for q in whole), (name, line)
+        assert mol.GetNumHeavyAtoms() <= 20 and Chem.AddHs(mol).GetNumAtoms() <= 35, (name, line)
     for recipe in ("label_druglike_xtb.yaml", "label_druglike_pbe.yaml"):
         cfg = LabelConfig(**yaml.safe_load((root / "benchmarks" / "configs" / recipe).read_text()))
         assert cfg.input.exclude == ["rmd17"] and cfg.input.smiles_file.endswith("molecules.smi")

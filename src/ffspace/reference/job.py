@@ -18,7 +18,7 @@ from .config import LabelConfig
 from ..errors import ConfigError, DataError
 from .base import LabelFailure
 from .inputs import from_smiles, read_structures
-from .molecules import problem, read_smiles_file
+from .molecules import problem, read_smiles_files
 from .runner import label_structures
 from .sampling import dimer_scan, md_sample, normal_mode_sample, rattle, start_info, torsion_scan
 from .store import LabelStore
@@ -33,8 +33,9 @@ def start_structures(cfg: LabelConfig, left_out: list[dict] | None = None) -> li
         if inp.smiles:
             entries = [(smi, None, None, "<smiles>")
                        for smi in ([inp.smiles] if isinstance(inp.smiles, str) else inp.smiles)]
-        else:  # (a molecule's seed is its place in the files read in turn: files added at the end change none)
-            entries = [(*entry, path) for path in _smiles_files(inp) for entry in read_smiles_file(path)]
+        else:  # a molecule's seed is its place in the files read in turn: a file appended changes no earlier
+            # molecule's conformers (a recipe whose list grew samples anew: it needs its own `out` or `resample`)
+            entries = read_smiles_files(_smiles_files(inp))
         where = ", ".join(_smiles_files(inp)) or "<smiles>"
         out, skipped = [], []
         for k, (smi, name, line, source) in enumerate(entries):
@@ -74,6 +75,13 @@ def _smiles_files(inp) -> list[str]:
     if not inp.smiles_file:
         return []
     return [inp.smiles_file] if isinstance(inp.smiles_file, str) else list(inp.smiles_file)
+
+
+def _one_file(inp):
+    """``input.smiles_file`` as the single path it names, or None for several: `[a.smi]` is the same input as
+    `a.smi` (one sampling fingerprint)."""
+    files = _smiles_files(inp)
+    return files[0] if len(files) == 1 else None
 
 
 def sample(cfg: LabelConfig, starts: list[Structure]) -> list[Structure]:
@@ -131,6 +139,8 @@ def in_fields(frames: list[Structure], fields, seed: int) -> list[Structure]:
 
 def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = None) -> str:
     inp = cfg.input.model_dump()
+    if _one_file(cfg.input) is not None:
+        inp["smiles_file"] = _one_file(cfg.input)
     for key in ("smiles_file", "elements", "exclude"):  # settings added later enter only when set: older stores
         if not inp[key]:                                 # keep their samples
             inp.pop(key)
@@ -139,8 +149,8 @@ def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = Non
     if cfg.fields is not None:  # entered only when set: older stores keep their samples
         relevant["fields"] = cfg.fields.model_dump()
     # the molecules, not the file's name (several files: each one's content, in order)
-    if isinstance(cfg.input.smiles_file, str) and Path(cfg.input.smiles_file).is_file():
-        relevant["smiles_file_sha256"] = hashlib.sha256(Path(cfg.input.smiles_file).read_bytes()).hexdigest()
+    if _one_file(cfg.input) is not None and Path(_one_file(cfg.input)).is_file():
+        relevant["smiles_file_sha256"] = hashlib.sha256(Path(_one_file(cfg.input)).read_bytes()).hexdigest()
     elif cfg.input.smiles_file:
         relevant["smiles_file_sha256"] = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file()
                                           else None for f in cfg.input.smiles_file]

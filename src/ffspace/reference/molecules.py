@@ -60,6 +60,22 @@ def read_smiles_file(path) -> list[tuple[str, str, int]]:
     return entries
 
 
+def read_smiles_files(paths) -> list[tuple[str, str, int, str]]:
+    """``(smiles, name, line, file)`` of every entry of several SMILES files read in turn (`read_smiles_file`); a
+    molecule in two files is an error naming both places, as within one file."""
+    entries, seen = [], {}
+    for path in paths:
+        for smiles, name, line in read_smiles_file(path):
+            key = canonical(smiles)
+            if key is not None and key in seen and seen[key][0] != str(path):
+                raise DataError(f"{smiles!r} ({name}) is the molecule of {seen[key][0]}, line {seen[key][1]}, again",
+                                file=str(path), frame=line, field="smiles")
+            if key is not None:
+                seen.setdefault(key, (str(path), line))
+            entries.append((smiles, name, line, str(path)))
+    return entries
+
+
 def _mol(smiles: str):
     from rdkit import Chem, RDLogger
 

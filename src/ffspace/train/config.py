@@ -59,7 +59,7 @@ class TrainConfig(BaseModel):
     val_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last one); the "
                            "package, metrics log and checkpoint are written at each validation, so a killed run "
                            "resumes from the last one. More than 1 is for many short epochs (a few frames), where "
-                           "validating and writing every epoch would cost more than the training. The log then has "
+                           "validating and writing every epoch adds much to the wall time. The log then has "
                            "a row per validation (its train_* columns, lr and epoch_s are the validated epoch's; "
                            "epochs_s is the training time since the previous row); both patiences count epochs")
     keep: Literal["best", "last"] = Field("best", description="the weights the package holds: the epoch with the "
