@@ -265,8 +265,7 @@ def test_the_time_budget_counts_training_steps_not_validation(tmp_path, ethanol_
     trainer = Trainer(model, train, val, cfg, run_dir=tmp_path)
     summary = trainer.fit()
     rows = trainer.history
-    assert all(r["val_s"] >= 0.4 for r in rows), rows
-    assert max(r["epoch_s"] for r in rows[1:]) < 0.4, rows  # (a loaded machine's first epoch may take as long)
+    assert all(r["val_s"] >= 0.4 > r["epoch_s"] for r in rows), rows
     assert summary["time_s"] == pytest.approx(sum(r["epoch_s"] for r in rows), abs=0.01)
     assert summary["time_s"] < 1.2
     assert summary["epochs"] == 6 or summary["time_s"] + rows[-1]["epoch_s"] > 1.2
