@@ -1,5 +1,5 @@
-"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch (or every ``val_every``), exact resume,
-data-parallel workers (torch.distributed).
+"""`Trainer`: AdamW, warmup + plateau/cosine, EMA, early stopping, a checkpoint every epoch (or every
+``val_every``), exact resume, data-parallel workers (torch.distributed).
 
 What "exact" means, measured (train/determinism.py): on CPU, a run with a fixed number of epochs is bit-identical
 to a rerun, and a killed run resumed from its checkpoint is bit-identical to an uninterrupted one, for the same
@@ -72,8 +72,8 @@ class Trainer:
     """Fits ``model`` (per-atom energies) to energies and forces of ``train_set``.
 
     Everything a run produces lands in ``run_dir``: config.yaml (resolved), versions.json,
-    metrics.jsonl|csv, checkpoint.pt (every epoch, or every ``val_every`` and after the last) and model.safetensors (best EMA weights, or the last epoch's with
-    ``keep: last``).
+    metrics.jsonl|csv, checkpoint.pt (every epoch, or every ``val_every`` and after the last) and model.safetensors
+    (best EMA weights, or the last epoch's with ``keep: last``).
     Running the same trainer on the same ``run_dir`` again resumes from the last checkpoint (epochs,
     time budget and early-stop patience may change between the two; anything else is refused). A ``run_dir``
     holding another run's files is refused before anything is written, unless ``overwrite`` (which starts
