@@ -328,6 +328,41 @@ def test_model_asked_about_an_element_it_never_saw(tmp_path):
     assert_names(info.value, file=path, frame=2, field="numbers")
 
 
+def test_a_charge_state_a_charge_blind_model_never_saw(tmp_path):
+    """A package records the total charges of its training data: a model that reads no charge (PaiNN) is refused
+    a charged structure when it saw only neutral ones (it would answer as for the neutral molecule), while a model
+    that reads the charge (MM, charges summed to the total) takes it, and a package without the record is not
+    checked (made before ffspace kept it)."""
+    pytest.importorskip("torch")
+    from ffspace.data import Dataset
+    from ffspace.potential import Potential
+    from ffspace.train import TrainConfig, Trainer, build_model_for_data
+
+    frames = []
+    for k in range(6):
+        a = water_atoms(k, REF_energy=-1.0 - 0.01 * k)
+        a.arrays["REF_forces"] = np.full((3, 3), 0.01 * k)
+        frames.append(a)
+    path = write_xyz(tmp_path / "water.xyz", frames)
+    data = read_extxyz(path)
+    anion = read_extxyz(write_xyz(tmp_path / "anion.xyz", [water_atoms(0, REF_energy=-1.0, charge=-1)]),
+                        required=())
+    for family, refused in (({"family": "painn", "features": 8, "layers": 1, "cutoff": 3.0}, True),
+                            ({"family": "mm"}, False)):
+        run = tmp_path / family["family"]
+        Trainer(build_model_for_data(family, data, seed=0), Dataset(list(data[:4])), Dataset(list(data[4:])),
+                TrainConfig(epochs=1, batch_size=2, progress=False), run_dir=run).fit()
+        potential = Potential.load(run / "model.safetensors")
+        assert potential.trained_charges == [0.0]
+        potential.check_elements(data)  # neutral: as trained
+        if refused:
+            with pytest.raises(DataError, match="total charge -1 e, but this model reads no charge") as info:
+                potential(list(anion))
+            assert_names(info.value, file=str(tmp_path / "anion.xyz"), frame=0, field="charge")
+            potential.trained_charges = None  # an older package: nothing recorded, nothing checked
+        potential(list(anion))
+
+
 def test_reference_energies_with_an_element_outside_the_list():
     s = Structure(numbers=[8, 1, 1], positions=WATER, energy=-1.0, source="w.xyz", frame=4)
     with pytest.raises(DataError) as info:

@@ -923,3 +923,12 @@ def test_the_report_carries_the_kept_trainings_validation_errors(tmp_path):
                                    "kept": {"epoch": 9, "val_forces_rmse_meV_A": 45.0}}))
     assert _validation(summary) == {"forces_rmse_meV_A": 45.0, "epoch": 9}  # train.keep: last packages epoch 9
     assert _validation(tmp_path / "missing.json") == {}
+
+
+def test_the_failure_summary_counts_a_bond_kind_once_whatever_its_atoms_order():
+    """A stretched ester C–O recorded as "C-O" by one copy and "O-C" by another is one kind of failure, 2×."""
+    from ffspace.bench.report import _failure_causes
+
+    failure = [{"reason": "stretched", "elements": "C-O"}, {"reason": "stretched", "elements": "O-C"},
+               {"reason": "non-finite"}, None]
+    assert _failure_causes({"runs": {"1200": {"failure": failure}}}) == "1200 K: 2× C-O stretched, 1× non-finite"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ffspace.data import Dataset, read_dataset
-from ffspace.errors import ConfigError
+from ffspace.errors import ConfigError, DataError
 from ffspace.evaluate import error_metrics, predict
 from ffspace.potential import Potential
 from ffspace.potential.package import load_package
@@ -42,19 +42,49 @@ def pbe():
     return Dataset(list(data[:24]), name="pbe"), Dataset(list(data[24:30]), name="pbe val")
 
 
-def test_the_reference_energies_follow_the_new_level_of_theory(xtb_package, pbe):
+def test_the_reference_energies_follow_the_new_level_of_theory(xtb_package, pbe, capsys):
     """xTB and PBE total energies differ by ~3900 eV on ethanol: refitted, the starting model's energies are off by
-    what the package's shape gets wrong, not by the level's offset; kept, they are off by the offset."""
+    what the package's shape gets wrong, not by the level's offset; kept, they are off by the offset. One molecule
+    fixes only the sum of its elements' offsets: the run warns that their split is a guess."""
     package, _ = xtb_package
     train, _ = pbe
     errors = {}
     for reference in ("refit", "keep"):
         model = model_for_training({}, train, TrainConfig(**QUICK, init_from=str(package), init_reference=reference))
         errors[reference] = error_metrics(predict(Potential(model, dtype="float64"), list(train)), train)
+        if reference == "refit":
+            assert "come in only 1 independent composition(s)" in capsys.readouterr().err
     assert errors["keep"]["energy_mae_meV"] > 1e6
     assert errors["refit"]["energy_mae_meV"] < 1e3
     # the forces do not depend on the reference energies
     assert errors["refit"]["forces_mae_meV_A"] == pytest.approx(errors["keep"]["forces_mae_meV_A"], rel=1e-9)
+
+
+def test_the_refit_streams_an_on_disk_set_and_needs_no_forces(xtb_package, pbe, tmp_path, monkeypatch):
+    """From an HDF5 set behind a small cache the refit gives the offsets it gives in memory, asking the package for
+    energies only, a batch at a time (a set larger than memory can be fine-tuned on)."""
+    from ffspace.data.hdf5 import write_hdf5
+
+    package, _ = xtb_package
+    train, _ = pbe
+    write_hdf5(tmp_path / "pbe.h5", train, block_structures=4)
+    on_disk = read_dataset(tmp_path / "pbe.h5", cache_mb=0.005)  # ~5 kB: one of its 6 blocks
+    assert on_disk.store.data_bytes > 3 * on_disk.store.cache_bytes
+    calls = []
+    real = Potential.compute
+
+    def energies_only(self, batch, forces=True, **options):
+        calls.append((batch.n_graphs, forces))
+        return real(self, batch, forces=forces, **options)
+
+    cfg = TrainConfig(**QUICK, init_from=str(package))
+    monkeypatch.setattr(Potential, "compute", energies_only)
+    streamed = model_for_training({}, on_disk, cfg)
+    assert calls and all(n <= 32 and not forces for n, forces in calls)
+    monkeypatch.undo()
+    in_memory = model_for_training({}, train, cfg)
+    torch.testing.assert_close(streamed.terms[0].table, in_memory.terms[0].table, rtol=0, atol=1e-9)
+    assert on_disk.store.peak_cached_bytes <= on_disk.store.cache_bytes
 
 
 def test_a_fine_tuned_model_keeps_the_elements_its_data_lacks(xtb_package, pbe, tmp_path, capsys):
@@ -176,9 +206,10 @@ def test_bad_fine_tuning_settings_are_clear_errors(xtb_package, pbe, tmp_path, e
     fluorinated = [s.copy(numbers=np.where(s.numbers == 8, 9, s.numbers)) for s in train]
     Trainer(ho, Dataset(list(ethanol_data[:10]), name="e"), Dataset(list(ethanol_data[10:12]), name="v"),
             TrainConfig(**{**QUICK, "epochs": 1}), run_dir=tmp_path / "c").fit()
-    with pytest.raises(ConfigError, match=r"also has \['F'\]"):
+    with pytest.raises(DataError, match=r"also has \['F'\]") as info:
         model_for_training({}, Dataset(fluorinated, name="fluorinated"),
                            TrainConfig(**QUICK, init_from=str(tmp_path / "c" / "model.safetensors")))
+    assert (info.value.frame, info.value.field) == (fluorinated[0].frame, "numbers")  # the first frame with F
 
 
 def test_two_level_recipe_from_the_command_line(tmp_path):

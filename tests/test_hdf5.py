@@ -129,6 +129,27 @@ def test_a_foreign_hdf5_file_is_a_clear_error(tmp_path):
         read_dataset(path)
 
 
+def test_a_damaged_set_or_a_missing_label_is_an_error_naming_the_field(ethanol_h5, tmp_path):
+    import shutil
+
+    for damage, field in ((lambda f: f.__delitem__("forces"), "forces"),
+                          (lambda f: f.attrs.__delitem__("block_structures"), "block_structures"),
+                          (lambda f: f["energy"].resize((3,)), "energy")):  # cut short: lengths disagree
+        path = tmp_path / f"{field}.h5"
+        shutil.copy(ethanol_h5, path)
+        with h5py.File(path, "a") as f:
+            damage(f)
+        with pytest.raises(DataError, match=f"{field}.h5.*field '{field}'"):
+            read_dataset(path)
+    unlabelled = tmp_path / "unlabelled.h5"
+    shutil.copy(ethanol_h5, unlabelled)
+    with h5py.File(unlabelled, "a") as f:
+        f["has_forces"][5] = False
+    assert len(read_dataset(unlabelled, required=())) == len(read_dataset(ethanol_h5))  # (an MD start needs none)
+    with pytest.raises(DataError, match="frame 5, field 'forces': no forces label"):
+        read_dataset(unlabelled, required=("energy", "forces"))
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 def test_data_parallel_workers_stream_the_same_file(ethanol_h5, tmp_path):
     """train.workers=2 on an HDF5 set: the workers open the file themselves (the view's indices travel, not the

@@ -437,6 +437,10 @@ def test_radicals_and_fields_without_dft_are_refused_up_front(tmp_path):
     assert "cannot have the labeler's multiplicity 1" in problem("[CH3]", None, [], charge=0, multiplicity=1)
     assert problem("[CH3]", None, [], charge=0, multiplicity=2) is None
     assert problem("C", None, [], charge=0, multiplicity=1) is None
+    # an even electron count can still be a radical: a carbene, two unpaired electrons, is no closed-shell molecule
+    assert "2 unpaired electrons" in problem("[CH2]", None, [], charge=0, multiplicity=1)
+    assert problem("[CH2]", None, [], charge=0, multiplicity=3) is None
+    assert problem("O=O", None, [], charge=0, multiplicity=3) is None  # (written without radicals: not refused)
     base = {"input": {"smiles": "O"}, "fields": {"copies": 1}}
     with pytest.raises(ValidationError, match="need labeler.method: dft"):
         LabelConfig(**base, labeler={"method": "xtb"})

@@ -94,6 +94,10 @@ def test_several_smiles_files_are_read_in_turn(tmp_path):
     second.write_text("CC=O acetaldehyde\nNCC ethylamine-again\n")  # (CCN written another way)
     with pytest.raises(DataError, match=r"a.smi, line 1, again"):
         job.start_structures(cfg, [])
+    twice = cfg.model_copy(deep=True)  # one file named twice, another way: each molecule would be sampled twice
+    twice.input.smiles_file = [str(first), str(first.parent / "." / first.name)]
+    with pytest.raises(DataError, match="listed twice"):
+        job.start_structures(twice, [])
 
 
 def test_sampling_resumes_with_the_next_molecule(tmp_path, monkeypatch):

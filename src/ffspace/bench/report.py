@@ -305,7 +305,9 @@ def _failure_causes(st: dict) -> str:
         counts: dict[str, int] = {}
         for f in r.get("failure") or []:
             if f:
-                label = "non-finite" if f["reason"] == "non-finite" else f"{f['elements']} {f['reason']}"
+                # one label per element pair whatever the atoms' order in the record (C-O and O-C are one bond kind)
+                pair = "-".join(sorted(f["elements"].split("-"))) if f.get("elements") else "?"
+                label = "non-finite" if f["reason"] == "non-finite" else f"{pair} {f['reason']}"
                 counts[label] = counts.get(label, 0) + 1
         if counts:
             parts.append(f"{t} K: " + ", ".join(f"{n}× {label}" for label, n in sorted(counts.items(),

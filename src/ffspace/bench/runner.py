@@ -337,6 +337,8 @@ def _cached(path: Path, key: dict, compute, keep=lambda value: True, partial: Pa
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == digest:
+            if partial is not None:  # (killed between writing the result and removing its checkpoint)
+                Path(partial).unlink(missing_ok=True)
             return stored["value"]
         print(f"[bench] {path} was made with other settings: redoing it", file=sys.stderr)
     value = compute()

@@ -101,6 +101,30 @@ def _append(f, block: list[Structure], sources: list) -> int:
     return len(block)
 
 
+def _check_layout(f, path) -> None:
+    """Every attribute and dataset the reader uses is there, with lengths that agree with the offsets: a file
+    written by hand or cut short is a clear error naming the field, never a KeyError or a silent misread."""
+    for name in ("version", "block_structures", "name"):
+        if name not in f.attrs:
+            raise DataError("the file has no such attribute", file=str(path), field=name)
+    for name in ("offsets", "numbers", "positions", "forces", "info", *FRAME_ARRAYS):
+        if name not in f:
+            raise DataError("the file has no such dataset", file=str(path), field=name)
+    offsets = f["offsets"]
+    n = len(offsets) - 1
+    atoms = int(offsets[-1]) if n >= 0 else 0
+    if n < 0 or int(offsets[0]) != 0:
+        raise DataError("the offsets must start at 0 (one more entry than structures)", file=str(path),
+                        field="offsets")
+    for name in ("numbers", "positions", "forces"):
+        if len(f[name]) != atoms:
+            raise DataError(f"{len(f[name])} rows, but the offsets count {atoms} atoms", file=str(path), field=name)
+    for name in ("info", *FRAME_ARRAYS):
+        if len(f[name]) != n:
+            raise DataError(f"{len(f[name])} rows, but the offsets count {n} structures", file=str(path),
+                            field=name)
+
+
 class _Store:
     """The open file (reopened in a forked or spawned process), its index arrays and the block cache."""
 
@@ -113,6 +137,7 @@ class _Store:
                 if f.attrs.get("format") != FORMAT:
                     raise DataError(f"not an ffspace structures file (format attribute "
                                     f"{f.attrs.get('format')!r}, expected {FORMAT!r})", file=str(self.path))
+                _check_layout(f, self.path)
                 if int(f.attrs["version"]) > VERSION:
                     raise DataError(f"written by a newer ffspace (format version {int(f.attrs['version'])})",
                                     file=str(self.path))
@@ -326,8 +351,21 @@ class HDF5Dataset(Dataset):
         return np.concatenate(order)
 
 
-def read_hdf5(path, cache_mb: float = 256.0) -> HDF5Dataset:
-    """Open an ffspace HDF5 structures file (`write_hdf5`) for streaming."""
+def read_hdf5(path, cache_mb: float = 256.0, required: tuple[str, ...] = ()) -> HDF5Dataset:
+    """Open an ffspace HDF5 structures file (`write_hdf5`) for streaming. ``required``: labels (``energy``,
+    ``forces``, ``stress``) every structure must have; the first one without is an error naming it (by default
+    none: a file may hold unlabelled structures, and training checks what it needs)."""
     if not Path(path).is_file():
         raise DataError("no such file", file=str(path))
-    return HDF5Dataset(path, cache_mb=cache_mb)
+    unknown = sorted(set(required) - {"energy", "forces", "stress"})
+    if unknown:
+        raise DataError(f"required labels must be among energy, forces, stress; got {unknown}", file=str(path))
+    dataset = HDF5Dataset(path, cache_mb=cache_mb)
+    if required:
+        with _h5py().File(dataset.store.path, "r") as f:
+            for name in required:
+                missing = np.flatnonzero(~f[f"has_{name}"][:].astype(bool))
+                if len(missing):
+                    raise DataError(f"no {name} label ({len(missing)} structure(s) without one)", file=str(path),
+                                    frame=int(missing[0]), field=name)
+    return dataset

@@ -292,11 +292,12 @@ def read_ase_db(path, energy_key: str = "energy", forces_key: str = "forces", st
     return Dataset(structures, name=str(path), label_fields={"energy": energy_key, "forces": forces_key})
 
 
-def _read_hdf5(path, cache_mb: float = 256.0) -> Dataset:
-    """An ffspace HDF5 structures file (`ffspace.data.hdf5`), streamed through a block cache of ``cache_mb`` MiB."""
+def _read_hdf5(path, cache_mb: float = 256.0, required: tuple[str, ...] = ()) -> Dataset:
+    """An ffspace HDF5 structures file (`ffspace.data.hdf5`), streamed through a block cache of ``cache_mb`` MiB;
+    ``required`` as for the other formats, except that nothing is required by default (see `read_hdf5`)."""
     from .hdf5 import read_hdf5
 
-    return read_hdf5(path, cache_mb=cache_mb)
+    return read_hdf5(path, cache_mb=cache_mb, required=tuple(required))
 
 
 FORMATS = {"extxyz": read_extxyz, "md17": read_md17_npz, "deepmd": read_deepmd, "ase-db": read_ase_db,

@@ -29,6 +29,9 @@ class FFModel(nn.Module):
     family: str = "base"
     cutoff: float = 0.0
     elements: list[int] = []
+    # Whether the energy depends on the structures' total charge (``Structure.info["charge"]``): a model that
+    # does not read it answers every charge state as the one it was trained on (`Potential.check_elements`).
+    reads_total_charge: bool = False
 
     def _init_elements(self, elements):
         self.elements = sorted(int(z) for z in elements)

@@ -47,6 +47,7 @@ class Sum(FFModel):
         self.long_range = any(getattr(t, "long_range", False) for t in built)
         # a term that reads the structures' external field (`FieldResponse`) makes the whole model take one
         self.field_dependent = any(getattr(t, "field_dependent", False) for t in built)
+        self.reads_total_charge = any(getattr(t, "reads_total_charge", False) for t in built)
         elements = set()
         for t in built:
             elements |= set(t.elements)

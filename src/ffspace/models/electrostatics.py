@@ -116,6 +116,7 @@ class LearnedCoulomb(FFModel):
     """Electrostatic energy of charges predicted by a small SchNet and made to conserve total charge."""
 
     long_range = True
+    reads_total_charge = True  # (its charges are made to sum to the structure's total)
 
     def __init__(self, elements, cutoff: float = 4.0, features: int = 32, layers: int = 2,
                  ewald_accuracy: float = 1e-6):

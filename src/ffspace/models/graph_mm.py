@@ -124,6 +124,7 @@ def _positive(x, scale):
 @register("graph_mm")
 class GraphMM(FFModel):
     long_range = True  # all-pairs nonbonded terms: not additive, no cutoff
+    reads_total_charge = True  # (its charges are made to sum to the structure's total)
 
     def __init__(self, elements, features: int = 64, layers: int = 3, cutoff: float = 3.0, bond_scale: float = 1.3,
                  lj_14: float = 0.5, coulomb_14: float = 1 / 1.2, energy_scale: float = 1.0):

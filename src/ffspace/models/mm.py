@@ -67,6 +67,8 @@ def _has_key(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 @register("mm")
 class ClassicalMM(FFModel):
+    reads_total_charge = True  # (its charges are made to sum to the structure's total)
+
     def __init__(self, elements, cutoff: float = 6.0, bond_scale: float = 1.35, max_degree: int = 4,
                  switch_width: float = 1.0, lj_14: float = 0.5, coulomb_14: float = 1 / 1.2,
                  energy_scale: float = 1.0, break_scale: float | None = None, bond_form: str = "harmonic"):

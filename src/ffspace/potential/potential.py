@@ -75,6 +75,9 @@ class Potential:
         self.model = model.to(device=self.device, dtype=dtype)
         self.cutoff = float(model.cutoff)
         self.elements = list(model.elements)
+        # The total charges (e) of the structures a loaded package was trained on, when it records them: a model
+        # that reads no charge is then refused other charge states (`check_elements`). None: not known, no check.
+        self.trained_charges: list[float] | None = None
         self.fast = None
         if fast not in (True, False, "auto"):
             raise ConfigError(f"fast must be true, false or 'auto', got {fast!r}")
@@ -84,12 +87,13 @@ class Potential:
             self.fast = FastForces(self, compile=fast is True)
 
     def check_elements(self, structures) -> None:
-        """Raise a `DataError` naming the structure and element the model was not trained on."""
-        if not self.elements:
-            return
+        """Raise a `DataError` naming the structure and element the model was not trained on, or the total charge
+        when the model reads none and its package says it was trained on other charges only (its answer would be
+        that of another charge state: a neutral-molecule model on a carboxylate)."""
         known = set(self.elements)
+        blind = self.trained_charges is not None and not getattr(self.model, "reads_total_charge", False)
         for s in structures:
-            unknown = sorted(set(s.numbers.tolist()) - known)
+            unknown = sorted(set(s.numbers.tolist()) - known) if known else []
             if unknown:
                 from ase.data import chemical_symbols
 
@@ -97,6 +101,10 @@ class Potential:
                 raise DataError(f"element(s) {names} unknown to this model (it knows "
                                 f"{[chemical_symbols[z] for z in self.elements]})",
                                 file=s.source, frame=s.frame, field="numbers")
+            if blind and float(s.info.get("charge", 0.0)) not in self.trained_charges:
+                raise DataError(f"total charge {float(s.info.get('charge', 0.0)):g} e, but this model reads no "
+                                f"charge and was trained on total charge(s) {self.trained_charges} only",
+                                file=s.source, frame=s.frame, field="charge")
 
     @property
     def field_dependent(self) -> bool:
@@ -228,8 +236,12 @@ class Potential:
         of ``dtype``: a float64 package loaded as float64 is exact. ``fast``: see `Potential`."""
         from .package import load_package
 
-        model, _ = load_package(path, dtype=torch_dtype(dtype))
-        return cls(model, dtype=dtype, device=device, fast=fast)
+        model, meta = load_package(path, dtype=torch_dtype(dtype))
+        potential = cls(model, dtype=dtype, device=device, fast=fast)
+        charges = (meta.get("extra") or {}).get("total_charges_e")
+        if charges is not None:
+            potential.trained_charges = [float(q) for q in charges]
+        return potential
 
 
 def predict_arrays(evaluator, graphs_or_structures, keys, batch_size: int = 32, **compute_options) -> dict:

@@ -62,12 +62,17 @@ def read_smiles_file(path) -> list[tuple[str, str, int]]:
 
 def read_smiles_files(paths) -> list[tuple[str, str, int, str]]:
     """``(smiles, name, line, file)`` of every entry of several SMILES files read in turn (`read_smiles_file`); a
-    molecule in two files is an error naming both places, as within one file."""
-    entries, seen = [], {}
+    molecule in two files is an error naming both places, as within one file, and so is a file listed twice."""
+    entries, seen, listed = [], {}, {}
     for path in paths:
+        where = Path(path).resolve()
+        if where in listed:  # (else every molecule of it would be sampled and labelled twice, with other seeds)
+            raise DataError(f"the SMILES file is listed twice (as {listed[where]!r} and {str(path)!r})",
+                            file=str(path), field="smiles_file")
+        listed[where] = str(path)
         for smiles, name, line in read_smiles_file(path):
             key = canonical(smiles)
-            if key is not None and key in seen and seen[key][0] != str(path):
+            if key is not None and key in seen:
                 raise DataError(f"{smiles!r} ({name}) is the molecule of {seen[key][0]}, line {seen[key][1]}, again",
                                 file=str(path), frame=line, field="smiles")
             if key is not None:
@@ -140,11 +145,19 @@ def problem(smiles: str, elements: list[str] | None, exclude: list[str], charge:
         return "RDKit cannot parse it"
     if charge is not None and Chem.GetFormalCharge(mol) != charge:
         return f"net formal charge {Chem.GetFormalCharge(mol)}, but the labeler's charge is {charge}"
-    if multiplicity is not None:  # e.g. a radical ([CH2]) with a singlet labeler: caught before any sampling
+    if multiplicity is not None:  # e.g. [CH3] or [CH2] with a singlet labeler: caught before any sampling
         with_h = Chem.AddHs(mol)
         electrons = sum(a.GetAtomicNum() for a in with_h.GetAtoms()) - Chem.GetFormalCharge(mol)
         if (electrons - (multiplicity - 1)) % 2 or multiplicity - 1 > electrons:
             return f"{electrons} electrons cannot have the labeler's multiplicity {multiplicity}"
+        # An even count can still be a radical ([CH2], a carbene: two unpaired electrons), which a closed-shell
+        # labeler would put in the wrong spin state. (Not the other way round: O=O is written without radicals.)
+        from rdkit.Chem import Descriptors
+
+        unpaired = Descriptors.NumRadicalElectrons(mol)
+        if unpaired and multiplicity == 1:
+            return (f"{unpaired} unpaired electrons (a radical as written), but the labeler's multiplicity is 1 "
+                    "(closed shell)")
     if elements is not None:
         outside = sorted({a.GetSymbol() for a in Chem.AddHs(mol).GetAtoms()} - set(elements))
         if outside:

@@ -4,7 +4,7 @@ learning rates or none.
 A package fitted at one level of theory (GFN2-xTB) and fine-tuned at another (DFT) differs from it mostly by a
 constant per element: the reference energies are refitted first, as a correction to the package's (least
 squares on what the package leaves unexplained, minimum norm: with data of one composition only the total shift
-is determined, and the correction stays as small as it can). Elements of the package that the new data lacks keep
+is determined, and the correction stays as small as it can; a large shift split that way is warned about). Elements of the package that the new data lacks keep
 their reference energies and their learned parameters: the fine-tuned model still takes every element it took.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.stats import composition_matrix
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.composite import AtomicReference, Sum
 
 
@@ -37,9 +37,11 @@ def start_from_package(path, dataset, reference: str = "refit"):
     if missing:
         from ase.data import chemical_symbols
 
-        raise ConfigError(f"train.init_from: the package {path} was trained on elements "
-                          f"{[chemical_symbols[z] for z in model.elements]}; the training data {dataset.name!r} "
-                          f"also has {[chemical_symbols[z] for z in missing]}, which it cannot take")
+        first = next(s for s in _in_file_order(dataset) if set(s.numbers.tolist()) & set(missing))
+        raise DataError(f"train.init_from: the package {path} was trained on elements "
+                        f"{[chemical_symbols[z] for z in model.elements]}; the training data {dataset.name!r} "
+                        f"also has {[chemical_symbols[z] for z in missing]}, which it cannot take",
+                        file=first.source, frame=first.frame, field="numbers")
     if reference == "refit":
         model = _refit_reference(model, dataset, path)
     elif reference != "keep":
@@ -48,22 +50,20 @@ def start_from_package(path, dataset, reference: str = "refit"):
 
 
 def _refit_reference(model, dataset, path):
-    from ..evaluate.metrics import predict
     from ..potential import Potential
 
     refs = [k for k, t in enumerate(getattr(model, "terms", [])) if isinstance(t, AtomicReference)]
     if not isinstance(model, Sum) or len(refs) != 1:
         raise ConfigError(f"train.init_from: the package {path} has no single per-element reference term to "
                           f"refit; set train.init_reference=keep")
-    if hasattr(dataset, "in_file_order"):  # on disk: one pass over its blocks
-        dataset = dataset.in_file_order()
+    dataset = _in_file_order(dataset)
     dataset.require_labels(energy=True, forces=False)
-    # What the package leaves unexplained, by least squares over the compositions (streamed: no copy of the set).
-    pred = predict(Potential(model, dtype=torch.float64), dataset)
-    labels = np.array([s.energy for s in dataset])
+    # What the package leaves unexplained, by least squares over the compositions.
+    unexplained = np.array(list(_energies_left(Potential(model, dtype=torch.float64), dataset)))
     elements = dataset.elements
     a = composition_matrix(dataset, elements)
-    correction = dict(zip(elements, np.linalg.lstsq(a, labels - pred["energy"], rcond=None)[0].tolist()))
+    correction = dict(zip(elements, np.linalg.lstsq(a, unexplained, rcond=None)[0].tolist()))
+    _warn_if_underdetermined(a, unexplained, elements, path)
     old = model.terms[refs[0]]
     energies = {z: float(old.table[z]) for z in old.elements}
     for z, d in correction.items():
@@ -84,6 +84,48 @@ def _refit_reference(model, dataset, path):
               "its level of theory (forces and relative energies of one composition are unaffected)",
               file=sys.stderr)
     return model
+
+
+def _in_file_order(dataset):
+    """The set in the order its file holds it (on disk: one pass over its blocks), else as it is."""
+    return dataset.in_file_order() if hasattr(dataset, "in_file_order") else dataset
+
+
+def _energies_left(potential, dataset, batch_size: int = 32):
+    """Each structure's label minus the package's energy, in order, a batch at a time: no forces, and never more
+    than one batch in memory (a set larger than memory can be fine-tuned on)."""
+    chunk = []
+    for s in dataset:
+        chunk.append(s)
+        if len(chunk) == batch_size:
+            yield from _left(potential, chunk)
+            chunk = []
+    if chunk:
+        yield from _left(potential, chunk)
+
+
+def _left(potential, structures):
+    with torch.no_grad():
+        energy = potential.compute(potential.batch(structures), forces=False)["energy"]
+    return [s.energy - e for s, e in zip(structures, energy.double().cpu().tolist())]
+
+
+def _warn_if_underdetermined(a: np.ndarray, unexplained: np.ndarray, elements, path) -> None:
+    """Say so when the data fix fewer per-element offsets than there are elements and a large shift had to be
+    split among them: the split is the smallest correction (minimum norm), not a measured one, so absolute
+    energies of other compositions can be far off (a set of one molecule on another energy reference, e.g.
+    atomisation energies against a package of total energies)."""
+    rank = np.linalg.matrix_rank(a)
+    per_atom = float(np.abs(unexplained).mean() / a.sum(1).mean())
+    if rank < len(elements) and per_atom > 0.1:  # eV/atom: beyond what a change of DFT functional shifts
+        from ase.data import chemical_symbols
+
+        print(f"train.init_from: WARNING: the package {path} is off by {per_atom:.3g} eV/atom on average on this "
+              f"data, and its {len(elements)} elements {[chemical_symbols[z] for z in elements]} come in only "
+              f"{rank} independent composition(s): the per-element reference energies are split by minimum norm, "
+              "so absolute energies of other compositions can be off by as much. Fine-tune on data of several "
+              "compositions, or on the package's energy reference (train.init_reference=keep keeps its offsets)",
+              file=sys.stderr)
 
 
 def parameter_groups(model, lr_scale: dict[str, float], freeze: list[str]) -> list[dict]:

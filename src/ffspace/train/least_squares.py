@@ -234,7 +234,8 @@ def _select_ridge(trainer, term, state, t_start) -> dict:
         term.weights.copy_(weights.reshape(term.weights.shape).to(term.weights))
     val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
     save_package(trainer.run_dir / "model.safetensors", trainer.model,
-                 extra={"ridge": row["ridge"], "val": val, "run_config": trainer.resolved})
+                 extra={"ridge": row["ridge"], "val": val, "run_config": trainer.resolved,
+                        "total_charges_e": trainer.total_charges})
     trainer.history = history
     trainer._write_metrics()
     elapsed = state["elapsed"] + time.perf_counter() - t_start

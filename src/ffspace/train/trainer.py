@@ -111,6 +111,8 @@ class Trainer:
                                   "(info['dipole'], read from REF_dipole)")
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
+        # recorded in the package: a model that reads no charge is then refused the charge states it never saw
+        self.total_charges = sorted({float(s.info.get("charge", 0.0)) for s in train_set})
         if hasattr(val_set, "epoch_order"):  # a part of an on-disk set: validation reads it every epoch
             from ..data import Dataset
 
@@ -563,7 +565,8 @@ class Trainer:
         if lead and (val["loss"] < self.best_val or cfg.keep == "last"):
             with self._with_ema():
                 save_package(self.run_dir / "model.safetensors", self.model,
-                             extra={"epoch": self.epoch, "val": val, "run_config": self.resolved})
+                             extra={"epoch": self.epoch, "val": val, "run_config": self.resolved,
+                                    "total_charges_e": self.total_charges})
         # Worker 0's validation loss and times are everyone's: the schedule, early stopping and the time budget
         # then decide the same on every worker. The budget (and a cosine on it) counts the training steps only:
         # validating costs each model what its inference costs (a C kernel or not), and a budget that counted it
