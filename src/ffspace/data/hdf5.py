@@ -104,7 +104,7 @@ def _append(f, block: list[Structure], sources: list) -> int:
 def _check_layout(f, path) -> None:
     """Every attribute and dataset the reader uses is there, with lengths that agree with the offsets: a file
     written by hand or cut short is a clear error naming the field, never a KeyError or a silent misread."""
-    for name in ("version", "block_structures", "name"):
+    for name in ("block_structures", "name"):
         if name not in f.attrs:
             raise DataError("the file has no such attribute", file=str(path), field=name)
     for name in ("offsets", "numbers", "positions", "forces", "info", *FRAME_ARRAYS):
@@ -137,10 +137,12 @@ class _Store:
                 if f.attrs.get("format") != FORMAT:
                     raise DataError(f"not an ffspace structures file (format attribute "
                                     f"{f.attrs.get('format')!r}, expected {FORMAT!r})", file=str(self.path))
-                _check_layout(f, self.path)
-                if int(f.attrs["version"]) > VERSION:
+                if "version" not in f.attrs:
+                    raise DataError("the file has no such attribute", file=str(self.path), field="version")
+                if int(f.attrs["version"]) > VERSION:  # (before the layout: a newer one may differ)
                     raise DataError(f"written by a newer ffspace (format version {int(f.attrs['version'])})",
                                     file=str(self.path))
+                _check_layout(f, self.path)
                 self.block = int(f.attrs["block_structures"])
                 self.name = str(f.attrs["name"])
                 self.offsets = f["offsets"][:]

@@ -4,8 +4,9 @@ learning rates or none.
 A package fitted at one level of theory (GFN2-xTB) and fine-tuned at another (DFT) differs from it mostly by a
 constant per element: the reference energies are refitted first, as a correction to the package's (least
 squares on what the package leaves unexplained, minimum norm: with data of one composition only the total shift
-is determined, and the correction stays as small as it can; a large shift split that way is warned about). Elements of the package that the new data lacks keep
-their reference energies and their learned parameters: the fine-tuned model still takes every element it took.
+is determined, and the correction stays as small as it can; a large shift split that way is warned about).
+Elements of the package that the new data lacks keep their reference energies and their learned parameters: the
+fine-tuned model still takes every element it took.
 """
 
 from __future__ import annotations
