@@ -932,3 +932,19 @@ def test_the_failure_summary_counts_a_bond_kind_once_whatever_its_atoms_order():
     failure = [{"reason": "stretched", "elements": "C-O"}, {"reason": "stretched", "elements": "O-C"},
                {"reason": "non-finite"}, None]
     assert _failure_causes({"runs": {"1200": {"failure": failure}}}) == "1200 K: 2× C-O stretched, 1× non-finite"
+
+
+def test_a_stability_row_of_mixed_run_lengths_says_which_ran_how_long():
+    """A slow model runs shorter at some temperatures: its cells then carry their lengths, not one ambiguous list."""
+    from ffspace.bench.report import _stability_markdown
+
+    def run(length, survived, failures=()):
+        return {"timestep_fs": 0.5, "seeds": 2, "bond_tolerance_A": 0.5, "time_ps": length, "survived": survived,
+                "failure_ps": list(failures) + [None] * survived, "failure": []}
+
+    ds = {"models": {"fast": {"status": "ok", "stability": {"runs": {"300": run(20, 2), "1200": run(20, 1, [3.0])}}},
+                     "slow": {"status": "ok", "stability": {"runs": {"300": run(20, 2), "1200": run(5, 0, [1.0, 2.0])}}}}}
+    rows = {line.split(" | ")[0]: line for line in _stability_markdown("x", ds) if line.startswith("| fast")
+            or line.startswith("| slow")}
+    assert "| 2/2 | 1/2 (3) |" in rows["| fast"]
+    assert "| 2/2 × 20 ps | 0/2 × 5 ps (1.5) |" in rows["| slow"]

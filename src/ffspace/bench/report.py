@@ -249,19 +249,22 @@ def _stability_markdown(name: str, ds: dict) -> list[str]:
              "|---|---|" + "---|" * len(temps) + "---|---|"]
     for mname, st in rows.items():
         cells = []
+        lengths = sorted({r["time_ps"] for r in st["runs"].values()})
         for t in temps:
             r = st["runs"].get(t)
             if r is None:
                 cells.append("")
                 continue
             failed = [f for f in r["failure_ps"] if f is not None]
-            cells.append(f"{r['survived']}/{r['seeds']}" + (f" ({statistics.median(failed):.2g})" if failed else ""))
+            # a row whose temperatures ran for different times says which ran how long, in each cell
+            length = f" × {r['time_ps']:g} ps" if len(lengths) > 1 else ""
+            cells.append(f"{r['survived']}/{r['seeds']}{length}"
+                         + (f" ({statistics.median(failed):.2g})" if failed else ""))
         nve = st.get("nve") or {}
         # two significant figures: a float64 run's drift is ~1e-4 meV/atom/ps, which three decimals would show as 0
         worst = nve.get("max_abs_drift_meV_per_atom_ps")
         drift = ("—" if worst is None else f"{worst:.2g}") if nve.get("status") == "ok" else nve.get("status", "—")
         step = nve.get("max_abs_step_change_meV")  # absent from results made before it was recorded
-        lengths = sorted({r["time_ps"] for r in st["runs"].values()})
         lines.append(f"| {mname} | {', '.join(f'{x:g}' for x in lengths)} | " + " | ".join(cells)
                      + f" | {drift} | {'—' if step is None else f'{step:.0f}'} |")
     causes = [f"{mname}: {why}" for mname, st in rows.items() if (why := _failure_causes(st))]
