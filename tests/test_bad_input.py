@@ -329,12 +329,14 @@ def test_model_asked_about_an_element_it_never_saw(tmp_path):
 
 
 def test_a_charge_state_a_charge_blind_model_never_saw(tmp_path):
-    """A package records the total charges of its training data: a model that reads no charge (PaiNN) is refused
-    a charged structure when it saw only neutral ones (it would answer as for the neutral molecule), while a model
-    that reads the charge (MM, charges summed to the total) takes it, and a package without the record is not
-    checked (made before ffspace kept it)."""
+    """A package records the total charges of its training data: run (the ASE calculator, MD), a model that reads
+    no charge (PaiNN, or PaiNN on an MM prior) is refused a charged structure when it saw only neutral ones (it
+    would answer as for the neutral molecule), while a model that reads the charge (MM, charges summed to the total)
+    takes it. Evaluating on it is not refused (a measurement), and a package without the record is not checked."""
     pytest.importorskip("torch")
     from ffspace.data import Dataset
+    from ffspace.interfaces import FFSpaceCalculator
+    from ffspace.md import run_md
     from ffspace.potential import Potential
     from ffspace.train import TrainConfig, Trainer, build_model_for_data
 
@@ -354,13 +356,22 @@ def test_a_charge_state_a_charge_blind_model_never_saw(tmp_path):
                 TrainConfig(epochs=1, batch_size=2, progress=False), run_dir=run).fit()
         potential = Potential.load(run / "model.safetensors")
         assert potential.trained_charges == [0.0]
-        potential.check_elements(data)  # neutral: as trained
+        potential.check_charges(data)  # neutral: as trained
+        potential(list(anion))  # evaluated: a measurement, not refused
         if refused:
             with pytest.raises(DataError, match="total charge -1 e, but this model reads no charge") as info:
-                potential(list(anion))
+                run_md(potential, anion[0], steps=2, progress=False)
             assert_names(info.value, file=str(tmp_path / "anion.xyz"), frame=0, field="charge")
+            atoms = anion[0].to_ase()
+            atoms.info["charge"] = -1
+            atoms.calc = FFSpaceCalculator(run / "model.safetensors")
+            with pytest.raises(DataError, match="field 'charge'"):
+                atoms.get_potential_energy()
             potential.trained_charges = None  # an older package: nothing recorded, nothing checked
-        potential(list(anion))
+        potential.check_charges(anion)
+    delta = build_model_for_data({"family": "painn", "features": 8, "layers": 1, "cutoff": 3.0, "prior": "mm"},
+                                 data, seed=0)
+    assert not delta.reads_total_charge  # its learned term reads no charge: checked like PaiNN alone
 
 
 def test_reference_energies_with_an_element_outside_the_list():

@@ -942,9 +942,23 @@ def test_a_stability_row_of_mixed_run_lengths_says_which_ran_how_long():
         return {"timestep_fs": 0.5, "seeds": 2, "bond_tolerance_A": 0.5, "time_ps": length, "survived": survived,
                 "failure_ps": list(failures) + [None] * survived, "failure": []}
 
-    ds = {"models": {"fast": {"status": "ok", "stability": {"runs": {"300": run(20, 2), "1200": run(20, 1, [3.0])}}},
-                     "slow": {"status": "ok", "stability": {"runs": {"300": run(20, 2), "1200": run(5, 0, [1.0, 2.0])}}}}}
+    fast = {"300": run(20, 2), "1200": run(20, 1, [3.0])}
+    slow = {"300": run(20, 2), "1200": run(5, 0, [1.0, 2.0])}
+    ds = {"models": {"fast": {"status": "ok", "stability": {"runs": fast}},
+                     "slow": {"status": "ok", "stability": {"runs": slow}}}}
     rows = {line.split(" | ")[0]: line for line in _stability_markdown("x", ds) if line.startswith("| fast")
             or line.startswith("| slow")}
     assert "| 2/2 | 1/2 (3) |" in rows["| fast"]
     assert "| 2/2 × 20 ps | 0/2 × 5 ps (1.5) |" in rows["| slow"]
+
+
+def test_a_checkpoint_left_by_a_kill_after_its_result_was_written_is_removed(tmp_path):
+    """Killed between writing a stage's result and removing its checkpoint: the next run reads the result back
+    and removes the checkpoint (a snapshot would otherwise keep a stale one)."""
+    from ffspace.bench.runner import _cached
+
+    result, partial = tmp_path / "stability_300K.json", tmp_path / "stability_300K.abc.partial.npz"
+    assert _cached(result, {"k": 1}, lambda: {"survived": 10}, partial=partial) == {"survived": 10}
+    partial.write_bytes(b"left by a kill")
+    assert _cached(result, {"k": 1}, lambda: pytest.fail("recomputed"), partial=partial) == {"survived": 10}
+    assert not partial.exists()

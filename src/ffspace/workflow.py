@@ -13,14 +13,14 @@ import yaml
 
 from .config import RunConfig, resolve_data_path
 from .data import Dataset, read_dataset
-from .errors import ConfigError, FFSpaceError
+from .errors import ConfigError
 from .evaluate import error_metrics, format_metrics, predict
 from .evaluate.metrics import metrics_table
 from .evaluate.plots import md_plot, parity_plot
 from .md import run_md
 from .outputs import atomic_write, claim_folder, write_json
 from .potential import Potential, torch_device
-from .potential.package import resolve_package_path, versions
+from .potential.package import versions
 from .train import Trainer, model_for_training
 from .train.distributed import launched_rank
 
@@ -69,11 +69,8 @@ def run_identity(cfg: RunConfig) -> str:
     data = cfg.data.model_dump(exclude={"unit_check", "cache_mb"} | (set() if cfg.data.split_by else {"split_by"}))
     ident = {"data": data, "model": cfg.model.model_dump(), "train": train}
     if cfg.model_path:
-        try:  # a shipped model (builtin:NAME) by its content too: a new ffspace may ship other weights
-            path = resolve_package_path(cfg.model_path)
-        except FFSpaceError:
-            path = Path(cfg.model_path)
-        ident["model_path"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(cfg.model_path)
+        path = Path(cfg.model_path)
+        ident["model_path"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -113,9 +113,11 @@ def _check_layout(f, path) -> None:
     offsets = f["offsets"]
     n = len(offsets) - 1
     atoms = int(offsets[-1]) if n >= 0 else 0
-    if n < 0 or int(offsets[0]) != 0:
-        raise DataError("the offsets must start at 0 (one more entry than structures)", file=str(path),
-                        field="offsets")
+    if n < 0 or int(offsets[0]) != 0 or (np.diff(offsets[:]) < 0).any():
+        raise DataError("the offsets must start at 0 and never decrease (one more entry than structures)",
+                        file=str(path), field="offsets")
+    if int(f.attrs["block_structures"]) < 1:
+        raise DataError("block_structures must be at least 1", file=str(path), field="block_structures")
     for name in ("numbers", "positions", "forces"):
         if len(f[name]) != atoms:
             raise DataError(f"{len(f[name])} rows, but the offsets count {atoms} atoms", file=str(path), field=name)

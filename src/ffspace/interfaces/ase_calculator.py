@@ -39,6 +39,7 @@ class FFSpaceCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         structure = Structure.from_ase(self.atoms)
         want_stress = "stress" in properties and bool(self.atoms.pbc.any())
+        self.potential.check_charges([structure])
         batch = self.potential.batch([structure])
         out = self.potential.compute(batch, forces=True, stress=want_stress)
         energy = float(out["energy"][0])

@@ -110,6 +110,8 @@ def run_md(potential, structure: Structure, steps: int, timestep_fs: float = 0.5
         raise ConfigError(f"run_md needs an ffspace Structure as the start, got {type(structure).__name__} "
                           "(Structure.from_ase converts an ASE Atoms)")
     potential.check_elements([structure])
+    if hasattr(potential, "check_charges"):  # (a committee or another evaluator may not record charges)
+        potential.check_charges([structure])
     rng = np.random.default_rng(seed)
     if field is not None and not getattr(potential, "field_dependent", False):
         raise ConfigError("MD in an external field needs a field-dependent model (trained with model.field=true)")

@@ -47,7 +47,11 @@ class Sum(FFModel):
         self.long_range = any(getattr(t, "long_range", False) for t in built)
         # a term that reads the structures' external field (`FieldResponse`) makes the whole model take one
         self.field_dependent = any(getattr(t, "field_dependent", False) for t in built)
-        self.reads_total_charge = any(getattr(t, "reads_total_charge", False) for t in built)
+        # the sum reads the charge only if every term but the reference energies does: a Δ model's learned term
+        # on an MM prior does not, and answers every charge state as the one it was trained on
+        energy_terms = [t for t in built if not isinstance(t, AtomicReference)]
+        self.reads_total_charge = bool(energy_terms) and all(getattr(t, "reads_total_charge", False)
+                                                             for t in energy_terms)
         elements = set()
         for t in built:
             elements |= set(t.elements)

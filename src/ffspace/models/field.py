@@ -60,7 +60,6 @@ class FieldResponse(FFModel):
     """Per-atom energies of the structures' external fields (zero where a batch has no field)."""
 
     field_dependent = True
-    reads_total_charge = True  # (its charges are made to sum to the structure's total)
     # Charges are conserved over the whole structure (smooth when a bond breaks, as reactive MD needs), so two
     # far-apart molecules may exchange charge: the term is not additive over fragments (the physics suite skips
     # that check, as for electrostatics).

@@ -76,7 +76,7 @@ class Potential:
         self.cutoff = float(model.cutoff)
         self.elements = list(model.elements)
         # The total charges (e) of the structures a loaded package was trained on, when it records them: a model
-        # that reads no charge is then refused other charge states (`check_elements`). None: not known, no check.
+        # that reads no charge is then refused other charge states (`check_charges`). None: not known, no check.
         self.trained_charges: list[float] | None = None
         self.fast = None
         if fast not in (True, False, "auto"):
@@ -87,13 +87,12 @@ class Potential:
             self.fast = FastForces(self, compile=fast is True)
 
     def check_elements(self, structures) -> None:
-        """Raise a `DataError` naming the structure and element the model was not trained on, or the total charge
-        when the model reads none and its package says it was trained on other charges only (its answer would be
-        that of another charge state: a neutral-molecule model on a carboxylate)."""
+        """Raise a `DataError` naming the structure and element the model was not trained on."""
+        if not self.elements:
+            return
         known = set(self.elements)
-        blind = self.trained_charges is not None and not getattr(self.model, "reads_total_charge", False)
         for s in structures:
-            unknown = sorted(set(s.numbers.tolist()) - known) if known else []
+            unknown = sorted(set(s.numbers.tolist()) - known)
             if unknown:
                 from ase.data import chemical_symbols
 
@@ -101,7 +100,16 @@ class Potential:
                 raise DataError(f"element(s) {names} unknown to this model (it knows "
                                 f"{[chemical_symbols[z] for z in self.elements]})",
                                 file=s.source, frame=s.frame, field="numbers")
-            if blind and float(s.info.get("charge", 0.0)) not in self.trained_charges:
+
+    def check_charges(self, structures) -> None:
+        """Raise a `DataError` naming the structure whose total charge the model never saw, when the model reads
+        no charge (its answer would be that of the charge state it was trained on: a neutral-molecule model on a
+        carboxylate) and its package records the charges of its training data. Called where a model is run (MD,
+        the ASE calculator), not where it is evaluated: measuring it on an unseen charge state is legitimate."""
+        if self.trained_charges is None or getattr(self.model, "reads_total_charge", False):
+            return
+        for s in structures:
+            if float(s.info.get("charge", 0.0)) not in self.trained_charges:
                 raise DataError(f"total charge {float(s.info.get('charge', 0.0)):g} e, but this model reads no "
                                 f"charge and was trained on total charge(s) {self.trained_charges} only",
                                 file=s.source, frame=s.frame, field="charge")

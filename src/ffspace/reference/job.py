@@ -15,7 +15,7 @@ from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..outputs import atomic_path
 from .config import LabelConfig
-from ..errors import ConfigError, DataError, FFSpaceError
+from ..errors import ConfigError, DataError
 from .base import LabelFailure
 from .inputs import from_smiles, read_structures
 from .molecules import problem, read_smiles_files
@@ -159,21 +159,12 @@ def _sampling_fingerprint(cfg: LabelConfig, starts: list[Structure] | None = Non
         for s in starts:
             h.update(np.asarray(s.numbers, dtype=np.int64).tobytes() + np.round(s.positions, 8).tobytes())
         relevant["starts"] = h.hexdigest()
-    for sc in cfg.samplers:  # a model driver is identified by its file's content, not its name (builtin: too)
-        if sc.kind == "md" and sc.driver != "xtb" and _driver_file(sc.driver).is_file():
-            relevant.setdefault("drivers", []).append(hashlib.sha256(_driver_file(sc.driver).read_bytes()).hexdigest())
+    for sc in cfg.samplers:  # a model driver is identified by its file's content, not its name
+        if sc.kind == "md" and sc.driver != "xtb" and Path(sc.driver).is_file():
+            relevant.setdefault("drivers", []).append(hashlib.sha256(Path(sc.driver).read_bytes()).hexdigest())
     if any(s.kind in ("md", "normal_modes") for s in cfg.samplers):
         relevant["driver"] = {"charge": cfg.labeler.charge, "multiplicity": cfg.labeler.multiplicity}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _driver_file(driver: str) -> Path:
-    from ..potential.package import resolve_package_path
-
-    try:
-        return resolve_package_path(driver)
-    except FFSpaceError:  # (no such shipped model: said where the driver is loaded)
-        return Path(driver)
 
 
 def samples_path(cfg: LabelConfig, folder, starts: list[Structure] | None = None) -> Path:

@@ -111,8 +111,9 @@ class Trainer:
                                   "(info['dipole'], read from REF_dipole)")
         self.potential.check_elements(train_set)
         self.potential.check_elements(val_set)
-        # recorded in the package: a model that reads no charge is then refused the charge states it never saw
-        self.total_charges = sorted({float(s.info.get("charge", 0.0)) for s in train_set})
+        # recorded in the package: a model that reads no charge is then refused, in MD and the ASE calculator, the
+        # charge states it never saw (`Potential.check_charges`)
+        self.total_charges = sorted({float(s.info.get("charge", 0.0)) for part in (train_set, val_set) for s in part})
         if hasattr(val_set, "epoch_order"):  # a part of an on-disk set: validation reads it every epoch
             from ..data import Dataset
 
