@@ -51,7 +51,8 @@ class Committee:
     @classmethod
     def load(cls, paths, dtype: torch.dtype = torch.float32, device="cpu") -> "Committee":
         """A committee from model packages (safetensors + JSON; no code is executed)."""
-        return cls([Potential(load_package(p)[0], dtype=dtype, device=device) for p in paths])
+        # (Potential.load: each member keeps its package's record of the charges it was trained on)
+        return cls([Potential.load(p, dtype=dtype, device=device) for p in paths])
 
     def __len__(self) -> int:
         return len(self.members)
@@ -59,6 +60,11 @@ class Committee:
     def check_elements(self, structures) -> None:
         for p in self.members:
             p.check_elements(structures)
+
+    def check_charges(self, structures) -> None:
+        """Refused where any member would refuse (`Potential.check_charges`): MD driven by the committee."""
+        for p in self.members:
+            p.check_charges(structures)
 
     def compute(self, batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
         if training:
