@@ -381,6 +381,7 @@ def _engines_and_committee_refuse_the_anion(potential, package, anion):
     import pickle
 
     from ffspace.active.committee import Committee
+    from ffspace.active.explore import explore
     from ffspace.interfaces.lammps import FFSpaceFix
     from ffspace.interfaces.openmm_ml import ModelComputation
     from ffspace.md import run_md
@@ -397,6 +398,8 @@ def _engines_and_committee_refuse_the_anion(potential, package, anion):
     committee = Committee.load([package, package])
     with pytest.raises(DataError, match="total charge -1 e"):
         run_md(committee, anion[0], steps=2, progress=False)
+    with pytest.raises(DataError, match="total charge -1 e"):  # `ffspace active`'s exploration: batched copies
+        explore(committee, [anion[0]], temperatures=[300.0], seeds=2, steps=2, progress=False)
 
 
 def test_reference_energies_with_an_element_outside_the_list():
