@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from ..data.digest import update_with_structures
+from ..errors import DataError
 from ..outputs import claim_folder, read_owner
 from ..potential import Potential
-from ..potential.potential import predict_arrays
+from ..potential.potential import predict_arrays, unseen_charge
 from ..potential.package import load_package
 
 
@@ -62,9 +63,16 @@ class Committee:
             p.check_elements(structures)
 
     def check_charges(self, structures) -> None:
-        """Refused where any member would refuse (`Potential.check_charges`): MD driven by the committee."""
-        for p in self.members:
-            p.check_charges(structures)
+        """`Potential.check_charges` for MD driven by the committee, against the charges any member saw: each
+        member records only its own subsample of the training set, and the committee saw their union."""
+        if any(p.trained_charges is None for p in self.members):
+            return  # a member without a record (an older package): not known, no check, as for one model
+        union = sorted({q for p in self.members for q in p.trained_charges})
+        reads = all(getattr(p.model, "reads_total_charge", False) for p in self.members)
+        for s in structures:
+            problem = unseen_charge(float(s.info.get("charge", 0.0)), union, reads)
+            if problem:
+                raise DataError(problem, file=s.source, frame=s.frame, field="charge")
 
     def compute(self, batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
         if training:

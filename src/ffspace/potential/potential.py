@@ -119,12 +119,7 @@ class Potential:
             raise ConfigError(f"{where}: {problem}")
 
     def _unseen_charge(self, charge: float) -> str | None:
-        if self.trained_charges is None or getattr(self.model, "reads_total_charge", False):
-            return None
-        if charge in self.trained_charges:
-            return None
-        return (f"total charge {charge:g} e, but this model reads no charge and was trained on total charge(s) "
-                f"{self.trained_charges} only")
+        return unseen_charge(charge, self.trained_charges, getattr(self.model, "reads_total_charge", False))
 
     @property
     def field_dependent(self) -> bool:
@@ -262,6 +257,16 @@ class Potential:
         if charges is not None:
             potential.trained_charges = [float(q) for q in charges]
         return potential
+
+
+def unseen_charge(charge: float, trained: list[float] | None, reads_charge: bool) -> str | None:
+    """Why a model that was trained on total charges ``trained`` (None: not recorded) should not be run at
+    ``charge`` (e), or None where it may: it reads the charge, or saw that one (within 1e-3 e: charges summed from
+    partial charges)."""
+    if trained is None or reads_charge or any(abs(charge - q) <= 1e-3 for q in trained):
+        return None
+    return (f"total charge {charge:g} e, but this model reads no charge and was trained on total charge(s) "
+            f"{trained} only")
 
 
 def predict_arrays(evaluator, graphs_or_structures, keys, batch_size: int = 32, **compute_options) -> dict:
