@@ -375,6 +375,19 @@ def test_stability_goal_stops_once_the_hottest_exploration_survives(tmp_path):
     assert all(r["md"]["300"]["survived"] < 2 for r in rounds[:-1])
 
 
+def test_an_anion_explored_at_the_labelers_charge(tmp_path):
+    """The starts of a charged run (the labeler's charge, SMILES naming no `charge`) are explored at that charge:
+    the committee learned and recorded labels at -1 e, and its charge-blind members refuse any other charge."""
+    pytest.importorskip("tblite")
+    pytest.importorskip("rdkit")
+    from ffspace.active.loop import run_active
+
+    cfg = load_active_config(SMALL, [f"out={tmp_path / 'active'}", "input.smiles=CC[O-]", "labeler.charge=-1",
+                                     "explore.temperatures=[300]", "max_rounds=1"])
+    result = run_active(cfg)
+    assert result["rounds"][0]["explored"]["recorded"] > 0
+
+
 def test_labels_in_two_processes_equal_those_in_one(tmp_path):
     """``label_workers: 2``: the start labels and a round's picks labelled by two processes side by side are the
     labels of one process, frame for frame."""

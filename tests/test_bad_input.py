@@ -6,6 +6,7 @@ points at the file, the frame number and the key that is wrong.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from ffspace.data import Dataset, Structure, read_ase_db, read_dataset, read_deepmd, read_extxyz, read_md17_npz
 from ffspace.data.stats import reference_energies
-from ffspace.errors import DataError, FFSpaceError, ModelPackageError
+from ffspace.errors import ConfigError, DataError, FFSpaceError, ModelPackageError
 
 WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 
@@ -367,11 +368,56 @@ def test_a_charge_state_a_charge_blind_model_never_saw(tmp_path):
             atoms.calc = FFSpaceCalculator(run / "model.safetensors")
             with pytest.raises(DataError, match="field 'charge'"):
                 atoms.get_potential_energy()
+            _engines_and_committee_refuse_the_anion(potential, run / "model.safetensors", anion)
             potential.trained_charges = None  # an older package: nothing recorded, nothing checked
+        else:  # a model that reads the charge: the engines and the committee take the anion
+            from ffspace.active.committee import Committee
+            from ffspace.interfaces.openmm_ml import ModelComputation
+
+            potential.check_total_charge(-1.0)
+            ModelComputation(potential, anion[0].numbers, periodic=False, charge=-1.0)
+            run_md(Committee.load([run / "model.safetensors"] * 2), anion[0], steps=2, progress=False)
         potential.check_charges(anion)
     delta = build_model_for_data({"family": "painn", "features": 8, "layers": 1, "cutoff": 3.0, "prior": "mm"},
                                  data, seed=0)
     assert not delta.reads_total_charge  # its learned term reads no charge: checked like PaiNN alone
+
+
+def _engines_and_committee_refuse_the_anion(potential, package, anion):
+    """The engine interfaces, given the charge as an argument, refuse it when built; OpenMM's pickled force keeps
+    the record; a committee of such models refuses it in MD."""
+    import pickle
+
+    from ffspace.active.committee import Committee
+    from ffspace.active.explore import explore
+    from ffspace.interfaces.lammps import FFSpaceFix
+    from ffspace.interfaces.openmm_ml import ModelComputation
+    from ffspace.md import run_md
+
+    numbers = anion[0].numbers
+    with pytest.raises(ConfigError, match="charge: total charge -1 e"):
+        potential.check_total_charge(-1.0)
+    with pytest.raises(ConfigError, match="charge: total charge -1 e"):
+        ModelComputation(potential, numbers, periodic=False, charge=-1.0)
+    with pytest.raises(ConfigError, match="charge: total charge -1 e"):
+        FFSpaceFix(None, potential, numbers, "ffspace", charge=-1.0)  # (refused before LAMMPS is touched)
+    if importlib.util.find_spec("torch_sim") is not None:
+        from ffspace.interfaces.torchsim import TorchSimModel
+
+        with pytest.raises(ConfigError, match="charge: total charge -1 e"):
+            TorchSimModel(potential, dtype=str(potential.dtype).removeprefix("torch."), charge=-1.0)
+    copy = pickle.loads(pickle.dumps(ModelComputation(potential, numbers, periodic=False)))
+    assert copy.potential.trained_charges == [0.0]
+    committee = Committee.load([package, package])
+    with pytest.raises(DataError, match="total charge -1 e"):
+        run_md(committee, anion[0], steps=2, progress=False)
+    # members record only their own subsamples: the committee takes a charge any of them saw
+    committee.members[1].trained_charges = [0.0, -1.0]
+    run_md(committee, anion[0], steps=2, progress=False)
+    committee.members[1].trained_charges = [0.0]
+    potential.check_total_charge(1e-4)  # (a total summed from partial charges)
+    with pytest.raises(DataError, match="total charge -1 e"):  # `ffspace active`'s exploration: batched copies
+        explore(committee, [anion[0]], temperatures=[300.0], seeds=2, steps=2, progress=False)
 
 
 def test_reference_energies_with_an_element_outside_the_list():

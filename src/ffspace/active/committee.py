@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from ..data.digest import update_with_structures
+from ..errors import DataError
 from ..outputs import claim_folder, read_owner
 from ..potential import Potential
-from ..potential.potential import predict_arrays
+from ..potential.potential import predict_arrays, unseen_charge
 from ..potential.package import load_package
 
 
@@ -51,7 +52,8 @@ class Committee:
     @classmethod
     def load(cls, paths, dtype: torch.dtype = torch.float32, device="cpu") -> "Committee":
         """A committee from model packages (safetensors + JSON; no code is executed)."""
-        return cls([Potential(load_package(p)[0], dtype=dtype, device=device) for p in paths])
+        # (Potential.load: each member keeps its package's record of the charges it was trained on)
+        return cls([Potential.load(p, dtype=dtype, device=device) for p in paths])
 
     def __len__(self) -> int:
         return len(self.members)
@@ -59,6 +61,18 @@ class Committee:
     def check_elements(self, structures) -> None:
         for p in self.members:
             p.check_elements(structures)
+
+    def check_charges(self, structures) -> None:
+        """`Potential.check_charges` for MD driven by the committee, against the charges any member saw: each
+        member records only its own subsample of the training set, and the committee saw their union."""
+        if any(p.trained_charges is None for p in self.members):
+            return  # a member without a record (an older package): not known, no check, as for one model
+        union = sorted({q for p in self.members for q in p.trained_charges})
+        reads = all(getattr(p.model, "reads_total_charge", False) for p in self.members)
+        for s in structures:
+            problem = unseen_charge(float(s.info.get("charge", 0.0)), union, reads)
+            if problem:
+                raise DataError(problem, file=s.source, frame=s.frame, field="charge")
 
     def compute(self, batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
         if training:

@@ -152,7 +152,8 @@ def _run_active(cfg: ActiveConfig, out: Path) -> dict:
     _check_config(out, cfg)
     labeler = cfg.labeler.build()
     store = LabelStore(out / "store")
-    starts = start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed))
+    starts = _with_labeler_charge(start_structures(LabelConfig(input=cfg.input, labeler=cfg.labeler, seed=cfg.seed)),
+                                  cfg.labeler.charge)
     initial = initial_labels(cfg, starts, labeler, store)
     if len(initial) <= cfg.n_val:
         raise DataError(f"{len(initial)} initial labels leave none for training after n_val = {cfg.n_val}",
@@ -202,6 +203,16 @@ def _run_active(cfg: ActiveConfig, out: Path) -> dict:
     _write_json(out / "rounds.json", result)
     _log(f"done ({stop_reason}): {result['labels']} labels; final committee in {out / 'final' / 'committee'}")
     return result
+
+
+def _with_labeler_charge(starts, charge: int) -> list:
+    """The starts at the labeler's total charge, where they name none: every label carries it (what the committee
+    learns and records), so exploration must run them at it (a charge-aware model reads it; a charge-blind one
+    refuses a charge it never saw)."""
+    if charge:
+        for s in starts:
+            s.info.setdefault("charge", float(charge))
+    return starts
 
 
 def _start_packages(cfg) -> list[Path] | None:

@@ -107,6 +107,7 @@ class FFSpaceFix:
     and energy back into LAMMPS. Made by `attach`."""
 
     def __init__(self, lmp, potential: Potential, type_numbers, fix_id: str, charge: float = 0.0):
+        potential.check_total_charge(charge)
         self.lmp, self.potential, self.fix_id, self.charge = lmp, potential, fix_id, charge
         self.type_numbers = np.asarray(type_numbers, dtype=np.int64)
         self._forces, self._key = None, None

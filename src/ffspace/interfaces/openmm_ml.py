@@ -43,6 +43,7 @@ class ModelComputation:
         """``molecule_in_box``: the atoms are one molecule inside a periodic System (ML/MM): OpenMM passes the box,
         the molecule is made whole by the minimum image from its first atom (platforms may hand over wrapped
         coordinates) and evaluated as a molecule, without periodic images."""
+        potential.check_total_charge(charge)
         self.potential, self.numbers, self.periodic = potential, np.asarray(numbers), periodic
         self.molecule_in_box = molecule_in_box
         self.info = {"charge": charge} if charge else {}
@@ -60,7 +61,7 @@ class ModelComputation:
         return {"package": package, "dtype": str(self.potential.dtype).removeprefix("torch."),
                 "device": str(self.potential.device), "fast": self.potential.fast is not None,
                 "numbers": self.numbers, "periodic": self.periodic, "info": self.info,
-                "molecule_in_box": self.molecule_in_box}
+                "molecule_in_box": self.molecule_in_box, "trained_charges": self.potential.trained_charges}
 
     def __setstate__(self, state):
         import tempfile
@@ -71,6 +72,8 @@ class ModelComputation:
             path.write_bytes(state["package"])
             potential = Potential.load(path, dtype=state["dtype"], device=state["device"],
                                        fast="auto" if state["fast"] else False)
+        # (the bytes above are the model alone: the package's record of its training charges travels beside them)
+        potential.trained_charges = state.get("trained_charges")
         self.__init__(potential, state["numbers"], state["periodic"], state["info"].get("charge", 0.0),
                       state.get("molecule_in_box", False))
 

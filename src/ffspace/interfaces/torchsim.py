@@ -76,6 +76,7 @@ def _torchsim_class():
                 raise ConfigError(f"the Potential is {self.potential.dtype}, the TorchSim model asked for {dtype}")
             self._device, self._dtype = self.potential.device, dtype
             self._compute_forces, self._compute_stress = True, bool(compute_stress)
+            self.potential.check_total_charge(charge)
             self.charge = float(charge)
 
         def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:

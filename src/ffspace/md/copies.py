@@ -29,6 +29,8 @@ class MoleculeCopies:
 
     def __init__(self, potential, structure: Structure, positions: np.ndarray, velocities: np.ndarray,
                  dipole: bool = False):
+        if hasattr(potential, "check_charges"):  # (as `run_md`: the batched MD of the bench and of exploration)
+            potential.check_charges([structure])
         self.potential, self.template, self.want_dipole = potential, structure, dipole
         self.dipoles = None  # (n, 3) e·Å, with ``dipole``
         self.n, self.atoms = positions.shape[0], structure.n_atoms

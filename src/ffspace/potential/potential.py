@@ -106,13 +106,20 @@ class Potential:
         no charge (its answer would be that of the charge state it was trained on: a neutral-molecule model on a
         carboxylate) and its package records the charges of its training data. Called where a model is run (MD,
         the ASE calculator), not where it is evaluated: measuring it on an unseen charge state is legitimate."""
-        if self.trained_charges is None or getattr(self.model, "reads_total_charge", False):
-            return
         for s in structures:
-            if float(s.info.get("charge", 0.0)) not in self.trained_charges:
-                raise DataError(f"total charge {float(s.info.get('charge', 0.0)):g} e, but this model reads no "
-                                f"charge and was trained on total charge(s) {self.trained_charges} only",
-                                file=s.source, frame=s.frame, field="charge")
+            problem = self._unseen_charge(float(s.info.get("charge", 0.0)))
+            if problem:
+                raise DataError(problem, file=s.source, frame=s.frame, field="charge")
+
+    def check_total_charge(self, charge: float, where: str = "charge") -> None:
+        """`check_charges` for an engine interface given one total charge (e) as an argument (OpenMM, LAMMPS,
+        TorchSim): a `ConfigError` naming the argument ``where``."""
+        problem = self._unseen_charge(float(charge))
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+
+    def _unseen_charge(self, charge: float) -> str | None:
+        return unseen_charge(charge, self.trained_charges, getattr(self.model, "reads_total_charge", False))
 
     @property
     def field_dependent(self) -> bool:
@@ -250,6 +257,16 @@ class Potential:
         if charges is not None:
             potential.trained_charges = [float(q) for q in charges]
         return potential
+
+
+def unseen_charge(charge: float, trained: list[float] | None, reads_charge: bool) -> str | None:
+    """Why a model that was trained on total charges ``trained`` (None: not recorded) should not be run at
+    ``charge`` (e), or None where it may: it reads the charge, or saw that one (within 1e-3 e: charges summed from
+    partial charges)."""
+    if trained is None or reads_charge or any(abs(charge - q) <= 1e-3 for q in trained):
+        return None
+    return (f"total charge {charge:g} e, but this model reads no charge and was trained on total charge(s) "
+            f"{trained} only")
 
 
 def predict_arrays(evaluator, graphs_or_structures, keys, batch_size: int = 32, **compute_options) -> dict:
