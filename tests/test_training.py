@@ -371,3 +371,55 @@ def test_package_keeps_frozen_parameters_and_loads_in_a_given_dtype(tmp_path, et
     assert [n for n, p in back.named_parameters() if not p.requires_grad] == frozen
     for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b), name  # float64 weights arrive exactly
+
+
+class _Spiking(Trainer):
+    """Wrecks the weights once, after the steps of the epoch that starts at ``spike_at`` epochs done, and reports
+    its loss 1000× higher, or (``nan``) raises as a non-finite loss does. Records each epoch's starting weights."""
+
+    def __init__(self, *args, spike_at, nan=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spike_at, self.nan, self.spiked, self.starts = spike_at, nan, False, []
+
+    def _train_epoch(self):
+        self.starts.append((self.epoch, {k: v.clone() for k, v in self.model.state_dict().items()}))
+        row = super()._train_epoch()
+        if self.epoch == self.spike_at and not self.spiked:
+            self.spiked = True
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(10.0)
+            if self.nan:
+                raise FloatingPointError("training loss became nan")
+            row["train_loss"] *= 1000
+        return row
+
+
+@pytest.mark.parametrize("val_every, spike_at, back_to", [(1, 3, 3), (3, 4, 3)])
+def test_a_loss_spike_is_undone_and_the_learning_rate_halved(tmp_path, ethanol_data, val_every, spike_at, back_to):
+    """train.spike_factor: the spiked epoch is undone (with the one before it when that was not validated: epoch 4
+    of a run validating every third epoch), the weights are those of the epoch it went back to, the learning rate
+    is halved from there on, the run still trains all its epochs, logs each validated epoch once and checkpoints
+    the undo count. A non-finite loss is undone too; without the guard it stops the run as before."""
+    train, val = ethanol_data[:24], ethanol_data[24:30]
+
+    def fit(run, **options):
+        model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train, seed=0)
+        cfg = TrainConfig(epochs=7, batch_size=6, schedule="cosine", keep="last", val_every=val_every,
+                          progress=False, spike_factor=options.pop("spike_factor", 50.0))
+        trainer = _Spiking(model, train, val, cfg, run_dir=run, **options)
+        return trainer, trainer.fit()
+
+    trainer, summary = fit(tmp_path / "spike", spike_at=spike_at)
+    assert summary["spike_undos"] == 1 and summary["epochs"] == 7
+    assert trainer.schedule.spike_scale == 0.5
+    epochs = [e for e, _ in trainer.starts]
+    assert epochs == list(range(spike_at + 1)) + list(range(back_to, 7))  # trained again from back_to
+    first, again = [w for e, w in trainer.starts if e == back_to]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert [r["epoch"] for r in _rows(tmp_path / "spike")] == [e for e in range(1, 8) if e % val_every == 0 or e == 7]
+    assert torch.load(tmp_path / "spike" / "checkpoint.pt", weights_only=False)["spike"][0] == 1
+    _, summary = fit(tmp_path / "nan", spike_at=spike_at, nan=True)
+    assert summary["spike_undos"] == 1 and summary["epochs"] == 7
+    with pytest.raises(FloatingPointError):
+        fit(tmp_path / "off", spike_at=spike_at, nan=True, spike_factor=0.0)

@@ -12,12 +12,16 @@ class LRSchedule:
         self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
         self.patience, self.factor, self.min_lr = patience, factor, min_lr
         self.step_count, self.scale, self.best, self.bad = 0, 1.0, math.inf, 0
+        self.spike_scale = 1.0  # halved each time the trainer undoes a loss spike (`train.spike_factor`)
         # Fraction of a wall-clock budget already spent (set by the trainer): a cosine schedule then
         # ends with the budget even when epochs run slower than planned.
         self.time_fraction = 0.0
         self._apply()
 
     def current(self) -> float:
+        return self._unscaled() * self.spike_scale
+
+    def _unscaled(self) -> float:
         if self.step_count < self.warmup_steps:
             return self.lr * (self.step_count + 1) / self.warmup_steps
         if self.kind == "cosine":
@@ -55,12 +59,13 @@ class LRSchedule:
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad,
-                "time_fraction": self.time_fraction}
+                "time_fraction": self.time_fraction, "spike_scale": self.spike_scale}
 
     def load_state_dict(self, state: dict):
         self.step_count, self.scale = int(state["step_count"]), float(state["scale"])
         self.best, self.bad = float(state["best"]), int(state["bad"])
         self.time_fraction = float(state.get("time_fraction", 0.0))
+        self.spike_scale = float(state.get("spike_scale", 1.0))
         self._apply()
 
 

@@ -9,6 +9,7 @@ clock. CUDA runs are not made deterministic."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -145,6 +146,8 @@ class Trainer:
         self.fingerprint = self._fingerprint(model, train_set, val_set)
         self.epoch, self.best_val, self.bad_epochs, self.elapsed, self.history = 0, math.inf, 0, 0.0, []
         self._pending_s = 0.0  # training time since the last validation (`val_every`)
+        # `train.spike_factor`: epochs undone so far, the lowest kept epoch's mean training loss, undos in a row
+        self.spike_undos, self.lowest_train_loss, self._undos_in_a_row = 0, math.inf, 0
         self.owner = owner or self.fingerprint  # (data-parallel workers claim the folder under the same key)
         self._claim(overwrite, self.owner)
 
@@ -248,6 +251,7 @@ class Trainer:
                  "bad_epochs": self.bad_epochs, "elapsed": self.elapsed,
                  "budget": [self.config.epochs, self.config.max_time_min],
                  "history_json": json.dumps(self.history),
+                 "spike": [self.spike_undos, self.lowest_train_loss, self._undos_in_a_row],
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else {}}
         _atomic_torch_save(state, self.checkpoint_path)
@@ -279,6 +283,9 @@ class Trainer:
         self.epoch, self.best_val = int(state["epoch"]), float(state["best_val"])
         self.bad_epochs, self.elapsed = int(state["bad_epochs"]), float(state["elapsed"])
         self.history = json.loads(state["history_json"])
+        if "spike" in state:
+            undos, lowest, in_a_row = state["spike"]
+            self.spike_undos, self.lowest_train_loss, self._undos_in_a_row = int(undos), float(lowest), int(in_a_row)
         return True
 
     def _load_best(self):
@@ -421,7 +428,9 @@ class Trainer:
 
     def _train_epoch(self) -> dict:
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed * 100_003 + self.epoch)
+        seed = cfg.seed * 100_003 + self.epoch
+        # (an epoch trained again after an undone spike takes another order: the same one may well spike again)
+        rng = np.random.default_rng([seed, self.spike_undos] if self.spike_undos else seed)
         # An on-disk set orders the epoch so that each of its blocks is read once (`HDF5Dataset.epoch_order`).
         order = (self.train_set.epoch_order(rng) if hasattr(self.train_set, "epoch_order")
                  else rng.permutation(len(self.train_graphs)))
@@ -517,6 +526,8 @@ class Trainer:
             print(f"resuming {self.run_dir} from epoch {self.epoch}", file=sys.stderr)
         stop_reason = "max epochs"
         last_epoch_s = self.history[-1]["epoch_s"] if self.history else 0.0
+        guard = cfg.spike_factor > 0
+        starts = []  # (train.spike_factor) the states at the starts of the last two epochs, oldest first
         while self.epoch < cfg.epochs:
             # keep: last takes the end of the schedule whatever the validation says, so it does not stop early
             if cfg.keep == "best" and self.bad_epochs >= cfg.early_stop_patience:
@@ -527,8 +538,22 @@ class Trainer:
                 stop_reason = "time budget"
                 break
             t0 = time.perf_counter()
+            if guard:
+                starts = (starts + [self._snapshot()])[-2:]
             row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
-            row.update(self._train_epoch())
+            try:
+                row.update(self._train_epoch())
+            except FloatingPointError:  # a non-finite loss: the largest spike of all
+                if not guard or self._undos_in_a_row >= self.MAX_UNDOS or not math.isfinite(self.lowest_train_loss):
+                    raise
+                row["train_loss"] = math.inf
+            if guard:
+                if self._spiked(row["train_loss"]):
+                    last_epoch_s = self._undo_spike(starts, row["train_loss"], time.perf_counter() - t0, lead)
+                    starts = []
+                    continue
+                self._undos_in_a_row = 0
+                self.lowest_train_loss = min(self.lowest_train_loss, row["train_loss"])
             self.epoch += 1
             last_epoch_s = self._close_epoch(row, t0, lead)
         if lead:
@@ -536,11 +561,52 @@ class Trainer:
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
         summary = {"stop_reason": stop_reason, "epochs": self.epoch, "time_s": self.elapsed, "best": best,
                    "model": str(self.run_dir / "model.safetensors")}
+        if guard:
+            summary["spike_undos"] = self.spike_undos
         if cfg.keep == "last":  # the package holds the last epoch's weights, not the best one's
             summary["kept"] = self.history[-1] if self.history else {}
         if lead:
             write_json(self.run_dir / "summary.json", summary, fsync=False)
         return summary
+
+    MAX_UNDOS = 3  # undone epochs in a row before one is kept (`train.spike_factor`)
+
+    def _spiked(self, loss: float) -> bool:
+        """Whether the epoch's mean training loss is a spike (`train.spike_factor`): above the factor times the lowest
+        kept epoch's, with fewer than MAX_UNDOS undos in a row (a loss that stays high is then the new normal)."""
+        return (self._undos_in_a_row < self.MAX_UNDOS and math.isfinite(self.lowest_train_loss)
+                and not loss <= self.config.spike_factor * self.lowest_train_loss)
+
+    def _snapshot(self) -> dict:
+        """What an undone epoch restores (copies: the optimizer's and EMA's states are live tensors)."""
+        return {"epoch": self.epoch, "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "schedule": self.schedule.state_dict(),
+                "ema": {k: v.clone() for k, v in self.ema.state_dict().items()} if self.ema else None}
+
+    def _undo_spike(self, starts: list, loss: float, spent: float, lead: bool) -> float:
+        """Undo the spiked epoch, and the one before it when that was not validated (a blow-up that began late in
+        it); halve the learning rate from there on. The time spent counts against the budget. Returns the epoch's
+        time (the budget's estimate of the next one)."""
+        last_validated = self.history[-1]["epoch"] if self.history else 0
+        target = starts[0] if len(starts) == 2 and starts[0]["epoch"] >= last_validated else starts[-1]
+        spiked_epoch = self.epoch + 1
+        self.model.load_state_dict(target["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(target["optimizer"]))
+        scale = self.schedule.spike_scale * 0.5
+        self.schedule.load_state_dict(target["schedule"])
+        self.schedule.spike_scale = scale
+        self.schedule._apply()
+        if self.ema:
+            self.ema.load_state_dict({k: v.clone() for k, v in target["ema"].items()})
+        self.epoch = target["epoch"]
+        self.spike_undos += 1
+        self._undos_in_a_row += 1
+        self.elapsed += spent
+        if lead:
+            print(f"epoch {spiked_epoch}: mean training loss {loss:.4g}, above {self.config.spike_factor:g} × the "
+                  f"lowest ({self.lowest_train_loss:.4g}): undone back to epoch {self.epoch}, learning rate × "
+                  f"{scale:g} from here (undo {self.spike_undos})", file=sys.stderr)
+        return spent
 
     def _over_budget(self, elapsed: float, next_epoch_s: float) -> bool:
         """Whether an epoch of ``next_epoch_s`` after ``elapsed`` seconds of steps would overrun the time budget (the
