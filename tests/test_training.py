@@ -423,3 +423,31 @@ def test_a_loss_spike_is_undone_and_the_learning_rate_halved(tmp_path, ethanol_d
     assert summary["spike_undos"] == 1 and summary["epochs"] == 7
     with pytest.raises(FloatingPointError):
         fit(tmp_path / "off", spike_at=spike_at, nan=True, spike_factor=0.0)
+
+
+def test_a_spike_undone_at_the_end_of_the_budget_leaves_a_validated_run(tmp_path, ethanol_data):
+    """An undo back to an epoch closed without validation (`val_every` 3: epoch 6 spikes, the run goes back to the
+    end of epoch 4), after which the time budget is spent: the run ends on epoch 4, validated, packaged and
+    checkpointed, so the summary, the log and the checkpoint agree. A factor in (0, 1] is refused."""
+
+    class Slow(_Spiking):
+        def _train_epoch(self):
+            row = super()._train_epoch()
+            if self.spiked and not getattr(self, "slept", False):
+                self.slept = True
+                time.sleep(3.5)  # the spiked epoch spends the rest of the budget
+            return row
+
+    train, val = ethanol_data[:24], ethanol_data[24:30]
+    model = build_model_for_data({"family": "schnet", "cutoff": 4.0, "features": 8, "layers": 1}, train, seed=0)
+    cfg = TrainConfig(epochs=50, batch_size=6, schedule="cosine", keep="last", val_every=3, progress=False,
+                      spike_factor=50.0, max_time_min=0.05)
+    trainer = Slow(model, train, val, cfg, run_dir=tmp_path, spike_at=5)
+    summary = trainer.fit()
+    assert summary["spike_undos"] == 1 and summary["stop_reason"] == "time budget"
+    assert summary["epochs"] == 4 == trainer.history[-1]["epoch"]
+    assert trainer.history[-1]["validated_after_undo"]
+    assert [r["epoch"] for r in _rows(tmp_path)] == [3, 4]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 4
+    with pytest.raises(ValueError, match="spike_factor"):
+        TrainConfig(spike_factor=0.5)

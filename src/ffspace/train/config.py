@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TrainConfig(BaseModel):
@@ -62,12 +62,13 @@ class TrainConfig(BaseModel):
                            "validating and writing every epoch adds much to the wall time. The log then has "
                            "a row per validation (its train_* columns, lr and epoch_s are the validated epoch's; "
                            "epochs_s is the training time since the previous row); both patiences count epochs")
-    spike_factor: float = Field(0.0, ge=0, description="0: off. Otherwise an epoch whose mean training loss "
+    spike_factor: float = Field(0.0, ge=0, description="0: off; else above 1. Otherwise an epoch whose mean training loss "
                                 "exceeds this many times the lowest epoch mean so far is undone, with the epoch "
                                 "before it when that one was not validated (a blow-up that began late in it): "
                                 "weights, optimizer, EMA and schedule go back, the learning rate is halved from "
                                 "there on, and the epochs are trained again in another order. The undone time "
-                                "counts against max_time_min. At most 3 undos in a row, then the epoch is kept")
+                                "counts against max_time_min. At most 3 undos in a row, then the epoch is kept. The halving "
+                                "applies below min_lr too")
     keep: Literal["best", "last"] = Field("best", description="the weights the package holds: the epoch with the "
                                           "lowest validation loss, or the last epoch (a fine-tuning on data unlike "
                                           "the validation set, e.g. an active-learning member on hot frames; it "
@@ -76,6 +77,13 @@ class TrainConfig(BaseModel):
 
     # Settings added after runs, checkpoints and benchmark caches were made: they enter a run's identity only when
     # set, so that those runs resume and the cached results stay valid.
+    @field_validator("spike_factor")
+    @classmethod
+    def _spike_factor_above_one(cls, value: float) -> float:
+        if 0 < value <= 1:  # (at or below 1 most epochs would count as spikes)
+            raise ValueError(f"0 (off) or above 1, got {value}")
+        return value
+
     _LATER = {"init_from": None, "init_reference": "refit", "freeze": [], "lr_scale": {}, "dipole_weight": 0.0,
               "keep": "best", "l2_to_start": 0.0, "val_every": 1,
               "spike_factor": 0.0}

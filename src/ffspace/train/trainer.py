@@ -528,6 +528,7 @@ class Trainer:
         last_epoch_s = self.history[-1]["epoch_s"] if self.history else 0.0
         guard = cfg.spike_factor > 0
         starts = []  # (train.spike_factor) the states at the starts of the last two epochs, oldest first
+        closed = None  # the row of the last epoch closed (validated or not): an undo may return to its end
         while self.epoch < cfg.epochs:
             # keep: last takes the end of the schedule whatever the validation says, so it does not stop early
             if cfg.keep == "best" and self.bad_epochs >= cfg.early_stop_patience:
@@ -539,7 +540,7 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             if guard:
-                starts = (starts + [self._snapshot()])[-2:]
+                starts = (starts + [self._snapshot(closed)])[-2:]
             row = {"epoch": self.epoch + 1, "lr": self.schedule.current()}
             try:
                 row.update(self._train_epoch())
@@ -549,13 +550,20 @@ class Trainer:
                 row["train_loss"] = math.inf
             if guard:
                 if self._spiked(row["train_loss"]):
-                    last_epoch_s = self._undo_spike(starts, row["train_loss"], time.perf_counter() - t0, lead)
+                    closed, last_epoch_s = self._undo_spike(starts, row["train_loss"], time.perf_counter() - t0,
+                                                            last_epoch_s, lead)
                     starts = []
                     continue
                 self._undos_in_a_row = 0
                 self.lowest_train_loss = min(self.lowest_train_loss, row["train_loss"])
             self.epoch += 1
             last_epoch_s = self._close_epoch(row, t0, lead)
+            closed = row
+        if guard and self.epoch > (self.history[-1]["epoch"] if self.history else 0):
+            # An undo went back to an epoch closed without validation (`val_every`), and the budget ended the run
+            # there: validate, package and checkpoint it now, as the loop's last epoch always is (its training time
+            # was counted when it closed: none is added).
+            self._close_epoch({**closed, "validated_after_undo": True}, time.perf_counter(), lead, force=True)
         if lead:
             self._load_best()
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else {}
@@ -577,16 +585,20 @@ class Trainer:
         return (self._undos_in_a_row < self.MAX_UNDOS and math.isfinite(self.lowest_train_loss)
                 and not loss <= self.config.spike_factor * self.lowest_train_loss)
 
-    def _snapshot(self) -> dict:
-        """What an undone epoch restores (copies: the optimizer's and EMA's states are live tensors)."""
-        return {"epoch": self.epoch, "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+    def _snapshot(self, closed: dict | None) -> dict:
+        """What an undone epoch restores (copies: the optimizer's and EMA's states are live tensors), with the row
+        of the epoch that ended here (``closed``)."""
+        return {"epoch": self.epoch, "closed": closed, "lowest": self.lowest_train_loss,
+                "model": {k: v.clone() for k, v in self.model.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()), "schedule": self.schedule.state_dict(),
                 "ema": {k: v.clone() for k, v in self.ema.state_dict().items()} if self.ema else None}
 
-    def _undo_spike(self, starts: list, loss: float, spent: float, lead: bool) -> float:
+    def _undo_spike(self, starts: list, loss: float, spent: float, last_epoch_s: float, lead: bool):
         """Undo the spiked epoch, and the one before it when that was not validated (a blow-up that began late in
-        it); halve the learning rate from there on. The time spent counts against the budget. Returns the epoch's
-        time (the budget's estimate of the next one)."""
+        it); halve the learning rate from there on. The time spent counts against the budget (and in the log's
+        ``epochs_s``). Returns the row of the epoch gone back to and the budget's estimate of the next epoch."""
+        # worker 0's clock for all: every worker must take the same budget decisions after this
+        (spent,) = distributed.broadcast_floats([spent], self.potential.device)
         last_validated = self.history[-1]["epoch"] if self.history else 0
         target = starts[0] if len(starts) == 2 and starts[0]["epoch"] >= last_validated else starts[-1]
         spiked_epoch = self.epoch + 1
@@ -598,29 +610,31 @@ class Trainer:
         self.schedule._apply()
         if self.ema:
             self.ema.load_state_dict({k: v.clone() for k, v in target["ema"].items()})
-        self.epoch = target["epoch"]
+        self.epoch, self.lowest_train_loss = target["epoch"], target["lowest"]
         self.spike_undos += 1
         self._undos_in_a_row += 1
         self.elapsed += spent
+        self._pending_s += spent
         if lead:
             print(f"epoch {spiked_epoch}: mean training loss {loss:.4g}, above {self.config.spike_factor:g} × the "
                   f"lowest ({self.lowest_train_loss:.4g}): undone back to epoch {self.epoch}, learning rate × "
                   f"{scale:g} from here (undo {self.spike_undos})", file=sys.stderr)
-        return spent
+        # (a non-finite loss may stop an epoch at its first step: the next one is estimated at a whole epoch)
+        return target["closed"], max(spent, last_epoch_s)
 
     def _over_budget(self, elapsed: float, next_epoch_s: float) -> bool:
         """Whether an epoch of ``next_epoch_s`` after ``elapsed`` seconds of steps would overrun the time budget (the
         loop's stopping test, and `_close_epoch`'s one epoch ahead: the same arithmetic, so they cannot disagree)."""
         return bool(self.config.max_time_min) and elapsed + next_epoch_s > self.config.max_time_min * 60
 
-    def _close_epoch(self, row: dict, t0: float, lead: bool) -> float:
+    def _close_epoch(self, row: dict, t0: float, lead: bool, force: bool = False) -> float:
         """After the epoch's steps: count its training time and, every ``val_every`` epochs and after the last,
         validate and write the package, log and checkpoint; returns the epoch's training time. Between
         validations nothing is written: a killed run resumes from the last validated epoch and trains the rest again
         (the same steps from the checkpoint, so the same weights)."""
         cfg = self.config
         t1 = time.perf_counter()
-        if cfg.val_every > 1 and self.epoch % cfg.val_every:
+        if cfg.val_every > 1 and self.epoch % cfg.val_every and not force:
             (epoch_s,) = distributed.broadcast_floats([t1 - t0], self.potential.device)  # worker 0's, as below
             # the loop's own stopping tests, one epoch ahead: the epoch it stops after is validated
             last = self.epoch >= cfg.epochs or self._over_budget(self.elapsed + epoch_s, epoch_s)
