@@ -332,11 +332,13 @@ def test_a_shipped_package_loads_by_its_builtin_name(xtb_package, pbe, tmp_path,
 def test_fine_tuning_settings_leave_other_runs_identities_alone():
     """The fine-tuning, dipole and validation-interval settings enter a run's identity (checkpoints, bench caches,
     committees) only when set: runs made before they existed resume, and cached benchmark results stay valid."""
-    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep", "l2_to_start", "val_every"}
+    later = {"init_from", "init_reference", "freeze", "lr_scale", "dipole_weight", "keep", "l2_to_start", "val_every",
+             "spike_factor"}
     assert set(TrainConfig().identity()) == set(TrainConfig.model_fields) - later
     assert TrainConfig(dipole_weight=10.0).identity()["dipole_weight"] == 10.0
     assert TrainConfig(lr_scale={"terms.1.*": 0.1}).identity()["lr_scale"] == [["terms.1.*", 0.1]]
     assert TrainConfig(init_from="x.safetensors").identity()["init_from"] == "x.safetensors"
+    assert TrainConfig(spike_factor=10.0).identity()["spike_factor"] == 10.0
 
 
 def test_the_order_of_lr_scale_patterns_and_the_starting_package_are_part_of_a_run(tmp_path, xtb_package):
