@@ -62,13 +62,13 @@ class TrainConfig(BaseModel):
                            "validating and writing every epoch adds much to the wall time. The log then has "
                            "a row per validation (its train_* columns, lr and epoch_s are the validated epoch's; "
                            "epochs_s is the training time since the previous row); both patiences count epochs")
-    spike_factor: float = Field(0.0, ge=0, description="0: off; else above 1. Otherwise an epoch whose mean training loss "
-                                "exceeds this many times the lowest epoch mean so far is undone, with the epoch "
+    spike_factor: float = Field(0.0, ge=0, description="0: off. Above 1: an epoch whose mean training loss "
+                                "exceeds this many times the lowest kept epoch's is undone, with the epoch "
                                 "before it when that one was not validated (a blow-up that began late in it): "
                                 "weights, optimizer, EMA and schedule go back, the learning rate is halved from "
                                 "there on, and the epochs are trained again in another order. The undone time "
-                                "counts against max_time_min. At most 3 undos in a row, then the epoch is kept. The halving "
-                                "applies below min_lr too")
+                                "counts against max_time_min. At most 3 undos in a row, then the epoch is kept. "
+                                "The halving applies below min_lr too")
     keep: Literal["best", "last"] = Field("best", description="the weights the package holds: the epoch with the "
                                           "lowest validation loss, or the last epoch (a fine-tuning on data unlike "
                                           "the validation set, e.g. an active-learning member on hot frames; it "
