@@ -609,7 +609,7 @@ class Trainer:
         self.schedule.spike_scale = scale
         self.schedule._apply()
         if self.ema:
-            self.ema.load_state_dict({k: v.clone() for k, v in target["ema"].items()})
+            self.ema.load_state_dict(target["ema"])  # (it copies: the snapshot stays as taken)
         self.epoch, self.lowest_train_loss = target["epoch"], target["lowest"]
         self.spike_undos += 1
         self._undos_in_a_row += 1
