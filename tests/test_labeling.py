@@ -293,6 +293,48 @@ def test_local_workers_and_dask_cluster_give_the_same_dataset(tmp_path):
             np.testing.assert_allclose(x.forces, y.forces, atol=1e-8)
 
 
+def test_a_molecule_list_sampled_on_workers_and_on_dask_gives_the_serial_frames(tmp_path, monkeypatch):
+    """The sampling of a SMILES list (the cost of a large xTB recipe) runs a molecule per task: on local processes
+    and on a Dask cluster it gives the serial run's frames, in order, and records the same molecule as left out
+    (water has no rotatable bond to scan). Parts already made are not made again: a killed run loses only the
+    molecules in flight."""
+    from ffspace.reference import job
+    from ffspace.reference.config import LabelConfig
+
+    def recipe(name, **kw):
+        return LabelConfig(input={"smiles": ["CCCC", "O", "CC=O"]},
+                           samplers=[{"kind": "torsion_scan", "n_frames": 3},
+                                     {"kind": "normal_modes", "temperature": 300, "n_frames": 2}],
+                           store=str(tmp_path / name), out=str(tmp_path / f"{name}.extxyz"), progress=False, **kw)
+
+    serial = job.sampled_frames(recipe("serial"), tmp_path / "serial")
+
+    def not_here(*args):
+        raise AssertionError("sampled in the parent process: the workers were not used")
+    monkeypatch.setattr(job, "sample_start", not_here)  # (the workers import the module afresh: theirs is real)
+    runs = {"workers": job.sampled_frames(recipe("workers", workers=2), tmp_path / "workers")}
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        runs["dask"] = job.sampled_frames(recipe("dask"), tmp_path / "dask", scheduler=client)
+    assert len(serial) == 10 and {f.info["smiles"] for f in serial} == {"CCCC", "CC=O"}
+    failures = (tmp_path / "serial" / "input_failures.jsonl").read_text()
+    assert "no rotatable bond" in failures
+    for name, frames in runs.items():
+        assert (tmp_path / name / "input_failures.jsonl").read_text() == failures
+        assert [f.info for f in frames] == [f.info for f in serial]
+        for x, y in zip(serial, frames):
+            np.testing.assert_allclose(x.positions, y.positions, atol=1e-6)
+    cfg = recipe("resumed", workers=2)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "00001.extxyz").write_text("")  # (made before a kill: kept as it is)
+    starts = job.start_structures(cfg, [])
+    job._sample_in_parallel(cfg, starts, parts)
+    assert (parts / "00001.extxyz").read_text() == "" and not (parts / "00001.failed.json").exists()
+    assert len(read_extxyz(parts / "00000.extxyz", required=())) == 5 and len(read_extxyz(parts / "00002.extxyz", required=())) == 5
+
+
 def test_torsion_scan_and_dimers(tmp_path):
     from ffspace.reference.sampling import dimer_scan, rotatable_dihedrals, torsion_scan
 

@@ -14,12 +14,13 @@ from ..data.readers import read_dataset, read_extxyz
 from ..data.structure import Structure
 from ..data.writers import write_extxyz
 from ..outputs import atomic_path
+from ..progress import progress as progress_bar
 from .config import LabelConfig
 from ..errors import ConfigError, DataError
 from .base import LabelFailure
 from .inputs import from_smiles, read_structures
 from .molecules import problem, read_smiles_files
-from .runner import label_structures
+from .runner import label_structures, run_tasks
 from .sampling import dimer_scan, md_sample, normal_mode_sample, rattle, start_info, torsion_scan
 from .store import LabelStore
 
@@ -178,14 +179,73 @@ def _write_failures(folder, left_out: list[dict]) -> None:
         Path(tmp).write_text("".join(json.dumps(x) + "\n" for x in left_out))
 
 
-def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = None) -> list[Structure]:
+_SAMPLING_FAILURES = (DataError, LabelFailure, RuntimeError, ValueError)
+
+
+def _sample_molecule(cfg: LabelConfig, start: Structure, k: int):
+    """A worker's task: ``("ok", frames)``, or ``("failed", reason)`` where the samplers cannot handle the
+    molecule (a torsion scan of a molecule without a rotatable bond, an xTB failure)."""
+    try:
+        return "ok", sample_start(cfg, start, k)
+    except _SAMPLING_FAILURES as exc:
+        return "failed", str(exc)
+
+
+def _write_part(part: Path, start: Structure, sampled: list[Structure], failure: str | None) -> str | None:
+    """One start's frames into its part file (empty when it failed, with the reason in ``.failed.json``); the
+    message to show for a failed one."""
+    message = None
+    if failure is not None:
+        name = start.info.get("name") or start.info.get("smiles")
+        record = {"smiles": start.info.get("smiles"), "name": name,
+                  "conformer": start.info.get("conformer"), "reason": f"sampling failed: {failure}"}
+        part.with_suffix(".failed.json").write_text(json.dumps(record))
+        message = f"left out: {name}: sampling failed: {failure}"
+    with atomic_path(part) as tmp:
+        if sampled:
+            write_extxyz(tmp, sampled)
+        else:
+            Path(tmp).write_text("")
+    return message
+
+
+def _sample_in_parallel(cfg: LabelConfig, starts: list[Structure], parts: Path, scheduler=None) -> None:
+    """The parts not made yet, one molecule per task on ``cfg.workers`` local processes or on a Dask cluster
+    (``scheduler``, else ``cfg.scheduler``), each written here as it finishes: a kill loses the molecules in flight.
+    A part is a function of the recipe and the molecule's place in the list (its seeds), not of which worker made
+    it, as long as the thread count is the same: MD is chaotic, so sums that differ in the last bits with another
+    thread count give other frames after some hundreds of steps (OMP_NUM_THREADS=1 makes them the same anywhere).
+    A Dask cluster's workers need the recipe's programs (RDKit, tblite) and any model driver's file at its path."""
+    todo = [k for k in range(len(starts)) if not (parts / f"{k:05d}.extxyz").exists()]
+    scheduler = scheduler if scheduler is not None else cfg.scheduler
+    if len(todo) < 2 or (cfg.workers < 2 and scheduler is None):
+        return
+    quiet = cfg.model_copy(update={"progress": False})  # (one bar here, not one per sampler in each worker)
+    bar = progress_bar(total=len(todo), desc="sampling", unit="molecule", enabled=cfg.progress)
+    try:
+        tasks = [(quiet, starts[k], k) for k in todo]
+        for i, (status, result) in run_tasks(_sample_molecule, tasks, cfg.workers, scheduler):
+            k = todo[i]
+            message = _write_part(parts / f"{k:05d}.extxyz", starts[k], result if status == "ok" else [],
+                                  None if status == "ok" else result)
+            if message:
+                bar.write(message)
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = None,
+                   scheduler=None) -> list[Structure]:
     """The frames of ``cfg``'s samplers, made once into ``folder/samples-<fingerprint>.extxyz`` and read back.
 
     Read back rather than kept in memory, so the label keys (positions rounded in the file) are identical on
     every rerun; named by the sampling settings, so a rerun with other settings samples anew instead of
     reusing stale frames. ``starts`` defaults to `start_structures` (``cfg.input``); given ones enter the name.
     Each start's frames are kept in ``samples-<fingerprint>.parts/`` as they are made, so a killed sampling of many
-    molecules goes on with the next one; molecules left out are listed in ``input_failures.jsonl``.
+    molecules goes on with the next one; molecules left out are listed in ``input_failures.jsonl``. A list of
+    molecules (SMILES) is sampled on ``cfg.workers`` processes, or on the Dask cluster of ``scheduler`` /
+    ``cfg.scheduler``, when one is set.
     """
     path = samples_path(cfg, folder, starts)
     if not path.exists():
@@ -197,27 +257,22 @@ def sampled_frames(cfg: LabelConfig, folder, starts: list[Structure] | None = No
         parts.mkdir(parents=True, exist_ok=True)
         frames = []
         molecules = bool(cfg.input.smiles or cfg.input.smiles_file) and given is None
+        if molecules:
+            _sample_in_parallel(cfg, starts, parts, scheduler)
         for k, start in enumerate(starts):
             part = parts / f"{k:05d}.extxyz"
             if not part.exists():
+                sampled, failure = [], None
                 try:
                     sampled = sample_start(cfg, start, k)
-                except (DataError, LabelFailure, RuntimeError, ValueError) as exc:
+                except _SAMPLING_FAILURES as exc:
                     if not molecules:
                         raise
-                    # One molecule of a list that the sampler cannot handle (a torsion scan of a molecule without
-                    # a rotatable bond, an xTB failure): recorded, and the list goes on.
-                    name = start.info.get("name") or start.info.get("smiles")
-                    record = {"smiles": start.info.get("smiles"), "name": name,
-                              "conformer": start.info.get("conformer"), "reason": f"sampling failed: {exc}"}
-                    part.with_suffix(".failed.json").write_text(json.dumps(record))
-                    print(f"left out: {name}: sampling failed: {exc}", file=sys.stderr)
-                    sampled = []
-                with atomic_path(part) as tmp:
-                    if sampled:
-                        write_extxyz(tmp, sampled)
-                    else:
-                        Path(tmp).write_text("")
+                    # One molecule of a list that the sampler cannot handle: recorded, and the list goes on.
+                    failure = str(exc)
+                message = _write_part(part, start, sampled, failure)
+                if message:
+                    print(message, file=sys.stderr)
             failed = part.with_suffix(".failed.json")
             if failed.exists():  # (also when an earlier, killed run found it)
                 left_out.append(json.loads(failed.read_text()))
@@ -275,7 +330,7 @@ def run_label_job(cfg: LabelConfig, scheduler=None, starts: list[Structure] | No
     store = LabelStore(cfg.store)
     if starts is None:  # (given starts are a loop's exploration, sampled anew by design)
         _refuse_orphaning_labels(cfg, samples_path(cfg, cfg.store), store, labeler.provenance())
-    frames = sampled_frames(cfg, cfg.store, starts)
+    frames = sampled_frames(cfg, cfg.store, starts, scheduler)
     if starts is None:
         _record_owner(cfg, samples_path(cfg, cfg.store))
     print(f"{len(frames)} frames to label with {labeler.provenance()['method']} "

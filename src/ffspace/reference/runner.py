@@ -1,7 +1,8 @@
 """Run a labeler over many structures: in this process, on local worker processes, or on a Dask cluster.
 
 Results are written to the `LabelStore` in the parent process as each one finishes, so a kill loses
-only the calculations in flight, and a rerun labels only what is missing.
+only the calculations in flight, and a rerun labels only what is missing. `run_tasks` is the mechanism, also used
+by the sampling of a recipe's molecules (`job.sampled_frames`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,65 @@ def _child_threads(threads: int):
             os.environ["OMP_NUM_THREADS"] = old
 
 
+def run_tasks(fn, tasks: list[tuple], workers: int = 1, scheduler=None):
+    """``fn(*task)`` for each task, yielding ``(index, result)`` as each finishes: in this process (in order) when
+    ``workers`` is 1 and there is no ``scheduler``, else on ``workers`` local processes (spawned, each dying with
+    this process, each with its share of the cores as OMP_NUM_THREADS, at most the OMP_NUM_THREADS this process
+    was given) or on the Dask cluster of ``scheduler``
+    (an address or a ``distributed.Client``). An exception of a task is raised here, and the tasks not started
+    are dropped. ``fn`` and the tasks must pickle for the parallel paths."""
+    if scheduler is not None:
+        yield from _run_dask_tasks(fn, tasks, scheduler)
+    elif workers > 1 and tasks:
+        import multiprocessing as mp
+
+        from ..workers import die_with_parent
+
+        threads = _threads_per_worker(workers)
+        # each worker dies with this process: a killed run leaves no QM process computing for nobody
+        with _child_threads(threads), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                                          initializer=die_with_parent,
+                                                          initargs=(os.getpid(),)) as pool:
+            futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+            try:
+                for fut in as_completed(futures):
+                    yield futures[fut], fut.result()
+            except BaseException:
+                # the tasks not started are dropped rather than computed and thrown away on the way out
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    else:
+        for i, task in enumerate(tasks):
+            yield i, fn(*task)
+
+
+def _threads_per_worker(workers: int) -> int:
+    """The cores this process may use, shared among ``workers``; a thread count the user set (OMP_NUM_THREADS=1 to
+    make MD sampling reproducible across machines) is kept as the most each worker gets."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(given)) if given.isdigit() and int(given) > 0 else threads
+
+
+def _run_dask_tasks(fn, tasks, scheduler):
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        futures = {client.submit(fn, *task, pure=False): i for i, task in enumerate(tasks)}
+        try:
+            for fut in dask_completed(futures):
+                yield futures[fut], fut.result()
+        except BaseException:
+            client.cancel(list(futures))  # (a client the caller keeps would otherwise compute the rest for nobody)
+            raise
+    finally:
+        if not isinstance(scheduler, Client):
+            client.close()
+
+
 def label_structures(structures, labeler, store: LabelStore, workers: int = 1, scheduler=None,
                      progress: bool = True, retry_failed: bool = False, chunk: int = 8,
                      max_new: int | None = None) -> Dataset:
@@ -104,30 +164,14 @@ def label_structures(structures, labeler, store: LabelStore, workers: int = 1, s
         bar.update(1)
 
     try:
-        if scheduler is not None:
-            _run_dask(todo, labeler, scheduler, record, chunk)
-        elif workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            from ..workers import die_with_parent
-
-            # each worker dies with this process: a killed run leaves no PySCF process computing for nobody
-            with _child_threads(threads), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                                              initializer=die_with_parent,
-                                                              initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(_label_chunk, labeler, c) for c in _chunks(todo, chunk)]
-                try:
-                    for fut in as_completed(futures):
-                        for key, result in fut.result():
-                            record(key, result)
-                except BaseException:
-                    # the chunks not started are dropped rather than computed and thrown away on the way out
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        else:
+        if scheduler is None and (workers <= 1 or len(todo) <= 1):
             for key, s in todo:
                 record(key, _label_one(labeler, s))
+        else:
+            tasks = [(labeler, c) for c in _chunks(todo, chunk)]
+            for _, results in run_tasks(_label_chunk, tasks, workers, scheduler):
+                for key, result in results:
+                    record(key, result)
     finally:
         bar.close()
     out = [_with_identity(store.get(k, frame=i), structures[i]) for i, k in enumerate(keys) if k in store]
@@ -175,18 +219,3 @@ def _keys_reusing_other_versions(structures, method: dict, store: LabelStore) ->
         print(f"label store {store.folder}: {n} label(s) made by {method.get('program')} {version} reused (this is "
               f"{method.get('program_version')}; same method and settings)", file=sys.stderr)
     return keys
-
-
-def _run_dask(todo, labeler, scheduler, record, chunk):
-    from distributed import Client
-    from distributed import as_completed as dask_completed
-
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    try:
-        futures = [client.submit(_label_chunk, labeler, c, pure=False) for c in _chunks(todo, chunk)]
-        for fut in dask_completed(futures):
-            for key, result in fut.result():
-                record(key, result)
-    finally:
-        if not isinstance(scheduler, Client):
-            client.close()
