@@ -71,9 +71,9 @@ def run_tasks(fn, tasks: list[tuple], workers: int = 1, scheduler=None):
     """``fn(*task)`` for each task, yielding ``(index, result)`` as each finishes: in this process (in order) when
     ``workers`` is 1 and there is no ``scheduler``, else on ``workers`` local processes (spawned, each dying with
     this process, each with its share of the cores as OMP_NUM_THREADS, at most the OMP_NUM_THREADS this process
-    was given) or on the Dask cluster of ``scheduler``
-    (an address or a ``distributed.Client``). An exception of a task is raised here, and the tasks not started
-    are dropped. ``fn`` and the tasks must pickle for the parallel paths."""
+    was given) or on the Dask cluster of ``scheduler`` (an address or a ``distributed.Client``). An exception of a
+    task is raised here, and the tasks not started are dropped. ``fn`` and the tasks must pickle for the parallel
+    paths."""
     if scheduler is not None:
         yield from _run_dask_tasks(fn, tasks, scheduler)
     elif workers > 1 and tasks:
