@@ -2,14 +2,15 @@
 
     python benchmarks/fewshot_arch_probe.py --variant base='{}' --variant lmax3='{"lmax": 3}' [--epochs 300]
 
-Each variant is the drug-like potential's architecture (``BASE`` below: MACE, 64 channels, lmax 2, vector hidden
+Each variant is version 3's drug-like architecture (``BASE`` below: MACE, 64 channels, lmax 2, vector hidden
 features, 2 layers, correlation 3, 5 Å) with the given settings changed, trained from fresh weights on the same N
 frames of ``--molecule``'s train_01 file (seeded) for a fixed number of epochs (cosine to zero, lr 0.005, the
 few-shot benchmark's scratch settings), and scored on ``--n-val`` other train_01 frames. test_01 is never read: this
 chooses an architecture for the pretrained model (issue 31, acceptance 2) on a molecule the few-shot table does
 not report (salicylic acid), so the choice is not tuned on aspirin. Epochs rather than minutes: the question is
 what each architecture can learn from the frames, not how fast (a larger one costs more per step; the cost is
-reported as wall_s, measured on a shared CPU unless the machine is idle).
+reported as wall_s, measured on a shared CPU unless the machine is idle). ``params`` counts the weights for the
+molecule's elements only (a model for more elements has more).
 
 Results go to ``--out``/results.json, keyed by variant, molecule, N, epochs and seed; a rerun skips what is done.
 """
@@ -56,6 +57,8 @@ def main(argv=None):
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=Path("runs/arch_probe"))
     args = p.parse_args(argv)
+    if args.n_val < 1:
+        raise SystemExit("--n-val must be at least 1: the variants are scored on other train_01 frames, never test_01")
     if not args.data.is_dir():
         raise SystemExit(f"rMD17 not found at {args.data} (../shared/data/rmd17)")
     variants = {}
@@ -69,7 +72,8 @@ def main(argv=None):
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name, settings in variants.items():
-        key = f"{args.molecule}/{args.shots}/val{args.n_val}/{args.epochs}ep/seed{args.seed}/{json.dumps(settings, sort_keys=True)}"
+        model = json.dumps({**BASE, **settings}, sort_keys=True)  # the whole model: a changed BASE is another key
+        key = f"{args.molecule}/{args.shots}/val{args.n_val}/{args.epochs}ep/seed{args.seed}/{model}"
         if key not in results:
             results[key] = {"name": name, **probe(settings, args.molecule, args.shots, args.n_val, args.epochs,
                                                   args.seed, args.data, args.out / name)}
