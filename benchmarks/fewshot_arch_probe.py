@@ -12,7 +12,8 @@ what each architecture can learn from the frames, not how fast (a larger one cos
 reported as wall_s, measured on a shared CPU unless the machine is idle). ``params`` counts the weights for the
 molecule's elements only (a model for more elements has more).
 
-Results go to ``--out``/results.json, keyed by variant, molecule, N, epochs and seed; a rerun skips what is done.
+Results go to ``--out``/results.json, keyed by the whole model's settings, molecule, N, epochs and seed; a rerun skips
+what is done.
 """
 
 from __future__ import annotations
